@@ -1,0 +1,178 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// QuotaScope says whether a quota's limits apply to each user or to all of them together.
+// +kubebuilder:validation:Enum=PerUser;Shared
+type QuotaScope string
+
+const (
+	// ScopePerUser gives every referencing user the full limits.
+	ScopePerUser QuotaScope = "PerUser"
+	// ScopeShared pools the limits: one budget for all referencing users (a team budget).
+	ScopeShared QuotaScope = "Shared"
+)
+
+// Enforcement says what happens when a limit is reached.
+// +kubebuilder:validation:Enum=Enforce;DryRun
+type Enforcement string
+
+const (
+	// EnforcementEnforce refuses requests over a limit with HTTP 429.
+	EnforcementEnforce Enforcement = "Enforce"
+	// EnforcementDryRun counts and reports what would have been refused, but never refuses.
+	EnforcementDryRun Enforcement = "DryRun"
+)
+
+// QuotaLimit caps usage within one calendar window. At least one of tokens,
+// inputTokens, outputTokens or requests must be set.
+// +kubebuilder:validation:XValidation:rule="has(self.tokens) || has(self.inputTokens) || has(self.outputTokens) || has(self.requests)",message="each spec.limits entry must set at least one of tokens, inputTokens, outputTokens or requests"
+type QuotaLimit struct {
+	// window is the calendar period (UTC) the limit applies to: Minute, Hour,
+	// Day, Week (Monday 00:00 UTC) or Month (first day, 00:00 UTC).
+	// +required
+	Window Window `json:"window"`
+
+	// tokens caps input plus output tokens in the window.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	Tokens *int64 `json:"tokens,omitempty"`
+
+	// inputTokens caps prompt tokens in the window.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	InputTokens *int64 `json:"inputTokens,omitempty"`
+
+	// outputTokens caps completion tokens in the window.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	OutputTokens *int64 `json:"outputTokens,omitempty"`
+
+	// requests caps the number of requests in the window.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	Requests *int64 `json:"requests,omitempty"`
+}
+
+// LLMQuotaSpec is a usage policy that LLMUsers of the same namespace reference.
+// +kubebuilder:validation:XValidation:rule="!has(self.limits) || self.limits.all(l, self.limits.exists_one(m, m.window == l.window))",message="spec.limits must list each window at most once: merge the entries that share a window"
+type LLMQuotaSpec struct {
+	// limits are the budgets, at most one per window. Requests are refused once
+	// any window's limit is reached, until that window resets. Empty means no
+	// usage limit (the quota then only restricts models and request size).
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=5
+	// +optional
+	Limits []QuotaLimit `json:"limits,omitempty"`
+
+	// maxTokensPerRequest caps max_tokens / max_completion_tokens of a single
+	// request; larger values are refused with HTTP 400, and requests that set
+	// neither are sent upstream with this cap.
+	// +kubebuilder:validation:Minimum=1
+	// +optional
+	MaxTokensPerRequest *int64 `json:"maxTokensPerRequest,omitempty"`
+
+	// models is the allowlist of model names, each a glob pattern ("*" matches
+	// any run of characters, "?" one character). Empty allows every model.
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=100
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=253
+	// +optional
+	Models []string `json:"models,omitempty"`
+
+	// scope is PerUser (each user gets the limits) or Shared (one pooled budget
+	// for all users that reference this quota).
+	// +kubebuilder:default=PerUser
+	// +optional
+	Scope QuotaScope `json:"scope,omitempty"`
+
+	// enforcement is Enforce (refuse over-limit requests with 429) or DryRun
+	// (count and report what would have been refused, never refuse).
+	// +kubebuilder:default=Enforce
+	// +optional
+	Enforcement Enforcement `json:"enforcement,omitempty"`
+
+	// alertThresholds are percentages of a limit; crossing one records an Event
+	// once per window. Each must be between 1 and 100.
+	// +kubebuilder:default={80,95}
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=10
+	// +kubebuilder:validation:XValidation:rule="self.all(t, t >= 1 && t <= 100)",message="spec.alertThresholds must be percentages between 1 and 100"
+	// +optional
+	AlertThresholds []int32 `json:"alertThresholds,omitempty"`
+}
+
+// LLMQuotaStatus is the observed state of an LLMQuota.
+type LLMQuotaStatus struct {
+	// conditions describe the quota: Ready (accepted), QuotaExceeded (Shared only).
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// observedGeneration is the spec generation this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// users is the number of LLMUsers that reference this quota.
+	// +optional
+	Users int32 `json:"users"`
+
+	// usage is the pooled usage per window, for Shared quotas only, in the
+	// order of spec.limits.
+	// +listType=map
+	// +listMapKey=window
+	// +optional
+	Usage []WindowUsage `json:"usage,omitempty"`
+
+	// lifetime is the pooled usage since the quota was created (Shared quotas only).
+	// +optional
+	Lifetime *UsageTotals `json:"lifetime,omitempty"`
+
+	// lastRequestAt is when a request was last charged to the pool (Shared quotas only).
+	// +optional
+	LastRequestAt *metav1.Time `json:"lastRequestAt,omitempty"`
+}
+
+// LLMQuota is a named usage policy: token and request limits per calendar
+// window, a model allowlist and a per-request cap. LLMUsers in the same
+// namespace reference it by name.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:path=llmquotas,shortName=llmq,categories=llm
+// +kubebuilder:printcolumn:name="Scope",type=string,JSONPath=`.spec.scope`
+// +kubebuilder:printcolumn:name="Window",type=string,JSONPath=`.spec.limits[0].window`
+// +kubebuilder:printcolumn:name="Tokens",type=integer,JSONPath=`.spec.limits[0].tokens`
+// +kubebuilder:printcolumn:name="Users",type=integer,JSONPath=`.status.users`
+// +kubebuilder:printcolumn:name="Enforcement",type=string,JSONPath=`.spec.enforcement`,priority=1
+// +kubebuilder:printcolumn:name="Used",type=integer,JSONPath=`.status.usage[0].totalTokens`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type LLMQuota struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec is the policy.
+	// +required
+	Spec LLMQuotaSpec `json:"spec"`
+
+	// status is written by the operator and, for Shared quotas, by the proxy.
+	// +optional
+	Status LLMQuotaStatus `json:"status,omitempty"`
+}
+
+// LLMQuotaList is a list of LLMQuota.
+//
+// +kubebuilder:object:root=true
+type LLMQuotaList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []LLMQuota `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&LLMQuota{}, &LLMQuotaList{})
+}
