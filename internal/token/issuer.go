@@ -23,7 +23,8 @@ type Claims struct {
 	// deleted user nor one recreated under the same name.
 	UID string `json:"uid"`
 	// Generation is the token generation, bumped on a forced re-issue so
-	// that older tokens can be told apart and refused.
+	// that the proxy can refuse tokens older than the user's current one
+	// (Verify does not know the current generation and does not check it).
 	Generation int64 `json:"gen"`
 }
 
@@ -36,7 +37,7 @@ type Issuer struct {
 	Key Key
 	// Issuer is the iss claim.
 	Issuer string
-	// Audience is the single aud claim value.
+	// Audience is the single aud claim value; empty omits aud.
 	Audience string
 	// Now is the clock; nil means [time.Now].
 	Now func() time.Time

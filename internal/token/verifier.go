@@ -3,6 +3,7 @@ package token
 import (
 	"crypto/ed25519"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -103,15 +104,19 @@ func NewVerifier(opts VerifierOptions) *Verifier {
 func (v *Verifier) SetKeys(keys []Key) {
 	ks := &keySet{byID: make(map[string]ed25519.PublicKey, len(keys))}
 	for _, k := range keys {
-		ks.byID[k.ID] = k.Public
+		ks.byID[k.ID] = slices.Clone(k.Public)
 	}
 	v.keys.Store(ks)
+	// Entries are tagged with the set they were verified under and only
+	// served under that same set, so an in-flight Verify that still holds
+	// the old set and caches after this clear cannot resurrect a dropped
+	// key; clearing reclaims the memory.
 	if v.cache != nil {
 		v.cache.clear()
 	}
 }
 
-// Verify checks raw and returns its claims, or an [*Error] whose Reason says
+// Verify checks raw and returns its claims, or an *[Error] whose Reason says
 // why it was rejected. The returned claims may be shared with other callers
 // through the cache and must be treated as read-only.
 //
@@ -157,9 +162,13 @@ func (v *Verifier) CacheStats() CacheStats {
 }
 
 func (ks *keySet) keyfunc(t *jwt.Token) (any, error) {
-	kid, ok := t.Header["kid"].(string)
-	if !ok || kid == "" {
+	h, present := t.Header["kid"]
+	kid, ok := h.(string)
+	switch {
+	case !present || kid == "" && ok:
 		return nil, newError(ReasonMalformed, "token has no kid header")
+	case !ok:
+		return nil, newError(ReasonMalformed, "token kid header is not a string")
 	}
 	pub, ok := ks.byID[kid]
 	if !ok {
@@ -178,9 +187,14 @@ func (v *Verifier) classify(tok *jwt.Token, c *Claims, err error) *Error {
 	}
 	switch {
 	case errors.Is(err, jwt.ErrTokenMalformed):
-		return newError(ReasonMalformed, "malformed token: %v", err)
+		// jwt's message already says "token is malformed: ..."; keeping its
+		// error also keeps errors.Is(err, jwt.ErrTokenMalformed) working.
+		return &Error{Reason: ReasonMalformed, Err: err}
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
-		alg, _ := tok.Header["alg"].(string)
+		var alg string
+		if tok != nil {
+			alg, _ = tok.Header["alg"].(string)
+		}
 		switch alg {
 		case "":
 			return newError(ReasonMalformed, "token has no alg header")
