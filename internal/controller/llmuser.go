@@ -1,0 +1,286 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/internal/token"
+)
+
+// Keys of the user's token Secret.
+const (
+	SecretKeyToken   = "token"
+	SecretKeyAPIKey  = "OPENAI_API_KEY"
+	SecretKeyBaseURL = "OPENAI_BASE_URL"
+	// SecretKeyAPIBase carries the same URL under the name older SDKs and LangChain read.
+	SecretKeyAPIBase   = "OPENAI_API_BASE"
+	SecretKeyExpiresAt = "expiresAt"
+)
+
+// QuotaRefIndex indexes LLMUsers by spec.quotaRef.name.
+const QuotaRefIndex = "spec.quotaRef.name"
+
+type workqueueRL = workqueue.TypedRateLimitingInterface[reconcile.Request]
+
+// TokenReconciler issues each LLMUser its token: a JWT in a Secret of the
+// user's namespace, renewed at 80% of its lifetime, re-issued with a new
+// generation when the rotate-token annotation changes, restored when edited
+// or deleted. It owns the Ready and TokenIssued conditions and status.token.
+type TokenReconciler struct {
+	Client   client.Client
+	Clock    clock.Clock
+	Keys     *KeyStore
+	Issuer   string
+	Audience string
+	// BaseURL is the proxy's OpenAI base URL, ending in /v1.
+	BaseURL  string
+	Recorder events.EventRecorder
+}
+
+// Reconcile brings one user's Secret and status in line.
+func (r *TokenReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	log := logf.FromContext(ctx)
+	user := &llmv1alpha1.LLMUser{}
+	if err := r.Client.Get(ctx, req.NamespacedName, user); err != nil {
+		// A deleted user's Secret goes with it (owner reference); the proxy
+		// refuses its tokens because it no longer knows the uid.
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	orig := user.DeepCopy()
+	now := r.Clock.Now()
+
+	ts := user.Status.Token
+	if ts == nil {
+		ts = &llmv1alpha1.TokenStatus{}
+	}
+	if ts.Generation == 0 {
+		ts.Generation = 1
+	}
+	if want := user.Annotations[llmv1alpha1.AnnotationRotateToken]; want != "" && want != ts.RotationRequest {
+		if ts.RotationRequest != "" || user.Status.Token != nil {
+			ts.Generation++
+		}
+		ts.RotationRequest = want
+	}
+	ts.SecretName = SecretName(user)
+	user.Status.Token = ts
+
+	var result reconcile.Result
+	quota := &llmv1alpha1.LLMQuota{}
+	quotaErr := r.Client.Get(ctx, types.NamespacedName{Namespace: user.Namespace, Name: user.Spec.QuotaRef.Name}, quota)
+	if quotaErr != nil && !apierrors.IsNotFound(quotaErr) {
+		return reconcile.Result{}, quotaErr
+	}
+	active, haveKey := r.Keys.Active()
+
+	switch {
+	case user.Spec.Suspended:
+		msg := "spec.suspended is true: every token of this user is refused; the Secret is kept"
+		if r.setCondition(user, llmv1alpha1.ConditionTokenIssued, metav1.ConditionFalse, llmv1alpha1.ReasonSuspended, msg) {
+			r.Recorder.Eventf(user, nil, corev1.EventTypeNormal, "Revoked", "Suspend", "tokens revoked: user suspended")
+		}
+		r.setCondition(user, llmv1alpha1.ConditionReady, metav1.ConditionFalse, llmv1alpha1.ReasonSuspended, msg)
+	case apierrors.IsNotFound(quotaErr):
+		msg := fmt.Sprintf("LLMQuota %q not found in namespace %q: create it or fix spec.quotaRef.name", user.Spec.QuotaRef.Name, user.Namespace)
+		if meta.FindStatusCondition(user.Status.Conditions, llmv1alpha1.ConditionTokenIssued) == nil {
+			r.setCondition(user, llmv1alpha1.ConditionTokenIssued, metav1.ConditionFalse, llmv1alpha1.ReasonQuotaNotFound, msg)
+		}
+		r.setCondition(user, llmv1alpha1.ConditionReady, metav1.ConditionFalse, llmv1alpha1.ReasonQuotaNotFound, msg)
+	case !haveKey:
+		msg := "the operator has no signing key yet; the token is issued as soon as one exists"
+		r.setCondition(user, llmv1alpha1.ConditionTokenIssued, metav1.ConditionFalse, llmv1alpha1.ReasonSigningKeyUnavailable, msg)
+		r.setCondition(user, llmv1alpha1.ConditionReady, metav1.ConditionFalse, llmv1alpha1.ReasonSigningKeyUnavailable, msg)
+	default:
+		renewAt, err := r.ensureToken(ctx, user, active, now)
+		if err != nil {
+			return reconcile.Result{}, err
+		}
+		result.RequeueAfter = max(renewAt.Sub(now), time.Second)
+	}
+	user.Status.ObservedGeneration = user.Generation
+
+	if equality.Semantic.DeepEqual(orig.Status, user.Status) {
+		return result, nil
+	}
+	if err := r.Client.Status().Patch(ctx, user, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
+		if apierrors.IsConflict(err) {
+			log.V(1).Info("status conflict, requeueing")
+			return reconcile.Result{Requeue: true}, nil //nolint:staticcheck // an immediate, rate-limited retry is what a conflict needs
+		}
+		return reconcile.Result{}, err
+	}
+	return result, nil
+}
+
+// ensureToken keeps a valid token in the user's Secret and returns when it is due for renewal.
+func (r *TokenReconciler) ensureToken(ctx context.Context, user *llmv1alpha1.LLMUser, active token.Key, now time.Time) (time.Time, error) {
+	ts := user.Status.Token
+	secret := &corev1.Secret{}
+	key := types.NamespacedName{Namespace: user.Namespace, Name: ts.SecretName}
+	err := r.Client.Get(ctx, key, secret)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return time.Time{}, err
+	}
+	exists := err == nil
+
+	var claims *token.Claims
+	raw := string(secret.Data[SecretKeyToken])
+	if raw != "" {
+		if c, verr := r.Keys.Verifier().Verify(raw); verr == nil {
+			claims = c
+		}
+	}
+	reason := reissueReason(now, user, ts.Generation, claims)
+	if reason != "" {
+		issuer := &token.Issuer{Key: active, Issuer: r.Issuer, Audience: r.Audience, Now: r.Clock.Now}
+		var err error
+		raw, claims, err = issuer.Issue(token.IssueRequest{
+			Namespace: user.Namespace, Name: user.Name, UID: string(user.UID),
+			Generation: ts.Generation, TTL: TokenTTL(user),
+		})
+		if err != nil {
+			return time.Time{}, err
+		}
+		ts.KeyID = active.ID
+		action := map[string]string{"NoValidToken": "Issued", "WrongSubject": "Issued", "Rotated": "Rotated", "TTLChanged": "Renewed", "Renewal": "Renewed"}[reason]
+		r.Recorder.Eventf(user, nil, corev1.EventTypeNormal, "Token"+action, "IssueToken",
+			"token generation %d issued into Secret %s, expires %s", ts.Generation, ts.SecretName, claims.ExpiresAt.UTC().Format(time.RFC3339))
+	} else if ts.KeyID == "" {
+		ts.KeyID = active.ID
+	}
+	iat, exp := claims.IssuedAt.Time, claims.ExpiresAt.Time
+	renewAt := RenewAt(iat, exp)
+	ts.IssuedAt, ts.ExpiresAt, ts.RenewAt = ptrTime(iat), ptrTime(exp), ptrTime(renewAt)
+
+	desired := map[string][]byte{
+		SecretKeyToken:     []byte(raw),
+		SecretKeyAPIKey:    []byte(raw),
+		SecretKeyBaseURL:   []byte(r.BaseURL),
+		SecretKeyAPIBase:   []byte(r.BaseURL),
+		SecretKeyExpiresAt: []byte(exp.UTC().Format(time.RFC3339)),
+	}
+	if !exists {
+		secret = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}
+	}
+	before := secret.DeepCopy()
+	if secret.Labels == nil {
+		secret.Labels = map[string]string{}
+	}
+	secret.Labels[llmv1alpha1.LabelUser] = user.Name
+	secret.Labels[llmv1alpha1.LabelManagedBy] = llmv1alpha1.ManagedByValue
+	secret.Type = corev1.SecretTypeOpaque
+	secret.Data = desired
+	if err := controllerutil.SetControllerReference(user, secret, r.Client.Scheme()); err != nil {
+		return time.Time{}, fmt.Errorf("secret %s: %w", key, err)
+	}
+	switch {
+	case !exists:
+		if err := r.Client.Create(ctx, secret); err != nil {
+			return time.Time{}, err
+		}
+	case !equality.Semantic.DeepEqual(before, secret):
+		if err := r.Client.Update(ctx, secret); err != nil {
+			return time.Time{}, err
+		}
+	}
+	msg := fmt.Sprintf("token generation %d in Secret %s, valid until %s", ts.Generation, ts.SecretName, exp.UTC().Format(time.RFC3339))
+	r.setCondition(user, llmv1alpha1.ConditionTokenIssued, metav1.ConditionTrue, llmv1alpha1.ReasonIssued, msg)
+	r.setCondition(user, llmv1alpha1.ConditionReady, metav1.ConditionTrue, llmv1alpha1.ReasonIssued, "token issued and quota "+user.Spec.QuotaRef.Name+" found")
+	return renewAt, nil
+}
+
+// setCondition sets a condition, keeping its transition time when the status
+// does not change, and reports whether the status changed.
+func (r *TokenReconciler) setCondition(u *llmv1alpha1.LLMUser, typ string, status metav1.ConditionStatus, reason, msg string) bool {
+	prev := meta.FindStatusCondition(u.Status.Conditions, typ)
+	changed := prev == nil || prev.Status != status
+	meta.SetStatusCondition(&u.Status.Conditions, metav1.Condition{
+		Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: u.Generation,
+		LastTransitionTime: metav1.NewTime(r.Clock.Now()),
+	})
+	return changed
+}
+
+func ptrTime(t time.Time) *metav1.Time {
+	mt := metav1.NewTime(t.UTC().Truncate(time.Second))
+	return &mt
+}
+
+// IndexQuotaRef registers the spec.quotaRef.name index on LLMUsers.
+func IndexQuotaRef(ctx context.Context, mgr ctrl.Manager) error {
+	return mgr.GetFieldIndexer().IndexField(ctx, &llmv1alpha1.LLMUser{}, QuotaRefIndex, func(o client.Object) []string {
+		return []string{o.(*llmv1alpha1.LLMUser).Spec.QuotaRef.Name}
+	})
+}
+
+// usersOfQuota maps an LLMQuota to the LLMUsers that reference it.
+func usersOfQuota(c client.Client) handler.EventHandler {
+	return handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		var users llmv1alpha1.LLMUserList
+		if err := c.List(ctx, &users, client.InNamespace(o.GetNamespace()), client.MatchingFields{QuotaRefIndex: o.GetName()}); err != nil {
+			logf.FromContext(ctx).Error(err, "listing users of quota", "quota", o.GetName())
+			return nil
+		}
+		reqs := make([]reconcile.Request, 0, len(users.Items))
+		for _, u := range users.Items {
+			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: u.Namespace, Name: u.Name}})
+		}
+		return reqs
+	})
+}
+
+// SetupWithManager watches LLMUsers (spec and annotation changes only: status
+// writes, the proxy's usage among them, never trigger a pass), their Secrets,
+// the existence of their quotas, and the arrival of the first signing key.
+func (r *TokenReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	keysReady := source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+		go func() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-r.Keys.Ready():
+			}
+			var users llmv1alpha1.LLMUserList
+			if err := mgr.GetClient().List(ctx, &users); err != nil {
+				logf.FromContext(ctx).Error(err, "listing users after the first signing key")
+				return
+			}
+			for _, u := range users.Items {
+				q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: u.Namespace, Name: u.Name}})
+			}
+		}()
+		return nil
+	})
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("llmuser-token").
+		For(&llmv1alpha1.LLMUser{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		Owns(&corev1.Secret{}).
+		Watches(&llmv1alpha1.LLMQuota{}, usersOfQuota(mgr.GetClient()), builder.WithPredicates(predicate.Funcs{
+			// Only a quota's existence matters to a token.
+			UpdateFunc: func(event.UpdateEvent) bool { return false },
+		})).
+		WatchesRawSource(keysReady).
+		Complete(r)
+}

@@ -1,0 +1,294 @@
+package controller_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/internal/controller"
+	"github.com/llm-user-operator/llm-user-operator/internal/token"
+)
+
+// publishedVerifier verifies against the JWKS the operator published, the way the proxy does.
+func publishedVerifier(t *testing.T) *token.Verifier {
+	t.Helper()
+	cm := &corev1.ConfigMap{}
+	if err := env.Client.Get(context.Background(), types.NamespacedName{Namespace: opNamespace, Name: "llm-user-operator-jwks"}, cm); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := token.ParseJWKS([]byte(cm.Data[controller.JWKSKey]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := token.NewVerifier(token.VerifierOptions{Issuer: issuer, Audience: audience, CacheSize: -1})
+	v.SetKeys(keys)
+	return v
+}
+
+func condition(u *llmv1alpha1.LLMUser, typ string) *metav1.Condition {
+	return meta.FindStatusCondition(u.Status.Conditions, typ)
+}
+
+func wantCondition(u *llmv1alpha1.LLMUser, typ string, status metav1.ConditionStatus, reason string) error {
+	c := condition(u, typ)
+	if c == nil {
+		return fmt.Errorf("no %s condition yet", typ)
+	}
+	if c.Status != status || c.Reason != reason {
+		return fmt.Errorf("%s = %s/%s (%s), want %s/%s", typ, c.Status, c.Reason, c.Message, status, reason)
+	}
+	if c.ObservedGeneration != u.Generation {
+		return fmt.Errorf("%s observedGeneration %d, want %d", typ, c.ObservedGeneration, u.Generation)
+	}
+	return nil
+}
+
+func TestTokenLifecycle(t *testing.T) {
+	ensureNamespace(t, opNamespace)
+	refreshAddr := startOperator(t)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	c := env.Client
+
+	// A user whose quota does not exist yet gets no token and says why.
+	if err := c.Create(ctx, newUser(ns, "alice", "team")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "QuotaNotFound", func() error {
+		return wantCondition(getUser(t, ns, "alice"), llmv1alpha1.ConditionReady, metav1.ConditionFalse, llmv1alpha1.ReasonQuotaNotFound)
+	})
+	if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: "alice-llm-token"}, &corev1.Secret{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("secret exists before the quota does: %v", err)
+	}
+
+	// Creating the quota issues the token.
+	if err := c.Create(ctx, newQuota(ns, "team")); err != nil {
+		t.Fatal(err)
+	}
+	var user *llmv1alpha1.LLMUser
+	eventually(t, "Ready", func() error {
+		user = getUser(t, ns, "alice")
+		return wantCondition(user, llmv1alpha1.ConditionReady, metav1.ConditionTrue, llmv1alpha1.ReasonIssued)
+	})
+	if err := wantCondition(user, llmv1alpha1.ConditionTokenIssued, metav1.ConditionTrue, llmv1alpha1.ReasonIssued); err != nil {
+		t.Fatal(err)
+	}
+	secret := &corev1.Secret{}
+	key := types.NamespacedName{Namespace: ns, Name: "alice-llm-token"}
+	if err := c.Get(ctx, key, secret); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"token", "OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_BASE", "expiresAt"} {
+		if len(secret.Data[k]) == 0 {
+			t.Errorf("secret key %s missing", k)
+		}
+	}
+	if string(secret.Data["OPENAI_BASE_URL"]) != baseURL || !bytes.Equal(secret.Data["token"], secret.Data["OPENAI_API_KEY"]) {
+		t.Errorf("secret data inconsistent: base %q", secret.Data["OPENAI_BASE_URL"])
+	}
+	if secret.Labels[llmv1alpha1.LabelUser] != "alice" {
+		t.Errorf("labels = %v", secret.Labels)
+	}
+	if ref := metav1.GetControllerOf(secret); ref == nil || ref.UID != user.UID || ref.BlockOwnerDeletion == nil || !*ref.BlockOwnerDeletion {
+		// The garbage collector (not part of envtest) deletes the Secret with its user through this reference.
+		t.Errorf("secret owner = %+v, want controller reference to user %s", ref, user.UID)
+	}
+	claims, err := publishedVerifier(t).Verify(string(secret.Data["token"]))
+	if err != nil {
+		t.Fatalf("token does not verify against the published JWKS: %v", err)
+	}
+	if claims.UID != string(user.UID) || claims.Generation != 1 || claims.Subject != ns+"/alice" {
+		t.Errorf("claims = %+v", claims)
+	}
+	if ttl := claims.ExpiresAt.Sub(claims.IssuedAt.Time); ttl != 24*time.Hour {
+		t.Errorf("ttl = %v, want default 24h", ttl)
+	}
+	ts := user.Status.Token
+	if ts == nil || ts.SecretName != "alice-llm-token" || ts.Generation != 1 || ts.KeyID == "" || ts.ExpiresAt == nil || ts.RenewAt == nil {
+		t.Fatalf("status.token = %+v", ts)
+	}
+	if want := claims.IssuedAt.Add(time.Duration(0.8 * float64(24*time.Hour))); !ts.RenewAt.Time.Equal(want.UTC().Truncate(time.Second)) {
+		t.Errorf("renewAt = %v, want %v", ts.RenewAt, want)
+	}
+	original := string(secret.Data["token"])
+
+	// Someone edits the Secret: the operator restores it.
+	secret.Data["OPENAI_API_KEY"] = []byte("tampered")
+	secret.Data["token"] = []byte("tampered")
+	if err := c.Update(ctx, secret); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "edited secret restored", func() error {
+		s := &corev1.Secret{}
+		if err := c.Get(ctx, key, s); err != nil {
+			return err
+		}
+		if _, err := publishedVerifier(t).Verify(string(s.Data["OPENAI_API_KEY"])); err != nil {
+			return fmt.Errorf("not restored yet: %v", err)
+		}
+		return nil
+	})
+
+	// Someone deletes it: the operator recreates it.
+	if err := c.Delete(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "alice-llm-token"}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "deleted secret recreated", func() error {
+		s := &corev1.Secret{}
+		if err := c.Get(ctx, key, s); err != nil {
+			return err
+		}
+		if s.DeletionTimestamp != nil {
+			return fmt.Errorf("still deleting")
+		}
+		_, err := publishedVerifier(t).Verify(string(s.Data["token"]))
+		return err
+	})
+
+	// Refresh: a valid token buys a fresh one of the same generation.
+	fresh := refresh(t, refreshAddr, original, http.StatusOK)
+	fc, err := publishedVerifier(t).Verify(fresh)
+	if err != nil || fc.UID != string(user.UID) || fc.Generation != 1 {
+		t.Fatalf("refreshed token: %v %+v", err, fc)
+	}
+
+	// Forced re-issue: generation 2; older tokens are revoked (refresh refuses them).
+	patch := client.MergeFrom(user.DeepCopy())
+	user.Annotations = map[string]string{llmv1alpha1.AnnotationRotateToken: "now"}
+	if err := c.Patch(ctx, user, patch); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "generation 2", func() error {
+		u := getUser(t, ns, "alice")
+		if u.Status.Token == nil || u.Status.Token.Generation != 2 {
+			return fmt.Errorf("status.token = %+v", u.Status.Token)
+		}
+		s := &corev1.Secret{}
+		if err := c.Get(ctx, key, s); err != nil {
+			return err
+		}
+		cl, err := publishedVerifier(t).Verify(string(s.Data["token"]))
+		if err != nil {
+			return err
+		}
+		if cl.Generation != 2 {
+			return fmt.Errorf("secret token generation %d", cl.Generation)
+		}
+		return nil
+	})
+	refresh(t, refreshAddr, original, http.StatusUnauthorized)
+
+	// Suspension: conditions flip, the Secret stays, refresh is refused.
+	user = getUser(t, ns, "alice")
+	patch = client.MergeFrom(user.DeepCopy())
+	user.Spec.Suspended = true
+	if err := c.Patch(ctx, user, patch); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "Suspended", func() error {
+		u := getUser(t, ns, "alice")
+		if err := wantCondition(u, llmv1alpha1.ConditionReady, metav1.ConditionFalse, llmv1alpha1.ReasonSuspended); err != nil {
+			return err
+		}
+		return wantCondition(u, llmv1alpha1.ConditionTokenIssued, metav1.ConditionFalse, llmv1alpha1.ReasonSuspended)
+	})
+	if err := c.Get(ctx, key, secret); err != nil {
+		t.Fatalf("secret must be kept while suspended: %v", err)
+	}
+	refresh(t, refreshAddr, string(secret.Data["token"]), http.StatusUnauthorized)
+
+	// Deleted user: refresh refuses (the proxy likewise knows no such uid).
+	if err := c.Delete(ctx, user); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "user gone", func() error {
+		err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: "alice"}, &llmv1alpha1.LLMUser{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("still there: %v", err)
+	})
+	refresh(t, refreshAddr, string(secret.Data["token"]), http.StatusUnauthorized)
+}
+
+func TestQuotaCountsUsers(t *testing.T) {
+	ensureNamespace(t, opNamespace)
+	startOperator(t)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	if err := env.Client.Create(ctx, newQuota(ns, "q")); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"a", "b", "c"} {
+		if err := env.Client.Create(ctx, newUser(ns, n, "q")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantUsers := func(n int32) func() error {
+		return func() error {
+			q := &llmv1alpha1.LLMQuota{}
+			if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "q"}, q); err != nil {
+				return err
+			}
+			if q.Status.Users != n || q.Status.ObservedGeneration != q.Generation {
+				return fmt.Errorf("users = %d (observed %d/%d), want %d", q.Status.Users, q.Status.ObservedGeneration, q.Generation, n)
+			}
+			if c := meta.FindStatusCondition(q.Status.Conditions, llmv1alpha1.ConditionReady); c == nil || c.Status != metav1.ConditionTrue {
+				return fmt.Errorf("ready condition %+v", c)
+			}
+			return nil
+		}
+	}
+	eventually(t, "3 users", wantUsers(3))
+	if err := env.Client.Delete(ctx, newUser(ns, "b", "q")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "2 users", wantUsers(2))
+}
+
+func refresh(t *testing.T, addr, tok string, wantStatus int) string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/auth/refresh", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	var resp *http.Response
+	eventually(t, "refresh endpoint up", func() error {
+		var err error
+		resp, err = http.DefaultClient.Do(req)
+		return err
+	})
+	defer func() { _ = resp.Body.Close() }()
+	var body struct {
+		AccessToken string `json:"access_token"`
+		TokenType   string `json:"token_type"`
+		ExpiresIn   int64  `json:"expires_in"`
+		Error       *struct {
+			Message, Type, Code string
+		} `json:"error"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatalf("refresh body: %v", err)
+	}
+	if resp.StatusCode != wantStatus {
+		t.Fatalf("refresh status %d, want %d (%+v)", resp.StatusCode, wantStatus, body.Error)
+	}
+	if wantStatus == http.StatusOK {
+		if body.TokenType != "bearer" || body.ExpiresIn != int64((24*time.Hour).Seconds()) || body.AccessToken == "" {
+			t.Fatalf("refresh body %+v", body)
+		}
+	} else if body.Error == nil || body.Error.Code != "invalid_api_key" || body.Error.Message == "" {
+		t.Fatalf("refusal body %+v", body.Error)
+	}
+	return body.AccessToken
+}

@@ -1,0 +1,135 @@
+package controller_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/internal/manager"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/envtest"
+)
+
+const (
+	opNamespace = "llm-system"
+	issuer      = "https://operator.test"
+	audience    = "llm-user-proxy"
+	baseURL     = "http://proxy.test:8000/v1"
+)
+
+var env *envtest.Env
+
+func TestMain(m *testing.M) {
+	ctrl.SetLogger(zap.New(zap.UseDevMode(true), zap.WriteTo(io.Discard)))
+	var err error
+	if env, err = envtest.New(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	env.Stop()
+	os.Exit(code)
+}
+
+// startOperator runs the whole operator against env until the test ends and
+// returns the address of its refresh endpoint.
+func startOperator(t *testing.T) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	addr := freeAddr(t)
+	done := make(chan error, 1)
+	go func() {
+		done <- manager.Run(ctx, manager.Options{
+			RestConfig: env.Config, MetricsAddr: "0", ProbeAddr: "0", RefreshAddr: addr,
+			Namespace: opNamespace, Issuer: issuer, Audience: audience, ProxyBaseURL: baseURL,
+			SkipNameValidation: true,
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("operator: %v", err)
+		}
+	})
+	return addr
+}
+
+func freeAddr(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = l.Close() }()
+	return l.Addr().String()
+}
+
+var nsCounter int
+
+// newNamespace creates a fresh namespace for one test.
+func newNamespace(t *testing.T) string {
+	t.Helper()
+	nsCounter++
+	name := fmt.Sprintf("t%d-%d", nsCounter, time.Now().UnixNano()%100000)
+	if err := env.Client.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+func ensureNamespace(t *testing.T, name string) {
+	t.Helper()
+	err := env.Client.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
+	if client.IgnoreAlreadyExists(err) != nil {
+		t.Fatal(err)
+	}
+}
+
+func int64p(v int64) *int64 { return &v }
+
+func newQuota(ns, name string) *llmv1alpha1.LLMQuota {
+	return &llmv1alpha1.LLMQuota{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       llmv1alpha1.LLMQuotaSpec{Limits: []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowDay, Tokens: int64p(1000)}}},
+	}
+}
+
+func newUser(ns, name, quota string) *llmv1alpha1.LLMUser {
+	return &llmv1alpha1.LLMUser{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       llmv1alpha1.LLMUserSpec{QuotaRef: llmv1alpha1.QuotaReference{Name: quota}},
+	}
+}
+
+// eventually polls cond until it returns nil or the deadline passes.
+func eventually(t *testing.T, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = cond(); err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: %v", what, err)
+}
+
+func getUser(t *testing.T, ns, name string) *llmv1alpha1.LLMUser {
+	t.Helper()
+	u := &llmv1alpha1.LLMUser{}
+	if err := env.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, u); err != nil {
+		t.Fatal(err)
+	}
+	return u
+}

@@ -1,0 +1,121 @@
+// Package refresh serves POST /auth/refresh: a holder of a valid token of an
+// active user exchanges it for a fresh one. It runs where the private key
+// lives (the operator), never in the proxy.
+package refresh
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/llm-user-operator/llm-user-operator/internal/token"
+)
+
+// User is what the refresh decision needs to know of an LLMUser.
+type User struct {
+	UID             string
+	TokenGeneration int64
+	Suspended       bool
+	AllowRefresh    bool
+	TTL             time.Duration
+}
+
+// Users looks up users by namespace and name; ok is false for an unknown user.
+type Users interface {
+	User(ctx context.Context, namespace, name string) (u User, ok bool, err error)
+}
+
+// Keys gives the current signing key and a verifier for every published key.
+type Keys interface {
+	Active() (token.Key, bool)
+	Verifier() *token.Verifier
+}
+
+// Handler serves POST /auth/refresh.
+type Handler struct {
+	Users    Users
+	Keys     Keys
+	Issuer   string
+	Audience string
+	Now      func() time.Time
+}
+
+// Response is the OpenAI-style body of a successful refresh.
+type Response struct {
+	AccessToken string `json:"access_token"`
+	TokenType   string `json:"token_type"`
+	ExpiresIn   int64  `json:"expires_in"`
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		writeError(w, http.StatusMethodNotAllowed, "invalid_request_error", "method_not_allowed", "use POST /auth/refresh with the token in the Authorization header")
+		return
+	}
+	raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || raw == "" {
+		writeError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", "missing bearer token: send Authorization: Bearer <token>")
+		return
+	}
+	active, ok := h.Keys.Active()
+	if !ok {
+		writeError(w, http.StatusServiceUnavailable, "server_error", "unavailable", "no signing key loaded yet; retry shortly")
+		return
+	}
+	claims, err := h.Keys.Verifier().Verify(raw)
+	if err != nil {
+		var te *token.Error
+		msg := "invalid token"
+		if errors.As(err, &te) {
+			msg = te.Error()
+		}
+		writeError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", msg)
+		return
+	}
+	u, found, err := h.Users.User(r.Context(), claims.Namespace, claims.Name)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "server_error", "unavailable", "cannot look up the user: "+err.Error())
+		return
+	}
+	switch {
+	case !found || u.UID != claims.UID:
+		writeError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", "token revoked: the user no longer exists")
+		return
+	case u.Suspended:
+		writeError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", "token revoked: the user is suspended")
+		return
+	case claims.Generation < u.TokenGeneration:
+		writeError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", "token revoked: a newer token generation was issued")
+		return
+	case !u.AllowRefresh:
+		writeError(w, http.StatusForbidden, "invalid_request_error", "refresh_not_allowed", "refresh is disabled for this user (spec.token.allowRefresh is false)")
+		return
+	}
+	issuer := &token.Issuer{Key: active, Issuer: h.Issuer, Audience: h.Audience, Now: h.Now}
+	fresh, c, err := issuer.Issue(token.IssueRequest{
+		Namespace: claims.Namespace, Name: claims.Name, UID: claims.UID,
+		Generation: max(claims.Generation, u.TokenGeneration), TTL: u.TTL,
+	})
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "server_error", "internal_error", "cannot issue a token")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(Response{
+		AccessToken: fresh, TokenType: "bearer",
+		ExpiresIn: int64(c.ExpiresAt.Sub(c.IssuedAt.Time) / time.Second),
+	})
+}
+
+func writeError(w http.ResponseWriter, status int, typ, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{
+		"message": msg, "type": typ, "param": nil, "code": code,
+	}})
+}
