@@ -1,0 +1,214 @@
+package controller_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	clocktesting "k8s.io/utils/clock/testing"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/internal/controller"
+	"github.com/llm-user-operator/llm-user-operator/internal/token"
+)
+
+// TestRenewalScheduledExactly drives the token reconciler with a fake clock:
+// the requeue lands exactly at 80% of the lifetime, nothing changes before it,
+// and at that moment the token is replaced under the same Secret name.
+func TestRenewalScheduledExactly(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC))
+	keys := controller.NewKeyStore(issuer, audience, clk.Now)
+	k, err := token.GenerateKey(clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys.Set([]token.Key{k})
+	r := &controller.TokenReconciler{
+		Client: env.Client, Clock: clk, Keys: keys, Issuer: issuer, Audience: audience,
+		BaseURL: baseURL, Recorder: events.NewFakeRecorder(100),
+	}
+	if err := env.Client.Create(ctx, newQuota(ns, "q")); err != nil {
+		t.Fatal(err)
+	}
+	u := newUser(ns, "bob", "q")
+	u.Spec.Token.TTL = &metav1.Duration{Duration: time.Hour}
+	if err := env.Client.Create(ctx, u); err != nil {
+		t.Fatal(err)
+	}
+	req := reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "bob"}}
+	secretKey := types.NamespacedName{Namespace: ns, Name: "bob-llm-token"}
+
+	res, err := r.Reconcile(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := 48 * time.Minute; res.RequeueAfter != want {
+		t.Fatalf("first requeue after %v, want %v (80%% of 1h)", res.RequeueAfter, want)
+	}
+	first := secretToken(t, secretKey)
+	rv := getUser(t, ns, "bob").ResourceVersion
+
+	// Before the deadline, a pass changes nothing and writes nothing.
+	clk.Step(47 * time.Minute)
+	res, err = r.Reconcile(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.RequeueAfter != time.Minute {
+		t.Errorf("requeue after %v, want the remaining 1m", res.RequeueAfter)
+	}
+	if secretToken(t, secretKey) != first || getUser(t, ns, "bob").ResourceVersion != rv {
+		t.Error("token or status rewritten before renewal was due")
+	}
+
+	// At the deadline the token is renewed in place.
+	clk.Step(time.Minute)
+	res, err = r.Reconcile(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := secretToken(t, secretKey)
+	if second == first {
+		t.Fatal("token not renewed at 80% of its lifetime")
+	}
+	if res.RequeueAfter != 48*time.Minute {
+		t.Errorf("next requeue after %v, want 48m", res.RequeueAfter)
+	}
+	st := getUser(t, ns, "bob").Status.Token
+	if !st.IssuedAt.Time.Equal(clk.Now()) || !st.ExpiresAt.Time.Equal(clk.Now().Add(time.Hour)) || st.Generation != 1 {
+		t.Errorf("status.token after renewal = %+v", st)
+	}
+
+	// A changed ttl re-issues at once with the new lifetime.
+	user := getUser(t, ns, "bob")
+	user.Spec.Token.TTL = &metav1.Duration{Duration: 2 * time.Hour}
+	if err := env.Client.Update(ctx, user); err != nil {
+		t.Fatal(err)
+	}
+	if res, err = r.Reconcile(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if res.RequeueAfter != 96*time.Minute || secretToken(t, secretKey) == second {
+		t.Errorf("ttl change: requeue %v, token replaced=%v", res.RequeueAfter, secretToken(t, secretKey) != second)
+	}
+}
+
+func secretToken(t *testing.T, key types.NamespacedName) string {
+	t.Helper()
+	s := &corev1.Secret{}
+	if err := env.Client.Get(context.Background(), key, s); err != nil {
+		t.Fatal(err)
+	}
+	return string(s.Data["token"])
+}
+
+// TestSigningKeyRotation drives the key reconciler with a fake clock: first key
+// on an empty namespace, rotation after the period with the old key still
+// published, the old key dropped once its tokens can no longer be valid, and
+// the manual trigger.
+func TestSigningKeyRotation(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	store := controller.NewKeyStore(issuer, audience, clk.Now)
+	// Longer than the longest token ttl, so the drop of a retired key comes before the next rotation.
+	period := 60 * 24 * time.Hour
+	r := &controller.SigningKeyReconciler{
+		Client: env.Client, Namespace: ns, SecretName: "keys", ConfigMapName: "jwks",
+		RotationPeriod: period, Clock: clk, Store: store,
+	}
+	published := func() []token.Key {
+		t.Helper()
+		cm := &corev1.ConfigMap{}
+		if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "jwks"}, cm); err != nil {
+			t.Fatal(err)
+		}
+		keys, err := token.ParseJWKS([]byte(cm.Data[controller.JWKSKey]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return keys
+	}
+	reconcileOnce := func() reconcile.Result {
+		t.Helper()
+		res, err := r.Reconcile(ctx, reconcile.Request{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+
+	res := reconcileOnce()
+	keys := published()
+	if len(keys) != 1 || res.RequeueAfter != period {
+		t.Fatalf("first pass: %d keys, requeue %v", len(keys), res.RequeueAfter)
+	}
+	first := keys[0].ID
+	active, _ := store.Active()
+	if active.ID != first || active.Private == nil {
+		t.Fatalf("store holds %q, want %q with its private half", active.ID, first)
+	}
+	// A token signed just before the rotation must keep verifying through it.
+	clk.Step(period - time.Hour)
+	iss := &token.Issuer{Key: active, Issuer: issuer, Audience: audience, Now: clk.Now}
+	tok, _, err := iss.Issue(token.IssueRequest{Namespace: "n", Name: "u", UID: "uid", Generation: 1, TTL: controller.MaxTokenTTL})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	clk.Step(time.Hour)
+	res = reconcileOnce()
+	keys = published()
+	if len(keys) != 2 || keys[0].ID == first || keys[1].ID != first {
+		t.Fatalf("after the period: %d keys %v", len(keys), ids(keys))
+	}
+	if _, err := store.Verifier().Verify(tok); err != nil {
+		t.Fatalf("token of the previous key refused during the overlap: %v", err)
+	}
+	// The next event is the old key's drop: max ttl + skew after it stopped signing.
+	if res.RequeueAfter > controller.MaxTokenTTL+time.Minute || res.RequeueAfter < controller.MaxTokenTTL {
+		t.Errorf("requeue after %v, want the previous key's drop (~%v)", res.RequeueAfter, controller.MaxTokenTTL)
+	}
+	clk.Step(res.RequeueAfter)
+	reconcileOnce()
+	if keys = published(); len(keys) != 1 || keys[0].ID == first {
+		t.Fatalf("previous key not dropped: %v", ids(keys))
+	}
+
+	// Manual rotation through the annotation.
+	s := &corev1.Secret{}
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "keys"}, s); err != nil {
+		t.Fatal(err)
+	}
+	s.Annotations = map[string]string{controller.AnnotationRotateKeys: "incident-42"}
+	if err := env.Client.Update(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	before := keys[0].ID
+	reconcileOnce()
+	if keys = published(); len(keys) != 2 || keys[1].ID != before {
+		t.Fatalf("manual rotation: %v", ids(keys))
+	}
+	reconcileOnce() // handled once, not on every pass
+	if keys = published(); len(keys) != 2 {
+		t.Fatalf("manual rotation repeated: %v", ids(keys))
+	}
+	if s.Labels[llmv1alpha1.LabelManagedBy] != llmv1alpha1.ManagedByValue {
+		t.Errorf("keys secret labels %v", s.Labels)
+	}
+}
+
+func ids(keys []token.Key) []string {
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = k.ID
+	}
+	return out
+}
