@@ -1,0 +1,590 @@
+package quota
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+)
+
+// The suite in this file is the contract of [Counter]; every implementation
+// runs it through testCounter.
+
+// fakeClock is the injected clock; tests move it by hand.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newFakeClock(t time.Time) *fakeClock { return &fakeClock{now: t} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+func ptr(v int64) *int64 { return &v }
+
+// t0 is a Wednesday, in the middle of its minute, hour, day, week and month.
+var t0 = utc("2027-03-10T12:30:15Z")
+
+const (
+	minute = llmv1alpha1.WindowMinute
+	hour   = llmv1alpha1.WindowHour
+	day    = llmv1alpha1.WindowDay
+)
+
+func reserve(t testing.TB, c Counter, budgets []Budget, est Amount) (*Reservation, Decision) {
+	t.Helper()
+	r, d, err := c.Reserve(context.Background(), Request{Budgets: budgets, Estimate: est})
+	if err != nil {
+		t.Fatalf("Reserve(%v): %v", est, err)
+	}
+	if d.Allowed != (r != nil) {
+		t.Fatalf("Reserve(%v): Allowed %v with reservation %v", est, d.Allowed, r)
+	}
+	return r, d
+}
+
+// admit reserves est and fails the test unless it was admitted.
+func admit(t testing.TB, c Counter, budgets []Budget, est Amount) *Reservation {
+	t.Helper()
+	r, d := reserve(t, c, budgets, est)
+	if !d.Allowed {
+		t.Fatalf("Reserve(%v) refused: %+v", est, d.Exceeded)
+	}
+	return r
+}
+
+func settle(t testing.TB, c Counter, r *Reservation, actual Amount) {
+	t.Helper()
+	if err := c.Settle(context.Background(), r, actual); err != nil {
+		t.Fatalf("Settle(%v): %v", actual, err)
+	}
+}
+
+// charge reserves and settles amount at once: usage already done.
+func charge(t testing.TB, c Counter, budgets []Budget, amount Amount) {
+	t.Helper()
+	settle(t, c, admit(t, c, budgets, amount), amount)
+}
+
+func status(t testing.TB, c Counter, b Budget) []WindowStatus {
+	t.Helper()
+	s, err := c.Status(context.Background(), b)
+	if err != nil {
+		t.Fatalf("Status(%s): %v", b.Key, err)
+	}
+	return s
+}
+
+func window(b Budget, i int, now time.Time, used, reserved Amount) WindowStatus {
+	l := b.Limits[i]
+	return WindowStatus{
+		Budget:   b.Key,
+		Limit:    l,
+		Start:    WindowStart(l.Window, now),
+		ResetAt:  WindowEnd(l.Window, now),
+		Used:     used,
+		Reserved: reserved,
+	}
+}
+
+func sameWindow(a, b WindowStatus) bool {
+	return a.Budget == b.Budget && reflect.DeepEqual(a.Limit, b.Limit) &&
+		a.Start.Equal(b.Start) && a.ResetAt.Equal(b.ResetAt) &&
+		a.Used == b.Used && a.Reserved == b.Reserved
+}
+
+func fmtWindows(ws []WindowStatus) string {
+	s := ""
+	for _, w := range ws {
+		s += fmt.Sprintf("\n  %s %s [%s, %s) used %+v reserved %+v", w.Budget, w.Limit.Window,
+			w.Start.Format(time.RFC3339), w.ResetAt.Format(time.RFC3339), w.Used, w.Reserved)
+	}
+	return s
+}
+
+func checkWindows(t testing.TB, what string, got []WindowStatus, want ...WindowStatus) {
+	t.Helper()
+	ok := len(got) == len(want)
+	for i := 0; ok && i < len(got); i++ {
+		ok = sameWindow(got[i], want[i])
+	}
+	if !ok {
+		t.Errorf("%s windows:%s\nwant:%s", what, fmtWindows(got), fmtWindows(want))
+	}
+}
+
+func sameExceeded(a, b *Exceeded) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Budget == b.Budget && a.Window == b.Window && a.Resource == b.Resource &&
+		a.Limit == b.Limit && a.Used == b.Used && a.ResetAt.Equal(b.ResetAt) && a.DryRun == b.DryRun
+}
+
+func checkExceeded(t testing.TB, got, want *Exceeded) {
+	t.Helper()
+	if !sameExceeded(got, want) {
+		t.Errorf("Exceeded = %+v, want %+v", got, want)
+	}
+}
+
+func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
+	ctx := context.Background()
+	setup := func() (*fakeClock, Counter) {
+		clock := newFakeClock(t0)
+		return clock, newCounter(clock.Now)
+	}
+	alice := Budget{Key: UserKey("team", "alice"), Limits: []Limit{{Window: day, Tokens: ptr(1000), Requests: ptr(10)}}}
+
+	t.Run("admit under limit", func(t *testing.T) {
+		_, c := setup()
+		est := Amount{1, 100, 200}
+		r, d := reserve(t, c, []Budget{alice}, est)
+		if !d.Allowed || d.Exceeded != nil {
+			t.Fatalf("Decision = %+v, want allowed with nothing exceeded", d)
+		}
+		if r.Amount != est || !r.At.Equal(t0) || len(r.Budgets) != 1 || r.Budgets[0].Key != alice.Key {
+			t.Errorf("Reservation = %+v", r)
+		}
+		checkWindows(t, "decision", d.Windows, window(alice, 0, t0, Amount{}, est))
+		checkWindows(t, "status after reserve", status(t, c, alice), window(alice, 0, t0, Amount{}, est))
+
+		settle(t, c, r, Amount{1, 100, 150})
+		checkWindows(t, "status after settle", status(t, c, alice), window(alice, 0, t0, Amount{1, 100, 150}, Amount{}))
+	})
+
+	t.Run("reservation ids are unique", func(t *testing.T) {
+		_, c := setup()
+		seen := map[uint64]bool{}
+		for range 5 {
+			r := admit(t, c, []Budget{alice}, Amount{1, 1, 1})
+			if seen[r.ID] {
+				t.Errorf("reservation ID %d reused", r.ID)
+			}
+			seen[r.ID] = true
+		}
+	})
+
+	refusals := []struct {
+		name    string
+		limit   Limit
+		first   Amount // charged before
+		pending Amount // reserved, in flight
+		est     Amount // refused
+		res     Resource
+		cap     int64
+		held    int64
+		fits    Amount // admitted once pending is released: exactly at the cap
+	}{
+		{"tokens", Limit{Window: hour, Tokens: ptr(100)}, Amount{1, 40, 30}, Amount{1, 5, 5}, Amount{1, 10, 11}, ResourceTokens, 100, 80, Amount{1, 15, 15}},
+		{"input tokens", Limit{Window: hour, InputTokens: ptr(50)}, Amount{1, 30, 500}, Amount{1, 10, 0}, Amount{1, 11, 0}, ResourceInputTokens, 50, 40, Amount{1, 20, 1000}},
+		{"output tokens", Limit{Window: hour, OutputTokens: ptr(50)}, Amount{1, 500, 30}, Amount{1, 0, 10}, Amount{1, 0, 11}, ResourceOutputTokens, 50, 40, Amount{1, 1000, 20}},
+		{"requests", Limit{Window: hour, Requests: ptr(2)}, Amount{1, 10, 10}, Amount{1, 0, 0}, Amount{1, 1, 1}, ResourceRequests, 2, 2, Amount{1, 1000, 1000}},
+	}
+	for _, tt := range refusals {
+		t.Run("refuse over "+tt.name, func(t *testing.T) {
+			_, c := setup()
+			b := Budget{Key: UserKey("team", "bob"), Limits: []Limit{tt.limit}}
+			charge(t, c, []Budget{b}, tt.first)
+			pending := admit(t, c, []Budget{b}, tt.pending)
+
+			r, d := reserve(t, c, []Budget{b}, tt.est)
+			if d.Allowed || r != nil {
+				t.Fatalf("Reserve(%v) admitted, want refused", tt.est)
+			}
+			checkExceeded(t, d.Exceeded, &Exceeded{
+				Budget: b.Key, Window: hour, Resource: tt.res, Limit: tt.cap, Used: tt.held,
+				ResetAt: utc("2027-03-10T13:00:00Z"),
+			})
+			before := window(b, 0, t0, tt.first, tt.pending)
+			checkWindows(t, "refused decision", d.Windows, before)
+			checkWindows(t, "status after refusal", status(t, c, b), before)
+
+			settle(t, c, pending, Amount{})
+			r = admit(t, c, []Budget{b}, tt.fits)
+			checkWindows(t, "status at the cap", status(t, c, b), window(b, 0, t0, tt.first, tt.fits))
+			settle(t, c, r, Amount{})
+		})
+	}
+
+	t.Run("the first limit without room is reported", func(t *testing.T) {
+		_, c := setup()
+		b := Budget{Key: UserKey("team", "carol"), Limits: []Limit{
+			{Window: minute, Requests: ptr(100)},
+			{Window: hour, OutputTokens: ptr(10), Requests: ptr(1)},
+			{Window: day, Tokens: ptr(1)},
+		}}
+		charge(t, c, []Budget{b}, Amount{1, 0, 5})
+		_, d := reserve(t, c, []Budget{b}, Amount{1, 0, 6})
+		checkExceeded(t, d.Exceeded, &Exceeded{
+			Budget: b.Key, Window: hour, Resource: ResourceOutputTokens, Limit: 10, Used: 5,
+			ResetAt: WindowEnd(hour, t0),
+		})
+	})
+
+	t.Run("an empty window admits one oversized request", func(t *testing.T) {
+		_, c := setup()
+		b := Budget{Key: UserKey("team", "dave"), Limits: []Limit{{Window: minute, Tokens: ptr(100)}}}
+		big := admit(t, c, []Budget{b}, Amount{1, 300, 300})
+		_, d := reserve(t, c, []Budget{b}, Amount{1, 1, 0})
+		checkExceeded(t, d.Exceeded, &Exceeded{Budget: b.Key, Window: minute, Resource: ResourceTokens, Limit: 100, Used: 600, ResetAt: WindowEnd(minute, t0)})
+
+		settle(t, c, big, Amount{1, 50, 0})
+		admit(t, c, []Budget{b}, Amount{1, 50, 0})
+		// At the cap, even a request estimated at no tokens is refused.
+		_, d = reserve(t, c, []Budget{b}, Amount{1, 0, 0})
+		checkExceeded(t, d.Exceeded, &Exceeded{Budget: b.Key, Window: minute, Resource: ResourceTokens, Limit: 100, Used: 100, ResetAt: WindowEnd(minute, t0)})
+	})
+
+	t.Run("a zero cap admits nothing", func(t *testing.T) {
+		for _, tt := range []struct {
+			limit Limit
+			res   Resource
+		}{
+			{Limit{Window: hour, Requests: ptr(0)}, ResourceRequests},
+			{Limit{Window: hour, Tokens: ptr(0)}, ResourceTokens},
+			{Limit{Window: hour, OutputTokens: ptr(0)}, ResourceOutputTokens},
+		} {
+			_, c := setup()
+			b := Budget{Key: UserKey("team", "erin"), Limits: []Limit{tt.limit}}
+			_, d := reserve(t, c, []Budget{b}, Amount{1, 0, 0})
+			checkExceeded(t, d.Exceeded, &Exceeded{Budget: b.Key, Window: hour, Resource: tt.res, Limit: 0, Used: 0, ResetAt: WindowEnd(hour, t0)})
+		}
+	})
+
+	t.Run("dry run admits and reports", func(t *testing.T) {
+		_, c := setup()
+		b := Budget{Key: PoolKey("team", "shadow"), Limits: []Limit{{Window: hour, Tokens: ptr(100)}}, DryRun: true}
+		first := admit(t, c, []Budget{b}, Amount{1, 50, 0})
+		r, d := reserve(t, c, []Budget{b}, Amount{1, 60, 0})
+		if !d.Allowed || r == nil {
+			t.Fatal("dry-run budget refused")
+		}
+		checkExceeded(t, d.Exceeded, &Exceeded{Budget: b.Key, Window: hour, Resource: ResourceTokens, Limit: 100, Used: 50, ResetAt: WindowEnd(hour, t0), DryRun: true})
+		checkWindows(t, "decision", d.Windows, window(b, 0, t0, Amount{}, Amount{2, 110, 0}))
+		settle(t, c, first, Amount{1, 50, 0})
+		settle(t, c, r, Amount{1, 60, 0})
+		checkWindows(t, "status", status(t, c, b), window(b, 0, t0, Amount{2, 110, 0}, Amount{}))
+	})
+
+	t.Run("an enforcing refusal outranks an earlier dry-run report", func(t *testing.T) {
+		_, c := setup()
+		dry := Budget{Key: PoolKey("team", "shadow"), Limits: []Limit{{Window: hour, Tokens: ptr(10)}}, DryRun: true}
+		enf := Budget{Key: UserKey("team", "frank"), Limits: []Limit{{Window: hour, Requests: ptr(1)}}}
+		admit(t, c, []Budget{dry, enf}, Amount{1, 5, 0})
+		r, d := reserve(t, c, []Budget{dry, enf}, Amount{1, 10, 0})
+		if d.Allowed || r != nil {
+			t.Fatal("admitted over an enforcing limit")
+		}
+		checkExceeded(t, d.Exceeded, &Exceeded{Budget: enf.Key, Window: hour, Resource: ResourceRequests, Limit: 1, Used: 1, ResetAt: WindowEnd(hour, t0)})
+		checkWindows(t, "dry-run status", status(t, c, dry), window(dry, 0, t0, Amount{}, Amount{1, 5, 0}))
+	})
+
+	t.Run("user and pool are checked atomically", func(t *testing.T) {
+		_, c := setup()
+		pool := Budget{Key: PoolKey("team", "shared"), Limits: []Limit{{Window: day, Tokens: ptr(100)}}}
+		bob := Budget{Key: UserKey("team", "bob"), Limits: []Limit{{Window: day, Tokens: ptr(1000)}}}
+		small := Budget{Key: UserKey("team", "alice"), Limits: []Limit{{Window: hour, Tokens: ptr(10)}}}
+
+		charge(t, c, []Budget{bob, pool}, Amount{1, 50, 40})
+
+		// The pool refuses: alice's budget keeps nothing of the request.
+		_, d := reserve(t, c, []Budget{alice, pool}, Amount{1, 10, 10})
+		checkExceeded(t, d.Exceeded, &Exceeded{Budget: pool.Key, Window: day, Resource: ResourceTokens, Limit: 100, Used: 90, ResetAt: WindowEnd(day, t0)})
+		checkWindows(t, "refused decision", d.Windows,
+			window(alice, 0, t0, Amount{}, Amount{}), window(pool, 0, t0, Amount{1, 50, 40}, Amount{}))
+		checkWindows(t, "alice after pool refusal", status(t, c, alice), window(alice, 0, t0, Amount{}, Amount{}))
+
+		// The user refuses: the pool keeps nothing of the request.
+		admitted := admit(t, c, []Budget{small, pool}, Amount{1, 5, 0})
+		_, d = reserve(t, c, []Budget{small, pool}, Amount{1, 6, 0})
+		checkExceeded(t, d.Exceeded, &Exceeded{Budget: small.Key, Window: hour, Resource: ResourceTokens, Limit: 10, Used: 5, ResetAt: WindowEnd(hour, t0)})
+		checkWindows(t, "pool after user refusal", status(t, c, pool), window(pool, 0, t0, Amount{1, 50, 40}, Amount{1, 5, 0}))
+
+		// Admitted: both hold it, reported in request order.
+		settle(t, c, admitted, Amount{1, 5, 0})
+		_, d = reserve(t, c, []Budget{small, pool}, Amount{1, 3, 2})
+		checkWindows(t, "admitted decision", d.Windows,
+			window(small, 0, t0, Amount{1, 5, 0}, Amount{1, 3, 2}), window(pool, 0, t0, Amount{2, 55, 40}, Amount{1, 3, 2}))
+	})
+
+	t.Run("a budget named twice holds once", func(t *testing.T) {
+		_, c := setup()
+		b := Budget{Key: UserKey("team", "gina"), Limits: []Limit{{Window: hour, Tokens: ptr(100)}}}
+		r, d := reserve(t, c, []Budget{b, b}, Amount{1, 10, 0})
+		checkWindows(t, "decision", d.Windows, window(b, 0, t0, Amount{}, Amount{1, 10, 0}), window(b, 0, t0, Amount{}, Amount{1, 10, 0}))
+		settle(t, c, r, Amount{1, 10, 0})
+		checkWindows(t, "status", status(t, c, b), window(b, 0, t0, Amount{1, 10, 0}, Amount{}))
+	})
+
+	for _, tt := range []struct {
+		name   string
+		actual Amount
+	}{
+		{"settle lower than reserved", Amount{1, 60, 20}},
+		{"settle higher than reserved", Amount{1, 150, 300}},
+		{"settle of zero releases", Amount{}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, c := setup()
+			pool := Budget{Key: PoolKey("team", "shared"), Limits: []Limit{{Window: day, Tokens: ptr(300)}}}
+			est := Amount{1, 100, 100}
+			r := admit(t, c, []Budget{alice, pool}, est)
+			settle(t, c, r, tt.actual)
+			checkWindows(t, "user", status(t, c, alice), window(alice, 0, t0, tt.actual, Amount{}))
+			checkWindows(t, "pool", status(t, c, pool), window(pool, 0, t0, tt.actual, Amount{}))
+		})
+	}
+
+	t.Run("negative amounts count as zero", func(t *testing.T) {
+		_, c := setup()
+		r := admit(t, c, []Budget{alice}, Amount{1, -100, 5})
+		if r.Amount != (Amount{1, 0, 5}) {
+			t.Errorf("reserved %+v, want the estimate clamped at zero", r.Amount)
+		}
+		settle(t, c, r, Amount{-1, 7, -3})
+		checkWindows(t, "status", status(t, c, alice), window(alice, 0, t0, Amount{0, 7, 0}, Amount{}))
+	})
+
+	t.Run("settle of nil is an error", func(t *testing.T) {
+		_, c := setup()
+		if err := c.Settle(ctx, nil, Amount{}); err == nil {
+			t.Error("Settle(nil) succeeded")
+		}
+	})
+
+	t.Run("window roll-over resets", func(t *testing.T) {
+		clock, c := setup()
+		b := Budget{Key: UserKey("team", "hank"), Limits: []Limit{{Window: minute, Tokens: ptr(100)}, {Window: day, Tokens: ptr(10000)}}}
+		charge(t, c, []Budget{b}, Amount{1, 60, 40})
+		if _, d := reserve(t, c, []Budget{b}, Amount{1, 1, 0}); d.Allowed {
+			t.Fatal("admitted over the minute's cap")
+		}
+
+		next := WindowEnd(minute, t0)
+		clock.Set(next)
+		checkWindows(t, "next minute", status(t, c, b),
+			window(b, 0, next, Amount{}, Amount{}), window(b, 1, next, Amount{1, 60, 40}, Amount{}))
+		charge(t, c, []Budget{b}, Amount{1, 60, 40})
+		checkWindows(t, "next minute used", status(t, c, b),
+			window(b, 0, next, Amount{1, 60, 40}, Amount{}), window(b, 1, next, Amount{2, 120, 80}, Amount{}))
+
+		nextDay := WindowEnd(day, t0)
+		clock.Set(nextDay.Add(-time.Nanosecond))
+		checkWindows(t, "last instant of the day", status(t, c, b)[1:], window(b, 1, t0, Amount{2, 120, 80}, Amount{}))
+		clock.Set(nextDay)
+		checkWindows(t, "next day", status(t, c, b), window(b, 0, nextDay, Amount{}, Amount{}), window(b, 1, nextDay, Amount{}, Amount{}))
+	})
+
+	t.Run("reservation from an old window settled in a new one", func(t *testing.T) {
+		clock, c := setup()
+		b := Budget{Key: UserKey("team", "ivan"), Limits: []Limit{{Window: minute, Tokens: ptr(1000)}, {Window: day, Tokens: ptr(10000)}}}
+		old := admit(t, c, []Budget{b}, Amount{1, 100, 0})
+		clock.Advance(time.Minute)
+		now := clock.Now()
+		current := admit(t, c, []Budget{b}, Amount{1, 10, 0})
+
+		// The old reservation is released from the day, which is still the
+		// same, but not from the new minute, which never held it.
+		settle(t, c, old, Amount{1, 80, 0})
+		checkWindows(t, "after settling the old reservation", status(t, c, b),
+			window(b, 0, now, Amount{1, 80, 0}, Amount{1, 10, 0}), window(b, 1, now, Amount{1, 80, 0}, Amount{1, 10, 0}))
+
+		settle(t, c, current, Amount{1, 10, 0})
+		checkWindows(t, "after settling both", status(t, c, b),
+			window(b, 0, now, Amount{2, 90, 0}, Amount{}), window(b, 1, now, Amount{2, 90, 0}, Amount{}))
+	})
+
+	t.Run("seed raises but never lowers", func(t *testing.T) {
+		clock, c := setup()
+		b := Budget{Key: UserKey("team", "judy"), Limits: []Limit{{Window: hour, Tokens: ptr(1000)}, {Window: day, Tokens: ptr(200)}}}
+		seed := func(w llmv1alpha1.Window, start time.Time, used Amount) {
+			t.Helper()
+			if err := c.Seed(ctx, b.Key, w, start, used); err != nil {
+				t.Fatalf("Seed: %v", err)
+			}
+		}
+		dayStart := WindowStart(day, t0)
+		pending := admit(t, c, []Budget{b}, Amount{1, 1, 1})
+		seed(day, dayStart, Amount{5, 50, 60})
+		checkWindows(t, "after first seed", status(t, c, b),
+			window(b, 0, t0, Amount{}, Amount{1, 1, 1}), window(b, 1, t0, Amount{5, 50, 60}, Amount{1, 1, 1}))
+		seed(day, dayStart, Amount{3, 70, 10})
+		want := window(b, 1, t0, Amount{5, 70, 60}, Amount{1, 1, 1})
+		checkWindows(t, "after second seed", status(t, c, b)[1:], want)
+
+		// Ended and future windows are ignored.
+		seed(day, dayStart.AddDate(0, 0, -1), Amount{100, 1000, 1000})
+		seed(day, dayStart.AddDate(0, 0, 1), Amount{100, 1000, 1000})
+		checkWindows(t, "after seeding other days", status(t, c, b)[1:], want)
+
+		// Seeded usage counts against the limit: 132 held + 69 > 200.
+		_, d := reserve(t, c, []Budget{b}, Amount{1, 69, 0})
+		checkExceeded(t, d.Exceeded, &Exceeded{Budget: b.Key, Window: day, Resource: ResourceTokens, Limit: 200, Used: 132, ResetAt: WindowEnd(day, t0)})
+
+		settle(t, c, pending, Amount{})
+		if err := c.Seed(ctx, b.Key, "Year", dayStart, Amount{1, 1, 1}); err == nil {
+			t.Error("Seed of an unknown window succeeded")
+		}
+
+		// After the day ends, its seeded usage is gone.
+		clock.Set(WindowEnd(day, t0))
+		checkWindows(t, "next day", status(t, c, b)[1:], window(b, 1, clock.Now(), Amount{}, Amount{}))
+	})
+
+	t.Run("status and remaining", func(t *testing.T) {
+		_, c := setup()
+		b := Budget{Key: UserKey("team", "kim"), Limits: []Limit{
+			{Window: hour, Tokens: ptr(100), InputTokens: ptr(30), Requests: ptr(5)},
+			{Window: day, OutputTokens: ptr(1000)},
+		}}
+		empty := status(t, c, b)
+		checkWindows(t, "empty", empty, window(b, 0, t0, Amount{}, Amount{}), window(b, 1, t0, Amount{}, Amount{}))
+
+		charge(t, c, []Budget{b}, Amount{1, 10, 5})
+		admit(t, c, []Budget{b}, Amount{1, 10, 5})
+		s := status(t, c, b)
+		checkWindows(t, "status twice", status(t, c, b), s...)
+
+		for i, want := range []struct{ tokens, requests *int64 }{
+			{ptr(10), ptr(3)}, // min(100-30, 30-20)
+			{ptr(990), nil},
+		} {
+			tokens, requests := s[i].Remaining()
+			if !reflect.DeepEqual(tokens, want.tokens) || !reflect.DeepEqual(requests, want.requests) {
+				t.Errorf("window %d Remaining() = %s, %s; want %s, %s", i, show(tokens), show(requests), show(want.tokens), show(want.requests))
+			}
+		}
+	})
+
+	t.Run("unknown window is an error", func(t *testing.T) {
+		_, c := setup()
+		b := Budget{Key: UserKey("team", "leo"), Limits: []Limit{{Window: "Year", Tokens: ptr(1)}}}
+		if _, _, err := c.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: Amount{1, 1, 1}}); err == nil {
+			t.Error("Reserve succeeded")
+		}
+		if _, err := c.Status(ctx, b); err == nil {
+			t.Error("Status succeeded")
+		}
+	})
+
+	t.Run("a budget without limits admits and keeps nothing", func(t *testing.T) {
+		_, c := setup()
+		b := Budget{Key: UserKey("team", "max")}
+		r, d := reserve(t, c, []Budget{b}, Amount{1, 1, 1})
+		if !d.Allowed || len(d.Windows) != 0 {
+			t.Errorf("Decision = %+v", d)
+		}
+		settle(t, c, r, Amount{1, 1, 1})
+		if s := status(t, c, b); len(s) != 0 {
+			t.Errorf("Status = %+v", s)
+		}
+	})
+
+	t.Run("concurrency at the budget edge", func(t *testing.T) {
+		clock, c := setup()
+		const workers, perWorker, limit = 64, 100, 20000
+		est := Amount{1, 60, 40}
+		b := Budget{Key: UserKey("team", "nina"), Limits: []Limit{{Window: hour, Tokens: ptr(limit)}}}
+		var settled [3]atomic.Int64
+		var admitted, refused atomic.Int64
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				rng := rand.New(rand.NewPCG(uint64(w), 7))
+				for range perWorker {
+					r, d, err := c.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: est})
+					if err != nil {
+						t.Errorf("Reserve: %v", err)
+						return
+					}
+					if !d.Allowed {
+						refused.Add(1)
+						continue
+					}
+					admitted.Add(1)
+					// The decision is a consistent snapshot that includes
+					// this reservation.
+					if held := d.Windows[0].Used.Add(d.Windows[0].Reserved).Total(); held > limit {
+						t.Errorf("admitted with %d tokens held, over the limit %d", held, limit)
+					}
+					actual := Amount{1, rng.Int64N(est.InputTokens + 1), rng.Int64N(est.OutputTokens + 1)}
+					if err := c.Settle(ctx, r, actual); err != nil {
+						t.Errorf("Settle: %v", err)
+						return
+					}
+					settled[0].Add(actual.Requests)
+					settled[1].Add(actual.InputTokens)
+					settled[2].Add(actual.OutputTokens)
+				}
+			})
+		}
+		wg.Wait()
+
+		s := status(t, c, b)
+		want := Amount{settled[0].Load(), settled[1].Load(), settled[2].Load()}
+		checkWindows(t, "after the run", s, window(b, 0, clock.Now(), want, Amount{}))
+		if want.Requests != admitted.Load() {
+			t.Errorf("%d requests settled, %d admitted", want.Requests, admitted.Load())
+		}
+		if got := s[0].Used.Total(); got > limit+est.Total() {
+			t.Errorf("charged %d tokens, over the limit %d plus one reservation of %d", got, limit, est.Total())
+		}
+		if admitted.Load() == 0 || refused.Load() == 0 {
+			t.Errorf("%d admitted, %d refused: the run never reached the edge", admitted.Load(), refused.Load())
+		}
+	})
+}
+
+func show(p *int64) string {
+	if p == nil {
+		return "nil"
+	}
+	return fmt.Sprint(*p)
+}
+
+// benchReserveSettle measures one admitted request: a user's budget and a
+// Shared pool, each with a minute and a day window, as the proxy will use.
+func benchReserveSettle(b *testing.B, c Counter) {
+	ctx := context.Background()
+	big := ptr(1 << 50)
+	limits := []Limit{{Window: minute, Requests: big}, {Window: day, Tokens: big}}
+	pool := Budget{Key: PoolKey("team", "shared"), Limits: limits}
+	var users atomic.Int64
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		user := Budget{Key: UserKey("team", fmt.Sprint("user", users.Add(1))), Limits: limits}
+		req := Request{Budgets: []Budget{user, pool}, Estimate: Amount{1, 500, 500}}
+		for pb.Next() {
+			r, d, err := c.Reserve(ctx, req)
+			if err != nil || !d.Allowed {
+				b.Fatalf("Reserve: %v, %+v", err, d.Exceeded)
+			}
+			if err := c.Settle(ctx, r, Amount{1, 500, 200}); err != nil {
+				b.Fatalf("Settle: %v", err)
+			}
+		}
+	})
+}

@@ -1,0 +1,198 @@
+package quota
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+)
+
+// Memory is the in-process [Counter] for a single proxy replica. Its counts
+// are lost on restart; [Counter.Seed] restores them from recorded status.
+//
+// One mutex guards every budget: a request checks a user's budget and a
+// Shared quota's pool together, and one lock makes that atomic without lock
+// ordering. Holding it costs a few map lookups per request.
+type Memory struct {
+	now func() time.Time
+	ids atomic.Uint64
+
+	mu      sync.Mutex
+	budgets map[string]map[llmv1alpha1.Window]*windowCounter
+	// nextSweep is when ended windows are next dropped.
+	nextSweep time.Time
+}
+
+// windowCounter is one budget's counts in the window that started at start.
+// It is reused in place when its window rolls over.
+type windowCounter struct {
+	start    time.Time
+	end      time.Time
+	used     Amount
+	reserved Amount
+}
+
+// sweepEvery is how often ended windows are dropped: the shortest window, so
+// memory holds little more than the budgets used within the last minute or
+// whose longer windows are still running.
+const sweepEvery = time.Minute
+
+var _ Counter = (*Memory)(nil)
+
+// NewMemory returns an empty in-process counter reading time from now.
+func NewMemory(now func() time.Time) *Memory {
+	return &Memory{now: now, budgets: make(map[string]map[llmv1alpha1.Window]*windowCounter)}
+}
+
+// peek returns s's counts without creating or resetting anything: a counter
+// from an earlier window counts as empty.
+func (m *Memory) peek(s slot) counts {
+	c := m.budgets[s.key][s.window]
+	if c == nil || !c.start.Equal(s.start) {
+		return counts{}
+	}
+	return counts{used: c.used, reserved: c.reserved}
+}
+
+// counter returns s's counter, creating it or rolling it over to s's window.
+func (m *Memory) counter(s slot) *windowCounter {
+	ws := m.budgets[s.key]
+	if ws == nil {
+		ws = make(map[llmv1alpha1.Window]*windowCounter)
+		m.budgets[s.key] = ws
+	}
+	c := ws[s.window]
+	if c == nil {
+		c = &windowCounter{}
+		ws[s.window] = c
+	}
+	if !c.start.Equal(s.start) {
+		*c = windowCounter{start: s.start, end: s.end}
+	}
+	return c
+}
+
+// sweep drops counters whose window has ended, at most once per sweepEvery.
+// A reservation still held in such a window has nothing left to release: its
+// Settle charges the window current by then.
+func (m *Memory) sweep(now time.Time) {
+	if now.Before(m.nextSweep) {
+		return
+	}
+	m.nextSweep = now.Add(sweepEvery)
+	for key, ws := range m.budgets {
+		for w, c := range ws {
+			if !now.Before(c.end) {
+				delete(ws, w)
+			}
+		}
+		if len(ws) == 0 {
+			delete(m.budgets, key)
+		}
+	}
+}
+
+// Reserve implements [Counter]. See room for the admission rule.
+func (m *Memory) Reserve(_ context.Context, req Request) (*Reservation, Decision, error) {
+	now := m.now()
+	p, err := newPlan(req.Budgets, now)
+	if err != nil {
+		return nil, Decision{}, err
+	}
+	est := nonNegative(req.Estimate)
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.sweep(now)
+	state := make([]counts, len(p.slots))
+	for i, s := range p.slots {
+		state[i] = m.peek(s)
+	}
+	allowed, ex := p.decide(state, est)
+	d := Decision{Allowed: allowed, Exceeded: ex}
+	if !allowed {
+		d.Windows = p.windows(state)
+		return nil, d, nil
+	}
+	for i, s := range p.slots {
+		c := m.counter(s)
+		c.reserved = c.reserved.Add(est)
+		state[i].reserved = c.reserved
+	}
+	d.Windows = p.windows(state)
+	r := &Reservation{Budgets: slices.Clone(req.Budgets), Amount: est, At: now, ID: m.ids.Add(1)}
+	return r, d, nil
+}
+
+// Settle implements [Counter].
+func (m *Memory) Settle(_ context.Context, r *Reservation, actual Amount) error {
+	if r == nil {
+		return errNilReservation
+	}
+	now := m.now()
+	p, err := newPlan(r.Budgets, now)
+	if err != nil {
+		return err
+	}
+	held := nonNegative(r.Amount)
+	actual = nonNegative(actual)
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, s := range p.slots {
+		if s.current(r.At) {
+			if c := m.budgets[s.key][s.window]; c != nil && c.start.Equal(s.start) {
+				c.reserved = subFloor(c.reserved, held)
+			}
+		}
+		if !actual.IsZero() {
+			c := m.counter(s)
+			c.used = c.used.Add(actual)
+		}
+	}
+	return nil
+}
+
+// Status implements [Counter].
+func (m *Memory) Status(_ context.Context, b Budget) ([]WindowStatus, error) {
+	p, err := newPlan([]Budget{b}, m.now())
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	state := make([]counts, len(p.slots))
+	for i, s := range p.slots {
+		state[i] = m.peek(s)
+	}
+	return p.windows(state), nil
+}
+
+// Seed implements [Counter].
+func (m *Memory) Seed(_ context.Context, budget string, w llmv1alpha1.Window, start time.Time, used Amount) error {
+	s, ok, err := seedSlot(budget, w, start, m.now())
+	if err != nil || !ok {
+		return err
+	}
+	used = nonNegative(used)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c := m.counter(s)
+	c.used = Amount{
+		Requests:     max(c.used.Requests, used.Requests),
+		InputTokens:  max(c.used.InputTokens, used.InputTokens),
+		OutputTokens: max(c.used.OutputTokens, used.OutputTokens),
+	}
+	return nil
+}
+
+// Forget drops every counter of a budget, for a user or quota that was
+// deleted; the sweep would otherwise keep its longest window until it ends.
+func (m *Memory) Forget(budgetKey string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.budgets, budgetKey)
+}

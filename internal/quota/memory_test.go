@@ -1,0 +1,63 @@
+package quota
+
+import (
+	"testing"
+	"time"
+)
+
+func TestMemory(t *testing.T) {
+	testCounter(t, func(now func() time.Time) Counter { return NewMemory(now) })
+}
+
+func TestMemoryForget(t *testing.T) {
+	m := NewMemory(newFakeClock(t0).Now)
+	b := Budget{Key: UserKey("team", "alice"), Limits: []Limit{{Window: day, Tokens: ptr(100)}}}
+	other := Budget{Key: UserKey("team", "bob"), Limits: b.Limits}
+	charge(t, m, []Budget{b}, Amount{1, 10, 10})
+	charge(t, m, []Budget{other}, Amount{1, 10, 10})
+
+	m.Forget(b.Key)
+	checkWindows(t, "forgotten", status(t, m, b), window(b, 0, t0, Amount{}, Amount{}))
+	checkWindows(t, "kept", status(t, m, other), window(other, 0, t0, Amount{1, 10, 10}, Amount{}))
+}
+
+// TestMemorySweep checks that memory is bounded by the budgets in use: once
+// every window of a budget has ended, its counters go.
+func TestMemorySweep(t *testing.T) {
+	clock := newFakeClock(t0)
+	m := NewMemory(clock.Now)
+	short := Budget{Key: UserKey("team", "alice"), Limits: []Limit{{Window: minute, Tokens: ptr(100)}}}
+	long := Budget{Key: UserKey("team", "bob"), Limits: []Limit{{Window: minute, Tokens: ptr(100)}, {Window: day, Tokens: ptr(100)}}}
+	charge(t, m, []Budget{short, long}, Amount{1, 1, 1})
+
+	counters := func() (n int) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		for _, ws := range m.budgets {
+			n += len(ws)
+		}
+		return n
+	}
+	if n := counters(); n != 3 {
+		t.Fatalf("%d counters, want 3", n)
+	}
+
+	clock.Advance(2 * time.Minute)
+	admit(t, m, nil, Amount{}) // any Reserve may sweep
+	if n := counters(); n != 1 {
+		t.Errorf("%d counters after the minute ended, want only bob's day", n)
+	}
+	checkWindows(t, "bob", status(t, m, long)[1:], window(long, 1, t0, Amount{1, 1, 1}, Amount{}))
+
+	clock.Set(WindowEnd(day, t0))
+	admit(t, m, nil, Amount{})
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.budgets) != 0 {
+		t.Errorf("%d budgets kept after every window ended", len(m.budgets))
+	}
+}
+
+func BenchmarkMemoryReserveSettle(b *testing.B) {
+	benchReserveSettle(b, NewMemory(time.Now))
+}

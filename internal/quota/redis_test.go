@@ -1,0 +1,195 @@
+package quota
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/redisserver"
+)
+
+func newRedisClient(t testing.TB, addr string) *redis.Client {
+	client := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { _ = client.Close() })
+	return client
+}
+
+func TestRedis(t *testing.T) {
+	addr, _ := redisserver.Start(t)
+	client := newRedisClient(t, addr)
+	// Each subtest gets its own prefix, so one server serves them all.
+	var n atomic.Int64
+	testCounter(t, func(now func() time.Time) Counter {
+		return NewRedis(client, fmt.Sprintf("test%d:", n.Add(1)), now)
+	})
+}
+
+// TestRedisKeys checks the key layout and that every key expires an hour
+// after its window, by the injected clock.
+func TestRedisKeys(t *testing.T) {
+	ctx := context.Background()
+	addr, _ := redisserver.Start(t)
+	client := newRedisClient(t, addr)
+	clock := newFakeClock(t0)
+	c := NewRedis(client, "llm:", clock.Now)
+	b := Budget{Key: UserKey("team", "alice"), Limits: []Limit{{Window: minute, Tokens: ptr(100)}, {Window: day, Requests: ptr(1)}}}
+
+	charge(t, c, []Budget{b}, Amount{1, 10, 10})
+	// Refused: must write nothing.
+	if _, d := reserve(t, c, []Budget{b}, Amount{1, 1, 1}); d.Allowed {
+		t.Fatal("admitted over the day's requests")
+	}
+
+	for _, k := range []struct {
+		key string
+		ttl time.Duration
+	}{
+		{"llm:user/team/alice:Minute:" + fmt.Sprint(utc("2027-03-10T12:30:00Z").Unix()), 45*time.Second + time.Hour},
+		{"llm:user/team/alice:Day:" + fmt.Sprint(utc("2027-03-10T00:00:00Z").Unix()), 11*time.Hour + 29*time.Minute + 45*time.Second + time.Hour},
+	} {
+		got, err := client.HGetAll(ctx, k.key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{"req": "1", "in": "10", "out": "10", "rreq": "0", "rin": "0", "rout": "0"}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s = %v, want %v", k.key, got, want)
+		}
+		ttl, err := client.PTTL(ctx, k.key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Redis counts down from the moment the script ran.
+		if ttl > k.ttl || ttl < k.ttl-time.Minute {
+			t.Errorf("%s expires in %s, want %s", k.key, ttl, k.ttl)
+		}
+	}
+	if n, err := client.DBSize(ctx).Result(); err != nil || n != 2 {
+		t.Errorf("DBSize = %d, %v; want the 2 keys", n, err)
+	}
+
+	// A reservation whose keys are gone (expired, or Redis restarted) is
+	// released without recreating them, since they would have no expiry.
+	r := admit(t, c, []Budget{{Key: UserKey("team", "bob"), Limits: b.Limits}}, Amount{1, 1, 1})
+	if err := client.FlushDB(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, c, r, Amount{})
+	if n, err := client.DBSize(ctx).Result(); err != nil || n != 0 {
+		t.Errorf("DBSize = %d, %v after releasing into an empty Redis; want 0", n, err)
+	}
+}
+
+// TestRedisMatchesMemory runs one random sequence of operations against both
+// counters and requires the same answers: the Lua admission rule must be the
+// Go one.
+func TestRedisMatchesMemory(t *testing.T) {
+	ctx := context.Background()
+	addr, _ := redisserver.Start(t)
+	clock := newFakeClock(t0)
+	mem := NewMemory(clock.Now)
+	red := NewRedis(newRedisClient(t, addr), "diff:", clock.Now)
+
+	budgets := []Budget{
+		{Key: UserKey("team", "alice"), Limits: []Limit{{Window: minute, Tokens: ptr(300), Requests: ptr(4)}, {Window: hour, InputTokens: ptr(1000)}}},
+		{Key: UserKey("team", "bob"), Limits: []Limit{{Window: minute, OutputTokens: ptr(100)}, {Window: day, Tokens: ptr(3000)}}},
+		{Key: PoolKey("team", "shared"), Limits: []Limit{{Window: hour, Tokens: ptr(2000), Requests: ptr(30)}}},
+		{Key: PoolKey("team", "shadow"), Limits: []Limit{{Window: minute, Tokens: ptr(150)}}, DryRun: true},
+		{Key: UserKey("team", "zero"), Limits: []Limit{{Window: hour, OutputTokens: ptr(0)}}},
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	amount := func(n int64) Amount { return Amount{rng.Int64N(2), rng.Int64N(n), rng.Int64N(n)} }
+	type pair struct{ mem, red *Reservation }
+	var open []pair
+	for i := range 3000 {
+		switch op := rng.IntN(10); {
+		case op < 5:
+			var req Request
+			for _, b := range rng.Perm(len(budgets))[:1+rng.IntN(3)] {
+				req.Budgets = append(req.Budgets, budgets[b])
+			}
+			req.Estimate = amount(120)
+			rm, dm, err := mem.Reserve(ctx, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rr, dr, err := red.Reserve(ctx, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if dm.Allowed != dr.Allowed || !sameExceeded(dm.Exceeded, dr.Exceeded) {
+				t.Fatalf("op %d: memory %v %+v, redis %v %+v", i, dm.Allowed, dm.Exceeded, dr.Allowed, dr.Exceeded)
+			}
+			checkWindows(t, fmt.Sprintf("op %d redis vs memory", i), dr.Windows, dm.Windows...)
+			if rm != nil {
+				open = append(open, pair{rm, rr})
+			}
+		case op < 8 && len(open) > 0:
+			j := rng.IntN(len(open))
+			actual := amount(150)
+			settle(t, mem, open[j].mem, actual)
+			settle(t, red, open[j].red, actual)
+			open = append(open[:j], open[j+1:]...)
+		case op == 8:
+			b := budgets[rng.IntN(len(budgets))]
+			w := b.Limits[rng.IntN(len(b.Limits))].Window
+			start := WindowStart(w, clock.Now())
+			used := amount(400)
+			if err := mem.Seed(ctx, b.Key, w, start, used); err != nil {
+				t.Fatal(err)
+			}
+			if err := red.Seed(ctx, b.Key, w, start, used); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			clock.Advance(time.Duration(rng.Int64N(int64(40 * time.Second))))
+		}
+		if t.Failed() {
+			t.FailNow()
+		}
+	}
+	for _, b := range budgets {
+		checkWindows(t, "final redis vs memory "+b.Key, status(t, red, b), status(t, mem, b)...)
+	}
+}
+
+// TestRedisUnavailable checks that an outage is an error, not a decision,
+// and that the counter works again, empty, once Redis is back.
+func TestRedisUnavailable(t *testing.T) {
+	ctx := context.Background()
+	srv := redisserver.New(t)
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1, DialTimeout: time.Second})
+	t.Cleanup(func() { _ = client.Close() })
+	c := NewRedis(client, "llm:", newFakeClock(t0).Now)
+	b := Budget{Key: UserKey("team", "alice"), Limits: []Limit{{Window: hour, Tokens: ptr(100)}}}
+	r := admit(t, c, []Budget{b}, Amount{1, 10, 10})
+
+	srv.Stop()
+	if _, _, err := c.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: Amount{1, 1, 1}}); err == nil {
+		t.Error("Reserve succeeded with Redis down")
+	}
+	if err := c.Settle(ctx, r, Amount{1, 10, 10}); err == nil {
+		t.Error("Settle succeeded with Redis down")
+	}
+	if _, err := c.Status(ctx, b); err == nil {
+		t.Error("Status succeeded with Redis down")
+	}
+	if err := c.Seed(ctx, b.Key, hour, t0, Amount{1, 1, 1}); err == nil {
+		t.Error("Seed succeeded with Redis down")
+	}
+
+	srv.Restart()
+	// The new server has never seen the scripts: Run falls back to EVAL.
+	charge(t, c, []Budget{b}, Amount{1, 10, 10})
+	checkWindows(t, "after restart", status(t, c, b), window(b, 0, t0, Amount{1, 10, 10}, Amount{}))
+}
+
+func BenchmarkRedisReserveSettle(b *testing.B) {
+	addr, _ := redisserver.Start(b)
+	benchReserveSettle(b, NewRedis(newRedisClient(b, addr), "bench:", time.Now))
+}

@@ -1,0 +1,263 @@
+// Package redisserver runs a throwaway redis-server process for tests. Tests
+// of the shared quota counter need the real server: its Lua scripts, key
+// expiry and pipelining are exactly what a fake would get subtly wrong.
+//
+// The binary is $REDIS_SERVER, or redis-server on PATH (Debian's
+// redis-server package, installed by hack/install-deps.sh). When it is
+// missing the test fails, so that CI cannot go green without having run the
+// Redis tests; set LLM_SKIP_REDIS=1 to skip them instead.
+package redisserver
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Environment variables read by [New].
+const (
+	// EnvBinary names the redis-server binary to run.
+	EnvBinary = "REDIS_SERVER"
+	// EnvSkip, set to 1, skips tests that need redis-server when it is not
+	// installed, instead of failing them.
+	EnvSkip = "LLM_SKIP_REDIS"
+)
+
+// startTimeout bounds how long a starting server may take to answer; a
+// loaded two-core machine can be slow to fork and exec.
+const startTimeout = 15 * time.Second
+
+// Server is a redis-server process owned by one test. It listens on a
+// loopback port and keeps nothing on disk, so every start is empty.
+type Server struct {
+	t    testing.TB
+	bin  string
+	dir  string
+	addr string
+
+	mu   sync.Mutex
+	proc *process
+}
+
+type process struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	out  *syncBuffer
+}
+
+// Start runs a server for t and returns its address and a function that
+// stops it early; it is stopped at the end of t in any case.
+func Start(t testing.TB) (addr string, stop func()) {
+	t.Helper()
+	s := New(t)
+	return s.Addr(), s.Stop
+}
+
+// New runs a server for t on a free loopback port and waits until it answers
+// PING. It is stopped when t ends.
+func New(t testing.TB) *Server {
+	t.Helper()
+	s := &Server{t: t, bin: binary(t), dir: t.TempDir()}
+	// Registered after TempDir so that it runs first: the server goes before
+	// its directory does.
+	t.Cleanup(s.Stop)
+	var err error
+	for range 5 {
+		var port int
+		if port, err = freePort(); err != nil {
+			break
+		}
+		s.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		if err = s.start(); err == nil {
+			return s
+		}
+	}
+	t.Fatalf("redisserver: %v", err)
+	return nil
+}
+
+// Addr is the server's host:port. It stays the same across [Server.Restart].
+func (s *Server) Addr() string { return s.addr }
+
+// Stop kills the server, as a crash or an outage would. Clients see
+// connection errors until [Server.Restart]. Stopping a stopped server does
+// nothing.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	p := s.proc
+	s.proc = nil
+	s.mu.Unlock()
+	if p != nil {
+		p.kill()
+	}
+}
+
+// Restart stops the server if it runs and starts an empty one on the same
+// address. Like [testing.T.Fatal], call it from the test's goroutine.
+func (s *Server) Restart() {
+	s.t.Helper()
+	s.Stop()
+	var err error
+	// The old listener is gone once the process is reaped, but another
+	// process may briefly hold the port; try for a while.
+	for deadline := time.Now().Add(startTimeout); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if err = s.start(); err == nil {
+			return
+		}
+	}
+	s.t.Fatalf("redisserver: restart on %s: %v", s.addr, err)
+}
+
+func binary(t testing.TB) string {
+	t.Helper()
+	name := "redis-server"
+	if v := os.Getenv(EnvBinary); v != "" {
+		name = v
+	}
+	path, err := exec.LookPath(name)
+	if err == nil {
+		return path
+	}
+	if os.Getenv(EnvSkip) == "1" {
+		t.Skipf("redisserver: %s is not installed and %s=1: skipping", name, EnvSkip)
+	}
+	t.Fatalf("redisserver: %s not found (%v). Run hack/install-deps.sh to install it, "+
+		"set $%s to its path, or set %s=1 to skip the tests that need Redis", name, err, EnvBinary, EnvSkip)
+	return ""
+}
+
+// freePort asks the kernel for a port that was free a moment ago; start
+// retries if another process takes it first.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func (s *Server) start() error {
+	_, port, _ := net.SplitHostPort(s.addr)
+	cmd := exec.Command(s.bin,
+		"--port", port,
+		"--bind", "127.0.0.1",
+		"--save", "",
+		"--appendonly", "no",
+		"--dir", s.dir,
+		"--daemonize", "no",
+	)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = sysProcAttr()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", s.bin, err)
+	}
+	p := &process{cmd: cmd, done: make(chan struct{}), out: out}
+	go func() {
+		_ = cmd.Wait()
+		close(p.done)
+	}()
+
+	deadline := time.Now().Add(startTimeout)
+	for {
+		// A server that answers may be another one that got the port first;
+		// only ours has our process id.
+		pid, err := serverPID(s.addr)
+		if err == nil && pid == cmd.Process.Pid {
+			s.mu.Lock()
+			s.proc = p
+			s.mu.Unlock()
+			return nil
+		}
+		if err == nil {
+			err = fmt.Errorf("%s is served by process %d, not ours (%d)", s.addr, pid, cmd.Process.Pid)
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("redis-server on %s exited while starting (%v); its output:\n%s", s.addr, err, out)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			p.kill()
+			return fmt.Errorf("redis-server on %s did not answer within %s (%v); its output:\n%s", s.addr, startTimeout, err, out)
+		}
+	}
+}
+
+func (p *process) kill() {
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// serverPID sends PING and INFO server over plain RESP, keeping this
+// package free of any Redis client library, and returns the process_id the
+// server reports.
+func serverPID(addr string) (int, error) {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := io.WriteString(conn, "*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n"); err != nil {
+		return 0, err
+	}
+	r := bufio.NewReader(conn)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return 0, err
+	}
+	if line != "+PONG\r\n" {
+		return 0, fmt.Errorf("PING answered %q", strings.TrimSpace(line))
+	}
+	if line, err = r.ReadString('\n'); err != nil {
+		return 0, err
+	}
+	if !strings.HasPrefix(line, "$") {
+		return 0, fmt.Errorf("INFO answered %q", strings.TrimSpace(line))
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(line[1:]))
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("INFO answered %q", strings.TrimSpace(line))
+	}
+	info := make([]byte, n)
+	if _, err := io.ReadFull(r, info); err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(info), "\r\n") {
+		if v, ok := strings.CutPrefix(l, "process_id:"); ok {
+			return strconv.Atoi(v)
+		}
+	}
+	return 0, errors.New("INFO server has no process_id")
+}
+
+// syncBuffer collects the server's output, written by exec's copying
+// goroutines and read by the test.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
