@@ -9,7 +9,6 @@ export GOFLAGS ?= -buildvcs=false
 CONTROLLER_GEN := $(BIN)/controller-gen
 GOLANGCI_LINT := $(BIN)/golangci-lint
 GOVULNCHECK := $(BIN)/govulncheck
-TOOLS_MOD := hack/tools/go.mod
 
 .PHONY: help
 help: ## Show this help.
@@ -19,7 +18,8 @@ help: ## Show this help.
 
 .PHONY: manifests
 manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC into config/ and copy CRDs into the chart.
-	$(CONTROLLER_GEN) rbac:roleName=manager-role crd:allowDangerousTypes=false webhook paths="./..." output:crd:artifacts:config=config/crd/bases
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd:allowDangerousTypes=false paths="./api/...;./internal/manager/...;./internal/controller/..." output:crd:artifacts:config=config/crd/bases
+	$(CONTROLLER_GEN) rbac:roleName=proxy-role paths="./internal/proxyserver/..." output:rbac:artifacts:config=config/rbac/proxy
 	@if [ -d charts/llm-user-operator/crds ]; then cp config/crd/bases/*.yaml charts/llm-user-operator/crds/; fi
 
 .PHONY: generate
@@ -37,7 +37,7 @@ vet: ## go vet.
 .PHONY: verify
 verify: manifests generate ## Fail if generated files or formatting differ from what is committed.
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
-	@go mod tidy && (cd hack/tools && go mod tidy)
+	@go mod tidy && for d in hack/tools/*/; do (cd $$d && go mod tidy); done
 	@if [ -n "$$(git status --porcelain -- api config charts go.mod go.sum hack/tools)" ]; then \
 		echo "generated files are stale; run 'make manifests generate' and 'go mod tidy' and commit:"; \
 		git status --porcelain -- api config charts go.mod go.sum hack/tools; git diff --stat; exit 1; fi
@@ -86,11 +86,13 @@ docker-build: ## Build the container image (needs a Docker engine).
 
 ##@ Tools
 
-$(CONTROLLER_GEN): $(TOOLS_MOD)
-	cd hack/tools && go build -o $@ sigs.k8s.io/controller-tools/cmd/controller-gen
+# Each tool is pinned in its own module under hack/tools, so no tool's
+# dependencies move ours or another tool's.
+$(CONTROLLER_GEN): hack/tools/controller-gen/go.mod
+	cd hack/tools/controller-gen && go build -o $@ sigs.k8s.io/controller-tools/cmd/controller-gen
 
-$(GOLANGCI_LINT): $(TOOLS_MOD)
-	cd hack/tools && go build -o $@ github.com/golangci/golangci-lint/v2/cmd/golangci-lint
+$(GOLANGCI_LINT): hack/tools/golangci-lint/go.mod
+	cd hack/tools/golangci-lint && go build -o $@ github.com/golangci/golangci-lint/v2/cmd/golangci-lint
 
-$(GOVULNCHECK): $(TOOLS_MOD)
-	cd hack/tools && go build -o $@ golang.org/x/vuln/cmd/govulncheck
+$(GOVULNCHECK): hack/tools/govulncheck/go.mod
+	cd hack/tools/govulncheck && go build -o $@ golang.org/x/vuln/cmd/govulncheck

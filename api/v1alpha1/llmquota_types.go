@@ -28,7 +28,7 @@ const (
 
 // QuotaLimit caps usage within one calendar window. At least one of tokens,
 // inputTokens, outputTokens or requests must be set.
-// +kubebuilder:validation:XValidation:rule="has(self.tokens) || has(self.inputTokens) || has(self.outputTokens) || has(self.requests)",message="each spec.limits entry must set at least one of tokens, inputTokens, outputTokens or requests"
+// +kubebuilder:validation:XValidation:rule="has(self.tokens) || has(self.inputTokens) || has(self.outputTokens) || has(self.requests)",message="must set at least one of tokens, inputTokens, outputTokens or requests"
 type QuotaLimit struct {
 	// window is the calendar period (UTC) the limit applies to: Minute, Hour,
 	// Day, Week (Monday 00:00 UTC) or Month (first day, 00:00 UTC).
@@ -57,13 +57,13 @@ type QuotaLimit struct {
 }
 
 // LLMQuotaSpec is a usage policy that LLMUsers of the same namespace reference.
-// +kubebuilder:validation:XValidation:rule="!has(self.limits) || self.limits.all(l, self.limits.exists_one(m, m.window == l.window))",message="spec.limits must list each window at most once: merge the entries that share a window"
 type LLMQuotaSpec struct {
 	// limits are the budgets, at most one per window. Requests are refused once
 	// any window's limit is reached, until that window resets. Empty means no
 	// usage limit (the quota then only restricts models and request size).
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=5
+	// +kubebuilder:validation:XValidation:rule="self.all(l, self.exists_one(m, m.window == l.window))",message="must list each window at most once: merge the entries that share a window"
 	// +optional
 	Limits []QuotaLimit `json:"limits,omitempty"`
 
@@ -100,7 +100,8 @@ type LLMQuotaSpec struct {
 	// +kubebuilder:default={80,95}
 	// +listType=set
 	// +kubebuilder:validation:MaxItems=10
-	// +kubebuilder:validation:XValidation:rule="self.all(t, t >= 1 && t <= 100)",message="spec.alertThresholds must be percentages between 1 and 100"
+	// +kubebuilder:validation:items:Minimum=1
+	// +kubebuilder:validation:items:Maximum=100
 	// +optional
 	AlertThresholds []int32 `json:"alertThresholds,omitempty"`
 }

@@ -19,8 +19,7 @@ type TokenSpec struct {
 	// The operator renews the token at 80% of it.
 	// +kubebuilder:default="24h"
 	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
-	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10m') && duration(self) <= duration('720h')",message="spec.token.ttl must be between 10m and 720h (30 days)"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) >= duration('10m') && duration(self) <= duration('720h')",message="must be a duration between 10m and 720h (30 days), such as 90m or 24h (units: h, m, s)"
 	// +optional
 	TTL *metav1.Duration `json:"ttl,omitempty"`
 
@@ -28,7 +27,7 @@ type TokenSpec struct {
 	// (keys token, OPENAI_API_KEY, OPENAI_BASE_URL, expiresAt). Defaults to
 	// "<name>-llm-token".
 	// +kubebuilder:validation:MaxLength=253
-	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')",message="must be a valid Secret name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
 	// +optional
 	SecretName string `json:"secretName,omitempty"`
 
@@ -57,6 +56,7 @@ type LLMUserSpec struct {
 
 	// suspended, when true, makes every token of this user stop working at
 	// once. The Secret is kept; setting it back to false restores access.
+	// +kubebuilder:default=false
 	// +optional
 	Suspended bool `json:"suspended,omitempty"`
 
@@ -153,10 +153,10 @@ type LLMUserStatus struct {
 // +kubebuilder:printcolumn:name="Quota",type=string,JSONPath=`.spec.quotaRef.name`
 // +kubebuilder:printcolumn:name="Used",type=integer,JSONPath=`.status.usage[0].totalTokens`
 // +kubebuilder:printcolumn:name="Remaining",type=integer,JSONPath=`.status.usage[0].remaining`
-// +kubebuilder:printcolumn:name="Reset",type=date,JSONPath=`.status.usage[0].resetAt`
+// +kubebuilder:printcolumn:name="Reset",type=string,JSONPath=`.status.usage[0].resetAt`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Suspended",type=boolean,JSONPath=`.spec.suspended`,priority=1
-// +kubebuilder:printcolumn:name="Expires",type=date,JSONPath=`.status.token.expiresAt`,priority=1
+// +kubebuilder:printcolumn:name="Expires",type=string,JSONPath=`.status.token.expiresAt`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type LLMUser struct {
 	metav1.TypeMeta   `json:",inline"`
