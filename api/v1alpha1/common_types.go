@@ -64,6 +64,23 @@ type WindowUsage struct {
 	RemainingRequests *int64 `json:"remainingRequests,omitempty"`
 }
 
+// AlertStatus records the highest alert threshold already reported for the
+// current instance of a window, so each threshold fires once per window.
+type AlertStatus struct {
+	// window is the accounting period.
+	// +required
+	Window Window `json:"window"`
+
+	// windowStart identifies the window instance the alert belongs to.
+	// +required
+	WindowStart metav1.Time `json:"windowStart"`
+
+	// threshold is the highest percentage of spec.alertThresholds crossed
+	// (100 when exhausted).
+	// +required
+	Threshold int32 `json:"threshold"`
+}
+
 // UsageTotals are counts that only grow: a lifetime total.
 type UsageTotals struct {
 	// requests counts every charged request.
@@ -106,6 +123,8 @@ const (
 	ReasonWithinLimits = "WithinLimits"
 	// ReasonLimitReached means a window is exhausted until its reset.
 	ReasonLimitReached = "LimitReached"
+	// ReasonThresholdCrossed is the Event reason when usage crosses an alert threshold.
+	ReasonThresholdCrossed = "ThresholdCrossed"
 	// ReasonValid means an LLMQuota was accepted.
 	ReasonValid = "Valid"
 

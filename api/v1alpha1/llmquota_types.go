@@ -129,6 +129,13 @@ type LLMQuotaStatus struct {
 	// +optional
 	Usage []WindowUsage `json:"usage,omitempty"`
 
+	// alerts are the alert thresholds already reported per window (written by
+	// the operator; each fires once per window).
+	// +listType=map
+	// +listMapKey=window
+	// +optional
+	Alerts []AlertStatus `json:"alerts,omitempty"`
+
 	// lifetime is the pooled usage since the quota was created (Shared quotas only).
 	// +optional
 	Lifetime *UsageTotals `json:"lifetime,omitempty"`

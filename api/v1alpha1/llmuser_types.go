@@ -133,6 +133,13 @@ type LLMUserStatus struct {
 	// +optional
 	Usage []WindowUsage `json:"usage,omitempty"`
 
+	// alerts are the alert thresholds already reported per window (written by
+	// the operator; each fires once per window).
+	// +listType=map
+	// +listMapKey=window
+	// +optional
+	Alerts []AlertStatus `json:"alerts,omitempty"`
+
 	// lifetime is the user's usage since it was created.
 	// +optional
 	Lifetime *UsageTotals `json:"lifetime,omitempty"`

@@ -149,6 +149,11 @@ func Run(ctx context.Context, o Options) error {
 	if err := (&controller.QuotaReconciler{Client: mgr.GetClient(), Clock: o.Clock}).SetupWithManager(mgr); err != nil {
 		return err
 	}
+	if err := (&controller.UsageReconciler{
+		Client: mgr.GetClient(), Clock: o.Clock, Recorder: mgr.GetEventRecorder("llm-user-operator"),
+	}).SetupWithManager(mgr); err != nil {
+		return err
+	}
 
 	if o.RefreshAddr != "" && o.RefreshAddr != "0" {
 		h := &refresh.Handler{Users: users{mgr.GetClient()}, Keys: keys, Issuer: o.Issuer, Audience: o.Audience, Now: o.Clock.Now}
