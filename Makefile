@@ -20,7 +20,7 @@ help: ## Show this help.
 manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC into config/ and copy CRDs into the chart.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd:allowDangerousTypes=false paths="./api/...;./internal/manager/...;./internal/controller/..." output:crd:artifacts:config=config/crd/bases
 	$(CONTROLLER_GEN) rbac:roleName=proxy-role paths="./internal/proxyserver/..." output:rbac:artifacts:config=config/rbac/proxy
-	@if [ -d charts/llm-user-operator/crds ]; then cp config/crd/bases/*.yaml charts/llm-user-operator/crds/; fi
+	cp config/crd/bases/*.yaml charts/llm-user-operator/crds/
 
 .PHONY: generate
 generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
