@@ -1,0 +1,41 @@
+package usage
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Values of the result label of llm_proxy_status_writes_total.
+const (
+	resultSuccess  = "success"
+	resultConflict = "conflict"
+	resultError    = "error"
+	// resultDropped counts objects deleted before their usage was written.
+	resultDropped = "dropped"
+)
+
+// recorderMetrics are the Recorder's own metrics. Their labels are fixed
+// sets (kind: LLMUser or LLMQuota; result: the result* values), so they add
+// a handful of series whatever the number of users.
+type recorderMetrics struct {
+	writes *prometheus.CounterVec
+}
+
+func newRecorderMetrics(reg prometheus.Registerer, pending func() int) *recorderMetrics {
+	m := &recorderMetrics{
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llm_proxy_status_writes_total",
+			Help: "Usage write-backs to status, by object kind and result (success, conflict, error, dropped: the object was deleted).",
+		}, []string{"kind", "result"}),
+	}
+	if reg != nil {
+		// The gauge is read at scrape time, so it cannot go stale.
+		pendingObjects := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "llm_proxy_status_pending_objects",
+			Help: "Objects whose usage is counted but not yet written to status.",
+		}, func() float64 { return float64(pending()) })
+		reg.MustRegister(m.writes, pendingObjects)
+	}
+	return m
+}
+
+func (m *recorderMetrics) write(k kind, result string) {
+	m.writes.WithLabelValues(k.String(), result).Inc()
+}

@@ -1,0 +1,581 @@
+package usage
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/internal/quota"
+)
+
+func TestFlushWritesEachChargedObjectOnce(t *testing.T) {
+	e := apiServer(t)
+	ns := newNamespace(t, e.Client)
+	createQuota(t, e.Client, ns, "team", llmv1alpha1.ScopePerUser,
+		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowDay, Tokens: ptr.To[int64](10000), Requests: ptr.To[int64](100)},
+		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowMinute, Tokens: ptr.To[int64](5000)})
+	for _, u := range []string{"alice", "bob", "carol", "idle"} {
+		createUser(t, e.Client, ns, u, "team")
+	}
+	idleRV := getUser(t, e.Client, ns, "idle").ResourceVersion
+
+	clock := newClock(time.Now().UTC().Truncate(time.Minute).Add(5 * time.Second))
+	c := newHookClient(e.Client)
+	reg := prometheus.NewPedanticRegistry()
+	r := New(c, Options{Now: clock.Now, Registerer: reg})
+
+	charge := func(user string, in, out int64) {
+		r.Charge(Charge{Namespace: ns, User: user, Quota: "team", Model: "m",
+			Amount: quota.Amount{Requests: 1, InputTokens: in, OutputTokens: out}, At: clock.Now()})
+	}
+	charge("alice", 100, 10)
+	charge("alice", 200, 20)
+	charge("alice", 300, 30)
+	charge("bob", 40, 4)
+	charge("bob", 50, 5)
+	charge("carol", 7, 0)
+	charge("ghost", 1, 1) // no such user: its usage goes with it
+	if n := r.Pending(); n != 4 {
+		t.Errorf("Pending() = %d before the flush, want 4", n)
+	}
+	if got := testutilGauge(t, reg, "llm_proxy_status_pending_objects"); got != 4 {
+		t.Errorf("llm_proxy_status_pending_objects = %v, want 4", got)
+	}
+
+	clock.Set(clock.Now().Add(10 * time.Second))
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for user, want := range map[string]int{"alice": 1, "bob": 1, "carol": 1, "idle": 0, "ghost": 0} {
+		if got := c.written(ns, user); got != want {
+			t.Errorf("%s: %d status writes, want %d", user, got, want)
+		}
+	}
+	if rv := getUser(t, e.Client, ns, "idle").ResourceVersion; rv != idleRV {
+		t.Errorf("idle user written: resourceVersion %s -> %s", idleRV, rv)
+	}
+	if got := writes(r, kindUser, resultSuccess); got != 3 {
+		t.Errorf("writes{success} = %d, want 3", got)
+	}
+	if got := writes(r, kindUser, resultDropped); got != 1 {
+		t.Errorf("writes{dropped} = %d, want 1 (ghost)", got)
+	}
+	if n := r.Pending(); n != 0 {
+		t.Errorf("Pending() = %d after the flush, want 0", n)
+	}
+
+	now := clock.Now()
+	for user, want := range map[string]quota.Amount{
+		"alice": {Requests: 3, InputTokens: 600, OutputTokens: 60},
+		"bob":   {Requests: 2, InputTokens: 90, OutputTokens: 9},
+		"carol": {Requests: 1, InputTokens: 7},
+	} {
+		u := getUser(t, e.Client, ns, user)
+		if got := lifetime(t, u.Status.Lifetime); got != totalsOf(want) {
+			t.Errorf("%s lifetime = %+v, want %+v", user, got, totalsOf(want))
+		}
+		if len(u.Status.Usage) != 2 || u.Status.Usage[0].Window != llmv1alpha1.WindowDay || u.Status.Usage[1].Window != llmv1alpha1.WindowMinute {
+			t.Fatalf("%s usage = %+v, want Day then Minute (spec order)", user, u.Status.Usage)
+		}
+		day, minute := u.Status.Usage[0], u.Status.Usage[1]
+		if amountOf(day) != want || amountOf(minute) != want || day.TotalTokens != want.Total() {
+			t.Errorf("%s usage = %+v / %+v, want %+v in both", user, amountOf(day), amountOf(minute), want)
+		}
+		if !day.WindowStart.Equal(ptr.To(metav1.NewTime(quota.WindowStart(llmv1alpha1.WindowDay, now)))) ||
+			!day.ResetAt.Equal(ptr.To(metav1.NewTime(quota.WindowEnd(llmv1alpha1.WindowDay, now)))) {
+			t.Errorf("%s day window %v..%v", user, day.WindowStart, day.ResetAt)
+		}
+		if day.Remaining == nil || *day.Remaining != 10000-want.Total() || day.RemainingRequests == nil || *day.RemainingRequests != 100-want.Requests {
+			t.Errorf("%s day remaining = %v tokens, %v requests", user, ptr.Deref(day.Remaining, -1), ptr.Deref(day.RemainingRequests, -1))
+		}
+		if minute.RemainingRequests != nil {
+			t.Errorf("%s minute remainingRequests = %d, want none: the limit caps tokens only", user, *minute.RemainingRequests)
+		}
+		if u.Status.LastRequestAt == nil || !u.Status.LastRequestAt.Time.Equal(now.Add(-10*time.Second)) {
+			t.Errorf("%s lastRequestAt = %v, want %v", user, u.Status.LastRequestAt, now.Add(-10*time.Second))
+		}
+	}
+
+	// Nothing charged since: nothing written.
+	before := c.total()
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.total(); got != before {
+		t.Errorf("an idle flush wrote %d times", got-before)
+	}
+}
+
+func testutilGauge(t *testing.T, g prometheus.Gatherer, name string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not gathered", name)
+	return 0
+}
+
+func TestWindowRollOver(t *testing.T) {
+	e := apiServer(t)
+	ns := newNamespace(t, e.Client)
+	createQuota(t, e.Client, ns, "q", llmv1alpha1.ScopePerUser,
+		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowMinute, Tokens: ptr.To[int64](1000), Requests: ptr.To[int64](10)},
+		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowHour, Tokens: ptr.To[int64](100000)})
+	createUser(t, e.Client, ns, "u", "q")
+
+	clock := newClock(t0.Add(10 * time.Second)) // 10:00:10
+	r := New(e.Client, Options{Now: clock.Now})
+	charge := func(at time.Time, in, out int64) {
+		r.Charge(Charge{Namespace: ns, User: "u", Quota: "q", Amount: quota.Amount{Requests: 1, InputTokens: in, OutputTokens: out}, At: at})
+	}
+	flushAt := func(at time.Time) *llmv1alpha1.LLMUser {
+		t.Helper()
+		clock.Set(at)
+		if err := r.Flush(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		return getUser(t, e.Client, ns, "u")
+	}
+	check := func(step string, u *llmv1alpha1.LLMUser, minuteStart time.Time, minute, hour, life quota.Amount) {
+		t.Helper()
+		if len(u.Status.Usage) != 2 {
+			t.Fatalf("%s: usage = %+v", step, u.Status.Usage)
+		}
+		m, h := u.Status.Usage[0], u.Status.Usage[1]
+		if !m.WindowStart.Time.Equal(minuteStart) || !m.ResetAt.Time.Equal(minuteStart.Add(time.Minute)) {
+			t.Errorf("%s: minute window %v..%v, want %v..%v", step, m.WindowStart.UTC(), m.ResetAt.UTC(), minuteStart, minuteStart.Add(time.Minute))
+		}
+		if amountOf(m) != minute || m.TotalTokens != minute.Total() {
+			t.Errorf("%s: minute usage %+v, want %+v", step, amountOf(m), minute)
+		}
+		if ptr.Deref(m.Remaining, -1) != 1000-minute.Total() || ptr.Deref(m.RemainingRequests, -1) != 10-minute.Requests {
+			t.Errorf("%s: minute remaining %d tokens %d requests", step, ptr.Deref(m.Remaining, -1), ptr.Deref(m.RemainingRequests, -1))
+		}
+		if !h.WindowStart.Time.Equal(t0) || amountOf(h) != hour {
+			t.Errorf("%s: hour %v %+v, want %v %+v", step, h.WindowStart.UTC(), amountOf(h), t0, hour)
+		}
+		if got := lifetime(t, u.Status.Lifetime); got != totalsOf(life) {
+			t.Errorf("%s: lifetime %+v, want %+v", step, got, totalsOf(life))
+		}
+	}
+
+	a := quota.Amount{Requests: 1, InputTokens: 100, OutputTokens: 50}
+	b := quota.Amount{Requests: 1, InputTokens: 30, OutputTokens: 20}
+	c := quota.Amount{Requests: 1, InputTokens: 5, OutputTokens: 5}
+
+	charge(t0.Add(10*time.Second), 100, 50)
+	u := flushAt(t0.Add(20 * time.Second))
+	check("10:00:20", u, t0, a, a, a)
+
+	charge(t0.Add(65*time.Second), 30, 20)
+	u = flushAt(t0.Add(70 * time.Second))
+	check("10:01:10", u, t0.Add(time.Minute), b, a.Add(b), a.Add(b))
+
+	// Charged in the last seconds of 10:01, flushed in 10:02: it no longer
+	// counts in the minute, still in the hour and the lifetime.
+	charge(t0.Add(118*time.Second), 5, 5)
+	u = flushAt(t0.Add(123 * time.Second))
+	check("10:02:03", u, t0.Add(2*time.Minute), quota.Amount{}, a.Add(b).Add(c), a.Add(b).Add(c))
+	if got := u.Status.LastRequestAt; got == nil || !got.Time.Equal(t0.Add(118*time.Second)) {
+		t.Errorf("lastRequestAt = %v, want 10:01:58", got)
+	}
+}
+
+func TestConflictRetriedOnce(t *testing.T) {
+	e := apiServer(t)
+	ns := newNamespace(t, e.Client)
+	createQuota(t, e.Client, ns, "q", llmv1alpha1.ScopePerUser,
+		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowDay, Tokens: ptr.To[int64](1000)})
+	createUser(t, e.Client, ns, "u", "q")
+
+	clock := newClock(time.Now().UTC())
+	c := newHookClient(e.Client)
+	r := New(c, Options{Now: clock.Now})
+	a := quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 5}
+	b := quota.Amount{Requests: 2, InputTokens: 100, OutputTokens: 50}
+
+	r.Charge(Charge{Namespace: ns, User: "u", Quota: "q", Amount: a, At: clock.Now()})
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	// The operator writes a condition between the recorder's read and its
+	// patch: the patch carries the old resourceVersion and must conflict.
+	var bumped int
+	c.mu.Lock()
+	c.before = func(ctx context.Context, _ int, obj client.Object) error {
+		if bumped > 0 {
+			return nil
+		}
+		bumped++
+		fresh := &llmv1alpha1.LLMUser{}
+		if err := e.Client.Get(ctx, client.ObjectKeyFromObject(obj), fresh); err != nil {
+			return err
+		}
+		orig := fresh.DeepCopy()
+		meta.SetStatusCondition(&fresh.Status.Conditions, metav1.Condition{
+			Type: llmv1alpha1.ConditionTokenIssued, Status: metav1.ConditionTrue, Reason: llmv1alpha1.ReasonIssued, Message: "issued",
+		})
+		return e.Client.Status().Patch(ctx, fresh, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
+	}
+	c.mu.Unlock()
+
+	r.Charge(Charge{Namespace: ns, User: "u", Quota: "q", Amount: b, At: clock.Now()})
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := writes(r, kindUser, resultConflict); got != 1 {
+		t.Errorf("writes{conflict} = %d, want 1", got)
+	}
+	if got := c.written(ns, "u"); got != 2 {
+		t.Errorf("%d successful writes, want 2 (one per flush)", got)
+	}
+	u := getUser(t, e.Client, ns, "u")
+	if got, want := lifetime(t, u.Status.Lifetime), totalsOf(a.Add(b)); got != want {
+		t.Errorf("lifetime = %+v, want %+v: the delta must land exactly once", got, want)
+	}
+	if got := amountOf(u.Status.Usage[0]); got != a.Add(b) {
+		t.Errorf("day usage = %+v, want %+v", got, a.Add(b))
+	}
+	if !meta.IsStatusConditionTrue(u.Status.Conditions, llmv1alpha1.ConditionTokenIssued) {
+		t.Errorf("the other writer's condition was lost: %+v", u.Status.Conditions)
+	}
+}
+
+func TestAPIServerErrorsKeepUsage(t *testing.T) {
+	e := apiServer(t)
+	ns := newNamespace(t, e.Client)
+	createQuota(t, e.Client, ns, "q", llmv1alpha1.ScopePerUser,
+		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowDay, Tokens: ptr.To[int64](100000)})
+	createUser(t, e.Client, ns, "u1", "q")
+	createUser(t, e.Client, ns, "u2", "q")
+
+	clock := newClock(time.Now().UTC())
+	c := newHookClient(e.Client)
+	r := New(c, Options{Now: clock.Now})
+	a := quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 1}
+	charge := func(user string) {
+		r.Charge(Charge{Namespace: ns, User: user, Quota: "q", Amount: a, At: clock.Now()})
+	}
+
+	// The first 3 patches fail; the first failure also sees a request of
+	// u1 settle while the flush is running.
+	var once sync.Once
+	c.mu.Lock()
+	c.before = func(_ context.Context, n int, _ client.Object) error {
+		if n > 3 {
+			return nil
+		}
+		once.Do(func() { charge("u1") })
+		return apierrors.NewServiceUnavailable("etcd is down")
+	}
+	c.mu.Unlock()
+
+	charge("u1")
+	charge("u2")
+	charge("u2")
+	if err := r.Flush(t.Context()); err == nil {
+		t.Fatal("Flush succeeded while every patch failed")
+	} else {
+		t.Logf("first flush: %v", err)
+	}
+	if n := r.Pending(); n != 2 {
+		t.Errorf("Pending() = %d after a failed flush, want 2", n)
+	}
+	charge("u1")
+	if err := r.Flush(t.Context()); err == nil {
+		t.Fatal("second Flush succeeded although patch 3 failed")
+	}
+	if n := r.Pending(); n == 0 {
+		t.Error("Pending() = 0 after a failed flush")
+	}
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatalf("third flush: %v", err)
+	}
+	if n := r.Pending(); n != 0 {
+		t.Errorf("Pending() = %d after a good flush, want 0", n)
+	}
+	if got := writes(r, kindUser, resultError); got != 3 {
+		t.Errorf("writes{error} = %d, want 3", got)
+	}
+	for user, n := range map[string]int64{"u1": 3, "u2": 2} {
+		u := getUser(t, e.Client, ns, user)
+		want := quota.Amount{Requests: n, InputTokens: 10 * n, OutputTokens: n}
+		if got := lifetime(t, u.Status.Lifetime); got != totalsOf(want) {
+			t.Errorf("%s lifetime = %+v, want %+v", user, got, totalsOf(want))
+		}
+		if got := amountOf(u.Status.Usage[0]); got != want {
+			t.Errorf("%s day usage = %+v, want %+v", user, got, want)
+		}
+		if got := c.written(ns, user); got != 1 {
+			t.Errorf("%s written %d times, want 1", user, got)
+		}
+	}
+}
+
+func TestSharedQuotaPoolsUsage(t *testing.T) {
+	e := apiServer(t)
+	ns := newNamespace(t, e.Client)
+	createQuota(t, e.Client, ns, "pool", llmv1alpha1.ScopeShared,
+		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowDay, Tokens: ptr.To[int64](1000), Requests: ptr.To[int64](50)})
+	createUser(t, e.Client, ns, "x", "pool")
+	createUser(t, e.Client, ns, "y", "pool")
+
+	clock := newClock(time.Now().UTC())
+	c := newHookClient(e.Client)
+	r := New(c, Options{Now: clock.Now})
+	ax := quota.Amount{Requests: 1, InputTokens: 100, OutputTokens: 50}
+	ay := quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 5}
+	for _, ch := range []struct {
+		user string
+		a    quota.Amount
+	}{{"x", ax}, {"x", ax}, {"y", ay}} {
+		r.Charge(Charge{Namespace: ns, User: ch.user, Quota: "pool", Shared: true, Amount: ch.a, At: clock.Now()})
+	}
+	if n := r.Pending(); n != 3 {
+		t.Errorf("Pending() = %d, want 3 (x, y, pool)", n)
+	}
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	sum := ax.Add(ax).Add(ay)
+	q := getQuota(t, e.Client, ns, "pool")
+	if len(q.Status.Usage) != 1 || amountOf(q.Status.Usage[0]) != sum {
+		t.Fatalf("pool usage = %+v, want %+v", q.Status.Usage, sum)
+	}
+	if got := q.Status.Usage[0]; ptr.Deref(got.Remaining, -1) != 1000-sum.Total() || ptr.Deref(got.RemainingRequests, -1) != 50-sum.Requests {
+		t.Errorf("pool remaining = %d tokens %d requests, want %d and %d", ptr.Deref(got.Remaining, -1), ptr.Deref(got.RemainingRequests, -1), 1000-sum.Total(), 50-sum.Requests)
+	}
+	if got := lifetime(t, q.Status.Lifetime); got != totalsOf(sum) {
+		t.Errorf("pool lifetime = %+v, want %+v", got, totalsOf(sum))
+	}
+	if q.Status.LastRequestAt == nil {
+		t.Error("pool lastRequestAt not set")
+	}
+	for user, want := range map[string]quota.Amount{"x": ax.Add(ax), "y": ay} {
+		u := getUser(t, e.Client, ns, user)
+		if len(u.Status.Usage) != 1 || amountOf(u.Status.Usage[0]) != want {
+			t.Errorf("%s usage = %+v, want %+v", user, u.Status.Usage, want)
+			continue
+		}
+		if rem := u.Status.Usage[0].Remaining; rem != nil {
+			t.Errorf("%s remaining = %d, want none: what is left belongs to the pool", user, *rem)
+		}
+		if got := lifetime(t, u.Status.Lifetime); got != totalsOf(want) {
+			t.Errorf("%s lifetime = %+v, want %+v", user, got, totalsOf(want))
+		}
+	}
+	for _, name := range []string{"x", "y", "pool"} {
+		if got := c.written(ns, name); got != 1 {
+			t.Errorf("%s written %d times, want 1", name, got)
+		}
+	}
+	if got := writes(r, kindQuota, resultSuccess); got != 1 {
+		t.Errorf("writes{LLMQuota,success} = %d, want 1", got)
+	}
+}
+
+func TestSeedFromStatusRestoresBudgets(t *testing.T) {
+	e := apiServer(t)
+	ns := newNamespace(t, e.Client)
+	dayTokens := []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowDay, Tokens: ptr.To[int64](1000)}}
+	poolLimits := []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowDay, Requests: ptr.To[int64](2)}}
+	createQuota(t, e.Client, ns, "solo", llmv1alpha1.ScopePerUser, dayTokens...)
+	createQuota(t, e.Client, ns, "pool", llmv1alpha1.ScopeShared, poolLimits...)
+	createUser(t, e.Client, ns, "spent", "solo")
+	createUser(t, e.Client, ns, "fresh", "solo")
+	createUser(t, e.Client, ns, "m1", "pool")
+	createUser(t, e.Client, ns, "m2", "pool")
+
+	now := time.Now().UTC()
+	clock := newClock(now)
+	r := New(e.Client, Options{Now: clock.Now})
+	r.Charge(Charge{Namespace: ns, User: "spent", Quota: "solo", Amount: quota.Amount{Requests: 3, InputTokens: 600, OutputTokens: 400}, At: now})
+	r.Charge(Charge{Namespace: ns, User: "fresh", Quota: "solo", Amount: quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 10}, At: now})
+	r.Charge(Charge{Namespace: ns, User: "m1", Quota: "pool", Shared: true, Amount: quota.Amount{Requests: 1, InputTokens: 1}, At: now})
+	r.Charge(Charge{Namespace: ns, User: "m2", Quota: "pool", Shared: true, Amount: quota.Amount{Requests: 1, InputTokens: 1}, At: now})
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	solo := func(user string) quota.Budget {
+		return quota.Budget{Key: quota.UserKey(ns, user), Limits: quota.LimitsFromSpec(dayTokens)}
+	}
+	pool := quota.Budget{Key: quota.PoolKey(ns, "pool"), Limits: quota.LimitsFromSpec(poolLimits)}
+	estimate := quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 10}
+	admits := func(m *quota.Memory, b quota.Budget) bool {
+		t.Helper()
+		_, d, err := m.Reserve(t.Context(), quota.Request{Budgets: []quota.Budget{b}, Estimate: estimate})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.Allowed
+	}
+
+	// A replica restarted the same day.
+	m := quota.NewMemory(clock.Now)
+	if err := SeedFromStatus(t.Context(), m, e.Client, now, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	if admits(m, solo("spent")) {
+		t.Error("spent: admitted although status shows the day's 1000 tokens used")
+	}
+	if !admits(m, solo("fresh")) {
+		t.Error("fresh: refused with 20 of 1000 tokens used")
+	}
+	if admits(m, pool) {
+		t.Error("pool: admitted although status shows both of the day's requests used")
+	}
+	st, err := m.Status(t.Context(), solo("fresh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 10}); st[0].Used != want {
+		t.Errorf("fresh seeded with %+v, want %+v", st[0].Used, want)
+	}
+
+	// A replica restarted the next day: the recorded windows have ended.
+	tomorrow := quota.WindowEnd(llmv1alpha1.WindowDay, now).Add(time.Hour)
+	m = quota.NewMemory(func() time.Time { return tomorrow })
+	if err := SeedFromStatus(t.Context(), m, e.Client, tomorrow, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	if !admits(m, solo("spent")) || !admits(m, pool) {
+		t.Error("ended windows were seeded")
+	}
+}
+
+func TestStartFlushesPeriodically(t *testing.T) {
+	e := apiServer(t)
+	ns := newNamespace(t, e.Client)
+	createQuota(t, e.Client, ns, "q", llmv1alpha1.ScopePerUser)
+	createUser(t, e.Client, ns, "u", "q")
+
+	r := New(e.Client, Options{FlushInterval: 20 * time.Millisecond})
+	if r.NeedLeaderElection() {
+		t.Error("NeedLeaderElection() = true: every replica must write its own usage")
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- r.Start(ctx) }()
+
+	r.Charge(Charge{Namespace: ns, User: "u", Quota: "q", Amount: quota.Amount{Requests: 1, InputTokens: 3}})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		u := getUser(t, e.Client, ns, "u")
+		if u.Status.Lifetime != nil {
+			if u.Status.Lifetime.InputTokens != 3 || len(u.Status.Usage) != 0 {
+				t.Errorf("lifetime %+v usage %+v, want 3 input tokens and no windows (no limits)", u.Status.Lifetime, u.Status.Usage)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Start did not flush within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Start returned %v", err)
+	}
+}
+
+func TestLoadOneWritePerUser(t *testing.T) {
+	const users, chargesEach = 1000, 5
+	e := apiServer(t)
+	ns := newNamespace(t, e.Client)
+	createQuota(t, e.Client, ns, "q", llmv1alpha1.ScopePerUser,
+		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowHour, Tokens: ptr.To[int64](1 << 20)},
+		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowDay, Requests: ptr.To[int64](1000)})
+	name := func(i int) string { return fmt.Sprintf("user-%04d", i) }
+
+	created := time.Now()
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range 8 {
+		wg.Go(func() {
+			for i := range work {
+				u := &llmv1alpha1.LLMUser{
+					ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name(i)},
+					Spec:       llmv1alpha1.LLMUserSpec{QuotaRef: llmv1alpha1.QuotaReference{Name: "q"}},
+				}
+				if err := e.Client.Create(context.Background(), u); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	for i := range users {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	t.Logf("created %d users in %v", users, time.Since(created).Round(time.Millisecond))
+
+	clock := newClock(time.Now().UTC())
+	c := newHookClient(e.Client)
+	r := New(c, Options{Now: clock.Now})
+	charged := time.Now()
+	for range chargesEach {
+		for i := range users {
+			r.Charge(Charge{Namespace: ns, User: name(i), Quota: "q",
+				Amount: quota.Amount{Requests: 1, InputTokens: int64(i), OutputTokens: 1}, At: clock.Now()})
+		}
+	}
+	chargeTook := time.Since(charged)
+	if n := r.Pending(); n != users {
+		t.Fatalf("Pending() = %d, want %d", n, users)
+	}
+
+	started := time.Now()
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(started)
+	t.Logf("%d charges took %v (%v each); one flush wrote %d objects in %v with %d concurrent writes",
+		users*chargesEach, chargeTook.Round(time.Microsecond), chargeTook/(users*chargesEach), c.total(), took.Round(time.Millisecond), 8)
+
+	if got := c.total(); got != users {
+		t.Errorf("%d status writes, want exactly %d", got, users)
+	}
+	var list llmv1alpha1.LLMUserList
+	if err := e.Client.List(t.Context(), &list, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	wrong := 0
+	for i := range list.Items {
+		u := &list.Items[i]
+		var idx int
+		if _, err := fmt.Sscanf(u.Name, "user-%04d", &idx); err != nil {
+			t.Fatal(err)
+		}
+		if c.written(ns, u.Name) != 1 {
+			wrong++
+			continue
+		}
+		want := quota.Amount{Requests: chargesEach, InputTokens: chargesEach * int64(idx), OutputTokens: chargesEach}
+		if lifetime(t, u.Status.Lifetime) != totalsOf(want) || len(u.Status.Usage) != 2 || amountOf(u.Status.Usage[0]) != want {
+			wrong++
+		}
+	}
+	if wrong > 0 {
+		t.Errorf("%d of %d users not written exactly once with exact totals", wrong, len(list.Items))
+	}
+}

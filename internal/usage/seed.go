@@ -1,0 +1,66 @@
+package usage
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/internal/quota"
+)
+
+// SeedFromStatus restores counter from recorded usage: for every LLMUser, and
+// every Shared LLMQuota's pool, each status.usage entry of a window still
+// current at now is seeded into the user's (quota.UserKey) or the pool's
+// (quota.PoolKey) counter with [quota.Counter.Seed]. A replica that restarts
+// therefore refuses what the budget already spent, up to the last flush
+// before it stopped. Entries of ended windows are skipped. opts narrow both
+// lists (client.InNamespace for a namespaced proxy).
+func SeedFromStatus(ctx context.Context, counter quota.Counter, c client.Reader, now time.Time, opts ...client.ListOption) error {
+	var users llmv1alpha1.LLMUserList
+	if err := c.List(ctx, &users, opts...); err != nil {
+		return fmt.Errorf("usage: listing LLMUsers to seed counters: %w", err)
+	}
+	for i := range users.Items {
+		u := &users.Items[i]
+		if err := seed(ctx, counter, quota.UserKey(u.Namespace, u.Name), u.Status.Usage, now); err != nil {
+			return err
+		}
+	}
+	var quotas llmv1alpha1.LLMQuotaList
+	if err := c.List(ctx, &quotas, opts...); err != nil {
+		return fmt.Errorf("usage: listing LLMQuotas to seed counters: %w", err)
+	}
+	for i := range quotas.Items {
+		q := &quotas.Items[i]
+		if q.Spec.Scope != llmv1alpha1.ScopeShared {
+			continue
+		}
+		if err := seed(ctx, counter, quota.PoolKey(q.Namespace, q.Name), q.Status.Usage, now); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func seed(ctx context.Context, counter quota.Counter, key string, entries []llmv1alpha1.WindowUsage, now time.Time) error {
+	for _, e := range entries {
+		if !quota.ValidWindow(e.Window) {
+			continue
+		}
+		start := quota.WindowStart(e.Window, now)
+		if !e.WindowStart.Time.Equal(start) {
+			continue
+		}
+		used := quota.Amount{Requests: e.Requests, InputTokens: e.InputTokens, OutputTokens: e.OutputTokens}
+		if used.IsZero() {
+			continue
+		}
+		if err := counter.Seed(ctx, key, e.Window, start, used); err != nil {
+			return fmt.Errorf("usage: seeding %s %s window: %w", key, e.Window, err)
+		}
+	}
+	return nil
+}
