@@ -1,0 +1,212 @@
+// Package metrics owns the proxy's Prometheus metric definitions, in one place.
+//
+// Names follow the OpenTelemetry GenAI semantic conventions where one exists
+// (gen_ai.client.token.usage, gen_ai.client.operation.duration,
+// gen_ai.server.time_to_first_token, exported the way the OpenTelemetry
+// Prometheus exporter spells them), plus llm_proxy_* counters per user.
+//
+// Cardinality is bounded by construction:
+//   - gen_ai_request_model and model only ever carry a model some upstream
+//     serves (the proxy records "" for requests naming an unknown model);
+//   - namespace and user come from authenticated LLMUser objects, never from
+//     unauthenticated input; with [Options.UserLabel] false the user label is
+//     always "" so series grow with namespaces, not users;
+//   - code is an HTTP status code and reason, type and window are fixed sets.
+//
+// Per-user series of a deleted user are dropped with [Metrics.ForgetUser];
+// remaining-budget gauges are not stored at all but computed at scrape time by
+// the collector from [NewBudgetCollector], so they cannot outlive their user.
+package metrics
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Options configures [New].
+type Options struct {
+	// UserLabel fills the user label of the per-user counters. When false the
+	// label is kept (so dashboards need not change) but always "", bounding
+	// the number of series by namespaces × models × codes.
+	UserLabel bool
+}
+
+// Metrics are the proxy's metrics. A nil *Metrics records nothing, so callers
+// need no checks.
+type Metrics struct {
+	userLabel bool
+
+	tokenUsage *prometheus.HistogramVec
+	duration   *prometheus.HistogramVec
+	ttft       *prometheus.HistogramVec
+	requests   *prometheus.CounterVec
+	tokens     *prometheus.CounterVec
+	rejections *prometheus.CounterVec
+}
+
+// Label values of gen_ai_token_type and of llm_proxy_tokens_total's type.
+const (
+	TokenTypeInput  = "input"
+	TokenTypeOutput = "output"
+)
+
+// Values of gen_ai_operation_name.
+const (
+	OperationChat           = "chat"
+	OperationTextCompletion = "text_completion"
+	OperationEmbeddings     = "embeddings"
+)
+
+// Bucket boundaries advised by the OpenTelemetry GenAI semantic conventions.
+var (
+	tokenBuckets    = []float64{1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864}
+	durationBuckets = []float64{0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92}
+	ttftBuckets     = []float64{0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0}
+)
+
+// New creates the metrics and registers them with reg (which may be nil to
+// register nothing, for tests). It panics if a metric is already registered,
+// like [prometheus.MustRegister].
+func New(reg prometheus.Registerer, opts Options) *Metrics {
+	m := &Metrics{
+		userLabel: opts.UserLabel,
+		tokenUsage: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "gen_ai_client_token_usage",
+			Help:    "Tokens used per request, by token type (input or output), as reported by the upstream.",
+			Buckets: tokenBuckets,
+		}, []string{"gen_ai_token_type", "gen_ai_request_model", "gen_ai_operation_name"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "gen_ai_client_operation_duration_seconds",
+			Help:    "Time from the request reaching the proxy to the last byte of the response.",
+			Buckets: durationBuckets,
+		}, []string{"gen_ai_request_model", "gen_ai_operation_name", "error_type"}),
+		ttft: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "gen_ai_server_time_to_first_token_seconds",
+			Help:    "Time from the request reaching the proxy to the first generated chunk of a streamed response.",
+			Buckets: ttftBuckets,
+		}, []string{"gen_ai_request_model", "gen_ai_operation_name"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llm_proxy_requests_total",
+			Help: "Requests answered by the proxy, by user, model (\"\" when unknown) and HTTP status code.",
+		}, []string{"namespace", "user", "model", "code"}),
+		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llm_proxy_tokens_total",
+			Help: "Tokens charged, by user, model and type (input or output).",
+		}, []string{"namespace", "user", "model", "type"}),
+		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llm_proxy_rejections_total",
+			Help: "Requests refused (or, for dry_run_* reasons, that would have been refused) by policy.",
+		}, []string{"namespace", "user", "reason"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.tokenUsage, m.duration, m.ttft, m.requests, m.tokens, m.rejections)
+	}
+	return m
+}
+
+// Request is one finished request, as recorded by [Metrics.ObserveRequest].
+type Request struct {
+	Namespace, User string
+	// Model is a model an upstream serves, or "" when the request named none
+	// or an unknown one.
+	Model string
+	// Operation is one of the Operation* constants, or "" for requests that
+	// are not generation (tokenize) or were refused before routing.
+	Operation string
+	Code      int
+	// InputTokens and OutputTokens are what was charged.
+	InputTokens, OutputTokens int64
+	// Duration is the whole request; zero skips the duration histogram.
+	Duration time.Duration
+	// TTFT is the time to the first streamed chunk; zero when not streamed.
+	TTFT time.Duration
+	// ErrorType is "" on success, else a short low-cardinality class such as
+	// the status code or "client_closed".
+	ErrorType string
+}
+
+// ObserveRequest records a finished request.
+func (m *Metrics) ObserveRequest(r Request) {
+	if m == nil {
+		return
+	}
+	user := m.user(r.User)
+	m.requests.WithLabelValues(r.Namespace, user, r.Model, codeString(r.Code)).Inc()
+	if r.Model == "" || r.Operation == "" {
+		return
+	}
+	if r.InputTokens > 0 || r.OutputTokens > 0 {
+		m.tokenUsage.WithLabelValues(TokenTypeInput, r.Model, r.Operation).Observe(float64(r.InputTokens))
+		m.tokens.WithLabelValues(r.Namespace, user, r.Model, TokenTypeInput).Add(float64(r.InputTokens))
+		if r.Operation != OperationEmbeddings {
+			m.tokenUsage.WithLabelValues(TokenTypeOutput, r.Model, r.Operation).Observe(float64(r.OutputTokens))
+			m.tokens.WithLabelValues(r.Namespace, user, r.Model, TokenTypeOutput).Add(float64(r.OutputTokens))
+		}
+	}
+	if r.Duration > 0 {
+		m.duration.WithLabelValues(r.Model, r.Operation, r.ErrorType).Observe(r.Duration.Seconds())
+	}
+	if r.TTFT > 0 {
+		m.ttft.WithLabelValues(r.Model, r.Operation).Observe(r.TTFT.Seconds())
+	}
+}
+
+// Reasons of llm_proxy_rejections_total. Dry-run budgets record
+// "dry_run_" + the reason instead, and admit the request.
+const (
+	ReasonUnauthenticated   = "unauthenticated"
+	ReasonRevoked           = "revoked"
+	ReasonQuotaMissing      = "quota_missing"
+	ReasonModelNotAllowed   = "model_not_allowed"
+	ReasonMaxTokens         = "max_tokens"
+	ReasonRateLimit         = "rate_limit"
+	ReasonInsufficientQuota = "insufficient_quota"
+	DryRunPrefix            = "dry_run_"
+)
+
+// Reject counts a refusal (namespace and user are "" when the caller could
+// not be identified).
+func (m *Metrics) Reject(namespace, user, reason string) {
+	if m == nil {
+		return
+	}
+	m.rejections.WithLabelValues(namespace, m.user(user), reason).Inc()
+}
+
+// ForgetUser deletes every per-user series of namespace/user, so that a
+// deleted LLMUser's series disappear instead of lingering until restart. With
+// UserLabel off there are no per-user series and this does nothing.
+func (m *Metrics) ForgetUser(namespace, user string) {
+	if m == nil || !m.userLabel {
+		return
+	}
+	l := prometheus.Labels{"namespace": namespace, "user": user}
+	m.requests.DeletePartialMatch(l)
+	m.tokens.DeletePartialMatch(l)
+	m.rejections.DeletePartialMatch(l)
+}
+
+func (m *Metrics) user(u string) string {
+	if m.userLabel {
+		return u
+	}
+	return ""
+}
+
+// codes holds the decimal strings of every HTTP status so labelling a
+// request does not allocate.
+var codes = func() (c [600]string) {
+	for i := range c {
+		c[i] = strconv.Itoa(i)
+	}
+	return c
+}()
+
+func codeString(code int) string {
+	if code >= 0 && code < len(codes) {
+		return codes[code]
+	}
+	return strconv.Itoa(code)
+}

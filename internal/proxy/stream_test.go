@@ -1,0 +1,243 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llm-user-operator/llm-user-operator/internal/quota"
+)
+
+func TestStreamingByteExact(t *testing.T) {
+	upstreamEvents := strings.Join(streamEvents, "")
+	for _, tc := range []struct {
+		name, body string
+		// clientSees is what the client must receive, byte for byte.
+		clientSees string
+		// bodyUnchanged: the client asked for usage, nothing to edit.
+		bodyUnchanged bool
+	}{
+		{"usage forced and hidden", `{"model":"m","messages":[],"stream":true}`,
+			upstreamEvents + doneEvent, false},
+		{"stream_options null", `{"model":"m","messages":[],"stream":true,"stream_options":null}`,
+			upstreamEvents + doneEvent, false},
+		{"other stream_options kept", `{"model":"m","messages":[],"stream":"true","stream_options":{"continuous_usage_stats":false}}`,
+			upstreamEvents + doneEvent, false},
+		{"include_usage false", `{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":false}}`,
+			upstreamEvents + doneEvent, false},
+		{"client asked for usage", `{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}`,
+			upstreamEvents + usageEvent + doneEvent, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, nil, newUpstream(t, "m"))
+			resp := e.do(t, "POST", "/v1/chat/completions", tc.body)
+			expectStatus(t, resp, 200)
+			if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
+				t.Errorf("Content-Type = %q", ct)
+			}
+			if got := string(readAll(t, resp)); got != tc.clientSees {
+				t.Errorf("client saw:\n%q\nwant:\n%q", got, tc.clientSees)
+			}
+			sent := e.ups[0].last(t).body
+			if !wantsUsage(sent) {
+				t.Errorf("upstream did not get include_usage=true: %s", sent)
+			}
+			if tc.bodyUnchanged && string(sent) != tc.body {
+				t.Errorf("body edited although the client asked for usage: %s", sent)
+			}
+			if strings.Contains(tc.body, "continuous_usage_stats") && !strings.Contains(string(sent), `"continuous_usage_stats":false`) {
+				t.Errorf("other stream options lost: %s", sent)
+			}
+			if c := e.sink.wait(t); c.Amount != (quota.Amount{Requests: 1, InputTokens: 12, OutputTokens: 4}) {
+				t.Errorf("charge = %+v", c.Amount)
+			}
+		})
+	}
+}
+
+// TestStreamIsNotBuffered checks that an event reaches the client while the
+// upstream is still holding back the next one.
+func TestStreamIsNotBuffered(t *testing.T) {
+	up := newUpstream(t, "m")
+	next := make(chan struct{})
+	up.handle = func(w http.ResponseWriter, r *http.Request, body []byte) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, streamEvents[0])
+		w.(http.Flusher).Flush()
+		select {
+		case <-next:
+		case <-r.Context().Done():
+			return
+		}
+		io.WriteString(w, doneEvent)
+	}
+	e := newEnv(t, nil, up)
+	resp := e.do(t, "POST", "/v1/chat/completions", `{"model":"m","messages":[],"stream":true}`)
+	expectStatus(t, resp, 200)
+	got := make(chan string, 1)
+	go func() {
+		br := bufio.NewReader(resp.Body)
+		var b strings.Builder
+		for !strings.HasSuffix(b.String(), "\n\n") {
+			line, err := br.ReadString('\n')
+			b.WriteString(line)
+			if err != nil {
+				break
+			}
+		}
+		got <- b.String()
+	}()
+	select {
+	case s := <-got:
+		if s != streamEvents[0] {
+			t.Errorf("first event = %q", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("first event held back by the proxy")
+	}
+	close(next)
+	rest := readAll(t, resp)
+	if string(rest) != doneEvent {
+		t.Errorf("rest = %q", rest)
+	}
+}
+
+// streamingUpstream sends the role chunk and n content chunks, then waits
+// for the request to end, or calls after.
+func streamingUpstream(t *testing.T, n int, after func(w http.ResponseWriter)) *fakeUpstream {
+	up := newUpstream(t, "m")
+	up.handle = func(w http.ResponseWriter, r *http.Request, body []byte) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := 0; i <= n; i++ {
+			io.WriteString(w, streamEvents[min(i, 1)])
+			w.(http.Flusher).Flush()
+		}
+		if after != nil {
+			after(w)
+			return
+		}
+		<-r.Context().Done()
+	}
+	return up
+}
+
+// readEvents reads n events from an SSE body.
+func readEvents(t *testing.T, r io.Reader, n int) {
+	t.Helper()
+	br := bufio.NewReader(r)
+	for seen := 0; seen < n; {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("after %d events: %v", seen, err)
+		}
+		if line == "\n" {
+			seen++
+		}
+	}
+}
+
+const streamReq = `{"model":"m","messages":[{"role":"user","content":"` + "Tell me a story about a proxy that counted every token it saw" + `"}],"stream":true}`
+
+func expectInterruptedCharge(t *testing.T, e *env, chunks int64) {
+	t.Helper()
+	c := e.sink.wait(t)
+	var pr parsed
+	if err := parseRequest([]byte(streamReq), epChat, &pr); err != nil {
+		t.Fatal(err)
+	}
+	est := e.proxy.estimate(epChat, &pr, nil)
+	want := quota.Amount{Requests: 1, InputTokens: est.InputTokens, OutputTokens: chunks}
+	if c.Amount != want {
+		t.Errorf("charge = %+v, want prompt estimate + seen chunks %+v (reservation %+v)", c.Amount, want, est)
+	}
+	if c.Amount.IsZero() || c.Amount == est {
+		t.Errorf("charge %+v is zero or the whole reservation", c.Amount)
+	}
+	// The reservation was settled: nothing stays reserved.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, _ := e.mem.Status(t.Context(), aliceUser().Budgets[0])
+		if st[0].Reserved.IsZero() && st[0].Used.Total() == want.Total() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("window = used %+v reserved %+v", st[0].Used, st[0].Reserved)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestStreamClientDisconnectCharged(t *testing.T) {
+	e := newEnv(t, nil, streamingUpstream(t, 3, nil))
+	ctx, cancel := context.WithCancel(t.Context())
+	req, _ := http.NewRequestWithContext(ctx, "POST", e.srv.URL+"/v1/chat/completions", strings.NewReader(streamReq))
+	req.Header.Set("Authorization", "Bearer "+alice)
+	resp, err := e.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readEvents(t, resp.Body, 4) // role chunk + 3 content chunks
+	cancel()
+	resp.Body.Close()
+	expectInterruptedCharge(t, e, 4)
+}
+
+func TestStreamUpstreamDiesCharged(t *testing.T) {
+	up := streamingUpstream(t, 2, func(w http.ResponseWriter) {
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		conn.Close()
+	})
+	e := newEnv(t, nil, up)
+	resp := e.do(t, "POST", "/v1/chat/completions", streamReq)
+	expectStatus(t, resp, 200)
+	b, err := io.ReadAll(resp.Body)
+	if err == nil {
+		t.Errorf("client saw a clean end of a broken stream: %q", b)
+	}
+	if got := bytes.Count(b, []byte("\n\n")); got != 3 {
+		t.Errorf("client got %d events before the break, want 3", got)
+	}
+	expectInterruptedCharge(t, e, 3)
+}
+
+func TestStreamIdleTimeout(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.Timeouts.StreamIdle = 50 * time.Millisecond }, streamingUpstream(t, 1, nil))
+	resp := e.do(t, "POST", "/v1/chat/completions", streamReq)
+	expectStatus(t, resp, 200)
+	if _, err := io.ReadAll(resp.Body); err == nil {
+		t.Error("an idle stream ended cleanly")
+	}
+	expectInterruptedCharge(t, e, 2)
+}
+
+func TestResponsesStreamUsage(t *testing.T) {
+	up := newUpstream(t, "m")
+	events := "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r1\",\"usage\":null}}\n\n" +
+		"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n" +
+		"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r1\",\"usage\":{\"input_tokens\":9,\"output_tokens\":3,\"total_tokens\":12}}}\n\n"
+	up.handle = func(w http.ResponseWriter, r *http.Request, body []byte) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, events)
+	}
+	e := newEnv(t, nil, up)
+	resp := e.do(t, "POST", "/v1/responses", `{"model":"m","input":"hi","stream":true}`)
+	expectStatus(t, resp, 200)
+	if got := string(readAll(t, resp)); got != events {
+		t.Errorf("client saw %q", got)
+	}
+	if string(up.last(t).body) != `{"model":"m","input":"hi","stream":true}` {
+		t.Errorf("responses body edited: %s", up.last(t).body)
+	}
+	if c := e.sink.wait(t); c.Amount != (quota.Amount{Requests: 1, InputTokens: 9, OutputTokens: 3}) {
+		t.Errorf("charge = %+v", c.Amount)
+	}
+}
