@@ -1,0 +1,101 @@
+package proxyserver
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	toolscache "k8s.io/client-go/tools/cache"
+
+	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/internal/quota"
+)
+
+func int64p(v int64) *int64 { return &v }
+
+func TestDirectoryViews(t *testing.T) {
+	var deleted []string
+	d := NewDirectory(func(ns, name string) { deleted = append(deleted, ns+"/"+name) })
+	user := func(name, q string, mutate func(*llmv1alpha1.LLMUser)) *llmv1alpha1.LLMUser {
+		u := &llmv1alpha1.LLMUser{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: "uid-" + "name"},
+			Spec: llmv1alpha1.LLMUserSpec{QuotaRef: llmv1alpha1.QuotaReference{Name: q}, Models: []string{"m-*"}}}
+		if mutate != nil {
+			mutate(u)
+		}
+		return u
+	}
+	d.setUser(user("alice", "team", func(u *llmv1alpha1.LLMUser) {
+		u.Status.Token = &llmv1alpha1.TokenStatus{Generation: 3}
+	}))
+	d.setUser(user("bob", "pool", nil))
+
+	a, ok := d.User("ns", "alice")
+	if !ok || a.QuotaFound || a.TokenGeneration != 3 || len(a.Budgets) != 0 {
+		t.Fatalf("before the quota exists: %+v", a)
+	}
+
+	d.setQuota(&llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "team"}, Spec: llmv1alpha1.LLMQuotaSpec{
+		Limits: []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowDay, Tokens: int64p(10)}}, Models: []string{"*"},
+		MaxTokensPerRequest: int64p(7), Scope: llmv1alpha1.ScopePerUser, Enforcement: llmv1alpha1.EnforcementDryRun,
+	}})
+	d.setQuota(&llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "pool"}, Spec: llmv1alpha1.LLMQuotaSpec{
+		Limits: []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowMonth, Requests: int64p(5)}}, Scope: llmv1alpha1.ScopeShared,
+	}})
+	a, _ = d.User("ns", "alice")
+	if !a.QuotaFound || *a.MaxTokensPerRequest != 7 || len(a.Budgets) != 1 || a.Budgets[0].Key != quota.UserKey("ns", "alice") || !a.Budgets[0].DryRun {
+		t.Fatalf("per-user view: %+v", a)
+	}
+	if a.UserModels[0] != "m-*" || a.Models[0] != "*" {
+		t.Errorf("models: %v %v", a.Models, a.UserModels)
+	}
+	b, _ := d.User("ns", "bob")
+	if len(b.Budgets) != 1 || b.Budgets[0].Key != quota.PoolKey("ns", "pool") || b.Budgets[0].DryRun {
+		t.Fatalf("shared view: %+v", b)
+	}
+	if l, ok := d.Limits("ns", "pool"); !ok || *l[0].Requests != 5 {
+		t.Errorf("limits: %v %v", l, ok)
+	}
+
+	// A deleted quota turns its users' views back; a deleted user disappears.
+	d.deleteQuota(toolscache.DeletedFinalStateUnknown{Obj: &llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "team"}}})
+	if a, _ = d.User("ns", "alice"); a.QuotaFound {
+		t.Errorf("quota still found after deletion")
+	}
+	d.deleteUser(user("bob", "pool", nil))
+	if _, ok := d.User("ns", "bob"); ok || len(deleted) != 1 || deleted[0] != "ns/bob" {
+		t.Errorf("deleted user still known: %v", deleted)
+	}
+	if n := len(d.Users()); n != 1 {
+		t.Errorf("%d users, want 1", n)
+	}
+}
+
+type brokenCounter struct{ quota.Counter }
+
+func (brokenCounter) Reserve(context.Context, quota.Request) (*quota.Reservation, quota.Decision, error) {
+	return nil, quota.Decision{}, errors.New("connection refused")
+}
+
+func TestFailoverModes(t *testing.T) {
+	for _, open := range []bool{false, true} {
+		reg := prometheus.NewRegistry()
+		f := newFailover(brokenCounter{}, open, reg)
+		res, dec, err := f.Reserve(context.Background(), quota.Request{})
+		if open && (err != nil || !dec.Allowed || res != nil) {
+			t.Errorf("fail-open: res=%v dec=%+v err=%v, want admitted unreserved", res, dec, err)
+		}
+		if !open && err == nil {
+			t.Error("fail-closed: the error must reach the proxy (503)")
+		}
+		action := map[bool]string{true: "admitted", false: "refused"}[open]
+		if v := testutil.ToFloat64(f.errors.WithLabelValues("reserve", action)); v != 1 {
+			t.Errorf("open=%v: llm_proxy_counter_errors_total{action=%q} = %v", open, action, v)
+		}
+		if v := testutil.ToFloat64(f.available); v != 0 {
+			t.Errorf("open=%v: llm_proxy_counter_available = %v", open, v)
+		}
+	}
+}
