@@ -180,7 +180,3 @@ type LLMQuotaList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []LLMQuota `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&LLMQuota{}, &LLMQuotaList{})
-}

@@ -186,7 +186,3 @@ type LLMUserList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []LLMUser `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&LLMUser{}, &LLMUserList{})
-}

@@ -136,7 +136,7 @@ func TestTokenLifecycle(t *testing.T) {
 			return err
 		}
 		if _, err := publishedVerifier(t).Verify(string(s.Data["OPENAI_API_KEY"])); err != nil {
-			return fmt.Errorf("not restored yet: %v", err)
+			return fmt.Errorf("not restored yet: %w", err)
 		}
 		return nil
 	})
@@ -218,7 +218,7 @@ func TestTokenLifecycle(t *testing.T) {
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
-		return fmt.Errorf("still there: %v", err)
+		return fmt.Errorf("still there: %w", err)
 	})
 	refresh(t, refreshAddr, string(secret.Data["token"]), http.StatusUnauthorized)
 }

@@ -150,7 +150,7 @@ func exceededCondition(states []windowState, generation int64, now time.Time) (m
 func nextDeadline(entries []llmv1alpha1.WindowUsage, now time.Time) time.Time {
 	var next time.Time
 	for _, e := range entries {
-		if (e.Requests == 0 && e.TotalTokens == 0) || !e.ResetAt.Time.After(now) {
+		if (e.Requests == 0 && e.TotalTokens == 0) || !e.ResetAt.After(now) {
 			continue
 		}
 		if next.IsZero() || e.ResetAt.Time.Before(next) {

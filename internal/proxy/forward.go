@@ -50,7 +50,7 @@ func (ex *exchange) forward(w http.ResponseWriter, up *upstream, bb *bodyBuf, bo
 		ex.roundTripError(w, err)
 		return
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode >= 400 {
 		ex.upstreamError(w, resp)
 		return

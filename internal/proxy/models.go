@@ -94,7 +94,7 @@ func (p *Proxy) listModels(ctx context.Context, u *upstream) ([]modelInfo, error
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("GET /v1/models: %s", resp.Status)
 	}

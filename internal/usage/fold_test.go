@@ -188,3 +188,30 @@ func TestChargeBuckets(t *testing.T) {
 		t.Errorf("pool q delta = %+v, want %+v", d, a)
 	}
 }
+
+func TestCompactKeepsTotals(t *testing.T) {
+	now := time.Date(2030, time.March, 2, 12, 0, 0, 0, time.UTC) // a Saturday; the week began in February
+	a := quota.Amount{Requests: 1, InputTokens: 2, OutputTokens: 3}
+	d := deltaOf(
+		bucket{time.Date(2030, time.January, 31, 23, 0, 0, 0, time.UTC), a}, // before the week and the month
+		bucket{time.Date(2030, time.February, 1, 0, 0, 0, 0, time.UTC), a},  // likewise
+		bucket{time.Date(2030, time.February, 25, 0, 0, 0, 0, time.UTC), a}, // this week (Monday)
+		bucket{time.Date(2030, time.March, 2, 11, 59, 0, 0, time.UTC), a},   // this minute's hour
+	)
+	total := d.total()
+	d.compact(now)
+	if len(d.buckets) != 3 {
+		t.Fatalf("%d buckets after compact, want 3: %+v", len(d.buckets), d.buckets)
+	}
+	if d.total() != total {
+		t.Errorf("total %+v after compact, want %+v", d.total(), total)
+	}
+	for _, w := range llmv1alpha1.Windows {
+		if got, want := d.in(w, quota.WindowStart(w, now)), deltaOf(
+			bucket{time.Date(2030, time.February, 25, 0, 0, 0, 0, time.UTC), a},
+			bucket{time.Date(2030, time.March, 2, 11, 59, 0, 0, time.UTC), a},
+		).in(w, quota.WindowStart(w, now)); got != want {
+			t.Errorf("%s after compact = %+v, want %+v", w, got, want)
+		}
+	}
+}

@@ -62,7 +62,8 @@ type Options struct {
 	// client). With a cache-backed client, pass the manager's API reader so
 	// that the retry sees the write that won.
 	APIReader client.Reader
-	// Registerer receives the Recorder's metrics; nil registers none.
+	// Registerer receives the Recorder's metrics; nil registers none. New
+	// panics if they are registered already, like prometheus.MustRegister.
 	Registerer prometheus.Registerer
 }
 
@@ -74,10 +75,14 @@ const DefaultFieldOwner = "llm-user-proxy"
 const maxAttempts = 4
 
 // Recorder accumulates charges in memory and writes them to status in
-// batches: at most one status write per object per flush, none for objects
-// that were not charged, and at most MaxConcurrentWrites in flight. A charge
-// is never lost to a failed write (its delta waits for the next flush) and
-// never counted twice (a conflict recomputes from the fresh object).
+// batches: one status write per charged object per flush (plus one more for
+// each write conflict), none for idle objects, at most MaxConcurrentWrites in
+// flight. A charge is not lost to a failed write: its delta waits for the
+// next flush. It is not counted twice: each write carries the
+// resourceVersion it was computed from, and a conflict recomputes from the
+// fresh object. The one exception is a write that fails ambiguously (the
+// connection drops after the API server applied it): its delta is retried
+// and counts twice in status, never in the quota counter.
 //
 // Recorder is a controller-runtime manager.Runnable that needs no leader
 // election: every proxy replica writes its own deltas. It is safe for
@@ -213,6 +218,32 @@ func (d *delta) merge(o *delta) {
 	}
 }
 
+// compact folds the buckets too old to count in any window current at now
+// into one, which then counts in lifetime only. It bounds the memory of a
+// delta that keeps failing to be written (a long outage, missing RBAC) to
+// the minutes of the current week and month.
+func (d *delta) compact(now time.Time) {
+	horizon := quota.WindowStart(llmv1alpha1.WindowMonth, now)
+	if w := quota.WindowStart(llmv1alpha1.WindowWeek, now); w.Before(horizon) {
+		horizon = w
+	}
+	old := -1
+	kept := d.buckets[:0]
+	for _, b := range d.buckets {
+		switch {
+		case !b.minute.Before(horizon):
+			kept = append(kept, b)
+		case old < 0:
+			old = len(kept)
+			kept = append(kept, b)
+		default:
+			kept[old].amount = kept[old].amount.Add(b.amount)
+		}
+	}
+	clear(d.buckets[len(kept):])
+	d.buckets = kept
+}
+
 // total is everything the delta counts: what lifetime grows by.
 func (d *delta) total() quota.Amount {
 	var t quota.Amount
@@ -234,9 +265,10 @@ func (d *delta) in(w llmv1alpha1.Window, start time.Time) quota.Amount {
 }
 
 // Charge records c for the next flush. It never blocks on the API server: it
-// takes one mutex for a map update. Zero amounts are ignored.
+// takes one mutex for a map update. Zero amounts, and charges to no user, are
+// ignored.
 func (r *Recorder) Charge(c Charge) {
-	if c.Amount.IsZero() {
+	if c.Amount.IsZero() || c.User == "" {
 		return
 	}
 	at := c.At
@@ -349,6 +381,9 @@ func (r *Recorder) Flush(ctx context.Context) error {
 			for it := range work {
 				k, d := it.key, it.delta
 				out, err := r.write(ctx, k, d, lookup)
+				if out == failed {
+					d.compact(r.now())
+				}
 				r.mu.Lock()
 				if out == failed {
 					if p := r.pending[k]; p != nil {

@@ -143,7 +143,7 @@ func freePort() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("find a free port: %w", err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
@@ -185,12 +185,12 @@ func (s *Server) start() error {
 		}
 		select {
 		case <-p.done:
-			return fmt.Errorf("redis-server on %s exited while starting (%v); its output:\n%s", s.addr, err, out)
+			return fmt.Errorf("redis-server on %s exited while starting (%w); its output:\n%s", s.addr, err, out)
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			p.kill()
-			return fmt.Errorf("redis-server on %s did not answer within %s (%v); its output:\n%s", s.addr, startTimeout, err, out)
+			return fmt.Errorf("redis-server on %s did not answer within %s (%w); its output:\n%s", s.addr, startTimeout, err, out)
 		}
 	}
 }
@@ -208,7 +208,7 @@ func serverPID(addr string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
 	if _, err := io.WriteString(conn, "*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n"); err != nil {
 		return 0, err
