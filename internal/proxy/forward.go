@@ -269,7 +269,10 @@ func (ex *exchange) completeCharge(in, out int64) quota.Amount {
 func (ex *exchange) interruptedCharge(u usage, ok bool, seen int64) quota.Amount {
 	in, out := ex.est.InputTokens, seen
 	if ok {
-		in, out = u.Prompt, max(u.Completion, seen)
+		// Usage on a chunk with choices comes from continuous usage stats and
+		// is current as of that chunk; counting chunks would add the role
+		// and finish chunks, which carry no tokens.
+		in, out = u.Prompt, u.Completion
 	}
 	a := ex.completeCharge(in, out)
 	if a.InputTokens+a.OutputTokens == 0 {
@@ -284,7 +287,10 @@ type stream struct {
 	chunks    int64 // events carrying generated output
 	last      usage
 	haveUsage bool
-	scratch   []byte
+	// complete is set once the upstream said generation is over: the
+	// usage-only final chunk or data: [DONE] arrived.
+	complete bool
+	scratch  []byte
 }
 
 const (
@@ -375,6 +381,10 @@ func (ex *exchange) relayStream(ctx context.Context, w http.ResponseWriter, resp
 	}
 
 	switch {
+	case st.complete && st.haveUsage:
+		// Generation finished upstream; a client that hangs up after the
+		// last event it needs (SDKs close on [DONE]) interrupted nothing.
+		ex.finish(resp.StatusCode, ex.usageCharge(st.last), "")
 	case werr != nil || ex.r.Context().Err() != nil:
 		ex.finish(codeClientClosed, ex.interruptedCharge(st.last, st.haveUsage, st.chunks), "client_closed")
 	case !errors.Is(rerr, io.EOF):
@@ -397,6 +407,9 @@ func (ex *exchange) onEvent(st *stream, ev []byte, plain bool) (drop bool) {
 	data, has, scratch := sseData(ev, plain, st.scratch)
 	st.scratch = scratch
 	if !has || len(data) == 0 || data[0] != '{' {
+		if has && bytes.Equal(data, doneData) {
+			st.complete = true
+		}
 		return false // [DONE], comments, keep-alives
 	}
 	if ex.ep.streamUsage && !bytes.Contains(data, usageKey) {
@@ -411,11 +424,15 @@ func (ex *exchange) onEvent(st *stream, ev []byte, plain bool) (drop bool) {
 	}
 	if ci.hasUsage {
 		st.last, st.haveUsage = ci.usage, true
+		st.complete = st.complete || ci.choices == 0
 	}
 	return st.forced && ci.hasUsage && ci.choices == 0
 }
 
-var usageKey = []byte(`"usage"`)
+var (
+	usageKey = []byte(`"usage"`)
+	doneData = []byte("[DONE]")
+)
 
 func (ex *exchange) sawOutput(st *stream) {
 	st.chunks++

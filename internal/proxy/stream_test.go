@@ -241,3 +241,40 @@ func TestResponsesStreamUsage(t *testing.T) {
 		t.Errorf("charge = %+v", c.Amount)
 	}
 }
+
+// TestStreamClientClosesAfterDone reproduces what the OpenAI SDKs do: close the
+// connection as soon as data: [DONE] arrives, while the upstream has not yet
+// ended its response. The generation was complete, so the request is a 200
+// charged exactly the reported usage, not an interruption.
+func TestStreamClientClosesAfterDone(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	up := newUpstream(t, "m")
+	up.handle = func(w http.ResponseWriter, r *http.Request, body []byte) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}\n\n"+
+			"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n"+
+			"data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n"+
+			"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":1,\"total_tokens\":8}}\n\n"+
+			"data: [DONE]\n\n")
+		http.NewResponseController(w).Flush()
+		select { // hold the response open, as a slow upstream would
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}
+	e := newEnv(t, nil, up)
+	ctx, cancel := context.WithCancel(t.Context())
+	req, _ := http.NewRequestWithContext(ctx, "POST", e.srv.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[],"stream":true}`))
+	req.Header.Set("Authorization", "Bearer "+alice)
+	resp, err := e.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readEvents(t, resp.Body, 4) // role, content, finish, [DONE]: the usage chunk was stripped
+	cancel()
+	resp.Body.Close()
+	if c := e.sink.wait(t); c.Amount != (quota.Amount{Requests: 1, InputTokens: 7, OutputTokens: 1}) {
+		t.Errorf("charged %+v, want exactly the reported usage", c.Amount)
+	}
+}
