@@ -24,7 +24,7 @@ type fakeKeys struct {
 	v   *token.Verifier
 }
 
-func (k fakeKeys) Active() (token.Key, bool)  { return k.key, k.ok }
+func (k fakeKeys) Active() (token.Key, bool) { return k.key, k.ok }
 func (k fakeKeys) Verifier() *token.Verifier { return k.v }
 
 func TestRefresh(t *testing.T) {
