@@ -59,7 +59,7 @@ func run(bin, sim, model string, port int) error {
 	proxyAddr := fmt.Sprintf("127.0.0.1:%d", port)
 	procs := []*exec.Cmd{
 		command(ctx, state, "simulator", sim, "--port", fmt.Sprint(simPort), "--model", model,
-			"--force-dummy-tokenizer", "--max-num-seqs", "256", "--mode", "random",
+			"--force-dummy-tokenizer", "--max-num-seqs", "256", "--max-model-len", "32768", "--mode", "random",
 			"--time-to-first-token", "50ms", "--inter-token-latency", "10ms"),
 		command(ctx, state, "operator", filepath.Join(bin, "manager"), "--kubeconfig", kubeconfig,
 			"--namespace", "llm-user-operator-system", "--metrics-bind-address", "0",

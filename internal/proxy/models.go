@@ -50,13 +50,15 @@ type modelTable struct {
 	list []*modelEntry // sorted by ID
 }
 
-// RefreshModels lists every upstream's models once and publishes the union.
+// RefreshModels lists every upstream's models once and publishes the union;
+// it reports whether every upstream has been listed at least once.
 // An upstream that fails keeps its last listing (a request routed to it
 // then gets 502, which says more than model_not_found would).
-func (p *Proxy) RefreshModels(ctx context.Context) {
+func (p *Proxy) RefreshModels(ctx context.Context) (allListed bool) {
 	p.refreshMu.Lock()
 	defer p.refreshMu.Unlock()
 	anyListed := false
+	allListed = true
 	for _, u := range p.upstreams {
 		models, err := p.listModels(ctx, u)
 		if err != nil {
@@ -65,9 +67,10 @@ func (p *Proxy) RefreshModels(ctx context.Context) {
 			u.models, u.listed = models, true
 		}
 		anyListed = anyListed || u.listed
+		allListed = allListed && u.listed
 	}
 	if !anyListed {
-		return
+		return false
 	}
 	t := &modelTable{byID: map[string]*modelEntry{}}
 	for _, u := range p.upstreams {
@@ -83,6 +86,7 @@ func (p *Proxy) RefreshModels(ctx context.Context) {
 	}
 	slices.SortFunc(t.list, func(a, b *modelEntry) int { return strings.Compare(a.ID, b.ID) })
 	p.models.Store(t)
+	return allListed
 }
 
 func (p *Proxy) listModels(ctx context.Context, u *upstream) ([]modelInfo, error) {

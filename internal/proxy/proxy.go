@@ -280,14 +280,17 @@ func (p *Proxy) Ready() bool {
 // Start discovers the upstreams' models now and every ModelRefreshInterval
 // until ctx is done. It blocks, like a controller-runtime Runnable.
 func (p *Proxy) Start(ctx context.Context) error {
-	t := time.NewTicker(p.refreshInterval)
-	defer t.Stop()
 	for {
-		p.RefreshModels(ctx)
+		wait := p.refreshInterval
+		if !p.RefreshModels(ctx) {
+			// An upstream never listed yet (still starting, as vLLM does for
+			// minutes while it loads weights): ask again soon, not in 30s.
+			wait = min(wait, time.Second)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.C:
+		case <-time.After(wait):
 		}
 	}
 }
