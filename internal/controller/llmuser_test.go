@@ -10,6 +10,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -208,6 +209,26 @@ func TestTokenLifecycle(t *testing.T) {
 		t.Fatalf("secret must be kept while suspended: %v", err)
 	}
 	refresh(t, refreshAddr, string(secret.Data["token"]), http.StatusUnauthorized)
+
+	// Every step left an Event on the user.
+	eventually(t, "events", func() error {
+		var list eventsv1.EventList
+		if err := c.List(ctx, &list, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		seen := map[string]int{}
+		for _, e := range list.Items {
+			if e.Regarding.Name == "alice" && e.Regarding.Kind == "LLMUser" {
+				seen[e.Reason]++
+			}
+		}
+		for _, r := range []string{"TokenIssued", "TokenRotated", "Revoked"} {
+			if seen[r] == 0 {
+				return fmt.Errorf("no %s event yet; have %v", r, seen)
+			}
+		}
+		return nil
+	})
 
 	// Deleted user: refresh refuses (the proxy likewise knows no such uid).
 	if err := c.Delete(ctx, user); err != nil {
