@@ -82,7 +82,7 @@ func (brokenCounter) Reserve(context.Context, quota.Request) (*quota.Reservation
 func TestFailoverModes(t *testing.T) {
 	for _, open := range []bool{false, true} {
 		reg := prometheus.NewRegistry()
-		f := newFailover(brokenCounter{}, open, reg)
+		f := newFailover(brokenCounter{}, open, nil, reg)
 		res, dec, err := f.Reserve(context.Background(), quota.Request{})
 		if open && (err != nil || !dec.Allowed || res != nil) {
 			t.Errorf("fail-open: res=%v dec=%+v err=%v, want admitted unreserved", res, dec, err)
@@ -97,5 +97,38 @@ func TestFailoverModes(t *testing.T) {
 		if v := testutil.ToFloat64(f.available); v != 0 {
 			t.Errorf("open=%v: llm_proxy_counter_available = %v", open, v)
 		}
+	}
+}
+
+// emptiedCounter answers ErrUnseeded until it is seeded, as a restarted Redis does.
+type emptiedCounter struct {
+	quota.Counter
+	seeded   bool
+	reserves int
+}
+
+func (e *emptiedCounter) Reserve(context.Context, quota.Request) (*quota.Reservation, quota.Decision, error) {
+	e.reserves++
+	if !e.seeded {
+		return nil, quota.Decision{}, quota.ErrUnseeded
+	}
+	return &quota.Reservation{}, quota.Decision{Allowed: true}, nil
+}
+
+func TestFailoverReseedsAnEmptiedStore(t *testing.T) {
+	store := &emptiedCounter{}
+	seeds := 0
+	f := newFailover(store, false, func(context.Context) error {
+		seeds++
+		store.seeded = true
+		return nil
+	}, prometheus.NewRegistry())
+	for range 3 {
+		if _, dec, err := f.Reserve(context.Background(), quota.Request{}); err != nil || !dec.Allowed {
+			t.Fatalf("reserve after reseed: %+v %v", dec, err)
+		}
+	}
+	if seeds != 1 || store.reserves != 4 {
+		t.Errorf("seeded %d times, %d reserves; want 1 seed and one retried reserve", seeds, store.reserves)
 	}
 }

@@ -2,6 +2,9 @@ package proxyserver
 
 import (
 	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -14,16 +17,24 @@ import (
 // it is admitted unreserved; its usage is still charged to status through the
 // usage sink, but the shared counters miss it, so replicas may overshoot a
 // budget while the store is down.
+//
+// A store that restarted empty answers [quota.ErrUnseeded]: the first request
+// to see it seeds the store again from status (reseed), and the request is
+// retried, so a restart of Redis never hands out fresh budgets.
 type failover struct {
 	quota.Counter
 	open      bool
 	errors    *prometheus.CounterVec
 	available prometheus.Gauge
+	up        atomic.Bool
+	reseed    func(context.Context) error
+	reseedMu  sync.Mutex
+	reseeds   atomic.Uint64
 }
 
-func newFailover(c quota.Counter, open bool, reg prometheus.Registerer) *failover {
+func newFailover(c quota.Counter, open bool, reseed func(context.Context) error, reg prometheus.Registerer) *failover {
 	f := &failover{
-		Counter: c, open: open,
+		Counter: c, open: open, reseed: reseed,
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llm_proxy_counter_errors_total",
 			Help: "Quota counter store errors by operation and the action taken (admitted: fail-open; refused: fail-closed).",
@@ -34,11 +45,13 @@ func newFailover(c quota.Counter, open bool, reg prometheus.Registerer) *failove
 		}),
 	}
 	f.available.Set(1)
+	f.up.Store(true)
 	reg.MustRegister(f.errors, f.available)
 	return f
 }
 
 func (f *failover) observe(op string, err error) {
+	f.up.Store(err == nil)
 	if err == nil {
 		f.available.Set(1)
 		return
@@ -51,8 +64,17 @@ func (f *failover) observe(op string, err error) {
 	f.errors.WithLabelValues(op, action).Inc()
 }
 
+// Available reports whether the store answered its last call.
+func (f *failover) Available() bool { return f.up.Load() }
+
 func (f *failover) Reserve(ctx context.Context, req quota.Request) (*quota.Reservation, quota.Decision, error) {
+	seen := f.reseeds.Load()
 	res, dec, err := f.Counter.Reserve(ctx, req)
+	if errors.Is(err, quota.ErrUnseeded) && f.reseed != nil {
+		if err = f.seedOnce(ctx, seen); err == nil {
+			res, dec, err = f.Counter.Reserve(ctx, req)
+		}
+	}
 	f.observe("reserve", err)
 	if err != nil && f.open {
 		return nil, quota.Decision{Allowed: true}, nil
@@ -64,4 +86,18 @@ func (f *failover) Settle(ctx context.Context, r *quota.Reservation, actual quot
 	err := f.Counter.Settle(ctx, r, actual)
 	f.observe("settle", err)
 	return err
+}
+
+// seedOnce reseeds the store unless another request already did since seen.
+func (f *failover) seedOnce(ctx context.Context, seen uint64) error {
+	f.reseedMu.Lock()
+	defer f.reseedMu.Unlock()
+	if f.reseeds.Load() != seen {
+		return nil
+	}
+	if err := f.reseed(ctx); err != nil {
+		return err
+	}
+	f.reseeds.Add(1)
+	return nil
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/llm-user-operator/llm-user-operator/internal/proxy"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 	"github.com/llm-user-operator/llm-user-operator/internal/token"
+	"github.com/llm-user-operator/llm-user-operator/internal/usage"
 )
 
 // +kubebuilder:rbac:groups=llm.userops.dev,resources=llmusers;llmquotas,verbs=get;list;watch
@@ -133,7 +134,18 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	defer closeCounter()
-	counter := quota.Counter(newFailover(store, o.RedisFailOpen, reg))
+	var reseed func(context.Context) error
+	if rs, ok := store.(*quota.Redis); ok {
+		// The informer cache holds the status every replica flushed.
+		reseed = func(ctx context.Context) error {
+			if err := usage.SeedFromStatus(ctx, rs, c, time.Now()); err != nil {
+				return err
+			}
+			return rs.MarkSeeded(ctx)
+		}
+	}
+	fo := newFailover(store, o.RedisFailOpen, reseed, reg)
+	counter := quota.Counter(fo)
 
 	dir := NewDirectory(func(ns, name string) { m.ForgetUser(ns, name) })
 	verifier := token.NewVerifier(token.VerifierOptions{Issuer: o.Issuer, Audience: o.Audience})
@@ -144,7 +156,7 @@ func Run(ctx context.Context, o Options) error {
 	if err := dir.Watch(ctx, c); err != nil {
 		return err
 	}
-	reg.MustRegister(metrics.NewBudgetCollector(budgetSource(dir, counter, o.UserLabel)))
+	reg.MustRegister(metrics.NewBudgetCollector(budgetSource(dir, counter, fo.Available, o.UserLabel)))
 
 	sink, err := newSink(writer, dir, o, reg, log)
 	if err != nil {
@@ -176,8 +188,13 @@ func Run(ctx context.Context, o Options) error {
 		}
 		return errors.New("informer caches did not sync within 2m")
 	}
-	if err := sink.seed(ctx, counter, writer); err != nil {
+	if err := sink.seed(ctx, store, writer); err != nil {
 		return fmt.Errorf("seeding counters from status: %w", err)
+	}
+	if rs, ok := store.(*quota.Redis); ok {
+		if err := rs.MarkSeeded(ctx); err != nil {
+			return fmt.Errorf("marking the shared counters seeded: %w", err)
+		}
 	}
 
 	keysReady := func() bool {
@@ -303,8 +320,11 @@ func watchJWKS(ctx context.Context, c cache.Cache, o Options, v *token.Verifier,
 }
 
 // budgetSource reports each user's own budget and each Shared pool at scrape time.
-func budgetSource(dir *Directory, counter quota.Counter, userLabel bool) func() []metrics.BudgetSample {
+func budgetSource(dir *Directory, counter quota.Counter, available func() bool, userLabel bool) func() []metrics.BudgetSample {
 	return func() []metrics.BudgetSample {
+		if !available() {
+			return nil // a scrape must not wait on a store that is down
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		var out []metrics.BudgetSample

@@ -2,6 +2,7 @@ package quota
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -27,8 +28,10 @@ import (
 // optionally behind Sentinel ([redis.NewFailoverClient]); Cluster refuses the
 // scripts with CROSSSLOT.
 //
-// Counts kept by Redis are lost if it restarts without persistence;
-// [Counter.Seed] restores them from recorded status.
+// Counts kept by Redis are lost if it restarts without persistence. A marker
+// key, set by [Redis.MarkSeeded] once the counts were restored from recorded
+// status with [Counter.Seed], tells: while it is missing Reserve fails with
+// [ErrUnseeded] instead of admitting against empty counters.
 type Redis struct {
 	client redis.UniversalClient
 	prefix string
@@ -46,6 +49,18 @@ const keyGrace = time.Hour
 // reading time from now. Every replica must use the same prefix.
 func NewRedis(client redis.UniversalClient, prefix string, now func() time.Time) *Redis {
 	return &Redis{client: client, prefix: prefix, now: now}
+}
+
+// ErrUnseeded means the shared store lost its counts (a Redis restart) and
+// they must be seeded from status again before admission can be trusted.
+var ErrUnseeded = errors.New("quota: the shared counters are not seeded")
+
+func (r *Redis) marker() string { return r.prefix + "seeded" }
+
+// MarkSeeded records that the counters hold what status recorded. Call it
+// after seeding; it never expires.
+func (r *Redis) MarkSeeded(ctx context.Context) error {
+	return r.client.Set(ctx, r.marker(), "1", 0).Err()
 }
 
 func (r *Redis) key(s slot) string {
@@ -85,7 +100,8 @@ local function room(cap, held, est)
   return held < cap and held + est <= cap
 end
 local ereq, ein, eout = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local n = #KEYS
+local n = #KEYS - 1
+if redis.call('EXISTS', KEYS[n + 1]) == 0 then return {-1} end
 local state = {}
 for i = 1, n do
   local v = redis.call('HMGET', KEYS[i], 'req', 'in', 'out', 'rreq', 'rin', 'rout')
@@ -183,7 +199,7 @@ func (r *Redis) Reserve(ctx context.Context, req Request) (*Reservation, Decisio
 	state := make([]counts, len(p.slots))
 	ok := true
 	if len(p.slots) > 0 {
-		keys := make([]string, len(p.slots))
+		keys := make([]string, len(p.slots), len(p.slots)+1)
 		args := make([]any, 0, 3+len(p.slots)+5*len(p.checks))
 		args = append(args, est.Requests, est.InputTokens, est.OutputTokens)
 		for i, s := range p.slots {
@@ -197,9 +213,12 @@ func (r *Redis) Reserve(ctx context.Context, req Request) (*Reservation, Decisio
 			l := c.limit
 			args = append(args, c.slot+1, capArg(l.Tokens), capArg(l.InputTokens), capArg(l.OutputTokens), capArg(l.Requests))
 		}
-		reply, err := reserveScript.Run(ctx, r.client, keys, args...).Int64Slice()
+		reply, err := reserveScript.Run(ctx, r.client, append(keys, r.marker()), args...).Int64Slice()
 		if err != nil {
 			return nil, Decision{}, fmt.Errorf("quota: reserve in redis: %w", err)
+		}
+		if len(reply) == 1 && reply[0] == -1 {
+			return nil, Decision{}, ErrUnseeded
 		}
 		if len(reply) != 1+6*len(p.slots) {
 			return nil, Decision{}, fmt.Errorf("quota: reserve in redis: reply has %d values, want %d", len(reply), 1+6*len(p.slots))

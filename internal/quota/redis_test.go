@@ -2,6 +2,7 @@ package quota
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync/atomic"
@@ -25,7 +26,7 @@ func TestRedis(t *testing.T) {
 	// Each subtest gets its own prefix, so one server serves them all.
 	var n atomic.Int64
 	testCounter(t, func(now func() time.Time) Counter {
-		return NewRedis(client, fmt.Sprintf("test%d:", n.Add(1)), now)
+		return seeded(t, NewRedis(client, fmt.Sprintf("test%d:", n.Add(1)), now))
 	})
 }
 
@@ -36,7 +37,7 @@ func TestRedisKeys(t *testing.T) {
 	addr, _ := redisserver.Start(t)
 	client := newRedisClient(t, addr)
 	clock := newFakeClock(t0)
-	c := NewRedis(client, "llm:", clock.Now)
+	c := seeded(t, NewRedis(client, "llm:", clock.Now))
 	b := Budget{Key: UserKey("team", "alice"), Limits: []Limit{{Window: minute, Tokens: ptr(100)}, {Window: day, Requests: ptr(1)}}}
 
 	charge(t, c, []Budget{b}, Amount{1, 10, 10})
@@ -69,8 +70,8 @@ func TestRedisKeys(t *testing.T) {
 			t.Errorf("%s expires in %s, want %s", k.key, ttl, k.ttl)
 		}
 	}
-	if n, err := client.DBSize(ctx).Result(); err != nil || n != 2 {
-		t.Errorf("DBSize = %d, %v; want the 2 keys", n, err)
+	if n, err := client.DBSize(ctx).Result(); err != nil || n != 3 {
+		t.Errorf("DBSize = %d, %v; want the 2 window keys and the seeded marker", n, err)
 	}
 
 	// A reservation whose keys are gone (expired, or Redis restarted) is
@@ -93,7 +94,7 @@ func TestRedisMatchesMemory(t *testing.T) {
 	addr, _ := redisserver.Start(t)
 	clock := newFakeClock(t0)
 	mem := NewMemory(clock.Now)
-	red := NewRedis(newRedisClient(t, addr), "diff:", clock.Now)
+	red := seeded(t, NewRedis(newRedisClient(t, addr), "diff:", clock.Now))
 
 	budgets := []Budget{
 		{Key: UserKey("team", "alice"), Limits: []Limit{{Window: minute, Tokens: ptr(300), Requests: ptr(4)}, {Window: hour, InputTokens: ptr(1000)}}},
@@ -165,7 +166,7 @@ func TestRedisUnavailable(t *testing.T) {
 	srv := redisserver.New(t)
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1, DialTimeout: time.Second})
 	t.Cleanup(func() { _ = client.Close() })
-	c := NewRedis(client, "llm:", newFakeClock(t0).Now)
+	c := seeded(t, NewRedis(client, "llm:", newFakeClock(t0).Now))
 	b := Budget{Key: UserKey("team", "alice"), Limits: []Limit{{Window: hour, Tokens: ptr(100)}}}
 	r := admit(t, c, []Budget{b}, Amount{1, 10, 10})
 
@@ -184,6 +185,13 @@ func TestRedisUnavailable(t *testing.T) {
 	}
 
 	srv.Restart()
+	// The restarted server lost every count: admission must wait for seeding.
+	if _, _, err := c.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: Amount{1, 1, 1}}); !errors.Is(err, ErrUnseeded) {
+		t.Fatalf("Reserve on an empty Redis: %v, want ErrUnseeded", err)
+	}
+	if err := c.MarkSeeded(ctx); err != nil {
+		t.Fatal(err)
+	}
 	// The new server has never seen the scripts: Run falls back to EVAL.
 	charge(t, c, []Budget{b}, Amount{1, 10, 10})
 	checkWindows(t, "after restart", status(t, c, b), window(b, 0, t0, Amount{1, 10, 10}, Amount{}))
@@ -191,5 +199,13 @@ func TestRedisUnavailable(t *testing.T) {
 
 func BenchmarkRedisReserveSettle(b *testing.B) {
 	addr, _ := redisserver.Start(b)
-	benchReserveSettle(b, NewRedis(newRedisClient(b, addr), "bench:", time.Now))
+	benchReserveSettle(b, seeded(b, NewRedis(newRedisClient(b, addr), "bench:", time.Now)))
+}
+
+func seeded(t testing.TB, r *Redis) *Redis {
+	t.Helper()
+	if err := r.MarkSeeded(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
