@@ -46,6 +46,7 @@ const (
 type KeyStore struct {
 	mu       sync.RWMutex
 	keys     []token.Key
+	now      func() time.Time
 	verifier *token.Verifier
 	ready    chan struct{}
 	once     sync.Once
@@ -54,6 +55,7 @@ type KeyStore struct {
 // NewKeyStore returns an empty store whose verifier checks iss and aud.
 func NewKeyStore(issuer, audience string, now func() time.Time) *KeyStore {
 	return &KeyStore{
+		now:      now,
 		verifier: token.NewVerifier(token.VerifierOptions{Issuer: issuer, Audience: audience, Now: now}),
 		ready:    make(chan struct{}),
 	}
@@ -70,11 +72,12 @@ func (s *KeyStore) Set(keys []token.Key) {
 	}
 }
 
-// Active returns the key that signs new tokens.
+// Active returns the key that signs new tokens now: a new key only once it
+// has been published for [token.ActivationDelay].
 func (s *KeyStore) Active() (token.Key, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return token.ActiveKey(s.keys)
+	return token.SigningKey(s.keys, s.now())
 }
 
 // Verifier verifies tokens against every published key.

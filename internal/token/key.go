@@ -69,8 +69,13 @@ func SortNewestFirst(keys []Key) {
 	})
 }
 
-// ActiveKey returns the newest key of keys, which is the one that signs, and
-// false when keys is empty. keys may be in any order and is not modified.
+// ActivationDelay is how long a new key is published before it signs, so
+// that every verifier (the proxy watches the JWKS) knows it before the first
+// token it signed arrives. Rotation never makes a valid token fail.
+const ActivationDelay = 10 * time.Second
+
+// ActiveKey returns the newest key of keys, and false when keys is empty.
+// keys may be in any order and is not modified.
 func ActiveKey(keys []Key) (Key, bool) {
 	if len(keys) == 0 {
 		return Key{}, false
@@ -78,6 +83,23 @@ func ActiveKey(keys []Key) (Key, bool) {
 	sorted := slices.Clone(keys)
 	SortNewestFirst(sorted)
 	return sorted[0], true
+}
+
+// SigningKey returns the key that signs at now: the newest key published for
+// at least [ActivationDelay]. When no key is that old (a fresh install), the
+// oldest key signs, since no verifier can have seen any earlier one.
+func SigningKey(keys []Key, now time.Time) (Key, bool) {
+	if len(keys) == 0 {
+		return Key{}, false
+	}
+	sorted := slices.Clone(keys)
+	SortNewestFirst(sorted)
+	for _, k := range sorted {
+		if !now.Before(k.CreatedAt.Add(ActivationDelay)) {
+			return k, true
+		}
+	}
+	return sorted[len(sorted)-1], true
 }
 
 // jwk is the JSON Web Key shape of RFC 7517 with the OKP members of RFC 8037.

@@ -276,3 +276,29 @@ func TestParseJWKS(t *testing.T) {
 		})
 	}
 }
+
+func TestSigningKeyWaitsForActivation(t *testing.T) {
+	t0 := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	old := Key{ID: "old", CreatedAt: t0.Add(-time.Hour)}
+	fresh := Key{ID: "new", CreatedAt: t0}
+	for _, tc := range []struct {
+		name string
+		keys []Key
+		at   time.Time
+		want string
+	}{
+		{"only key, brand new", []Key{fresh}, t0, "new"},
+		{"new key not yet published long enough", []Key{fresh, old}, t0.Add(ActivationDelay - time.Nanosecond), "old"},
+		{"new key activated", []Key{old, fresh}, t0.Add(ActivationDelay), "new"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k, ok := SigningKey(tc.keys, tc.at)
+			if !ok || k.ID != tc.want {
+				t.Errorf("SigningKey = %q, want %q", k.ID, tc.want)
+			}
+		})
+	}
+	if _, ok := SigningKey(nil, t0); ok {
+		t.Error("a key from an empty set")
+	}
+}

@@ -30,9 +30,10 @@ type RotationPlan struct {
 // PlanRotation decides which keys to keep and whether a new one is needed.
 //
 // keys may be in any order. The newest key is the active signing key. A key
-// stops signing when the next newer key is created, so the last token it can
-// have signed expires at most maxTTL later; it therefore stays in Keep until
-// next.CreatedAt + maxTTL + [DefaultClockSkew] and is dropped at that moment.
+// stops signing when the next newer key activates ([ActivationDelay] after it
+// is created), so the last token it can have signed expires at most maxTTL
+// later; it therefore stays in Keep until next.CreatedAt + ActivationDelay +
+// maxTTL + [DefaultClockSkew] and is dropped at that moment.
 // maxTTL must be the longest TTL the issuer uses. period <= 0 disables
 // age-based rotation; force requests a new key regardless of age.
 func PlanRotation(keys []Key, now time.Time, period, maxTTL time.Duration, force bool) RotationPlan {
@@ -52,7 +53,8 @@ func PlanRotation(keys []Key, now time.Time, period, maxTTL time.Duration, force
 		}
 	}
 	for i := 1; i < len(sorted); i++ {
-		drop := sorted[i-1].CreatedAt.Add(maxTTL + DefaultClockSkew)
+		// The older key signs until the newer one activates.
+		drop := sorted[i-1].CreatedAt.Add(ActivationDelay + maxTTL + DefaultClockSkew)
 		if !now.Before(drop) {
 			continue
 		}

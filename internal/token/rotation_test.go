@@ -64,21 +64,21 @@ func TestPlanRotation(t *testing.T) {
 			keys:      []Key{at("old", now.Add(-30*time.Hour)), at("new", now.Add(-10*time.Minute))},
 			period:    period,
 			wantKeep:  []string{"new", "old"},
-			wantCheck: now.Add(-10 * time.Minute).Add(maxTTL + DefaultClockSkew),
+			wantCheck: now.Add(-10 * time.Minute).Add(ActivationDelay + maxTTL + DefaultClockSkew),
 		},
 		{
 			name:      "previous key one second before its drop",
-			keys:      []Key{at("old", now.Add(-30*time.Hour)), at("new", now.Add(-maxTTL-DefaultClockSkew+time.Second))},
+			keys:      []Key{at("old", now.Add(-30*time.Hour)), at("new", now.Add(-ActivationDelay-maxTTL-DefaultClockSkew+time.Second))},
 			period:    period,
 			wantKeep:  []string{"new", "old"},
 			wantCheck: now.Add(time.Second),
 		},
 		{
-			name:      "previous key dropped at next.CreatedAt+maxTTL+skew",
-			keys:      []Key{at("old", now.Add(-30*time.Hour)), at("new", now.Add(-maxTTL-DefaultClockSkew))},
+			name:      "previous key dropped at next.CreatedAt+activation+maxTTL+skew",
+			keys:      []Key{at("old", now.Add(-30*time.Hour)), at("new", now.Add(-ActivationDelay-maxTTL-DefaultClockSkew))},
 			period:    period,
 			wantKeep:  []string{"new"},
-			wantCheck: now.Add(-maxTTL - DefaultClockSkew).Add(period),
+			wantCheck: now.Add(-ActivationDelay - maxTTL - DefaultClockSkew).Add(period),
 		},
 		{
 			name: "unordered input, two retired keys, one droppable",
@@ -93,7 +93,7 @@ func TestPlanRotation(t *testing.T) {
 			// b retired when c was created: kept until c+1h30s.
 			// c retired when d was created: kept until d+1h30s.
 			wantKeep:  []string{"d", "c", "b"},
-			wantCheck: now.Add(-10 * time.Minute).Add(maxTTL + DefaultClockSkew),
+			wantCheck: now.Add(-10 * time.Minute).Add(ActivationDelay + maxTTL + DefaultClockSkew),
 		},
 		{
 			name:     "rotation disabled, nothing to drop",
@@ -106,7 +106,7 @@ func TestPlanRotation(t *testing.T) {
 			keys:      []Key{at("a", now.Add(-1000*time.Hour)), at("b", now.Add(-time.Minute))},
 			period:    0,
 			wantKeep:  []string{"b", "a"},
-			wantCheck: now.Add(-time.Minute).Add(maxTTL + DefaultClockSkew),
+			wantCheck: now.Add(-time.Minute).Add(ActivationDelay + maxTTL + DefaultClockSkew),
 		},
 	}
 	for _, tt := range tests {
@@ -170,17 +170,21 @@ func TestRotationOverlap(t *testing.T) {
 		}
 		return got
 	}
+	issueWith := func(k Key) string {
+		t.Helper()
+		raw, _, err := newTestIssuer(clock, k).Issue(IssueRequest{Namespace: "ns", Name: "n", UID: "u", TTL: ttl})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
 	issue := func(keys []Key) string {
 		t.Helper()
 		active, ok := ActiveKey(keys)
 		if !ok {
 			t.Fatal("no active key")
 		}
-		raw, _, err := newTestIssuer(clock, active).Issue(IssueRequest{Namespace: "ns", Name: "n", UID: "u", TTL: ttl})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return raw
+		return issueWith(active)
 	}
 
 	// Bootstrap.
@@ -192,7 +196,7 @@ func TestRotationOverlap(t *testing.T) {
 	keys := store(append(plan.Keep, key1))
 	publish(keys)
 
-	// The last token key1 signs, one second before it is rotated out.
+	// A token key1 signs one second before rotation is due.
 	clock.Set(t0.Add(period - time.Second))
 	tok1 := issue(keys)
 
@@ -220,14 +224,27 @@ func TestRotationOverlap(t *testing.T) {
 		}
 	}
 
-	// The plan's own deadline is when key1 may go: tok1 expires at
-	// key2.CreatedAt+ttl-1s and is accepted for the skew after that.
-	drop := key2.CreatedAt.Add(ttl + DefaultClockSkew)
+	// key2 signs only once it has been published for ActivationDelay: the
+	// last token key1 signs is issued a second before that.
+	clock.Set(key2.CreatedAt.Add(ActivationDelay - time.Second))
+	signer, _ := SigningKey(plan.Keep, clock.Now())
+	if signer.ID != key1.ID {
+		t.Fatalf("key2 signs before its activation delay passed")
+	}
+	last1 := issueWith(signer)
+	clock.Set(key2.CreatedAt.Add(ActivationDelay))
+	if signer, _ = SigningKey(plan.Keep, clock.Now()); signer.ID != key2.ID {
+		t.Fatalf("key2 does not sign once activated")
+	}
+
+	// The plan's own deadline is when key1 may go: its last token expires at
+	// key2.CreatedAt+ActivationDelay+ttl-1s and is accepted for the skew after that.
+	drop := key2.CreatedAt.Add(ActivationDelay + ttl + DefaultClockSkew)
 	if !plan.NextCheck.Equal(drop) {
 		t.Fatalf("NextCheck = %v, want %v", plan.NextCheck, drop)
 	}
 	clock.Set(drop.Add(-2 * time.Second))
-	if _, err := v.Verify(tok1); err != nil {
+	if _, err := v.Verify(last1); err != nil {
 		t.Errorf("key1 token in its last accepted second: %v", err)
 	}
 
@@ -237,7 +254,7 @@ func TestRotationOverlap(t *testing.T) {
 		t.Fatalf("at drop time Keep = %v, want only key2", plan.Keep)
 	}
 	publish(plan.Keep)
-	if _, err := v.Verify(tok1); !errors.Is(err, ErrUnknownKey) {
+	if _, err := v.Verify(last1); !errors.Is(err, ErrUnknownKey) {
 		t.Errorf("key1 token after key1 dropped: %v, want unknown_key", err)
 	}
 	if _, err := v.Verify(issue(plan.Keep)); err != nil {
