@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/test/harness"
 )
 
 // testModels: a user sees, and may use, only the models its quota allows.
@@ -24,37 +25,37 @@ func (s *suite) testModels(t *testing.T) {
 	t.Parallel()
 	t.Run("Allowed", func(t *testing.T) {
 		t.Parallel()
-		a := s.newAccount(t, llmv1alpha1.LLMQuotaSpec{Models: []string{"e2e-org/*"}})
-		page, err := a.client.Models.List(t.Context())
+		a := s.NewAccount(t, llmv1alpha1.LLMQuotaSpec{Models: []string{"e2e-org/*"}})
+		page, err := a.Client.Models.List(t.Context())
 		if err != nil {
 			t.Fatalf("listing models: %v", err)
 		}
 		if len(page.Data) != 1 || page.Data[0].ID != modelID {
 			t.Fatalf("models %s, want only %s", page.RawJSON(), modelID)
 		}
-		m, err := a.client.Models.Get(t.Context(), modelID)
+		m, err := a.Client.Models.Get(t.Context(), modelID)
 		if err != nil || m.ID != modelID {
 			t.Fatalf("getting model %s: %v %v", modelID, m, err)
 		}
-		if _, err := a.client.Chat.Completions.New(t.Context(), chatParams("Hello")); err != nil {
+		if _, err := a.Client.Chat.Completions.New(t.Context(), chatParams("Hello")); err != nil {
 			t.Fatalf("chat with an allowed model: %v", err)
 		}
 	})
 	t.Run("NotAllowed", func(t *testing.T) {
 		t.Parallel()
-		a := s.newAccount(t, llmv1alpha1.LLMQuotaSpec{Models: []string{"other-*"}})
-		page, err := a.client.Models.List(t.Context())
+		a := s.NewAccount(t, llmv1alpha1.LLMQuotaSpec{Models: []string{"other-*"}})
+		page, err := a.Client.Models.List(t.Context())
 		if err != nil {
 			t.Fatalf("listing models: %v", err)
 		}
 		if len(page.Data) != 0 {
 			t.Fatalf("models %s, want none", page.RawJSON())
 		}
-		_, err = a.client.Models.Get(t.Context(), modelID)
-		apiError(t, err, http.StatusNotFound)
+		_, err = a.Client.Models.Get(t.Context(), modelID)
+		harness.RequireAPIError(t, err, http.StatusNotFound)
 
-		_, err = a.client.Chat.Completions.New(t.Context(), chatParams("Hello"))
-		e := apiError(t, err, http.StatusForbidden)
+		_, err = a.Client.Chat.Completions.New(t.Context(), chatParams("Hello"))
+		e := harness.RequireAPIError(t, err, http.StatusForbidden)
 		if e.Code != "model_not_allowed" || e.Param != "model" {
 			t.Errorf("code %q param %q, want model_not_allowed on model; body: %s", e.Code, e.Param, e.RawJSON())
 		}
@@ -66,13 +67,13 @@ func (s *suite) testModels(t *testing.T) {
 func (s *suite) testRequestQuota(t *testing.T) {
 	t.Parallel()
 	// An hour window: a minute one could reset between the requests.
-	a := s.newAccount(t, llmv1alpha1.LLMQuotaSpec{Limits: []llmv1alpha1.QuotaLimit{
+	a := s.NewAccount(t, llmv1alpha1.LLMQuotaSpec{Limits: []llmv1alpha1.QuotaLimit{
 		{Window: llmv1alpha1.WindowHour, Requests: ptr.To[int64](2)},
 	}})
 	var usages []openai.CompletionUsage
 	for i := range 2 {
 		var resp *http.Response
-		res, err := a.client.Chat.Completions.New(t.Context(), chatParams("Hello"), option.WithResponseInto(&resp))
+		res, err := a.Client.Chat.Completions.New(t.Context(), chatParams("Hello"), option.WithResponseInto(&resp))
 		if err != nil {
 			t.Fatalf("request %d of 2 allowed: %v", i+1, err)
 		}
@@ -82,8 +83,8 @@ func (s *suite) testRequestQuota(t *testing.T) {
 		}
 	}
 
-	_, err := a.client.Chat.Completions.New(t.Context(), chatParams("Hello"))
-	e := apiError(t, err, http.StatusTooManyRequests)
+	_, err := a.Client.Chat.Completions.New(t.Context(), chatParams("Hello"))
+	e := harness.RequireAPIError(t, err, http.StatusTooManyRequests)
 	if e.Type != "rate_limit_error" || e.Code != "rate_limit_exceeded" {
 		t.Errorf("type %q code %q, want rate_limit_error/rate_limit_exceeded; body: %s", e.Type, e.Code, e.RawJSON())
 	}
@@ -96,11 +97,11 @@ func (s *suite) testRequestQuota(t *testing.T) {
 	}
 	checkRetryAfter(t, h, time.Hour)
 
-	want := totals(usages...)
-	st := s.waitCharged(t, a, want.Requests)
-	checkCharged(t, st, want)
+	want := harness.Totals(usages...)
+	st := s.WaitRequests(t, a, want.Requests)
+	harness.CheckCharged(t, st, want)
 	if r := st.Usage[0].RemainingRequests; r == nil || *r != 0 {
-		t.Errorf("status.usage[0].remainingRequests = %s, want 0", toJSON(r))
+		t.Errorf("status.usage[0].remainingRequests = %s, want 0", harness.ToJSON(r))
 	}
 }
 
@@ -112,18 +113,18 @@ func (s *suite) testRequestQuota(t *testing.T) {
 func (s *suite) testTokenQuota(t *testing.T) {
 	t.Parallel()
 	const limit = 60
-	a := s.newAccount(t, dayTokens(limit))
+	a := s.NewAccount(t, harness.DayTokens(limit))
 	small := chatParams("Hello")
 	small.MaxTokens = openai.Int(4)
-	res, err := a.client.Chat.Completions.New(t.Context(), small)
+	res, err := a.Client.Chat.Completions.New(t.Context(), small)
 	if err != nil {
 		t.Fatalf("a request that fits the quota: %v", err)
 	}
 
 	big := chatParams("Hello")
 	big.MaxTokens = openai.Int(500)
-	_, err = a.client.Chat.Completions.New(t.Context(), big)
-	e := apiError(t, err, http.StatusTooManyRequests)
+	_, err = a.Client.Chat.Completions.New(t.Context(), big)
+	e := harness.RequireAPIError(t, err, http.StatusTooManyRequests)
 	// A day is a quota, not a rate: OpenAI's insufficient_quota.
 	if e.Type != "insufficient_quota" || e.Code != "insufficient_quota" {
 		t.Errorf("type %q code %q, want insufficient_quota; body: %s", e.Type, e.Code, e.RawJSON())
@@ -133,11 +134,11 @@ func (s *suite) testTokenQuota(t *testing.T) {
 	}
 	checkRetryAfter(t, e.Response.Header, 24*time.Hour)
 
-	want := totals(res.Usage)
-	st := s.waitCharged(t, a, want.Requests)
-	checkCharged(t, st, want)
+	want := harness.Totals(res.Usage)
+	st := s.WaitRequests(t, a, want.Requests)
+	harness.CheckCharged(t, st, want)
 	if r := st.Usage[0].Remaining; r == nil || *r != limit-want.TotalTokens {
-		t.Errorf("status.usage[0].remaining = %s, want %d", toJSON(r), limit-want.TotalTokens)
+		t.Errorf("status.usage[0].remaining = %s, want %d", harness.ToJSON(r), limit-want.TotalTokens)
 	}
 }
 
@@ -146,70 +147,70 @@ func (s *suite) testTokenQuota(t *testing.T) {
 // out a new budget.
 func (s *suite) testQuotaSurvivesProxyRestart(t *testing.T) {
 	t.Parallel()
-	a := s.newAccount(t, llmv1alpha1.LLMQuotaSpec{Limits: []llmv1alpha1.QuotaLimit{
+	a := s.NewAccount(t, llmv1alpha1.LLMQuotaSpec{Limits: []llmv1alpha1.QuotaLimit{
 		{Window: llmv1alpha1.WindowHour, Requests: ptr.To[int64](3)},
 	}})
 	for i := range 2 {
-		if _, err := a.client.Chat.Completions.New(t.Context(), chatParams("Hello")); err != nil {
+		if _, err := a.Client.Chat.Completions.New(t.Context(), chatParams("Hello")); err != nil {
 			t.Fatalf("request %d through the first proxy: %v", i+1, err)
 		}
 	}
-	s.waitCharged(t, a, 2)
+	s.WaitRequests(t, a, 2)
 
-	fresh := s.startProxy(t, "proxy-2", freeAddr(t))
-	c := newClient(fresh.BaseURL, a.env["OPENAI_API_KEY"])
+	fresh := s.startProxy(t, "proxy-2", harness.FreeAddr(t))
+	c := harness.NewClient(fresh.BaseURL, a.Env["OPENAI_API_KEY"])
 	if _, err := c.Chat.Completions.New(t.Context(), chatParams("Hello")); err != nil {
 		t.Fatalf("request 3 of 3 through the fresh proxy: %v", err)
 	}
 	_, err := c.Chat.Completions.New(t.Context(), chatParams("Hello"))
-	apiError(t, err, http.StatusTooManyRequests)
+	harness.RequireAPIError(t, err, http.StatusTooManyRequests)
 }
 
 // testSuspend: suspending a user revokes its token within seconds, and
 // lifting the suspension restores it.
 func (s *suite) testSuspend(t *testing.T) {
 	t.Parallel()
-	a := s.newAccount(t, dayTokens(1_000_000))
-	if _, err := a.client.Chat.Completions.New(t.Context(), chatParams("Hello")); err != nil {
+	a := s.NewAccount(t, harness.DayTokens(1_000_000))
+	if _, err := a.Client.Chat.Completions.New(t.Context(), chatParams("Hello")); err != nil {
 		t.Fatalf("before suspension: %v", err)
 	}
 	s.setSuspended(t, a, true)
 	var refused error
-	eventually(t, 5*time.Second, func() (bool, string) {
-		_, refused = a.client.Chat.Completions.New(t.Context(), chatParams("Hello"))
+	harness.Eventually(t, 5*time.Second, func() (bool, string) {
+		_, refused = a.Client.Chat.Completions.New(t.Context(), chatParams("Hello"))
 		return refused != nil, "the suspended user's request still succeeds"
 	})
-	e := apiError(t, refused, http.StatusUnauthorized)
+	e := harness.RequireAPIError(t, refused, http.StatusUnauthorized)
 	if e.Code != "invalid_api_key" || !strings.Contains(e.Message, "suspended") {
 		t.Errorf("code %q message %q, want invalid_api_key saying the user is suspended", e.Code, e.Message)
 	}
 	// The operator learns of the suspension from its own watch, which may
 	// be a moment behind the proxy's.
-	eventually(t, 5*time.Second, func() (bool, string) {
-		code, body := s.refresh(t, a.env["OPENAI_BASE_URL"], a.env["OPENAI_API_KEY"])
+	harness.Eventually(t, 5*time.Second, func() (bool, string) {
+		code, body := s.refresh(t, a.Env["OPENAI_BASE_URL"], a.Env["OPENAI_API_KEY"])
 		return code == http.StatusUnauthorized, fmt.Sprintf("refresh while suspended: %d %s, want 401", code, body)
 	})
-	s.waitUser(t, a, func(u *llmv1alpha1.LLMUser) (bool, string) {
+	s.WaitUser(t, a, func(u *llmv1alpha1.LLMUser) (bool, string) {
 		c := meta.FindStatusCondition(u.Status.Conditions, llmv1alpha1.ConditionReady)
 		return c != nil && c.Status == "False" && c.Reason == llmv1alpha1.ReasonSuspended, "want Ready False with reason Suspended"
 	})
 
 	s.setSuspended(t, a, false)
-	eventually(t, 5*time.Second, func() (bool, string) {
-		_, err := a.client.Chat.Completions.New(t.Context(), chatParams("Hello"))
+	harness.Eventually(t, 5*time.Second, func() (bool, string) {
+		_, err := a.Client.Chat.Completions.New(t.Context(), chatParams("Hello"))
 		return err == nil, "the same token still refused after the suspension was lifted"
 	})
 }
 
-func (s *suite) setSuspended(t *testing.T, a *account, v bool) {
+func (s *suite) setSuspended(t *testing.T, a *harness.Account, v bool) {
 	t.Helper()
 	var u llmv1alpha1.LLMUser
-	if err := s.c.Get(t.Context(), a.key(), &u); err != nil {
+	if err := s.Client.Get(t.Context(), a.Key(), &u); err != nil {
 		t.Fatal(err)
 	}
 	orig := u.DeepCopy()
 	u.Spec.Suspended = v
-	if err := s.c.Patch(t.Context(), &u, client.MergeFrom(orig)); err != nil {
+	if err := s.Client.Patch(t.Context(), &u, client.MergeFrom(orig)); err != nil {
 		t.Fatalf("setting spec.suspended=%t: %v", v, err)
 	}
 }
@@ -220,9 +221,9 @@ func (s *suite) testUnauthenticated(t *testing.T) {
 	t.Parallel()
 	t.Run("NotAToken", func(t *testing.T) {
 		t.Parallel()
-		c := newClient(s.proxy.BaseURL, "sk-not-a-token")
+		c := harness.NewClient(s.proxy.BaseURL, "sk-not-a-token")
 		_, err := c.Chat.Completions.New(t.Context(), chatParams("Hello"))
-		e := apiError(t, err, http.StatusUnauthorized)
+		e := harness.RequireAPIError(t, err, http.StatusUnauthorized)
 		if e.Code != "invalid_api_key" {
 			t.Errorf("code %q, want invalid_api_key; body: %s", e.Code, e.RawJSON())
 		}
@@ -232,20 +233,20 @@ func (s *suite) testUnauthenticated(t *testing.T) {
 	})
 	t.Run("DeletedUser", func(t *testing.T) {
 		t.Parallel()
-		a := s.newAccount(t, dayTokens(1_000_000))
+		a := s.NewAccount(t, harness.DayTokens(1_000_000))
 		var u llmv1alpha1.LLMUser
-		if err := s.c.Get(t.Context(), a.key(), &u); err != nil {
+		if err := s.Client.Get(t.Context(), a.Key(), &u); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.c.Delete(t.Context(), &u); err != nil {
+		if err := s.Client.Delete(t.Context(), &u); err != nil {
 			t.Fatal(err)
 		}
 		var refused error
-		eventually(t, 5*time.Second, func() (bool, string) {
-			_, refused = a.client.Chat.Completions.New(t.Context(), chatParams("Hello"))
+		harness.Eventually(t, 5*time.Second, func() (bool, string) {
+			_, refused = a.Client.Chat.Completions.New(t.Context(), chatParams("Hello"))
 			return refused != nil, "the deleted user's token still works"
 		})
-		apiError(t, refused, http.StatusUnauthorized)
+		harness.RequireAPIError(t, refused, http.StatusUnauthorized)
 	})
 }
 
@@ -253,8 +254,8 @@ func (s *suite) testUnauthenticated(t *testing.T) {
 // for a fresh one that works.
 func (s *suite) testRefresh(t *testing.T) {
 	t.Parallel()
-	a := s.newAccount(t, dayTokens(1_000_000))
-	code, body := s.refresh(t, a.env["OPENAI_BASE_URL"], a.env["OPENAI_API_KEY"])
+	a := s.NewAccount(t, harness.DayTokens(1_000_000))
+	code, body := s.refresh(t, a.Env["OPENAI_BASE_URL"], a.Env["OPENAI_API_KEY"])
 	if code != http.StatusOK {
 		t.Fatalf("refresh: %d %s", code, body)
 	}
@@ -269,11 +270,11 @@ func (s *suite) testRefresh(t *testing.T) {
 	if r.AccessToken == "" || !strings.EqualFold(r.TokenType, "bearer") || r.ExpiresIn <= 0 || r.ExpiresIn > 24*3600 {
 		t.Fatalf("refresh answer %s, want a bearer access_token valid for up to the 24h TTL", body)
 	}
-	c := newClient(a.env["OPENAI_BASE_URL"], r.AccessToken)
+	c := harness.NewClient(a.Env["OPENAI_BASE_URL"], r.AccessToken)
 	if _, err := c.Chat.Completions.New(t.Context(), chatParams("Hello")); err != nil {
 		t.Fatalf("chat with the refreshed token: %v", err)
 	}
-	if code, body := s.refresh(t, a.env["OPENAI_BASE_URL"], ""); code != http.StatusUnauthorized {
+	if code, body := s.refresh(t, a.Env["OPENAI_BASE_URL"], ""); code != http.StatusUnauthorized {
 		t.Errorf("refresh without a token: %d %s, want 401", code, body)
 	}
 }

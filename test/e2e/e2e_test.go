@@ -6,21 +6,13 @@
 package e2e_test
 
 import (
-	"path/filepath"
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-
-	"github.com/llm-user-operator/llm-user-operator/internal/testutil/envtest"
+	"github.com/llm-user-operator/llm-user-operator/test/harness"
 )
 
 const (
-	operatorNamespace = "llm-system"
-	issuer            = "https://e2e"
-	audience          = "llm-user-proxy"
 	// modelID is what the simulator serves. The slash makes the allowlist
 	// globs match across it, as with real Hugging Face names.
 	modelID = "e2e-org/sim-chat-1b"
@@ -34,37 +26,18 @@ const (
 // a namespace of its own, so they can run in parallel without seeing each
 // other's users, usage or metric series.
 type suite struct {
-	c          client.Client
-	kubeconfig string
-	proxyBin   string
+	*harness.Env
 	simURL     string
 	refreshURL string
-	proxy      proxyProcess
+	proxy      harness.Proxy
 }
 
 func TestE2E(t *testing.T) {
-	bin := t.TempDir()
-	var buildErr error
-	built := make(chan struct{})
-	go func() { // compile while the API server starts
-		defer close(built)
-		buildErr = build(bin)
-	}()
-	t.Cleanup(func() { <-built }) // before bin is removed
-	env := envtest.Start(t)
-	<-built
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: operatorNamespace}}
-	if err := env.Client.Create(t.Context(), ns); err != nil {
-		t.Fatalf("creating namespace %s: %v", operatorNamespace, err)
-	}
-
-	simURL := startSimulator(t)
-	listen := freeAddr(t)
-	refreshURL := startManager(t, filepath.Join(bin, "manager"), env.Kubeconfig, "http://"+listen+"/v1")
-	s := &suite{c: env.Client, kubeconfig: env.Kubeconfig, proxyBin: filepath.Join(bin, "proxy"), simURL: simURL, refreshURL: refreshURL}
+	env := harness.Start(t, harness.Options{Issuer: "https://e2e", Model: modelID, NamespacePrefix: "e2e", FlushWait: flushWait})
+	simURL := env.StartSimulator(t, "llm-d-inference-sim", "--mode", "random").URL
+	listen := harness.FreeAddr(t)
+	mgr := env.StartManager(t, harness.ManagerConfig{ProxyBaseURL: "http://" + listen + "/v1"})
+	s := &suite{Env: env, simURL: simURL, refreshURL: mgr.RefreshURL}
 	s.proxy = s.startProxy(t, "proxy", listen)
 
 	t.Run("TokenSecret", s.testTokenSecret)
@@ -79,4 +52,13 @@ func TestE2E(t *testing.T) {
 	t.Run("Suspend", s.testSuspend)
 	t.Run("Unauthenticated", s.testUnauthenticated)
 	t.Run("Refresh", s.testRefresh)
+}
+
+// startProxy runs a proxy serving the OpenAI API on listen, until t ends,
+// forwarding to the simulator and refreshing tokens through the operator,
+// and waits until /readyz says it knows the users, the keys and the models.
+func (s *suite) startProxy(t *testing.T, name, listen string) harness.Proxy {
+	t.Helper()
+	return s.StartProxy(t, name, harness.ProxyConfig{Listen: listen, Upstream: s.simURL,
+		Flags: []string{"--refresh-url", s.refreshURL, "--flush-interval", "1s"}})
 }

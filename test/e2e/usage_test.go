@@ -10,31 +10,32 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/test/harness"
 )
 
 // testTokenSecret checks what a pod gets from envFrom: a token, the same
 // token as OPENAI_API_KEY, the proxy's URL and the expiry.
 func (s *suite) testTokenSecret(t *testing.T) {
 	t.Parallel()
-	a := s.newAccount(t, dayTokens(1_000_000))
-	if a.env["token"] == "" || a.env["OPENAI_API_KEY"] != a.env["token"] {
+	a := s.NewAccount(t, harness.DayTokens(1_000_000))
+	if a.Env["token"] == "" || a.Env["OPENAI_API_KEY"] != a.Env["token"] {
 		t.Errorf("Secret keys token and OPENAI_API_KEY differ or are empty")
 	}
-	if got := a.env["OPENAI_BASE_URL"]; got != s.proxy.BaseURL {
+	if got := a.Env["OPENAI_BASE_URL"]; got != s.proxy.BaseURL {
 		t.Errorf("OPENAI_BASE_URL = %q, want the proxy's %q", got, s.proxy.BaseURL)
 	}
-	exp, err := time.Parse(time.RFC3339, a.env["expiresAt"])
+	exp, err := time.Parse(time.RFC3339, a.Env["expiresAt"])
 	if err != nil {
-		t.Errorf("expiresAt %q is not RFC 3339: %v", a.env["expiresAt"], err)
+		t.Errorf("expiresAt %q is not RFC 3339: %v", a.Env["expiresAt"], err)
 	} else if d := time.Until(exp); d < 23*time.Hour || d > 25*time.Hour {
 		t.Errorf("expiresAt %s is %s away, want the default TTL of 24h", exp, d)
 	}
 	var u llmv1alpha1.LLMUser
-	if err := s.c.Get(t.Context(), a.key(), &u); err != nil {
+	if err := s.Client.Get(t.Context(), a.Key(), &u); err != nil {
 		t.Fatal(err)
 	}
 	if !meta.IsStatusConditionTrue(u.Status.Conditions, llmv1alpha1.ConditionTokenIssued) {
-		t.Errorf("TokenIssued is not True: %s", toJSON(u.Status.Conditions))
+		t.Errorf("TokenIssued is not True: %s", harness.ToJSON(u.Status.Conditions))
 	}
 }
 
@@ -43,11 +44,11 @@ func (s *suite) testTokenSecret(t *testing.T) {
 func (s *suite) testChatCompletion(t *testing.T) {
 	t.Parallel()
 	const limit = 1_000_000
-	a := s.newAccount(t, dayTokens(limit))
+	a := s.NewAccount(t, harness.DayTokens(limit))
 	var usages []openai.CompletionUsage
 	for i := range 2 {
 		var resp *http.Response
-		res, err := a.client.Chat.Completions.New(t.Context(), chatParams("Say hello to the end-to-end test."), option.WithResponseInto(&resp))
+		res, err := a.Client.Chat.Completions.New(t.Context(), chatParams("Say hello to the end-to-end test."), option.WithResponseInto(&resp))
 		if err != nil {
 			t.Fatalf("chat completion %d: %v", i, err)
 		}
@@ -66,15 +67,15 @@ func (s *suite) testChatCompletion(t *testing.T) {
 		usages = append(usages, res.Usage)
 	}
 
-	want := totals(usages...)
-	st := s.waitCharged(t, a, want.Requests)
-	checkCharged(t, st, want)
+	want := harness.Totals(usages...)
+	st := s.WaitRequests(t, a, want.Requests)
+	harness.CheckCharged(t, st, want)
 	w := st.Usage[0]
 	if w.Window != llmv1alpha1.WindowDay {
 		t.Errorf("status.usage[0].window = %s, want Day", w.Window)
 	}
 	if w.Remaining == nil || *w.Remaining != limit-want.TotalTokens {
-		t.Errorf("status.usage[0].remaining = %v, want %d", toJSON(w.Remaining), limit-want.TotalTokens)
+		t.Errorf("status.usage[0].remaining = %v, want %d", harness.ToJSON(w.Remaining), limit-want.TotalTokens)
 	}
 	if st.LastRequestAt == nil {
 		t.Errorf("status.lastRequestAt is not set")
@@ -92,11 +93,11 @@ const streams = 5
 // charge the user exactly.
 func (s *suite) testStreamWithoutUsage(t *testing.T) {
 	t.Parallel()
-	a := s.newAccount(t, dayTokens(1_000_000))
+	a := s.NewAccount(t, harness.DayTokens(1_000_000))
 	const prompt = "Tell a very short story."
 	// The simulator's tokenizer is deterministic: ask it directly what the
 	// prompt costs, without charging anyone.
-	upstream := newClient(s.simURL+"/v1", "unused")
+	upstream := harness.NewClient(s.simURL+"/v1", "unused")
 	probe, err := upstream.Chat.Completions.New(t.Context(), chatParams(prompt))
 	if err != nil {
 		t.Fatalf("asking the simulator directly: %v", err)
@@ -105,7 +106,7 @@ func (s *suite) testStreamWithoutUsage(t *testing.T) {
 
 	want := llmv1alpha1.UsageTotals{}
 	for i := range streams {
-		stream := a.client.Chat.Completions.NewStreaming(t.Context(), chatParams(prompt))
+		stream := a.Client.Chat.Completions.NewStreaming(t.Context(), chatParams(prompt))
 		chunks, generated := 0, int64(0)
 		for stream.Next() {
 			c := stream.Current()
@@ -135,7 +136,7 @@ func (s *suite) testStreamWithoutUsage(t *testing.T) {
 		want.OutputTokens += generated
 		want.TotalTokens += wantIn + generated
 	}
-	checkCharged(t, s.waitCharged(t, a, streams), want)
+	harness.CheckCharged(t, s.WaitRequests(t, a, streams), want)
 	checkMetrics(t, s.proxy.MetricsURL, a, want)
 }
 
@@ -143,12 +144,12 @@ func (s *suite) testStreamWithoutUsage(t *testing.T) {
 // usage-only chunk, and is charged exactly what it says.
 func (s *suite) testStreamWithUsage(t *testing.T) {
 	t.Parallel()
-	a := s.newAccount(t, dayTokens(1_000_000))
+	a := s.NewAccount(t, harness.DayTokens(1_000_000))
 	params := chatParams("Tell a very short story.")
 	params.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
 	var usages []openai.CompletionUsage
 	for i := range streams {
-		stream := a.client.Chat.Completions.NewStreaming(t.Context(), params)
+		stream := a.Client.Chat.Completions.NewStreaming(t.Context(), params)
 		var usage *openai.CompletionUsage
 		generated := 0
 		for stream.Next() {
@@ -183,8 +184,8 @@ func (s *suite) testStreamWithUsage(t *testing.T) {
 		}
 		usages = append(usages, *usage)
 	}
-	want := totals(usages...)
-	checkCharged(t, s.waitCharged(t, a, want.Requests), want)
+	want := harness.Totals(usages...)
+	harness.CheckCharged(t, s.WaitRequests(t, a, want.Requests), want)
 	checkMetrics(t, s.proxy.MetricsURL, a, want)
 }
 
@@ -192,8 +193,8 @@ func (s *suite) testStreamWithUsage(t *testing.T) {
 // chat, embeddings are charged their input only.
 func (s *suite) testCompletionsAndEmbeddings(t *testing.T) {
 	t.Parallel()
-	a := s.newAccount(t, dayTokens(1_000_000))
-	comp, err := a.client.Completions.New(t.Context(), openai.CompletionNewParams{
+	a := s.NewAccount(t, harness.DayTokens(1_000_000))
+	comp, err := a.Client.Completions.New(t.Context(), openai.CompletionNewParams{
 		Model:     openai.CompletionNewParamsModel(modelID),
 		Prompt:    openai.CompletionNewParamsPromptUnion{OfString: openai.String("Once upon a time")},
 		MaxTokens: openai.Int(16),
@@ -204,7 +205,7 @@ func (s *suite) testCompletionsAndEmbeddings(t *testing.T) {
 	if len(comp.Choices) == 0 || comp.Choices[0].Text == "" || comp.Usage.PromptTokens == 0 || comp.Usage.CompletionTokens == 0 {
 		t.Fatalf("completion without text or usage: %s", comp.RawJSON())
 	}
-	emb, err := a.client.Embeddings.New(t.Context(), openai.EmbeddingNewParams{
+	emb, err := a.Client.Embeddings.New(t.Context(), openai.EmbeddingNewParams{
 		Model:          modelID,
 		Input:          openai.EmbeddingNewParamsInputUnion{OfString: openai.String("The quick brown fox jumps over the lazy dog.")},
 		EncodingFormat: openai.EmbeddingNewParamsEncodingFormatFloat,
@@ -215,10 +216,10 @@ func (s *suite) testCompletionsAndEmbeddings(t *testing.T) {
 	if len(emb.Data) != 1 || len(emb.Data[0].Embedding) == 0 || emb.Usage.PromptTokens == 0 {
 		t.Fatalf("embeddings without a vector or usage: data=%d usage=%s", len(emb.Data), emb.Usage.RawJSON())
 	}
-	want := totals(comp.Usage)
+	want := harness.Totals(comp.Usage)
 	want.Requests++
 	want.InputTokens += emb.Usage.PromptTokens
 	want.TotalTokens += emb.Usage.PromptTokens
-	checkCharged(t, s.waitCharged(t, a, want.Requests), want)
+	harness.CheckCharged(t, s.WaitRequests(t, a, want.Requests), want)
 	checkMetrics(t, s.proxy.MetricsURL, a, want)
 }

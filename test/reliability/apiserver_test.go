@@ -14,6 +14,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/llm-user-operator/llm-user-operator/test/harness"
 )
 
 // testAPIServerOutage: while the proxy cannot reach the API server it keeps
@@ -29,13 +31,13 @@ import (
 // does not do.
 func (s *suite) testAPIServerOutage(t *testing.T) {
 	t.Parallel()
-	a := s.newAccount(t, dayTokens(1_000_000))
-	gate := newAPIGate(t, s.restConfig)
-	p := s.startProxy(t, "proxy", proxyConfig{Kubeconfig: gate.kubeconfig(t), Upstream: s.fast.URL,
+	gate := newAPIGate(t, s.RestConfig)
+	a := s.NewAccount(t, harness.DayTokens(1_000_000))
+	p := s.StartProxy(t, "proxy", harness.ProxyConfig{Kubeconfig: gate.kubeconfig(t), Upstream: s.fast.URL,
 		Flags: []string{"--flush-interval", "1s"}})
-	c := newClient(p.BaseURL, a.apiKey)
+	c := harness.NewClient(p.BaseURL, a.APIKey())
 
-	var l ledger
+	var l harness.Ledger
 	send := func(what string) {
 		t.Helper()
 		res, err := c.Chat.Completions.New(t.Context(), chatParams("Hello", 16))
@@ -43,13 +45,13 @@ func (s *suite) testAPIServerOutage(t *testing.T) {
 			t.Fatalf("a request %s: %v", what, err)
 		}
 		checkUsage(t, "a request "+what, res.Usage, res.JSON.Usage.Valid())
-		l.add(res.Usage)
+		l.Add(res.Usage)
 	}
 	for range 5 {
 		send("before the outage")
 	}
-	before := l.total()
-	s.waitCharged(t, a, before)
+	before := l.Total()
+	s.WaitCharged(t, a, before)
 
 	gate.cut()
 	cut := time.Now()
@@ -58,30 +60,30 @@ func (s *suite) testAPIServerOutage(t *testing.T) {
 		send("while the API server is unreachable")
 		time.Sleep(50 * time.Millisecond)
 	}
-	during := l.total().Requests - before.Requests
+	during := l.Total().Requests - before.Requests
 	// None of it can be in status, and the proxy knows its writes failed
 	// and still holds the user's usage.
-	checkCharged(t, s.readStatus(t, a), before)
-	m := scrape(t, p.MetricsURL)
-	failed, _ := m.value("llm_proxy_status_writes_total", "kind=LLMUser", "result=error")
+	harness.CheckCharged(t, s.ReadStatus(t, a), before)
+	m := harness.Scrape(t, p.MetricsURL)
+	failed, _ := m.Value("llm_proxy_status_writes_total", "kind=LLMUser", "result=error")
 	if failed == 0 {
 		t.Errorf("llm_proxy_status_writes_total{kind=LLMUser,result=error} is 0 after 3s without the API server: the outage was not noticed")
 	}
-	if pending, _ := m.value("llm_proxy_status_pending_objects"); pending != 1 {
+	if pending, _ := m.Value("llm_proxy_status_pending_objects"); pending != 1 {
 		t.Errorf("llm_proxy_status_pending_objects = %v during the outage, want 1 (the user)", pending)
 	}
 
 	gate.open(t)
 	restored := time.Now()
-	s.waitCharged(t, a, l.total())
+	s.WaitCharged(t, a, l.Total())
 	caughtUp := time.Since(restored)
 	for range 3 {
 		send("after the outage")
 	}
-	s.waitCharged(t, a, l.total())
-	success, _ := scrape(t, p.MetricsURL).value("llm_proxy_status_writes_total", "kind=LLMUser", "result=success")
+	s.WaitCharged(t, a, l.Total())
+	success, _ := harness.Scrape(t, p.MetricsURL).Value("llm_proxy_status_writes_total", "kind=LLMUser", "result=success")
 	t.Logf("%d requests served during a %s outage; %v failed status writes; status exact %s after the API server came back; %v successful writes in all; status %+v",
-		during, restored.Sub(cut).Round(time.Millisecond), failed, caughtUp.Round(time.Millisecond), success, l.total())
+		during, restored.Sub(cut).Round(time.Millisecond), failed, caughtUp.Round(time.Millisecond), success, l.Total())
 }
 
 // apiGate stands between a proxy and the API server: a plain-HTTP reverse
@@ -114,7 +116,7 @@ func newAPIGate(t *testing.T, cfg *rest.Config) *apiGate {
 	if err != nil {
 		t.Fatalf("a transport to the API server: %v", err)
 	}
-	g := &apiGate{addr: freeAddr(t)}
+	g := &apiGate{addr: harness.FreeAddr(t)}
 	g.proxy = &httputil.ReverseProxy{
 		Rewrite:       func(r *httputil.ProxyRequest) { r.SetURL(target) },
 		Transport:     tr,

@@ -11,6 +11,7 @@ import (
 	"github.com/openai/openai-go/v3"
 
 	"github.com/llm-user-operator/llm-user-operator/internal/testutil/redisserver"
+	"github.com/llm-user-operator/llm-user-operator/test/harness"
 )
 
 // testRedisOutage: with Redis down, a proxy refuses with 503
@@ -40,24 +41,24 @@ func (s *suite) testRedisOutage(t *testing.T) {
 func (s *suite) testSpentBudgetSurvivesRedisRestart(t *testing.T) {
 	t.Parallel()
 	const limit, maxTokens = 300, 8
-	a := s.newAccount(t, dayTokens(limit))
+	a := s.NewAccount(t, harness.DayTokens(limit))
 	rs := redisserver.New(t)
-	p := s.startProxy(t, "proxy", proxyConfig{Upstream: s.fast.URL, Flags: []string{
+	p := s.StartProxy(t, "proxy", harness.ProxyConfig{Upstream: s.fast.URL, Flags: []string{
 		"--counter=redis", "--redis-addr", rs.Addr(), "--flush-interval", "1s",
 	}})
-	c := newClient(p.BaseURL, a.apiKey)
+	c := harness.NewClient(p.BaseURL, a.APIKey())
 
-	var l ledger
+	var l harness.Ledger
 	// send makes one request and returns the refusal, nil if answered.
 	send := func() *openai.Error {
 		t.Helper()
 		res, err := c.Chat.Completions.New(t.Context(), chatParams("Hello", maxTokens))
 		if err == nil {
 			checkUsage(t, "an admitted request", res.Usage, res.JSON.Usage.Valid())
-			l.add(res.Usage)
+			l.Add(res.Usage)
 			return nil
 		}
-		e := apiError(err)
+		e := harness.APIError(err)
 		if e == nil {
 			t.Fatalf("a request: %v", err)
 		}
@@ -72,11 +73,11 @@ func (s *suite) testSpentBudgetSurvivesRedisRestart(t *testing.T) {
 	if refusal == nil || refusal.StatusCode != http.StatusTooManyRequests {
 		t.Fatalf("spending a budget of %d tokens ended with %v, want a 429", limit, refusal)
 	}
-	spent := s.waitCharged(t, a, l.total())
+	spent := s.WaitCharged(t, a, l.Total())
 
 	rs.Restart()
 	// Until the proxy's client dials Redis again, it answers 503.
-	eventually(t, 15*time.Second, func() (bool, string) {
+	harness.Eventually(t, 15*time.Second, func() (bool, string) {
 		refusal = send()
 		return refusal == nil || refusal.StatusCode != http.StatusServiceUnavailable, "503 while the proxy reconnects to Redis"
 	})
@@ -87,15 +88,15 @@ func (s *suite) testSpentBudgetSurvivesRedisRestart(t *testing.T) {
 				break
 			}
 		}
-		after := l.total()
+		after := l.Total()
 		t.Errorf("with Redis restarted empty, a user who had spent %d of the %d tokens of the Day was admitted again, "+
 			"%d more requests and %d more tokens (%d in all, %d%% of the limit): the shared counters were not restored from status",
 			spent.Lifetime.TotalTokens, limit, after.Requests-spent.Lifetime.Requests, after.TotalTokens-spent.Lifetime.TotalTokens,
 			after.TotalTokens, 100*after.TotalTokens/limit)
-	} else if why := errorShape(refusal, http.StatusTooManyRequests, "insufficient_quota", "insufficient_quota"); why != "" {
+	} else if why := harness.ErrorShape(refusal, http.StatusTooManyRequests, "insufficient_quota", "insufficient_quota"); why != "" {
 		t.Errorf("with Redis restarted empty, a user who spent the budget got: %s", why)
 	}
-	s.waitCharged(t, a, l.total())
+	s.WaitCharged(t, a, l.Total())
 }
 
 // attempt is one request of the load, with when it ran.
@@ -130,15 +131,15 @@ func (ld *load) count(since time.Time) (ended, ok int) {
 }
 
 func (s *suite) redisOutage(t *testing.T, failOpen bool) {
-	a := s.newAccount(t, dayTokens(1_000_000))
+	a := s.NewAccount(t, harness.DayTokens(1_000_000))
 	rs := redisserver.New(t)
-	p := s.startProxy(t, "proxy", proxyConfig{Upstream: s.fast.URL, Flags: []string{
+	p := s.StartProxy(t, "proxy", harness.ProxyConfig{Upstream: s.fast.URL, Flags: []string{
 		"--counter=redis", "--redis-addr", rs.Addr(), "--redis-fail-open=" + strconv.FormatBool(failOpen),
 		"--flush-interval", "1s",
 	}})
-	c := newClient(p.BaseURL, a.apiKey)
+	c := harness.NewClient(p.BaseURL, a.APIKey())
 
-	var l ledger
+	var l harness.Ledger
 	ld := &load{stop: make(chan struct{})}
 	for range 3 {
 		ld.wg.Go(func() {
@@ -153,7 +154,7 @@ func (s *suite) redisOutage(t *testing.T, failOpen bool) {
 				at.end, at.err = time.Now(), err
 				if err == nil {
 					checkUsage(t, "an admitted request", res.Usage, res.JSON.Usage.Valid())
-					l.add(res.Usage)
+					l.Add(res.Usage)
 				}
 				ld.mu.Lock()
 				ld.attempts = append(ld.attempts, at)
@@ -169,34 +170,34 @@ func (s *suite) redisOutage(t *testing.T, failOpen bool) {
 	t.Cleanup(stopLoad)
 
 	began := time.Now()
-	eventually(t, 15*time.Second, func() (bool, string) {
+	harness.Eventually(t, 15*time.Second, func() (bool, string) {
 		_, ok := ld.count(began)
 		return ok >= 10, fmt.Sprintf("%d requests answered before the outage, want 10", ok)
 	})
 
 	rs.Stop()
 	stopped := time.Now()
-	eventually(t, 15*time.Second, func() (bool, string) {
+	harness.Eventually(t, 15*time.Second, func() (bool, string) {
 		ended, _ := ld.count(stopped)
 		return ended >= 10, fmt.Sprintf("%d requests made during the outage, want 10", ended)
 	})
 	scraping := time.Now()
-	m := scrape(t, p.MetricsURL)
+	m := harness.Scrape(t, p.MetricsURL)
 	scrapeTook := time.Since(scraping)
-	if v, ok := m.value("llm_proxy_counter_available"); !ok || v != 0 {
+	if v, ok := m.Value("llm_proxy_counter_available"); !ok || v != 0 {
 		t.Errorf("llm_proxy_counter_available = %v (present %t) with Redis down, want 0", v, ok)
 	}
 	want, other := "refused", "admitted"
 	if failOpen {
 		want, other = other, want
 	}
-	if v, _ := m.value("llm_proxy_counter_errors_total", "operation=reserve", "action="+want); v == 0 {
+	if v, _ := m.Value("llm_proxy_counter_errors_total", "operation=reserve", "action="+want); v == 0 {
 		t.Errorf("llm_proxy_counter_errors_total{operation=reserve,action=%s} is 0 with Redis down", want)
 	}
-	if v, _ := m.value("llm_proxy_counter_errors_total", "operation=reserve", "action="+other); v != 0 {
+	if v, _ := m.Value("llm_proxy_counter_errors_total", "operation=reserve", "action="+other); v != 0 {
 		t.Errorf("llm_proxy_counter_errors_total{operation=reserve,action=%s} = %v, want 0 with --redis-fail-open=%t", other, v, failOpen)
 	}
-	reserveErrors, _ := m.value("llm_proxy_counter_errors_total", "operation=reserve")
+	reserveErrors, _ := m.Value("llm_proxy_counter_errors_total", "operation=reserve")
 
 	restarting := time.Now()
 	rs.Restart()
@@ -205,12 +206,12 @@ func (s *suite) redisOutage(t *testing.T, failOpen bool) {
 	// dial errors go-redis probes the server once a second until it
 	// answers. Redis is back for the proxy when the proxy says so.
 	var recovered time.Time
-	eventually(t, 15*time.Second, func() (bool, string) {
-		v, _ := scrape(t, p.MetricsURL).value("llm_proxy_counter_available")
+	harness.Eventually(t, 15*time.Second, func() (bool, string) {
+		v, _ := harness.Scrape(t, p.MetricsURL).Value("llm_proxy_counter_available")
 		recovered = time.Now()
 		return v == 1, fmt.Sprintf("llm_proxy_counter_available = %v with Redis back, want 1", v)
 	})
-	eventually(t, 15*time.Second, func() (bool, string) {
+	harness.Eventually(t, 15*time.Second, func() (bool, string) {
 		_, ok := ld.count(recovered)
 		return ok >= 10, fmt.Sprintf("%d requests answered after Redis came back, want 10", ok)
 	})
@@ -249,14 +250,14 @@ func (s *suite) redisOutage(t *testing.T, failOpen bool) {
 			}
 			continue
 		}
-		e := apiError(at.err)
+		e := harness.APIError(at.err)
 		switch {
 		case e == nil:
 			complain(phase, "%v", at.err)
 		case failOpen || phase == "after Redis came back" || at.end.Before(stopped):
 			complain(phase, "%d %s with --redis-fail-open=%t, want an answer", e.StatusCode, e.RawJSON(), failOpen)
 		default:
-			if why := errorShape(e, http.StatusServiceUnavailable, "server_error", "quota_unavailable"); why != "" {
+			if why := harness.ErrorShape(e, http.StatusServiceUnavailable, "server_error", "quota_unavailable"); why != "" {
 				complain(phase, "%s", why)
 			}
 			if phase != "during the outage" {
@@ -273,8 +274,8 @@ func (s *suite) redisOutage(t *testing.T, failOpen bool) {
 		t.Errorf("%d of %d requests during the outage were answered, want all with --redis-fail-open=true", duringOK, during)
 	}
 
-	total := l.total()
-	s.waitCharged(t, a, total)
+	total := l.Total()
+	s.WaitCharged(t, a, total)
 	t.Logf("--redis-fail-open=%t: %d requests during a %s outage, %d answered (%d refused across the stop or the recovery); "+
 		"%v reserve errors; /metrics took %s with Redis down; the proxy used Redis again %s after its restart; status %+v",
 		failOpen, during, restarting.Sub(stopped).Round(time.Millisecond), duringOK, refusedAcross, reserveErrors,

@@ -9,23 +9,14 @@
 package reliability_test
 
 import (
-	"path/filepath"
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-
-	"github.com/llm-user-operator/llm-user-operator/internal/testutil/envtest"
+	"github.com/llm-user-operator/llm-user-operator/test/harness"
 )
 
 const (
-	operatorNamespace = "llm-system"
-	issuer            = "https://reliability"
-	audience          = "llm-user-proxy"
-	modelID           = "reliability-org/sim-chat-1b"
+	modelID = "reliability-org/sim-chat-1b"
 	// flushWait bounds how long usage takes to reach status once the proxy
 	// can write it: a flush every second, API-server latency, and slack for a
 	// loaded two-core machine running every subtest at once.
@@ -36,43 +27,24 @@ const (
 // operator, and two simulators. Each subtest starts its own proxies (and
 // Redis) and works in a namespace of its own.
 type suite struct {
-	c          client.Client
-	restConfig *rest.Config
-	kubeconfig string
-	proxyBin   string
+	*harness.Env
 	// fast answers at once, with random text of at most max_tokens tokens.
-	fast simulator
+	fast harness.Simulator
 	// slow echoes the prompt back a token at a time, so that a long prompt
 	// makes a stream that lasts a second or two. It serves the restart test
 	// alone, which counts its running requests.
-	slow simulator
+	slow harness.Simulator
 }
 
 func TestReliability(t *testing.T) {
-	bin := t.TempDir()
-	var buildErr error
-	built := make(chan struct{})
-	go func() { // compile while the API server starts
-		defer close(built)
-		buildErr = build(bin)
-	}()
-	t.Cleanup(func() { <-built }) // before bin is removed
-	env := envtest.Start(t)
-	<-built
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: operatorNamespace}}
-	if err := env.Client.Create(t.Context(), ns); err != nil {
-		t.Fatalf("creating namespace %s: %v", operatorNamespace, err)
-	}
+	env := harness.Start(t, harness.Options{Issuer: "https://reliability", Model: modelID, NamespacePrefix: "rel", FlushWait: flushWait})
 	s := &suite{
-		c: env.Client, restConfig: env.Config, kubeconfig: env.Kubeconfig, proxyBin: filepath.Join(bin, "proxy"),
-		fast: startSimulator(t, "simulator-fast", "--mode", "random"),
-		slow: startSimulator(t, "simulator-slow", "--mode", "echo",
+		Env:  env,
+		fast: env.StartSimulator(t, "simulator-fast", "--mode", "random"),
+		slow: env.StartSimulator(t, "simulator-slow", "--mode", "echo",
 			"--time-to-first-token", "100ms", "--inter-token-latency", "40ms"),
 	}
-	startManager(t, filepath.Join(bin, "manager"), env.Kubeconfig)
+	env.StartManager(t, harness.ManagerConfig{})
 
 	t.Run("Restart", s.testRestart)
 	t.Run("Replicas", s.testReplicas)

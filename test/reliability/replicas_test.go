@@ -12,6 +12,7 @@ import (
 	"github.com/openai/openai-go/v3"
 
 	"github.com/llm-user-operator/llm-user-operator/internal/testutil/redisserver"
+	"github.com/llm-user-operator/llm-user-operator/test/harness"
 )
 
 // testReplicas: replicas sharing one Redis admit a tight budget as one
@@ -35,14 +36,14 @@ func (s *suite) replicas(t *testing.T, n int) {
 		maxTokens = 8
 		clients   = 24
 	)
-	a := s.newAccount(t, dayTokens(limit))
+	a := s.NewAccount(t, harness.DayTokens(limit))
 	redis := redisserver.New(t)
-	proxies := make([]proxyProcess, n)
+	proxies := make([]harness.Proxy, n)
 	sdk := make([]openai.Client, n)
 	for i := range proxies {
-		proxies[i] = s.startProxy(t, "proxy-"+strconv.Itoa(i+1), proxyConfig{Upstream: s.fast.URL,
+		proxies[i] = s.StartProxy(t, "proxy-"+strconv.Itoa(i+1), harness.ProxyConfig{Upstream: s.fast.URL,
 			Flags: []string{"--counter=redis", "--redis-addr", redis.Addr(), "--flush-interval", "1s"}})
-		sdk[i] = newClient(proxies[i].BaseURL, a.apiKey)
+		sdk[i] = harness.NewClient(proxies[i].BaseURL, a.APIKey())
 	}
 
 	params := chatParams("Hello", maxTokens)
@@ -61,7 +62,7 @@ func (s *suite) replicas(t *testing.T, n int) {
 	reservation := int64(len(body)/4 + 8 + maxTokens)
 
 	var (
-		l       ledger
+		l       harness.Ledger
 		next    atomic.Uint64
 		sent    atomic.Int64
 		ok      = make([]atomic.Int64, n)
@@ -82,17 +83,17 @@ func (s *suite) replicas(t *testing.T, n int) {
 				res, err := sdk[i].Chat.Completions.New(t.Context(), params)
 				if err == nil {
 					checkUsage(t, "an admitted request", res.Usage, res.JSON.Usage.Valid())
-					l.add(res.Usage)
+					l.Add(res.Usage)
 					ok[i].Add(1)
 					continue
 				}
-				e := apiError(err)
+				e := harness.APIError(err)
 				if e == nil {
 					t.Errorf("proxy-%d: %v, want an answer or OpenAI's 429", i+1, err)
 					return
 				}
 				// A Day budget is a quota, not a rate: OpenAI's insufficient_quota.
-				if why := errorShape(e, http.StatusTooManyRequests, "insufficient_quota", "insufficient_quota"); why != "" {
+				if why := harness.ErrorShape(e, http.StatusTooManyRequests, "insufficient_quota", "insufficient_quota"); why != "" {
 					t.Errorf("proxy-%d refused a request: %s", i+1, why)
 					return
 				}
@@ -111,8 +112,8 @@ func (s *suite) replicas(t *testing.T, n int) {
 		}
 	}
 
-	want := l.total()
-	st := s.waitCharged(t, a, want)
+	want := l.Total()
+	st := s.WaitCharged(t, a, want)
 	used := st.Usage[0].TotalTokens
 	if used > limit+reservation {
 		t.Errorf("status charges %d tokens, more than the limit %d plus one reservation (at most %d)", used, limit, reservation)
@@ -128,14 +129,14 @@ func (s *suite) replicas(t *testing.T, n int) {
 	}
 	wantRemaining := max(limit-used, 0)
 	if r := st.Usage[0].Remaining; r == nil || *r != wantRemaining {
-		t.Errorf("status.usage[0].remaining = %s, want %d", toJSON(r), wantRemaining)
+		t.Errorf("status.usage[0].remaining = %s, want %d", harness.ToJSON(r), wantRemaining)
 	}
 
 	var perProxy, writes string
 	for i, p := range proxies {
-		m := scrape(t, p.MetricsURL)
-		success, _ := m.value("llm_proxy_status_writes_total", "kind=LLMUser", "result=success")
-		conflict, _ := m.value("llm_proxy_status_writes_total", "kind=LLMUser", "result=conflict")
+		m := harness.Scrape(t, p.MetricsURL)
+		success, _ := m.Value("llm_proxy_status_writes_total", "kind=LLMUser", "result=success")
+		conflict, _ := m.Value("llm_proxy_status_writes_total", "kind=LLMUser", "result=conflict")
 		perProxy += fmt.Sprintf(" proxy-%d: %d ok, %d refused;", i+1, ok[i].Load(), refused[i].Load())
 		writes += fmt.Sprintf(" proxy-%d: %v written, %v conflicts;", i+1, success, conflict)
 	}

@@ -11,6 +11,8 @@ import (
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+
+	"github.com/llm-user-operator/llm-user-operator/test/harness"
 )
 
 // echoPrompt is what the slow simulator echoes back a token at a time: 40
@@ -27,14 +29,14 @@ const echoMaxTokens = 64
 func (s *suite) testRestart(t *testing.T) {
 	t.Parallel()
 	const limit = 1_000_000
-	a := s.newAccount(t, dayTokens(limit))
+	a := s.NewAccount(t, harness.DayTokens(limit))
 	// The first proxy's flush interval outlasts the test: everything it
 	// charged reaches status through the flush on its way out, or not at all.
-	first := s.startProxy(t, "proxy-1", proxyConfig{Upstream: s.slow.URL,
+	first := s.StartProxy(t, "proxy-1", harness.ProxyConfig{Upstream: s.slow.URL,
 		Flags: []string{"--flush-interval", "1h", "--shutdown-grace", "20s"}})
-	c := newClient(first.BaseURL, a.apiKey)
+	c := harness.NewClient(first.BaseURL, a.APIKey())
 
-	var l ledger
+	var l harness.Ledger
 	const streams, plain = 6, 4
 	sigterm := make(chan struct{})
 	var afterSignal atomic.Int64 // streams that still sent content after SIGTERM
@@ -68,7 +70,7 @@ func (s *suite) testRestart(t *testing.T) {
 				return
 			}
 			checkUsage(t, "stream "+strconv.Itoa(i), *usage, true)
-			l.add(*usage)
+			l.Add(*usage)
 			if late {
 				afterSignal.Add(1)
 			}
@@ -82,23 +84,23 @@ func (s *suite) testRestart(t *testing.T) {
 				return
 			}
 			checkUsage(t, "request "+strconv.Itoa(i), res.Usage, res.JSON.Usage.Valid())
-			l.add(res.Usage)
+			l.Add(res.Usage)
 		})
 	}
 	// The slow simulator serves this test alone: when it runs them all,
 	// every request is inside the proxy, past accept and reading, so the
 	// shutdown cannot refuse any of them.
-	eventually(t, 30*time.Second, func() (bool, string) {
-		running, _ := scrape(t, s.slow.URL+"/metrics").value("vllm:num_requests_running")
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		running, _ := harness.Scrape(t, s.slow.URL+"/metrics").Value("vllm:num_requests_running")
 		return running == streams+plain, "the simulator runs " + strconv.FormatFloat(running, 'f', -1, 64) + " requests, want " + strconv.Itoa(streams+plain)
 	})
-	if st := s.readStatus(t, a); st.Lifetime != nil {
-		t.Fatalf("status holds usage before the shutdown (%s): the test cannot tell the final flush's work", toJSON(st.Lifetime))
+	if st := s.ReadStatus(t, a); st.Lifetime != nil {
+		t.Fatalf("status holds usage before the shutdown (%s): the test cannot tell the final flush's work", harness.ToJSON(st.Lifetime))
 	}
 
 	close(sigterm)
 	signalled := time.Now()
-	exitErr := first.terminate(t, 40*time.Second)
+	exitErr := first.Terminate(t, 40*time.Second)
 	exited := time.Since(signalled)
 	wg.Wait()
 	if exitErr != nil {
@@ -109,23 +111,23 @@ func (s *suite) testRestart(t *testing.T) {
 	}
 	// The process is gone, so its final flush is done: status must be exact
 	// at once, without waiting.
-	want := l.total()
-	checkCharged(t, s.readStatus(t, a), want)
+	want := l.Total()
+	harness.CheckCharged(t, s.ReadStatus(t, a), want)
 	t.Logf("SIGTERM with %d streams and %d requests in flight (%d streams still sent content after it): exit 0 after %s; status %+v",
 		streams, plain, afterSignal.Load(), exited.Round(time.Millisecond), want)
 
 	// A new proxy on the same address seeds its in-process counters from
 	// status: its first answer already counts what the old one charged.
-	second := s.startProxy(t, "proxy-2", proxyConfig{Listen: first.Listen, Upstream: s.slow.URL,
+	second := s.StartProxy(t, "proxy-2", harness.ProxyConfig{Listen: first.Listen, Upstream: s.slow.URL,
 		Flags: []string{"--flush-interval", "1s", "--shutdown-grace", "20s"}})
-	c = newClient(second.BaseURL, a.apiKey)
+	c = harness.NewClient(second.BaseURL, a.APIKey())
 	var resp *http.Response
 	res, err := c.Chat.Completions.New(t.Context(), chatParams(echoPrompt, echoMaxTokens), option.WithResponseInto(&resp))
 	if err != nil {
 		t.Fatalf("first request through the new proxy: %v", err)
 	}
 	checkUsage(t, "first request through the new proxy", res.Usage, res.JSON.Usage.Valid())
-	l.add(res.Usage)
+	l.Add(res.Usage)
 	rem, err := strconv.ParseInt(resp.Header.Get("X-Ratelimit-Remaining-Tokens"), 10, 64)
 	if err != nil || rem > limit-want.TotalTokens {
 		t.Errorf("x-ratelimit-remaining-tokens = %q from the new proxy, want at most %d: it must count the %d tokens charged before the restart",
@@ -139,7 +141,7 @@ func (s *suite) testRestart(t *testing.T) {
 		for stream.Next() {
 			if ch := stream.Current(); ch.JSON.Usage.Valid() {
 				checkUsage(t, "stream through the new proxy", ch.Usage, true)
-				l.add(ch.Usage)
+				l.Add(ch.Usage)
 			}
 		}
 		if err := stream.Err(); err != nil {
@@ -153,11 +155,11 @@ func (s *suite) testRestart(t *testing.T) {
 			return
 		}
 		checkUsage(t, "request through the new proxy", res.Usage, res.JSON.Usage.Valid())
-		l.add(res.Usage)
+		l.Add(res.Usage)
 	})
 	wg.Wait()
-	if want := l.total(); want.Requests != streams+plain+3 {
+	if want := l.Total(); want.Requests != streams+plain+3 {
 		t.Fatalf("the ledger counts %d requests, want %d", want.Requests, streams+plain+3)
 	}
-	s.waitCharged(t, a, l.total())
+	s.WaitCharged(t, a, l.Total())
 }
