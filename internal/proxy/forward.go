@@ -46,6 +46,7 @@ func (ex *exchange) forward(w http.ResponseWriter, up *upstream, bb *bodyBuf, bo
 	out.Close = false
 
 	resp, err := p.transport.RoundTrip(out)
+	ex.releaseBody() // the transport keeps its own hold while it still writes
 	if err != nil {
 		ex.roundTripError(w, err)
 		return
@@ -294,7 +295,7 @@ type stream struct {
 }
 
 const (
-	streamBufSize  = 16 << 10
+	streamBufSize  = 4 << 10
 	maxStreamEvent = 4 << 20
 )
 

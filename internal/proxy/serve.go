@@ -27,10 +27,12 @@ type exchange struct {
 	start time.Time
 	// model is the served model's ID once routed, else "".
 	model string
-	est   quota.Amount
-	res   *quota.Reservation
-	done  bool
-	ttft  time.Duration
+	// bb is the request body while the handler holds it.
+	bb   *bodyBuf
+	est  quota.Amount
+	res  *quota.Reservation
+	done bool
+	ttft time.Duration
 }
 
 func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request, ep *endpoint) {
@@ -58,7 +60,8 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request, ep *endpoint) {
 		return
 	}
 	bb := getBodyBuf()
-	defer bb.release()
+	ex.bb = bb
+	defer ex.releaseBody()
 	if err := bb.readFrom(r.Body, r.ContentLength, p.maxBody); err != nil {
 		if errors.Is(err, errTooLarge) {
 			ex.tooLarge(w)
@@ -364,6 +367,16 @@ func (ex *exchange) finish(code int, charge quota.Amount, errType string) {
 		InputTokens: charge.InputTokens, OutputTokens: charge.OutputTokens,
 		Duration: p.now().Sub(ex.start), TTFT: ex.ttft, ErrorType: errType,
 	})
+}
+
+// releaseBody gives the handler's hold on the request body back, once: the
+// body is not needed after the upstream answered, and a stream may last
+// minutes, so it is released then rather than when the handler returns.
+func (ex *exchange) releaseBody() {
+	if ex.bb != nil {
+		ex.bb.release()
+		ex.bb = nil
+	}
 }
 
 // release is the safety net: a request that ends by panicking (a broken
