@@ -3,6 +3,7 @@ package quota
 import (
 	"context"
 	"fmt"
+	clocktesting "k8s.io/utils/clock/testing"
 	"math/rand/v2"
 	"reflect"
 	"sync"
@@ -17,30 +18,9 @@ import (
 // runs it through testCounter.
 
 // fakeClock is the injected clock; tests move it by hand.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
+type fakeClock = clocktesting.FakeClock
 
-func newFakeClock(t time.Time) *fakeClock { return &fakeClock{now: t} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
+func newFakeClock(t time.Time) *fakeClock { return clocktesting.NewFakeClock(t) }
 
 func ptr(v int64) *int64 { return &v }
 
@@ -384,7 +364,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 		}
 
 		next := WindowEnd(minute, t0)
-		clock.Set(next)
+		clock.SetTime(next)
 		checkWindows(t, "next minute", status(t, c, b),
 			window(b, 0, next, Amount{}, Amount{}), window(b, 1, next, Amount{1, 60, 40}, Amount{}))
 		charge(t, c, []Budget{b}, Amount{1, 60, 40})
@@ -392,9 +372,9 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 			window(b, 0, next, Amount{1, 60, 40}, Amount{}), window(b, 1, next, Amount{2, 120, 80}, Amount{}))
 
 		nextDay := WindowEnd(day, t0)
-		clock.Set(nextDay.Add(-time.Nanosecond))
+		clock.SetTime(nextDay.Add(-time.Nanosecond))
 		checkWindows(t, "last instant of the day", status(t, c, b)[1:], window(b, 1, t0, Amount{2, 120, 80}, Amount{}))
-		clock.Set(nextDay)
+		clock.SetTime(nextDay)
 		checkWindows(t, "next day", status(t, c, b), window(b, 0, nextDay, Amount{}, Amount{}), window(b, 1, nextDay, Amount{}, Amount{}))
 	})
 
@@ -402,7 +382,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 		clock, c := setup()
 		b := Budget{Key: UserKey("team", "ivan"), Limits: []Limit{{Window: minute, Tokens: ptr(1000)}, {Window: day, Tokens: ptr(10000)}}}
 		old := admit(t, c, []Budget{b}, Amount{1, 100, 0})
-		clock.Advance(time.Minute)
+		clock.Step(time.Minute)
 		now := clock.Now()
 		current := admit(t, c, []Budget{b}, Amount{1, 10, 0})
 
@@ -450,7 +430,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 		}
 
 		// After the day ends, its seeded usage is gone.
-		clock.Set(WindowEnd(day, t0))
+		clock.SetTime(WindowEnd(day, t0))
 		checkWindows(t, "next day", status(t, c, b)[1:], window(b, 1, clock.Now(), Amount{}, Amount{}))
 	})
 

@@ -42,14 +42,14 @@ func TestMemorySweep(t *testing.T) {
 		t.Fatalf("%d counters, want 3", n)
 	}
 
-	clock.Advance(2 * time.Minute)
+	clock.Step(2 * time.Minute)
 	admit(t, m, nil, Amount{}) // any Reserve may sweep
 	if n := counters(); n != 1 {
 		t.Errorf("%d counters after the minute ended, want only bob's day", n)
 	}
 	checkWindows(t, "bob", status(t, m, long)[1:], window(long, 1, t0, Amount{1, 1, 1}, Amount{}))
 
-	clock.Set(WindowEnd(day, t0))
+	clock.SetTime(WindowEnd(day, t0))
 	admit(t, m, nil, Amount{})
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -148,7 +148,7 @@ func TestRedisMatchesMemory(t *testing.T) {
 				t.Fatal(err)
 			}
 		default:
-			clock.Advance(time.Duration(rng.Int64N(int64(40 * time.Second))))
+			clock.Step(time.Duration(rng.Int64N(int64(40 * time.Second))))
 		}
 		if t.Failed() {
 			t.FailNow()

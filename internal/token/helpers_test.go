@@ -1,7 +1,7 @@
 package token
 
 import (
-	"sync"
+	clocktesting "k8s.io/utils/clock/testing"
 	"testing"
 	"time"
 
@@ -18,26 +18,9 @@ const (
 var t0 = time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
 
 // fakeClock is a settable clock shared by issuers and verifiers in tests.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+type fakeClock = clocktesting.FakeClock
 
-func newClock(t time.Time) *fakeClock { return &fakeClock{t: t} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
-
-func (c *fakeClock) Add(d time.Duration) { c.Set(c.Now().Add(d)) }
+func newClock(t time.Time) *fakeClock { return clocktesting.NewFakeClock(t) }
 
 func mustKey(t testing.TB, now time.Time) Key {
 	t.Helper()

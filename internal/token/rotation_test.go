@@ -197,11 +197,11 @@ func TestRotationOverlap(t *testing.T) {
 	publish(keys)
 
 	// A token key1 signs one second before rotation is due.
-	clock.Set(t0.Add(period - time.Second))
+	clock.SetTime(t0.Add(period - time.Second))
 	tok1 := issue(keys)
 
 	// Rotation is due.
-	clock.Set(t0.Add(period))
+	clock.SetTime(t0.Add(period))
 	plan = PlanRotation(keys, clock.Now(), period, ttl, false)
 	if !plan.NeedNew {
 		t.Fatalf("key1 at %v old not due for rotation", period)
@@ -226,13 +226,13 @@ func TestRotationOverlap(t *testing.T) {
 
 	// key2 signs only once it has been published for ActivationDelay: the
 	// last token key1 signs is issued a second before that.
-	clock.Set(key2.CreatedAt.Add(ActivationDelay - time.Second))
+	clock.SetTime(key2.CreatedAt.Add(ActivationDelay - time.Second))
 	signer, _ := SigningKey(plan.Keep, clock.Now())
 	if signer.ID != key1.ID {
 		t.Fatalf("key2 signs before its activation delay passed")
 	}
 	last1 := issueWith(signer)
-	clock.Set(key2.CreatedAt.Add(ActivationDelay))
+	clock.SetTime(key2.CreatedAt.Add(ActivationDelay))
 	if signer, _ = SigningKey(plan.Keep, clock.Now()); signer.ID != key2.ID {
 		t.Fatalf("key2 does not sign once activated")
 	}
@@ -243,12 +243,12 @@ func TestRotationOverlap(t *testing.T) {
 	if !plan.NextCheck.Equal(drop) {
 		t.Fatalf("NextCheck = %v, want %v", plan.NextCheck, drop)
 	}
-	clock.Set(drop.Add(-2 * time.Second))
+	clock.SetTime(drop.Add(-2 * time.Second))
 	if _, err := v.Verify(last1); err != nil {
 		t.Errorf("key1 token in its last accepted second: %v", err)
 	}
 
-	clock.Set(drop)
+	clock.SetTime(drop)
 	plan = PlanRotation(plan.Keep, clock.Now(), period, ttl, false)
 	if len(plan.Keep) != 1 || plan.Keep[0].ID != key2.ID {
 		t.Fatalf("at drop time Keep = %v, want only key2", plan.Keep)

@@ -339,7 +339,7 @@ func TestVerifyCacheNotServedAfterExp(t *testing.T) {
 		{exp.Add(testSkew), ReasonExpired, 1},
 	}
 	for _, s := range steps {
-		clock.Set(s.at)
+		clock.SetTime(s.at)
 		_, err := v.Verify(raw)
 		switch {
 		case s.want == "" && err != nil:
@@ -366,7 +366,7 @@ func TestVerifyCacheRespectsNotBefore(t *testing.T) {
 	if _, err := v.Verify(raw); err != nil {
 		t.Fatal(err)
 	}
-	clock.Set(t0.Add(-time.Minute))
+	clock.SetTime(t0.Add(-time.Minute))
 	if _, err := v.Verify(raw); !errors.Is(err, ErrNotYetValid) {
 		t.Errorf("Verify before nbf = %v, want not_yet_valid", err)
 	}

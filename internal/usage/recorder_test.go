@@ -52,7 +52,7 @@ func TestFlushWritesEachChargedObjectOnce(t *testing.T) {
 		t.Errorf("llm_proxy_status_pending_objects = %v, want 4", got)
 	}
 
-	clock.Set(clock.Now().Add(10 * time.Second))
+	clock.SetTime(clock.Now().Add(10 * time.Second))
 	if err := r.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func TestWindowRollOver(t *testing.T) {
 	}
 	flushAt := func(at time.Time) *llmv1alpha1.LLMUser {
 		t.Helper()
-		clock.Set(at)
+		clock.SetTime(at)
 		if err := r.Flush(t.Context()); err != nil {
 			t.Fatal(err)
 		}

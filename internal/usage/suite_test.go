@@ -3,6 +3,7 @@ package usage
 import (
 	"context"
 	"fmt"
+	clocktesting "k8s.io/utils/clock/testing"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -101,24 +102,9 @@ func getQuota(t *testing.T, c client.Client, ns, name string) *llmv1alpha1.LLMQu
 }
 
 // clock is a settable fake clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+type clock = clocktesting.FakeClock
 
-func newClock(t time.Time) *clock { return &clock{t: t} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
+func newClock(t time.Time) *clock { return clocktesting.NewFakeClock(t) }
 
 // hookClient counts successful status patches per object and lets a test
 // act before each one: bump the object, or fail the patch.
