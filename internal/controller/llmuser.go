@@ -205,10 +205,32 @@ func (r *TokenReconciler) ensureToken(ctx context.Context, user *llmv1alpha1.LLM
 			return time.Time{}, err
 		}
 	}
+	if err := r.deleteStaleSecrets(ctx, user, ts.SecretName); err != nil {
+		return time.Time{}, err
+	}
 	msg := fmt.Sprintf("token generation %d in Secret %s, valid until %s", ts.Generation, ts.SecretName, exp.UTC().Format(time.RFC3339))
 	r.setCondition(user, llmv1alpha1.ConditionTokenIssued, metav1.ConditionTrue, llmv1alpha1.ReasonIssued, msg)
 	r.setCondition(user, llmv1alpha1.ConditionReady, metav1.ConditionTrue, llmv1alpha1.ReasonIssued, "token issued and quota "+user.Spec.QuotaRef.Name+" found")
 	return renewAt, nil
+}
+
+// deleteStaleSecrets removes token Secrets this user owns under another name
+// (spec.token.secretName changed): a token left behind would keep working.
+func (r *TokenReconciler) deleteStaleSecrets(ctx context.Context, user *llmv1alpha1.LLMUser, current string) error {
+	var list corev1.SecretList
+	if err := r.Client.List(ctx, &list, client.InNamespace(user.Namespace), client.MatchingLabels{llmv1alpha1.LabelUser: user.Name}); err != nil {
+		return err
+	}
+	for i := range list.Items {
+		s := &list.Items[i]
+		if ref := metav1.GetControllerOf(s); s.Name == current || ref == nil || ref.UID != user.UID {
+			continue
+		}
+		if err := r.Client.Delete(ctx, s); client.IgnoreNotFound(err) != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // setCondition sets a condition, keeping its transition time when the status

@@ -158,6 +158,24 @@ func TestTokenLifecycle(t *testing.T) {
 		return err
 	})
 
+	// A new secretName moves the token; the old Secret goes with its token.
+	user = getUser(t, ns, "alice")
+	patch0 := client.MergeFrom(user.DeepCopy())
+	user.Spec.Token.SecretName = "alice-openai"
+	if err := c.Patch(ctx, user, patch0); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "secret renamed", func() error {
+		if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: "alice-openai"}, &corev1.Secret{}); err != nil {
+			return err
+		}
+		if err := c.Get(ctx, key, &corev1.Secret{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("old secret still there: %w", err)
+		}
+		return nil
+	})
+	key = types.NamespacedName{Namespace: ns, Name: "alice-openai"}
+
 	// Refresh: a valid token buys a fresh one of the same generation.
 	fresh := refresh(t, refreshAddr, original, http.StatusOK)
 	fc, err := publishedVerifier(t).Verify(fresh)
