@@ -44,6 +44,7 @@ func TestCRDs(t *testing.T) {
 	t.Run("StatusSubresource", func(t *testing.T) { testStatusSubresource(t, env) })
 	t.Run("Names", func(t *testing.T) { testNames(t, env) })
 	t.Run("Kubectl", func(t *testing.T) { testKubectl(t, env) })
+	t.Run("KustomizeDefault", func(t *testing.T) { testKustomizeDefault(t, env) })
 }
 
 func samplesDir() string {
@@ -637,4 +638,36 @@ func tableRow(out, name string) []string {
 		}
 	}
 	return nil
+}
+
+// testKustomizeDefault renders config/default and has the API server accept
+// every object of it (server-side dry run): the install manifests stay valid.
+func testKustomizeDefault(t *testing.T, env *envtest.Env) {
+	if _, err := exec.LookPath("kubectl"); err != nil {
+		t.Skip("kubectl is not on PATH")
+	}
+	cacheDir := t.TempDir()
+	rendered, err := runKubectl(t.Context(), env.Kubeconfig, cacheDir, "kustomize", filepath.Join(envtest.RepoRoot(), "config", "default"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []string{"CustomResourceDefinition", "Deployment", "ClusterRole", "Service"} {
+		if !strings.Contains(rendered, "kind: "+kind+"\n") {
+			t.Errorf("config/default renders no %s", kind)
+		}
+	}
+	if n := strings.Count(rendered, "kind: Deployment\n"); n != 2 {
+		t.Errorf("config/default renders %d Deployments, want the operator and the proxy", n)
+	}
+	file := filepath.Join(t.TempDir(), "install.yaml")
+	if err := os.WriteFile(file, []byte(rendered), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A dry-run Namespace is not created, so the objects in it need a real one.
+	if err := env.Client.Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "llm-user-operator-system"}}); client.IgnoreAlreadyExists(err) != nil {
+		t.Fatal(err)
+	}
+	if out, err := runKubectl(t.Context(), env.Kubeconfig, cacheDir, "apply", "--dry-run=server", "-f", file); err != nil {
+		t.Fatalf("the API server refused config/default: %v\n%s", err, out)
+	}
 }
