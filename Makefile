@@ -9,6 +9,7 @@ export GOFLAGS ?= -buildvcs=false
 CONTROLLER_GEN := $(BIN)/controller-gen
 GOLANGCI_LINT := $(BIN)/golangci-lint
 GOVULNCHECK := $(BIN)/govulncheck
+HELM := $(BIN)/helm
 
 .PHONY: help
 help: ## Show this help.
@@ -61,8 +62,8 @@ simulator: ## Build llm-d-inference-sim (the vLLM stand-in) into ./bin.
 	@hack/simulator.sh >/dev/null
 
 .PHONY: test
-test: manifests generate vet ## Run every test: unit, envtest (real API server), end-to-end.
-	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" LLM_SIM_BINARY="$$(hack/simulator.sh)" \
+test: manifests generate vet $(HELM) ## Run every test: unit, envtest (real API server), end-to-end.
+	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" LLM_SIM_BINARY="$$(hack/simulator.sh)" HELM="$(HELM)" \
 		go test ./... -count=1 -timeout 30m
 
 .PHONY: bench
@@ -93,6 +94,9 @@ $(CONTROLLER_GEN): hack/tools/controller-gen/go.mod
 
 $(GOLANGCI_LINT): hack/tools/golangci-lint/go.mod
 	cd hack/tools/golangci-lint && go build -o $@ github.com/golangci/golangci-lint/v2/cmd/golangci-lint
+
+$(HELM): hack/tools/helm/go.mod
+	cd hack/tools/helm && go build -o $@ helm.sh/helm/v3/cmd/helm
 
 $(GOVULNCHECK): hack/tools/govulncheck/go.mod
 	cd hack/tools/govulncheck && go build -o $@ golang.org/x/vuln/cmd/govulncheck
