@@ -24,12 +24,9 @@ func newSink(c client.Client, dir *Directory, o Options, reg prometheus.Register
 	})}, nil
 }
 
-func (s *sink) Charge(c proxy.Charge) {
-	s.rec.Charge(usage.Charge{
-		Namespace: c.Namespace, User: c.User, Quota: c.Quota, Shared: c.Shared,
-		Model: c.Model, Amount: c.Amount, At: c.At,
-	})
-}
+// Charge converts directly: the two Charge types have the same fields, and
+// the conversion stops compiling if they ever drift apart.
+func (s *sink) Charge(c proxy.Charge) { s.rec.Charge(usage.Charge(c)) }
 
 func (s *sink) run(ctx context.Context) { _ = s.rec.Start(ctx) }
 
