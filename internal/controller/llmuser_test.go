@@ -19,6 +19,8 @@ import (
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/controller"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/envtest"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/poll"
 	"github.com/llm-user-operator/llm-user-operator/internal/token"
 )
 
@@ -57,17 +59,17 @@ func wantCondition(u *llmv1alpha1.LLMUser, typ string, status metav1.ConditionSt
 }
 
 func TestTokenLifecycle(t *testing.T) {
-	ensureNamespace(t, opNamespace)
+	envtest.EnsureNamespace(t, env.Client, opNamespace)
 	refreshAddr := startOperator(t)
 	ctx := context.Background()
-	ns := newNamespace(t)
+	ns := envtest.NewNamespace(t, env.Client, "ctrl")
 	c := env.Client
 
 	// A user whose quota does not exist yet gets no token and says why.
 	if err := c.Create(ctx, newUser(ns, "alice", "team")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "QuotaNotFound", func() error {
+	poll.Until(t, 30*time.Second, func() error {
 		return wantCondition(getUser(t, ns, "alice"), llmv1alpha1.ConditionReady, metav1.ConditionFalse, llmv1alpha1.ReasonQuotaNotFound)
 	})
 	if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: "alice-llm-token"}, &corev1.Secret{}); !apierrors.IsNotFound(err) {
@@ -79,7 +81,7 @@ func TestTokenLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	var user *llmv1alpha1.LLMUser
-	eventually(t, "Ready", func() error {
+	poll.Until(t, 30*time.Second, func() error {
 		user = getUser(t, ns, "alice")
 		return wantCondition(user, llmv1alpha1.ConditionReady, metav1.ConditionTrue, llmv1alpha1.ReasonIssued)
 	})
@@ -131,7 +133,7 @@ func TestTokenLifecycle(t *testing.T) {
 	if err := c.Update(ctx, secret); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "edited secret restored", func() error {
+	poll.Until(t, 30*time.Second, func() error {
 		s := &corev1.Secret{}
 		if err := c.Get(ctx, key, s); err != nil {
 			return err
@@ -146,7 +148,7 @@ func TestTokenLifecycle(t *testing.T) {
 	if err := c.Delete(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "alice-llm-token"}}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "deleted secret recreated", func() error {
+	poll.Until(t, 30*time.Second, func() error {
 		s := &corev1.Secret{}
 		if err := c.Get(ctx, key, s); err != nil {
 			return err
@@ -165,7 +167,7 @@ func TestTokenLifecycle(t *testing.T) {
 	if err := c.Patch(ctx, user, patch0); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "secret renamed", func() error {
+	poll.Until(t, 30*time.Second, func() error {
 		if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: "alice-openai"}, &corev1.Secret{}); err != nil {
 			return err
 		}
@@ -189,7 +191,7 @@ func TestTokenLifecycle(t *testing.T) {
 	if err := c.Patch(ctx, user, patch); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "generation 2", func() error {
+	poll.Until(t, 30*time.Second, func() error {
 		u := getUser(t, ns, "alice")
 		if u.Status.Token == nil || u.Status.Token.Generation != 2 {
 			return fmt.Errorf("status.token = %+v", u.Status.Token)
@@ -216,7 +218,7 @@ func TestTokenLifecycle(t *testing.T) {
 	if err := c.Patch(ctx, user, patch); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "Suspended", func() error {
+	poll.Until(t, 30*time.Second, func() error {
 		u := getUser(t, ns, "alice")
 		if err := wantCondition(u, llmv1alpha1.ConditionReady, metav1.ConditionFalse, llmv1alpha1.ReasonSuspended); err != nil {
 			return err
@@ -229,7 +231,7 @@ func TestTokenLifecycle(t *testing.T) {
 	refresh(t, refreshAddr, string(secret.Data["token"]), http.StatusUnauthorized)
 
 	// Every step left an Event on the user.
-	eventually(t, "events", func() error {
+	poll.Until(t, 30*time.Second, func() error {
 		var list eventsv1.EventList
 		if err := c.List(ctx, &list, client.InNamespace(ns)); err != nil {
 			return err
@@ -252,7 +254,7 @@ func TestTokenLifecycle(t *testing.T) {
 	if err := c.Delete(ctx, user); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "user gone", func() error {
+	poll.Until(t, 30*time.Second, func() error {
 		err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: "alice"}, &llmv1alpha1.LLMUser{})
 		if apierrors.IsNotFound(err) {
 			return nil
@@ -263,10 +265,10 @@ func TestTokenLifecycle(t *testing.T) {
 }
 
 func TestQuotaCountsUsers(t *testing.T) {
-	ensureNamespace(t, opNamespace)
+	envtest.EnsureNamespace(t, env.Client, opNamespace)
 	startOperator(t)
 	ctx := context.Background()
-	ns := newNamespace(t)
+	ns := envtest.NewNamespace(t, env.Client, "ctrl")
 	if err := env.Client.Create(ctx, newQuota(ns, "q")); err != nil {
 		t.Fatal(err)
 	}
@@ -290,11 +292,11 @@ func TestQuotaCountsUsers(t *testing.T) {
 			return nil
 		}
 	}
-	eventually(t, "3 users", wantUsers(3))
+	poll.Until(t, 30*time.Second, wantUsers(3))
 	if err := env.Client.Delete(ctx, newUser(ns, "b", "q")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "2 users", wantUsers(2))
+	poll.Until(t, 30*time.Second, wantUsers(2))
 }
 
 func refresh(t *testing.T, addr, tok string, wantStatus int) string {
@@ -302,7 +304,7 @@ func refresh(t *testing.T, addr, tok string, wantStatus int) string {
 	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/auth/refresh", nil)
 	req.Header.Set("Authorization", "Bearer "+tok)
 	var resp *http.Response
-	eventually(t, "refresh endpoint up", func() error {
+	poll.Until(t, 30*time.Second, func() error {
 		var err error
 		resp, err = http.DefaultClient.Do(req)
 		return err

@@ -14,6 +14,7 @@ import (
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/controller"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/envtest"
 	"github.com/llm-user-operator/llm-user-operator/internal/token"
 )
 
@@ -22,7 +23,7 @@ import (
 // and at that moment the token is replaced under the same Secret name.
 func TestRenewalScheduledExactly(t *testing.T) {
 	ctx := context.Background()
-	ns := newNamespace(t)
+	ns := envtest.NewNamespace(t, env.Client, "ctrl")
 	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC))
 	keys := controller.NewKeyStore(issuer, audience, clk.Now)
 	k, err := token.GenerateKey(clk.Now())
@@ -115,7 +116,7 @@ func secretToken(t *testing.T, key types.NamespacedName) string {
 // the manual trigger.
 func TestSigningKeyRotation(t *testing.T) {
 	ctx := context.Background()
-	ns := newNamespace(t)
+	ns := envtest.NewNamespace(t, env.Client, "ctrl")
 	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	store := controller.NewKeyStore(issuer, audience, clk.Now)
 	// Longer than the longest token ttl, so the drop of a retired key comes before the next rotation.

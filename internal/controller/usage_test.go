@@ -15,6 +15,7 @@ import (
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/controller"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/envtest"
 )
 
 // TestUsageThresholdsAndRollOver plays the proxy (writing usage into status)
@@ -23,7 +24,7 @@ import (
 // reset, and the ended window's usage rolls over to zero.
 func TestUsageThresholdsAndRollOver(t *testing.T) {
 	ctx := context.Background()
-	ns := newNamespace(t)
+	ns := envtest.NewNamespace(t, env.Client, "ctrl")
 	start := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
 	clk := clocktesting.NewFakeClock(start.Add(10 * time.Second))
 	rec := events.NewFakeRecorder(100)

@@ -4,29 +4,24 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
-	"strings"
 
 	"github.com/llm-user-operator/llm-user-operator/internal/metrics"
+	"github.com/llm-user-operator/llm-user-operator/internal/openaiapi"
 	"github.com/llm-user-operator/llm-user-operator/internal/token"
 )
 
 // authenticate resolves the request's bearer token to a current user, or
 // answers 401 saying exactly what is wrong with the token.
 func (p *Proxy) authenticate(w http.ResponseWriter, r *http.Request) (User, bool) {
-	var raw string
-	if v := r.Header["Authorization"]; len(v) > 0 {
-		raw = v[0]
-	}
-	if raw == "" {
+	raw, present, ok := openaiapi.BearerToken(r.Header)
+	if !present {
 		return p.unauthorized(w, "", "", metrics.ReasonUnauthenticated,
 			"Missing API key: send the header 'Authorization: Bearer <token>' with the token from your LLMUser's Secret.")
 	}
-	const scheme = "bearer "
-	if len(raw) <= len(scheme) || !strings.EqualFold(raw[:len(scheme)], scheme) {
+	if !ok {
 		return p.unauthorized(w, "", "", metrics.ReasonUnauthenticated,
 			"Malformed Authorization header: expected 'Bearer <token>'.")
 	}
-	raw = strings.TrimSpace(raw[len(scheme):])
 	claims, err := p.verifier.Verify(raw)
 	if err != nil {
 		return p.unauthorized(w, "", "", metrics.ReasonUnauthenticated, tokenErrorMessage(err))
@@ -58,7 +53,7 @@ func (p *Proxy) unauthorized(w http.ResponseWriter, ns, name, reason, msg string
 	p.metrics.Reject(ns, name, reason)
 	p.metrics.ObserveRequest(metrics.Request{Namespace: ns, User: name, Code: http.StatusUnauthorized})
 	w.Header()["Www-Authenticate"] = []string{`Bearer realm="llm-proxy"`}
-	WriteError(w, http.StatusUnauthorized, TypeInvalidRequest, CodeInvalidAPIKey, "", msg)
+	openaiapi.WriteError(w, http.StatusUnauthorized, openaiapi.TypeInvalidRequest, openaiapi.CodeInvalidAPIKey, "", msg)
 	return User{}, false
 }
 

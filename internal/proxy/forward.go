@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/llm-user-operator/llm-user-operator/internal/openaiapi"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 )
 
@@ -125,15 +126,15 @@ func (ex *exchange) roundTripError(w http.ResponseWriter, err error) {
 	var ne net.Error
 	switch {
 	case errors.As(err, &op) && op.Op == "dial":
-		WriteError(w, http.StatusBadGateway, TypeServer, CodeUpstreamUnavailable, "",
+		openaiapi.WriteError(w, http.StatusBadGateway, openaiapi.TypeServer, openaiapi.CodeUpstreamUnavailable, "",
 			"Could not connect to the upstream serving model '"+ex.model+"'.")
 		ex.finish(http.StatusBadGateway, quota.Amount{}, "502")
 	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()):
-		WriteError(w, http.StatusGatewayTimeout, TypeServer, CodeUpstreamTimeout, "",
+		openaiapi.WriteError(w, http.StatusGatewayTimeout, openaiapi.TypeServer, openaiapi.CodeUpstreamTimeout, "",
 			"The upstream serving model '"+ex.model+"' did not answer in time.")
 		ex.finish(http.StatusGatewayTimeout, quota.Amount{}, "504")
 	default:
-		WriteError(w, http.StatusBadGateway, TypeServer, CodeUpstreamUnavailable, "",
+		openaiapi.WriteError(w, http.StatusBadGateway, openaiapi.TypeServer, openaiapi.CodeUpstreamUnavailable, "",
 			"The upstream serving model '"+ex.model+"' failed: "+err.Error())
 		ex.finish(http.StatusBadGateway, quota.Amount{}, "502")
 	}
@@ -156,9 +157,9 @@ func (ex *exchange) upstreamError(w http.ResponseWriter, resp *http.Response) {
 		ex.finish(code, quota.Amount{}, errType)
 		return
 	}
-	typ := TypeInvalidRequest
+	typ := openaiapi.TypeInvalidRequest
 	if code >= 500 {
-		typ = TypeServer
+		typ = openaiapi.TypeServer
 	}
 	snippet := strings.TrimSpace(string(b))
 	if len(snippet) > 512 {
@@ -171,7 +172,7 @@ func (ex *exchange) upstreamError(w http.ResponseWriter, resp *http.Response) {
 	if snippet != "" {
 		msg += ": " + snippet
 	}
-	WriteError(w, code, typ, CodeUpstreamError, "", msg+".")
+	openaiapi.WriteError(w, code, typ, openaiapi.CodeUpstreamError, "", msg+".")
 	ex.finish(code, quota.Amount{}, errType)
 }
 

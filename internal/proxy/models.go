@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+
+	"github.com/llm-user-operator/llm-user-operator/internal/openaiapi"
 )
 
 // upstream is one vLLM server.
@@ -133,7 +135,7 @@ func (p *Proxy) serveModels(w http.ResponseWriter, r *http.Request, id string) {
 	}
 	t := p.models.Load()
 	if t == nil {
-		WriteError(w, http.StatusServiceUnavailable, TypeServer, CodeUpstreamUnavailable, "", "No upstream has listed its models yet; retry shortly.")
+		openaiapi.WriteError(w, http.StatusServiceUnavailable, openaiapi.TypeServer, openaiapi.CodeUpstreamUnavailable, "", "No upstream has listed its models yet; retry shortly.")
 		return
 	}
 	visible := func(e *modelEntry) bool { return user == nil || modelAllowed(user, e.ID) }
@@ -141,7 +143,7 @@ func (p *Proxy) serveModels(w http.ResponseWriter, r *http.Request, id string) {
 	if id != "" {
 		e := t.byID[id]
 		if e == nil || !visible(e) {
-			WriteError(w, http.StatusNotFound, TypeInvalidRequest, CodeModelNotFound, "model",
+			openaiapi.WriteError(w, http.StatusNotFound, openaiapi.TypeInvalidRequest, openaiapi.CodeModelNotFound, "model",
 				"The model '"+id+"' does not exist or you do not have access to it.")
 			return
 		}
@@ -168,10 +170,10 @@ func (p *Proxy) serveModels(w http.ResponseWriter, r *http.Request, id string) {
 
 func appendModel(b []byte, e *modelEntry) []byte {
 	b = append(b, `{"id":`...)
-	b = appendJSONString(b, e.ID)
+	b = openaiapi.AppendJSONString(b, e.ID)
 	b = append(b, `,"object":"model","created":`...)
 	b = strconv.AppendInt(b, e.Created, 10)
 	b = append(b, `,"owned_by":`...)
-	b = appendJSONString(b, e.OwnedBy)
+	b = openaiapi.AppendJSONString(b, e.OwnedBy)
 	return append(b, '}')
 }

@@ -41,6 +41,7 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/llm-user-operator/llm-user-operator/internal/metrics"
+	"github.com/llm-user-operator/llm-user-operator/internal/openaiapi"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 	"github.com/llm-user-operator/llm-user-operator/internal/token"
 )
@@ -327,7 +328,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			p.serveModels(w, r, id)
 			return
 		}
-		WriteError(w, http.StatusNotFound, TypeInvalidRequest, CodeNotFound, "",
+		openaiapi.WriteError(w, http.StatusNotFound, openaiapi.TypeInvalidRequest, openaiapi.CodeNotFound, "",
 			"Unknown path "+r.URL.Path+". This proxy serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/models, /tokenize and /detokenize.")
 		return
 	}
@@ -342,7 +343,7 @@ func methodIs(w http.ResponseWriter, r *http.Request, m string) bool {
 		return true
 	}
 	w.Header()["Allow"] = []string{m}
-	WriteError(w, http.StatusMethodNotAllowed, TypeInvalidRequest, CodeMethodNotAllowed, "",
+	openaiapi.WriteError(w, http.StatusMethodNotAllowed, openaiapi.TypeInvalidRequest, openaiapi.CodeMethodNotAllowed, "",
 		r.Method+" is not allowed on "+r.URL.Path+"; use "+m+".")
 	return false
 }

@@ -16,7 +16,9 @@ import (
 	"time"
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/internal/openaiapi"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/poll"
 	"github.com/llm-user-operator/llm-user-operator/internal/token"
 )
 
@@ -75,7 +77,7 @@ func TestAuthFailures(t *testing.T) {
 
 func TestWriteErrorShape(t *testing.T) {
 	rec := httptest.NewRecorder()
-	WriteError(rec, 429, "rate_limit_error", "rate_limit_exceeded", "", `Say "hi" <now>`)
+	openaiapi.WriteError(rec, 429, "rate_limit_error", "rate_limit_exceeded", "", `Say "hi" <now>`)
 	want := `{"error":{"message":"Say \"hi\" <now>","type":"rate_limit_error","param":null,"code":"rate_limit_exceeded"}}`
 	if got := rec.Body.String(); got != want {
 		t.Errorf("body = %s\nwant   %s", got, want)
@@ -92,7 +94,7 @@ func TestQuotaMissing(t *testing.T) {
 	e.dir.set(u)
 	resp := e.do(t, "POST", "/v1/chat/completions", chatBody)
 	expectStatus(t, resp, http.StatusForbidden)
-	if ae := readErr(t, resp); str(ae.Error.Code) != CodeQuotaNotFound || !strings.Contains(ae.Error.Message, "'gold', which does not exist") {
+	if ae := readErr(t, resp); str(ae.Error.Code) != openaiapi.CodeQuotaNotFound || !strings.Contains(ae.Error.Message, "'gold', which does not exist") {
 		t.Errorf("error = %+v", ae.Error)
 	}
 }
@@ -141,11 +143,11 @@ func TestModelAllowlist(t *testing.T) {
 			switch tc.want {
 			case 403:
 				ae := readErr(t, resp)
-				if str(ae.Error.Code) != CodeModelNotAllowed || str(ae.Error.Param) != "model" || !strings.Contains(ae.Error.Message, tc.models[0]) {
+				if str(ae.Error.Code) != openaiapi.CodeModelNotAllowed || str(ae.Error.Param) != "model" || !strings.Contains(ae.Error.Message, tc.models[0]) {
 					t.Errorf("error = %+v", ae.Error)
 				}
 			case 404:
-				if ae := readErr(t, resp); str(ae.Error.Code) != CodeModelNotFound {
+				if ae := readErr(t, resp); str(ae.Error.Code) != openaiapi.CodeModelNotFound {
 					t.Errorf("error = %+v", ae.Error)
 				}
 			default:
@@ -182,7 +184,7 @@ func TestMaxTokens(t *testing.T) {
 				resp := e.do(t, "POST", "/v1/chat/completions", `{"model":"qwen/Qwen3-8B","messages":[],"`+f+`":`+v+`}`)
 				expectStatus(t, resp, http.StatusBadRequest)
 				ae := readErr(t, resp)
-				if str(ae.Error.Param) != f || str(ae.Error.Code) != CodeMaxTokensExceeded || !strings.Contains(ae.Error.Message, "limit of 512") {
+				if str(ae.Error.Param) != f || str(ae.Error.Code) != openaiapi.CodeMaxTokensExceeded || !strings.Contains(ae.Error.Message, "limit of 512") {
 					t.Errorf("%s=%s: error = %+v", f, v, ae.Error)
 				}
 			}
@@ -235,7 +237,7 @@ func TestBadBodies(t *testing.T) {
 			resp := e.do(t, "POST", "/v1/completions", tc.body)
 			expectStatus(t, resp, tc.want)
 			ae := readErr(t, resp)
-			if tc.want == 413 && str(ae.Error.Code) != CodeRequestTooLarge {
+			if tc.want == 413 && str(ae.Error.Code) != openaiapi.CodeRequestTooLarge {
 				t.Errorf("error = %+v", ae.Error)
 			}
 		})
@@ -267,7 +269,7 @@ func TestRoutingAndMethods(t *testing.T) {
 	readErr(t, resp)
 	resp = e.do(t, "POST", "/v2/whatever", "{}")
 	expectStatus(t, resp, http.StatusNotFound)
-	if ae := readErr(t, resp); str(ae.Error.Code) != CodeNotFound {
+	if ae := readErr(t, resp); str(ae.Error.Code) != openaiapi.CodeNotFound {
 		t.Errorf("error = %+v", ae.Error)
 	}
 }
@@ -338,13 +340,9 @@ func TestModelDiscoveryRefresh(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error)
 	go func() { done <- e.proxy.Start(ctx) }()
-	deadline := time.Now().Add(5 * time.Second)
-	for e.proxy.models.Load().byID["new"] == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("new model never discovered")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	poll.Until(t, 5*time.Second, func() error {
+		return poll.Check(e.proxy.models.Load().byID["new"] != nil, "new model never discovered")
+	})
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -557,7 +555,7 @@ func TestUpstreamUnavailable502(t *testing.T) {
 	up.Close()
 	resp := e.do(t, "POST", "/v1/chat/completions", `{"model":"m","messages":[]}`)
 	expectStatus(t, resp, http.StatusBadGateway)
-	if ae := readErr(t, resp); str(ae.Error.Code) != CodeUpstreamUnavailable {
+	if ae := readErr(t, resp); str(ae.Error.Code) != openaiapi.CodeUpstreamUnavailable {
 		t.Errorf("error = %+v", ae.Error)
 	}
 	st, _ := e.mem.Status(t.Context(), aliceUser().Budgets[0])
@@ -579,7 +577,7 @@ func TestUpstreamTimeout504(t *testing.T) {
 	defer close(release)
 	resp := e.do(t, "POST", "/v1/chat/completions", `{"model":"m","messages":[]}`)
 	expectStatus(t, resp, http.StatusGatewayTimeout)
-	if ae := readErr(t, resp); str(ae.Error.Code) != CodeUpstreamTimeout {
+	if ae := readErr(t, resp); str(ae.Error.Code) != openaiapi.CodeUpstreamTimeout {
 		t.Errorf("error = %+v", ae.Error)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/llm-user-operator/llm-user-operator/internal/metrics"
+	"github.com/llm-user-operator/llm-user-operator/internal/openaiapi"
 )
 
 // endpoint describes one proxied API path.
@@ -68,7 +69,7 @@ type apiError struct {
 }
 
 func badRequest(param, msg string) *apiError {
-	return &apiError{status: http.StatusBadRequest, typ: TypeInvalidRequest, param: param, message: msg}
+	return &apiError{status: http.StatusBadRequest, typ: openaiapi.TypeInvalidRequest, param: param, message: msg}
 }
 
 // parseRequest reads the members the proxy needs. Later duplicates win, as

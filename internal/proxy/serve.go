@@ -14,6 +14,7 @@ import (
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/metrics"
+	"github.com/llm-user-operator/llm-user-operator/internal/openaiapi"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 )
 
@@ -48,7 +49,7 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request, ep *endpoint) {
 		ex.u = u
 		ex.user = &ex.u
 		if !u.QuotaFound {
-			ex.refuse(w, http.StatusForbidden, TypeInvalidRequest, CodeQuotaNotFound, "", metrics.ReasonQuotaMissing,
+			ex.refuse(w, http.StatusForbidden, openaiapi.TypeInvalidRequest, openaiapi.CodeQuotaNotFound, "", metrics.ReasonQuotaMissing,
 				"LLMUser "+u.Namespace+"/"+u.Name+" refers to LLMQuota '"+u.QuotaName+"', which does not exist; ask your administrator to create it.")
 			return
 		}
@@ -66,7 +67,7 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request, ep *endpoint) {
 		if errors.Is(err, errTooLarge) {
 			ex.tooLarge(w)
 		} else {
-			ex.refuse(w, http.StatusBadRequest, TypeInvalidRequest, "", "", "", "Could not read the request body: "+err.Error())
+			ex.refuse(w, http.StatusBadRequest, openaiapi.TypeInvalidRequest, "", "", "", "Could not read the request body: "+err.Error())
 		}
 		return
 	}
@@ -80,7 +81,7 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request, ep *endpoint) {
 	// existence does not leak to those who may not use it.
 	t := p.models.Load()
 	if t == nil {
-		ex.refuse(w, http.StatusServiceUnavailable, TypeServer, CodeUpstreamUnavailable, "", "", "No upstream has listed its models yet; retry shortly.")
+		ex.refuse(w, http.StatusServiceUnavailable, openaiapi.TypeServer, openaiapi.CodeUpstreamUnavailable, "", "", "No upstream has listed its models yet; retry shortly.")
 		return
 	}
 	entry := t.byID[string(pr.model)]
@@ -92,13 +93,13 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request, ep *endpoint) {
 			name = string(pr.model)
 		}
 		if !modelAllowed(ex.user, name) {
-			ex.refuse(w, http.StatusForbidden, TypeInvalidRequest, CodeModelNotAllowed, "model", metrics.ReasonModelNotAllowed,
+			ex.refuse(w, http.StatusForbidden, openaiapi.TypeInvalidRequest, openaiapi.CodeModelNotAllowed, "model", metrics.ReasonModelNotAllowed,
 				"Model '"+name+"' is not allowed for LLMUser "+ex.user.Namespace+"/"+ex.user.Name+"; allowed: "+allowedList(ex.user)+".")
 			return
 		}
 	}
 	if entry == nil {
-		ex.refuse(w, http.StatusNotFound, TypeInvalidRequest, CodeModelNotFound, "model", "",
+		ex.refuse(w, http.StatusNotFound, openaiapi.TypeInvalidRequest, openaiapi.CodeModelNotFound, "model", "",
 			"The model '"+string(pr.model)+"' does not exist.")
 		return
 	}
@@ -110,7 +111,7 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request, ep *endpoint) {
 		capTokens = ex.user.MaxTokensPerRequest
 		for i, f := range ep.maxFields {
 			if mf := pr.max[i]; mf.set && mf.v > *capTokens {
-				ex.refuse(w, http.StatusBadRequest, TypeInvalidRequest, CodeMaxTokensExceeded, f, metrics.ReasonMaxTokens,
+				ex.refuse(w, http.StatusBadRequest, openaiapi.TypeInvalidRequest, openaiapi.CodeMaxTokensExceeded, f, metrics.ReasonMaxTokens,
 					f+" is "+strconv.FormatInt(mf.v, 10)+", above the limit of "+strconv.FormatInt(*capTokens, 10)+
 						" tokens per request of LLMQuota '"+ex.user.QuotaName+"'. Lower it, or omit it to get the limit.")
 				return
@@ -162,7 +163,7 @@ func (ex *exchange) reserve(w http.ResponseWriter) bool {
 	res, dec, err := p.counter.Reserve(ex.r.Context(), quota.Request{Budgets: u.Budgets, Estimate: ex.est})
 	if err != nil {
 		p.log.Error(err, "Reserving quota failed", "namespace", u.Namespace, "user", u.Name)
-		ex.refuse(w, http.StatusServiceUnavailable, TypeServer, CodeQuotaUnavailable, "", "",
+		ex.refuse(w, http.StatusServiceUnavailable, openaiapi.TypeServer, openaiapi.CodeQuotaUnavailable, "", "",
 			"The quota store is unavailable; retry shortly.")
 		return false
 	}
@@ -179,7 +180,7 @@ func (ex *exchange) reserve(w http.ResponseWriter) bool {
 		return true
 	}
 	if e == nil { // a Counter that refuses without saying why
-		ex.refuse(w, http.StatusTooManyRequests, TypeRateLimit, CodeRateLimitExceeded, "", metrics.ReasonRateLimit, "Rate limit reached.")
+		ex.refuse(w, http.StatusTooManyRequests, openaiapi.TypeRateLimit, openaiapi.CodeRateLimitExceeded, "", metrics.ReasonRateLimit, "Rate limit reached.")
 		return false
 	}
 	typ, code, reason := exceededKind(e.Window)
@@ -195,7 +196,7 @@ func (ex *exchange) reserve(w http.ResponseWriter) bool {
 		need = ex.est.OutputTokens
 	}
 	var msg strings.Builder
-	if typ == TypeRateLimit {
+	if typ == openaiapi.TypeRateLimit {
 		msg.WriteString("Rate limit reached for ")
 		msg.WriteString(string(e.Resource))
 		msg.WriteString(" per ")
@@ -219,9 +220,9 @@ func (ex *exchange) reserve(w http.ResponseWriter) bool {
 func exceededKind(win llmv1alpha1.Window) (typ, code, reason string) {
 	switch win {
 	case llmv1alpha1.WindowMinute, llmv1alpha1.WindowHour:
-		return TypeRateLimit, CodeRateLimitExceeded, metrics.ReasonRateLimit
+		return openaiapi.TypeRateLimit, openaiapi.CodeRateLimitExceeded, metrics.ReasonRateLimit
 	}
-	return TypeInsufficientQuota, CodeInsufficientQuota, metrics.ReasonInsufficientQuota
+	return openaiapi.TypeInsufficientQuota, openaiapi.CodeInsufficientQuota, metrics.ReasonInsufficientQuota
 }
 
 func describeBudget(key string) string {
@@ -325,12 +326,12 @@ func (ex *exchange) refuse(w http.ResponseWriter, status int, typ, code, param, 
 	if reason != "" {
 		ex.p.metrics.Reject(ns, name, reason)
 	}
-	WriteError(w, status, typ, code, param, msg)
+	openaiapi.WriteError(w, status, typ, code, param, msg)
 	ex.finish(status, quota.Amount{}, strconv.Itoa(status))
 }
 
 func (ex *exchange) tooLarge(w http.ResponseWriter) {
-	ex.refuse(w, http.StatusRequestEntityTooLarge, TypeInvalidRequest, CodeRequestTooLarge, "", "",
+	ex.refuse(w, http.StatusRequestEntityTooLarge, openaiapi.TypeInvalidRequest, openaiapi.CodeRequestTooLarge, "", "",
 		"The request body is larger than the limit of "+strconv.FormatInt(ex.p.maxBody, 10)+" bytes.")
 }
 

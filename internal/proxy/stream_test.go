@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/poll"
 )
 
 func TestStreamingByteExact(t *testing.T) {
@@ -159,17 +161,11 @@ func expectInterruptedCharge(t *testing.T, e *env, chunks int64) {
 		t.Errorf("charge %+v is zero or the whole reservation", c.Amount)
 	}
 	// The reservation was settled: nothing stays reserved.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	poll.Until(t, 5*time.Second, func() error {
 		st, _ := e.mem.Status(t.Context(), aliceUser().Budgets[0])
-		if st[0].Reserved.IsZero() && st[0].Used.Total() == want.Total() {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("window = used %+v reserved %+v", st[0].Used, st[0].Reserved)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return poll.Check(st[0].Reserved.IsZero() && st[0].Used.Total() == want.Total(),
+			fmt.Sprintf("window = used %+v reserved %+v", st[0].Used, st[0].Reserved))
+	})
 }
 
 func TestStreamClientDisconnectCharged(t *testing.T) {

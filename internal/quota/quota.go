@@ -34,6 +34,12 @@ func (a Amount) Sub(b Amount) Amount {
 // IsZero reports whether a counts nothing.
 func (a Amount) IsZero() bool { return a == Amount{} }
 
+// MinRequestTokens is the fewest tokens a generation request can be admitted
+// with: the proxy's smallest prompt estimate (8 tokens of overhead) plus one
+// output token. A window with fewer tokens left admits nothing more until it
+// resets, so it counts as exhausted.
+const MinRequestTokens = 9
+
 // Limit caps usage in one window; a nil cap is unlimited.
 type Limit struct {
 	Window       llmv1alpha1.Window

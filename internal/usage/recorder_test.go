@@ -2,6 +2,7 @@ package usage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -16,11 +17,13 @@ import (
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/envtest"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/poll"
 )
 
 func TestFlushWritesEachChargedObjectOnce(t *testing.T) {
 	e := apiServer(t)
-	ns := newNamespace(t, e.Client)
+	ns := envtest.NewNamespace(t, e.Client, "usage")
 	createQuota(t, e.Client, ns, "team", llmv1alpha1.ScopePerUser,
 		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowDay, Tokens: ptr.To[int64](10000), Requests: ptr.To[int64](100)},
 		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowMinute, Tokens: ptr.To[int64](5000)})
@@ -133,7 +136,7 @@ func testutilGauge(t *testing.T, g prometheus.Gatherer, name string) float64 {
 
 func TestWindowRollOver(t *testing.T) {
 	e := apiServer(t)
-	ns := newNamespace(t, e.Client)
+	ns := envtest.NewNamespace(t, e.Client, "usage")
 	createQuota(t, e.Client, ns, "q", llmv1alpha1.ScopePerUser,
 		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowMinute, Tokens: ptr.To[int64](1000), Requests: ptr.To[int64](10)},
 		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowHour, Tokens: ptr.To[int64](100000)})
@@ -199,7 +202,7 @@ func TestWindowRollOver(t *testing.T) {
 
 func TestConflictRetriedOnce(t *testing.T) {
 	e := apiServer(t)
-	ns := newNamespace(t, e.Client)
+	ns := envtest.NewNamespace(t, e.Client, "usage")
 	createQuota(t, e.Client, ns, "q", llmv1alpha1.ScopePerUser,
 		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowDay, Tokens: ptr.To[int64](1000)})
 	createUser(t, e.Client, ns, "u", "q")
@@ -260,7 +263,7 @@ func TestConflictRetriedOnce(t *testing.T) {
 
 func TestAPIServerErrorsKeepUsage(t *testing.T) {
 	e := apiServer(t)
-	ns := newNamespace(t, e.Client)
+	ns := envtest.NewNamespace(t, e.Client, "usage")
 	createQuota(t, e.Client, ns, "q", llmv1alpha1.ScopePerUser,
 		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowDay, Tokens: ptr.To[int64](100000)})
 	createUser(t, e.Client, ns, "u1", "q")
@@ -331,7 +334,7 @@ func TestAPIServerErrorsKeepUsage(t *testing.T) {
 
 func TestSharedQuotaPoolsUsage(t *testing.T) {
 	e := apiServer(t)
-	ns := newNamespace(t, e.Client)
+	ns := envtest.NewNamespace(t, e.Client, "usage")
 	createQuota(t, e.Client, ns, "pool", llmv1alpha1.ScopeShared,
 		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowDay, Tokens: ptr.To[int64](1000), Requests: ptr.To[int64](50)})
 	createUser(t, e.Client, ns, "x", "pool")
@@ -394,7 +397,7 @@ func TestSharedQuotaPoolsUsage(t *testing.T) {
 
 func TestSeedFromStatusRestoresBudgets(t *testing.T) {
 	e := apiServer(t)
-	ns := newNamespace(t, e.Client)
+	ns := envtest.NewNamespace(t, e.Client, "usage")
 	dayTokens := []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowDay, Tokens: ptr.To[int64](1000)}}
 	poolLimits := []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowDay, Requests: ptr.To[int64](2)}}
 	createQuota(t, e.Client, ns, "solo", llmv1alpha1.ScopePerUser, dayTokens...)
@@ -464,7 +467,7 @@ func TestSeedFromStatusRestoresBudgets(t *testing.T) {
 
 func TestStartFlushesPeriodically(t *testing.T) {
 	e := apiServer(t)
-	ns := newNamespace(t, e.Client)
+	ns := envtest.NewNamespace(t, e.Client, "usage")
 	createQuota(t, e.Client, ns, "q", llmv1alpha1.ScopePerUser)
 	createUser(t, e.Client, ns, "u", "q")
 
@@ -477,20 +480,16 @@ func TestStartFlushesPeriodically(t *testing.T) {
 	go func() { done <- r.Start(ctx) }()
 
 	r.Charge(Charge{Namespace: ns, User: "u", Quota: "q", Amount: quota.Amount{Requests: 1, InputTokens: 3}})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	poll.Until(t, 10*time.Second, func() error {
 		u := getUser(t, e.Client, ns, "u")
-		if u.Status.Lifetime != nil {
-			if u.Status.Lifetime.InputTokens != 3 || len(u.Status.Usage) != 0 {
-				t.Errorf("lifetime %+v usage %+v, want 3 input tokens and no windows (no limits)", u.Status.Lifetime, u.Status.Usage)
-			}
-			break
+		if u.Status.Lifetime == nil {
+			return errors.New("Start did not flush yet")
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("Start did not flush within 10s")
+		if u.Status.Lifetime.InputTokens != 3 || len(u.Status.Usage) != 0 {
+			t.Fatalf("lifetime %+v usage %+v, want 3 input tokens and no windows (no limits)", u.Status.Lifetime, u.Status.Usage)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Start returned %v", err)
@@ -500,7 +499,7 @@ func TestStartFlushesPeriodically(t *testing.T) {
 func TestLoadOneWritePerUser(t *testing.T) {
 	const users, chargesEach = 1000, 5
 	e := apiServer(t)
-	ns := newNamespace(t, e.Client)
+	ns := envtest.NewNamespace(t, e.Client, "usage")
 	createQuota(t, e.Client, ns, "q", llmv1alpha1.ScopePerUser,
 		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowHour, Tokens: ptr.To[int64](1 << 20)},
 		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowDay, Requests: ptr.To[int64](1000)})

@@ -2,16 +2,13 @@ package usage
 
 import (
 	"context"
-	"fmt"
 	clocktesting "k8s.io/utils/clock/testing"
 	"os"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -32,7 +29,6 @@ var (
 	envOnce sync.Once
 	env     *envtest.Env
 	envErr  error
-	nsSeq   atomic.Int64
 )
 
 func TestMain(m *testing.M) {
@@ -50,15 +46,6 @@ func apiServer(t *testing.T) *envtest.Env {
 		t.Fatal(envErr)
 	}
 	return env
-}
-
-func newNamespace(t *testing.T, c client.Client) string {
-	t.Helper()
-	name := fmt.Sprintf("usage-%d-%d", nsSeq.Add(1), time.Now().UnixNano()%100000)
-	if err := c.Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil {
-		t.Fatal(err)
-	}
-	return name
 }
 
 func createQuota(t *testing.T, c client.Client, ns, name string, scope llmv1alpha1.QuotaScope, limits ...llmv1alpha1.QuotaLimit) {

@@ -52,17 +52,6 @@ func samplesDir() string {
 	return filepath.Join(envtest.RepoRoot(), "config", "samples")
 }
 
-// newNamespace creates a namespace for one check, so checks never see each
-// other's objects. envtest runs no namespace controller, so it is not deleted.
-func newNamespace(t *testing.T, env *envtest.Env, name string) string {
-	t.Helper()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
-	if err := env.Client.Create(t.Context(), ns); err != nil {
-		t.Fatalf("creating namespace %s: %v", name, err)
-	}
-	return name
-}
-
 // decode reads a YAML manifest into an unstructured object.
 func decode(t *testing.T, data []byte) *unstructured.Unstructured {
 	t.Helper()
@@ -87,7 +76,7 @@ func create(ctx context.Context, env *envtest.Env, u *unstructured.Unstructured,
 // testSamples applies every LLMQuota and LLMUser sample, and checks that the
 // Pod sample and kustomization.yaml agree with them.
 func testSamples(t *testing.T, env *envtest.Env) {
-	ns := newNamespace(t, env, "samples")
+	ns := envtest.NewNamespace(t, env.Client, "samples")
 	files, err := filepath.Glob(filepath.Join(samplesDir(), "*.yaml"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no samples in %s: %v", samplesDir(), err)
@@ -193,7 +182,7 @@ var fieldPathPrefix = regexp.MustCompile(`^[A-Za-z][\w.\[\]]*: `)
 // with the message fragment its first line names, field path included: the
 // message is what a user reads in kubectl's output, so it is the contract.
 func testInvalid(t *testing.T, env *envtest.Env) {
-	ns := newNamespace(t, env, "invalid")
+	ns := envtest.NewNamespace(t, env.Client, "invalid")
 	files, err := filepath.Glob(filepath.Join("testdata", "invalid", "*.yaml"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no fixtures in testdata/invalid: %v", err)
@@ -227,7 +216,7 @@ func testInvalid(t *testing.T, env *envtest.Env) {
 // testDefaults creates the smallest valid objects and reads back the defaults
 // the API documents, and checks that values a user sets are not overwritten.
 func testDefaults(t *testing.T, env *envtest.Env) {
-	ns := newNamespace(t, env, "defaults")
+	ns := envtest.NewNamespace(t, env.Client, "defaults")
 	ctx := t.Context()
 
 	t.Run("LLMQuota", func(t *testing.T) {
@@ -325,7 +314,7 @@ func ptrString[T any](p *T) string {
 // separate endpoints: the operator's status writes cannot undo a user's spec
 // edit, and a user's kubectl edit cannot forge usage.
 func testStatusSubresource(t *testing.T, env *envtest.Env) {
-	ns := newNamespace(t, env, "status")
+	ns := envtest.NewNamespace(t, env.Client, "status")
 	now := time.Now().UTC().Truncate(time.Second)
 	for _, tc := range []struct {
 		kind, manifest string
@@ -485,7 +474,7 @@ func testKubectl(t *testing.T, env *envtest.Env) {
 	if _, err := exec.LookPath("kubectl"); err != nil {
 		t.Skip("kubectl is not on PATH")
 	}
-	ns := newNamespace(t, env, "kubectl")
+	ns := envtest.NewNamespace(t, env.Client, "kubectl")
 	cacheDir := t.TempDir()
 	kubectl := func(t *testing.T, args ...string) string {
 		t.Helper()

@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/poll"
 	"github.com/llm-user-operator/llm-user-operator/test/harness"
 )
 
@@ -176,9 +177,9 @@ func (s *suite) testSuspend(t *testing.T) {
 	}
 	s.setSuspended(t, a, true)
 	var refused error
-	harness.Eventually(t, 5*time.Second, func() (bool, string) {
+	poll.Until(t, 5*time.Second, func() error {
 		_, refused = a.Client.Chat.Completions.New(t.Context(), chatParams("Hello"))
-		return refused != nil, "the suspended user's request still succeeds"
+		return poll.Check(refused != nil, "the suspended user's request still succeeds")
 	})
 	e := harness.RequireAPIError(t, refused, http.StatusUnauthorized)
 	if e.Code != "invalid_api_key" || !strings.Contains(e.Message, "suspended") {
@@ -186,9 +187,9 @@ func (s *suite) testSuspend(t *testing.T) {
 	}
 	// The operator learns of the suspension from its own watch, which may
 	// be a moment behind the proxy's.
-	harness.Eventually(t, 5*time.Second, func() (bool, string) {
+	poll.Until(t, 5*time.Second, func() error {
 		code, body := s.refresh(t, a.Env["OPENAI_BASE_URL"], a.Env["OPENAI_API_KEY"])
-		return code == http.StatusUnauthorized, fmt.Sprintf("refresh while suspended: %d %s, want 401", code, body)
+		return poll.Check(code == http.StatusUnauthorized, fmt.Sprintf("refresh while suspended: %d %s, want 401", code, body))
 	})
 	s.WaitUser(t, a, func(u *llmv1alpha1.LLMUser) (bool, string) {
 		c := meta.FindStatusCondition(u.Status.Conditions, llmv1alpha1.ConditionReady)
@@ -196,9 +197,9 @@ func (s *suite) testSuspend(t *testing.T) {
 	})
 
 	s.setSuspended(t, a, false)
-	harness.Eventually(t, 5*time.Second, func() (bool, string) {
+	poll.Until(t, 5*time.Second, func() error {
 		_, err := a.Client.Chat.Completions.New(t.Context(), chatParams("Hello"))
-		return err == nil, "the same token still refused after the suspension was lifted"
+		return poll.Check(err == nil, "the same token still refused after the suspension was lifted")
 	})
 }
 
@@ -242,9 +243,9 @@ func (s *suite) testUnauthenticated(t *testing.T) {
 			t.Fatal(err)
 		}
 		var refused error
-		harness.Eventually(t, 5*time.Second, func() (bool, string) {
+		poll.Until(t, 5*time.Second, func() error {
 			_, refused = a.Client.Chat.Completions.New(t.Context(), chatParams("Hello"))
-			return refused != nil, "the deleted user's token still works"
+			return poll.Check(refused != nil, "the deleted user's token still works")
 		})
 		harness.RequireAPIError(t, refused, http.StatusUnauthorized)
 	})

@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"errors"
 	"net/http"
 	"regexp"
 	"strings"
@@ -16,6 +17,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/envtest"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/poll"
 )
 
 // Account is an LLMUser with its quota, as the operator left it: the token
@@ -46,8 +49,7 @@ func (a *Account) APIKey() string {
 func (e *Env) NewAccount(t testing.TB, q llmv1alpha1.LLMQuotaSpec) *Account {
 	t.Helper()
 	ctx := t.Context()
-	ns := e.NamespaceFor(t)
-	e.MustCreate(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
+	ns := envtest.NewNamespace(t, e.Client, e.namespacePrefix(t))
 	e.MustCreate(t, &llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "quota"}, Spec: q})
 	e.MustCreate(t, &llmv1alpha1.LLMUser{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: UserName},
@@ -56,19 +58,19 @@ func (e *Env) NewAccount(t testing.TB, q llmv1alpha1.LLMQuotaSpec) *Account {
 
 	a := &Account{Namespace: ns, Name: UserName}
 	var sec corev1.Secret
-	Eventually(t, 30*time.Second, func() (bool, string) {
+	poll.Until(t, 30*time.Second, func() error {
 		var cur llmv1alpha1.LLMUser
 		if err := e.Client.Get(ctx, a.Key(), &cur); err != nil {
-			return false, err.Error()
+			return err
 		}
 		if !meta.IsStatusConditionTrue(cur.Status.Conditions, llmv1alpha1.ConditionReady) {
-			return false, "LLMUser not Ready: " + ToJSON(cur.Status.Conditions)
+			return errors.New("LLMUser not Ready: " + ToJSON(cur.Status.Conditions))
 		}
 		// The default Secret name, which pods' envFrom refer to.
 		if err := e.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: UserName + "-llm-token"}, &sec); err != nil {
-			return false, err.Error()
+			return err
 		}
-		return len(sec.Data["OPENAI_API_KEY"]) > 0, "Secret has no OPENAI_API_KEY yet"
+		return poll.Check(len(sec.Data["OPENAI_API_KEY"]) > 0, "Secret has no OPENAI_API_KEY yet")
 	})
 	a.Env = map[string]string{}
 	for k, v := range sec.Data {
@@ -97,13 +99,13 @@ func NewClient(baseURL, apiKey string) openai.Client {
 
 var notDNS = regexp.MustCompile(`[^a-z0-9]+`)
 
-// NamespaceFor names a namespace after the subtest, so that a failure's
-// objects are easy to find in the logs: with the prefix "e2e",
-// TestE2E/Models/Allowed uses e2e-models-allowed.
-func (e *Env) NamespaceFor(t testing.TB) string {
+// namespacePrefix names an account's namespace after the subtest, so that a
+// failure's objects are easy to find in the logs: with the prefix "e2e",
+// TestE2E/Models/Allowed uses e2e-models-allowed-<n>-<digits>.
+func (e *Env) namespacePrefix(t testing.TB) string {
 	_, name, _ := strings.Cut(t.Name(), "/")
 	name = strings.Trim(notDNS.ReplaceAllString(strings.ToLower(name), "-"), "-")
-	return e.NamespacePrefix + "-" + name[:min(len(name), 50)]
+	return e.NamespacePrefix + "-" + strings.Trim(name[:min(len(name), 40)], "-")
 }
 
 // MustCreate creates obj, failing t if it cannot.

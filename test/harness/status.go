@@ -5,34 +5,13 @@ import (
 	"fmt"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/openai/openai-go/v3"
 	"k8s.io/utils/ptr"
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/poll"
 )
-
-// Eventually polls cond every 100ms until it holds, failing t with cond's
-// last explanation after timeout.
-func Eventually(t testing.TB, timeout time.Duration, cond func() (ok bool, why string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, why := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not true after %s: %s", timeout, why)
-		}
-		select {
-		case <-t.Context().Done():
-			t.Fatalf("test ended while waiting: %s", why)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
 
 // ReadStatus returns the account's LLMUser status as the API server has it.
 func (e *Env) ReadStatus(t testing.TB, a *Account) llmv1alpha1.LLMUserStatus {
@@ -49,12 +28,12 @@ func (e *Env) ReadStatus(t testing.TB, a *Account) llmv1alpha1.LLMUserStatus {
 func (e *Env) WaitUser(t testing.TB, a *Account, cond func(u *llmv1alpha1.LLMUser) (bool, string)) *llmv1alpha1.LLMUser {
 	t.Helper()
 	var u llmv1alpha1.LLMUser
-	Eventually(t, e.FlushWait, func() (bool, string) {
+	poll.Until(t, e.FlushWait, func() error {
 		if err := e.Client.Get(t.Context(), a.Key(), &u); err != nil {
-			return false, err.Error()
+			return err
 		}
 		ok, why := cond(&u)
-		return ok, why + "; status: " + ToJSON(u.Status)
+		return poll.Check(ok, why+"; status: "+ToJSON(u.Status))
 	})
 	return &u
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/openai/openai-go/v3"
 
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/poll"
 	"github.com/llm-user-operator/llm-user-operator/internal/testutil/redisserver"
 	"github.com/llm-user-operator/llm-user-operator/test/harness"
 )
@@ -77,9 +78,9 @@ func (s *suite) testSpentBudgetSurvivesRedisRestart(t *testing.T) {
 
 	rs.Restart()
 	// Until the proxy's client dials Redis again, it answers 503.
-	harness.Eventually(t, 15*time.Second, func() (bool, string) {
+	poll.Until(t, 15*time.Second, func() error {
 		refusal = send()
-		return refusal == nil || refusal.StatusCode != http.StatusServiceUnavailable, "503 while the proxy reconnects to Redis"
+		return poll.Check(refusal == nil || refusal.StatusCode != http.StatusServiceUnavailable, "503 while the proxy reconnects to Redis")
 	})
 	if refusal == nil {
 		// Measure the hole: how much more the user gets.
@@ -170,16 +171,16 @@ func (s *suite) redisOutage(t *testing.T, failOpen bool) {
 	t.Cleanup(stopLoad)
 
 	began := time.Now()
-	harness.Eventually(t, 15*time.Second, func() (bool, string) {
+	poll.Until(t, 15*time.Second, func() error {
 		_, ok := ld.count(began)
-		return ok >= 10, fmt.Sprintf("%d requests answered before the outage, want 10", ok)
+		return poll.Check(ok >= 10, fmt.Sprintf("%d requests answered before the outage, want 10", ok))
 	})
 
 	rs.Stop()
 	stopped := time.Now()
-	harness.Eventually(t, 15*time.Second, func() (bool, string) {
+	poll.Until(t, 15*time.Second, func() error {
 		ended, _ := ld.count(stopped)
-		return ended >= 10, fmt.Sprintf("%d requests made during the outage, want 10", ended)
+		return poll.Check(ended >= 10, fmt.Sprintf("%d requests made during the outage, want 10", ended))
 	})
 	scraping := time.Now()
 	m := harness.Scrape(t, p.MetricsURL)
@@ -206,14 +207,14 @@ func (s *suite) redisOutage(t *testing.T, failOpen bool) {
 	// dial errors go-redis probes the server once a second until it
 	// answers. Redis is back for the proxy when the proxy says so.
 	var recovered time.Time
-	harness.Eventually(t, 15*time.Second, func() (bool, string) {
+	poll.Until(t, 15*time.Second, func() error {
 		v, _ := harness.Scrape(t, p.MetricsURL).Value("llm_proxy_counter_available")
 		recovered = time.Now()
-		return v == 1, fmt.Sprintf("llm_proxy_counter_available = %v with Redis back, want 1", v)
+		return poll.Check(v == 1, fmt.Sprintf("llm_proxy_counter_available = %v with Redis back, want 1", v))
 	})
-	harness.Eventually(t, 15*time.Second, func() (bool, string) {
+	poll.Until(t, 15*time.Second, func() error {
 		_, ok := ld.count(recovered)
-		return ok >= 10, fmt.Sprintf("%d requests answered after Redis came back, want 10", ok)
+		return poll.Check(ok >= 10, fmt.Sprintf("%d requests answered after Redis came back, want 10", ok))
 	})
 	stopLoad()
 

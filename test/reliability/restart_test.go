@@ -12,6 +12,7 @@ import (
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/poll"
 	"github.com/llm-user-operator/llm-user-operator/test/harness"
 )
 
@@ -90,9 +91,9 @@ func (s *suite) testRestart(t *testing.T) {
 	// The slow simulator serves this test alone: when it runs them all,
 	// every request is inside the proxy, past accept and reading, so the
 	// shutdown cannot refuse any of them.
-	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+	poll.Until(t, 30*time.Second, func() error {
 		running, _ := harness.Scrape(t, s.slow.URL+"/metrics").Value("vllm:num_requests_running")
-		return running == streams+plain, "the simulator runs " + strconv.FormatFloat(running, 'f', -1, 64) + " requests, want " + strconv.Itoa(streams+plain)
+		return poll.Check(running == streams+plain, "the simulator runs "+strconv.FormatFloat(running, 'f', -1, 64)+" requests, want "+strconv.Itoa(streams+plain))
 	})
 	if st := s.ReadStatus(t, a); st.Lifetime != nil {
 		t.Fatalf("status holds usage before the shutdown (%s): the test cannot tell the final flush's work", harness.ToJSON(st.Lifetime))

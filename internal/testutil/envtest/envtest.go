@@ -11,8 +11,12 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -111,5 +115,29 @@ func (e *Env) Stop() {
 	_ = e.env.Stop()
 	if e.dir != "" {
 		_ = os.RemoveAll(e.dir)
+	}
+}
+
+var nsSeq atomic.Int64
+
+// NewNamespace creates a namespace of its own for one test, named prefix, a
+// sequence number and a few digits of the clock (so that suites sharing an
+// API server never collide), and returns its name. envtest runs no namespace
+// controller, so it is never deleted: tests must not rely on that.
+func NewNamespace(t testing.TB, c client.Client, prefix string) string {
+	t.Helper()
+	name := fmt.Sprintf("%s-%d-%d", prefix, nsSeq.Add(1), time.Now().UnixNano()%100000)
+	if err := c.Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil {
+		t.Fatalf("creating namespace %s: %v", name, err)
+	}
+	return name
+}
+
+// EnsureNamespace creates the namespace name unless it exists.
+func EnsureNamespace(t testing.TB, c client.Client, name string) {
+	t.Helper()
+	err := c.Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
+	if client.IgnoreAlreadyExists(err) != nil {
+		t.Fatalf("creating namespace %s: %v", name, err)
 	}
 }
