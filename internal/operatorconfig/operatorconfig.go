@@ -117,6 +117,10 @@ type Proxy struct {
 	// ServiceMonitor is auto (created when the monitoring.coreos.com CRDs
 	// are installed), true or false. Default auto.
 	ServiceMonitor Switch `json:"serviceMonitor,omitempty"`
+	// ServiceMonitorLabels are added to the ServiceMonitor, for a Prometheus
+	// that selects ServiceMonitors by label (kube-prometheus-stack's
+	// release: <name>).
+	ServiceMonitorLabels map[string]string `json:"serviceMonitorLabels,omitempty"`
 	// NetworkPolicy admits clients to the API port and Prometheus to the
 	// metrics port, and nothing else.
 	NetworkPolicy NetworkPolicy `json:"networkPolicy,omitempty"`
