@@ -501,8 +501,10 @@ func TestProxyDisabledRemovesEverything(t *testing.T) {
 			err := getObject(t, g.ns, g.name, g.obj)
 			if apierrors.IsNotFound(err) {
 				return nil
+			} else if err != nil {
+				return err
 			}
-			return fmt.Errorf("%T %s still there (%v)", g.obj, g.name, err)
+			return fmt.Errorf("%T %s still there", g.obj, g.name)
 		})
 	}
 }

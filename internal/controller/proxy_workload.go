@@ -24,8 +24,8 @@ import (
 	policyv1ac "k8s.io/client-go/applyconfigurations/policy/v1"
 	rbacv1ac "k8s.io/client-go/applyconfigurations/rbac/v1"
 
-	proxyrbac "github.com/llm-user-operator/llm-user-operator/config/rbac/proxy"
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	proxyrbac "github.com/llm-user-operator/llm-user-operator/config/rbac/proxy"
 	"github.com/llm-user-operator/llm-user-operator/internal/operatorconfig"
 )
 

@@ -37,22 +37,22 @@ type Options struct {
 	// RestConfig reaches the API server; nil loads the usual kubeconfig chain.
 	RestConfig *rest.Config
 
-	MetricsAddr        string // "0" disables
-	ProbeAddr          string
-	RefreshAddr        string // serves POST /auth/refresh; "" or "0" disables
-	LeaderElection     bool
-	LeaderElectionID   string
-	Namespace          string // the operator's own namespace: keys Secret and JWKS ConfigMap
-	SigningKeysSecret  string
-	JWKSConfigMap      string
-	KeyRotationPeriod  time.Duration
-	Issuer             string
-	Audience           string
-	ProxyBaseURL       string // OPENAI_BASE_URL written into every token Secret
+	MetricsAddr       string // "0" disables
+	ProbeAddr         string
+	RefreshAddr       string // serves POST /auth/refresh; "" or "0" disables
+	LeaderElection    bool
+	LeaderElectionID  string
+	Namespace         string // the operator's own namespace: keys Secret and JWKS ConfigMap
+	SigningKeysSecret string
+	JWKSConfigMap     string
+	KeyRotationPeriod time.Duration
+	Issuer            string
+	Audience          string
+	ProxyBaseURL      string // OPENAI_BASE_URL written into every token Secret
 	// Config is the operator's configuration file; with it the operator
 	// runs the proxy workload it describes. Nil runs none (tests of other
 	// controllers).
-	Config *operatorconfig.OperatorConfig
+	Config             *operatorconfig.OperatorConfig
 	GracefulShutdown   time.Duration
 	SkipNameValidation bool // tests start several managers in one process
 	Clock              clock.Clock
@@ -124,7 +124,7 @@ func Run(ctx context.Context, o Options) error {
 		LeaderElectionNamespace: o.Namespace,
 		GracefulShutdownTimeout: &o.GracefulShutdown,
 		Controller:              ctrlConfig(o.SkipNameValidation),
-		Cache: cache.Options{ByObject: cacheByObject(o.Namespace, managed)},
+		Cache:                   cache.Options{ByObject: cacheByObject(o.Namespace, managed)},
 	})
 	if err != nil {
 		return fmt.Errorf("creating manager: %w", err)

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -50,6 +51,9 @@ type Options struct {
 	// can write it: its flush interval, API-server latency, and slack for
 	// a loaded machine.
 	FlushWait time.Duration
+	// ControllerManager runs kube-controller-manager beside the API server
+	// ([Env.StartControllerManager]).
+	ControllerManager bool
 }
 
 // Env is a running API server with the operator's namespace, and the
@@ -63,6 +67,12 @@ type Env struct {
 	Kubeconfig string
 	// ManagerBin and ProxyBin are the binaries built from ./cmd.
 	ManagerBin, ProxyBin string
+
+	api          *envtest.Env
+	managerOnce  sync.Once
+	managerKC    string
+	podsMu       sync.Mutex
+	templatesRun map[string]bool // Deployments a pod was started from
 }
 
 // Start builds the manager and the proxy while it starts an API server,
@@ -86,14 +96,20 @@ func Start(t testing.TB, o Options) *Env {
 	if err := env.Client.Create(t.Context(), ns); err != nil {
 		t.Fatalf("creating namespace %s: %v", OperatorNamespace, err)
 	}
-	return &Env{
-		Options:    o,
-		Client:     env.Client,
-		RestConfig: env.Config,
-		Kubeconfig: env.Kubeconfig,
-		ManagerBin: filepath.Join(bin, "manager"),
-		ProxyBin:   filepath.Join(bin, "proxy"),
+	e := &Env{
+		Options:      o,
+		Client:       env.Client,
+		RestConfig:   env.Config,
+		Kubeconfig:   env.Kubeconfig,
+		ManagerBin:   filepath.Join(bin, "manager"),
+		ProxyBin:     filepath.Join(bin, "proxy"),
+		api:          env,
+		templatesRun: map[string]bool{},
 	}
+	if o.ControllerManager {
+		e.StartControllerManager(t)
+	}
+	return e
 }
 
 // Build compiles the manager and the proxy exactly as shipped into dir, as
