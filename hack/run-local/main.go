@@ -231,6 +231,9 @@ func run(o options) error {
 	if err := waitHTTP(ctx, pod.ReadinessURL, 2*time.Minute); err != nil {
 		return fmt.Errorf("proxy not ready (%w); logs in %s", err, state)
 	}
+	if err := markReady(ctx, c, d); err != nil {
+		fmt.Fprintln(os.Stderr, "run-local: the proxy Deployment will not show as available:", err)
+	}
 	_ = kubectl("get", "llmusers,llmquotas", "-n", "default")
 	fmt.Printf(`
 Everything is up (logs in %[1]s; the proxy runs the reconciled Deployment's
@@ -320,6 +323,18 @@ func staleness(ctx context.Context, c client.Client, d *appsv1.Deployment, cfg *
 		return "upstreams are not yet " + strings.Join(cfg.Proxy.Upstreams, ", ")
 	}
 	return ""
+}
+
+// markReady reports a pod of the proxy's ReplicaSet ready, as the kubelet
+// would for the process running in its place.
+func markReady(ctx context.Context, c client.Client, d *appsv1.Deployment) error {
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		name, err := podtemplate.MarkReady(ctx, c, d, time.Now())
+		if err != nil || name != "" {
+			return err
+		}
+	}
+	return errors.New("kube-controller-manager made no pod for the current ReplicaSet")
 }
 
 // syncVolumes re-reads the proxy's ConfigMap volumes every few seconds, as

@@ -71,6 +71,7 @@ func TestE2E(t *testing.T) {
 		t.Run("Refresh", s.testRefresh)
 		t.Run("ProxyCannotReadSecrets", s.testProxyCannotReadSecrets)
 		t.Run("DeletedUserSecretCollected", s.testDeletedUserSecretCollected)
+		t.Run("KubectlShowsProxyStatus", s.testKubectlShowsProxyStatus)
 	})
 	// Alone at the end: it restarts the operator with another configuration.
 	t.Run("ConfigChangeRollsOutProxy", s.testConfigChangeRollsOutProxy)

@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,6 +125,37 @@ func (s *suite) testConfigChangeRollsOutProxy(t *testing.T) {
 	c := harness.NewClient(p.BaseURL, a.APIKey())
 	if _, err := c.Chat.Completions.New(t.Context(), chatParams("Hello")); err != nil {
 		t.Fatalf("a request through the proxy of the new template: %v", err)
+	}
+	// Its pod reported ready, the rollout completes: the old ReplicaSet is
+	// scaled down and the Deployment is available on the new one.
+	poll.Until(t, gcWait, func() error {
+		var old appsv1.ReplicaSet
+		if err := s.Client.Get(t.Context(), client.ObjectKeyFromObject(&rs[0]), &old); err != nil {
+			return err
+		}
+		return poll.Check(old.Spec.Replicas != nil && *old.Spec.Replicas == 0, fmt.Sprintf("the old ReplicaSet still wants %v pods", old.Spec.Replicas))
+	})
+	out := s.Kubectl(t, "rollout", "status", "deployment/"+after.Name, "-n", after.Namespace, "--timeout=60s")
+	if !strings.Contains(out, "successfully rolled out") {
+		t.Errorf("kubectl rollout status: %s", out)
+	}
+}
+
+// testKubectlShowsProxyStatus: an admin sees with kubectl whether the proxy
+// is available (the deployment controller's condition, from the pod the
+// harness reported ready) and whether the operator applied its
+// configuration as given (the operator's condition, with the reason).
+func (s *suite) testKubectlShowsProxyStatus(t *testing.T) {
+	t.Parallel()
+	out := s.Kubectl(t, "get", "deployment", "llm-user-proxy", "-n", harness.OperatorNamespace, "-o",
+		`jsonpath={range .status.conditions[*]}{.type}={.status}/{.reason}{"\n"}{end}`)
+	for _, want := range []string{"Available=True/MinimumReplicasAvailable", "Reconciled=True/Applied"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("kubectl shows the conditions\n%s\nwithout %s", out, want)
+		}
+	}
+	if out := s.Kubectl(t, "get", "deployment", "llm-user-proxy", "-n", harness.OperatorNamespace); !strings.Contains(out, "1/1") {
+		t.Errorf("kubectl get deployment:\n%s\nwant 1/1 ready", out)
 	}
 }
 

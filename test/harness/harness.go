@@ -72,7 +72,7 @@ type Env struct {
 	managerOnce  sync.Once
 	managerKC    string
 	podsMu       sync.Mutex
-	templatesRun map[string]bool // Deployments a pod was started from
+	templatesRun map[string]bool // templates (namespace/name/generation) a pod was started from
 }
 
 // Start builds the manager and the proxy while it starts an API server,

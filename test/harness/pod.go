@@ -5,20 +5,26 @@ import (
 	"net"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/poll"
 	"github.com/llm-user-operator/llm-user-operator/test/harness/podtemplate"
 )
 
 // Pod is a pod template's container run as a local process, standing in
 // for what a kubelet would run; [podtemplate] says what differs. The first
-// pod of a Deployment keeps its container ports; later ones (another
-// replica) get free ports.
+// pod of a template keeps its container ports and, with
+// kube-controller-manager, is reported ready on a pod of the template's
+// ReplicaSet; later ones (more replicas) get free ports and no pod object.
 type Pod struct {
 	*Process
 	// Ports maps the container's named ports to local addresses.
 	Ports map[string]string
+	// Name is the pod of the Deployment's ReplicaSet reported ready in
+	// this process's place ("" without kube-controller-manager).
+	Name string
 
 	template *appsv1.Deployment
 	opts     podtemplate.Options
@@ -31,9 +37,11 @@ var podSeq atomic.Int64
 // readiness probe passes.
 func (e *Env) StartPod(t testing.TB, name string, d *appsv1.Deployment) *Pod {
 	t.Helper()
+	// A Deployment's generation names its template.
+	key := fmt.Sprintf("%s/%s/%d", d.Namespace, d.Name, d.Generation)
 	e.podsMu.Lock()
-	first := !e.templatesRun[d.Namespace+"/"+d.Name]
-	e.templatesRun[d.Namespace+"/"+d.Name] = true
+	first := !e.templatesRun[key]
+	e.templatesRun[key] = true
 	e.podsMu.Unlock()
 
 	o := podtemplate.Options{
@@ -56,7 +64,19 @@ func (e *Env) StartPod(t testing.TB, name string, d *appsv1.Deployment) *Pod {
 	}
 	p := StartProcessEnv(t, name, cmd.Path, cmd.Env, cmd.Args...)
 	p.WaitHTTP(t, cmd.ReadinessURL)
-	return &Pod{Process: p, Ports: cmd.Ports, template: d, opts: o}
+	pod := &Pod{Process: p, Ports: cmd.Ports, template: d, opts: o}
+	if e.ControllerManager && first {
+		// Report it ready as the kubelet would, on a pod the ReplicaSet made.
+		poll.Until(t, StartTimeout, func() error {
+			name, err := podtemplate.MarkReady(t.Context(), e.Client, d, time.Now())
+			if err != nil {
+				return err
+			}
+			pod.Name = name
+			return poll.Check(name != "", "no pending pod of "+d.Name+"'s current ReplicaSet to report ready")
+		})
+	}
+	return pod
 }
 
 // SyncVolumes rewrites the pod's ConfigMap volumes from the API server, as

@@ -33,10 +33,15 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -241,4 +246,75 @@ func resolveEnv(v corev1.EnvVar, o Options, spec *corev1.PodSpec, c *corev1.Cont
 		return strconv.FormatInt((q.Value()+div-1)/div, 10), nil
 	}
 	return "", errors.New("env " + v.Name + ": only values, fieldRef and resourceFieldRef can be resolved here")
+}
+
+// MarkReady does what the kubelet reports once a pod's readiness probe
+// passes: it sets Running and Ready on one not-yet-ready pod of d's current
+// ReplicaSet (created by kube-controller-manager's replicaset controller;
+// with no scheduler it is unscheduled), so that the Deployment's Available
+// condition and kubectl's READY column tell the truth about the process
+// running in its place. It returns the pod's name, or "" when there is no
+// such pod (no kube-controller-manager).
+func MarkReady(ctx context.Context, c client.Client, d *appsv1.Deployment, now time.Time) (string, error) {
+	var pods corev1.PodList
+	if err := c.List(ctx, &pods, client.InNamespace(d.Namespace), client.MatchingLabels(d.Spec.Selector.MatchLabels)); err != nil {
+		return "", err
+	}
+	hash, err := templateHash(ctx, c, d)
+	if err != nil || hash == "" {
+		return "", err
+	}
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.Labels[appsv1.DefaultDeploymentUniqueLabelKey] != hash || p.DeletionTimestamp != nil || isReady(p) {
+			continue
+		}
+		t := metav1.NewTime(now)
+		p.Status.Phase = corev1.PodRunning
+		p.Status.StartTime = &t
+		p.Status.PodIP, p.Status.PodIPs = "127.0.0.1", []corev1.PodIP{{IP: "127.0.0.1"}}
+		p.Status.Conditions = nil
+		for _, typ := range []corev1.PodConditionType{corev1.PodScheduled, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady} {
+			p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: typ, Status: corev1.ConditionTrue, LastTransitionTime: t})
+		}
+		p.Status.ContainerStatuses = nil
+		for _, ctr := range p.Spec.Containers {
+			p.Status.ContainerStatuses = append(p.Status.ContainerStatuses, corev1.ContainerStatus{
+				Name: ctr.Name, Image: ctr.Image, ImageID: ctr.Image, Ready: true, Started: ptr.To(true),
+				State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: t}},
+			})
+		}
+		if err := c.Status().Update(ctx, p); err != nil {
+			return "", err
+		}
+		return p.Name, nil
+	}
+	return "", nil
+}
+
+// templateHash is the pod-template-hash of the ReplicaSet the deployment
+// controller made for d's current template, "" if it has made none yet.
+func templateHash(ctx context.Context, c client.Client, d *appsv1.Deployment) (string, error) {
+	var sets appsv1.ReplicaSetList
+	if err := c.List(ctx, &sets, client.InNamespace(d.Namespace), client.MatchingLabels(d.Spec.Selector.MatchLabels)); err != nil {
+		return "", err
+	}
+	for _, rs := range sets.Items {
+		hash := rs.Labels[appsv1.DefaultDeploymentUniqueLabelKey]
+		tmpl := rs.Spec.Template.DeepCopy()
+		delete(tmpl.Labels, appsv1.DefaultDeploymentUniqueLabelKey)
+		if equality.Semantic.DeepEqual(*tmpl, d.Spec.Template) {
+			return hash, nil
+		}
+	}
+	return "", nil
+}
+
+func isReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
