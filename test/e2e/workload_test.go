@@ -30,7 +30,7 @@ const gcWait = 60 * time.Second
 func (s *suite) testProxyCannotReadSecrets(t *testing.T) {
 	t.Parallel()
 	a := s.NewAccount(t, harness.DayTokens(1000))
-	cfg, err := clientcmd.BuildConfigFromFlags("", s.ServiceAccountKubeconfig(t, harness.OperatorNamespace, "llm-user-proxy"))
+	cfg, err := clientcmd.BuildConfigFromFlags("", s.ServiceAccountKubeconfig(t, harness.OperatorNamespace, harness.ProxyServiceAccount))
 	if err != nil {
 		t.Fatal(err)
 	}

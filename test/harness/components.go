@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 
@@ -39,6 +40,9 @@ func (e *Env) StartSimulator(t testing.TB, name string, extra ...string) Simulat
 	p := StartProcess(t, name, SimulatorBinary(t), args...)
 	base := "http://" + addr
 	p.WaitHTTP(t, base+"/v1/models")
+	e.podsMu.Lock()
+	e.simulators = append(e.simulators, base)
+	e.podsMu.Unlock()
 	return Simulator{Process: p, URL: base}
 }
 
@@ -47,10 +51,13 @@ type ManagerConfig struct {
 	// ProxyBaseURL, if set, is written into every token Secret as
 	// OPENAI_BASE_URL, for suites that run their own proxies.
 	ProxyBaseURL string
-	// Proxy, if set, turns on the proxy workload the operator reconciles,
-	// for [Env.StartReconciledProxy]. It edits the harness's settings:
-	// free ports (the pods share this machine's network), the refresh URL
-	// of this manager, and the base URL of the proxy on loopback.
+	// Proxy edits the proxy workload the operator reconciles (for
+	// [Env.StartReconciledProxy], and the RBAC every proxy of the tests
+	// runs with). The harness's settings: the simulators started so far as
+	// upstreams, free ports (the pods share this machine's network), the
+	// refresh URL of this manager, and the base URL of the proxy on
+	// loopback (unless ProxyBaseURL is set). With no upstream at all the
+	// workload is off.
 	Proxy func(p *operatorconfig.Proxy)
 }
 
@@ -70,23 +77,32 @@ type Manager struct {
 func (e *Env) StartManager(t testing.TB, c ManagerConfig) Manager {
 	t.Helper()
 	probe, refresh := FreeAddr(t), FreeAddr(t)
+	port, metrics := FreeAddr(t), FreeAddr(t)
+	e.podsMu.Lock()
+	upstreams := slices.Clone(e.simulators)
+	e.podsMu.Unlock()
 	cfg := &operatorconfig.OperatorConfig{
 		TypeMeta: metav1.TypeMeta{APIVersion: operatorconfig.APIVersion, Kind: operatorconfig.Kind},
 		Issuer:   e.Issuer,
 		Audience: Audience,
-		Proxy:    operatorconfig.Proxy{Enabled: ptr.To(false), BaseURL: c.ProxyBaseURL},
-	}
-	if c.Proxy != nil {
-		port, metrics := FreeAddr(t), FreeAddr(t)
-		cfg.Proxy = operatorconfig.Proxy{
+		Proxy: operatorconfig.Proxy{
 			Image:          "ghcr.io/llm-user-operator/llm-user-operator:test",
+			Upstreams:      upstreams,
 			Port:           int32(mustAtoi(t, Port(port))),
 			MetricsPort:    int32(mustAtoi(t, Port(metrics))),
 			RefreshURL:     "http://" + refresh + "/auth/refresh",
 			BaseURL:        "http://" + port + "/v1",
 			ServiceMonitor: operatorconfig.SwitchOff,
-		}
+		},
+	}
+	if c.ProxyBaseURL != "" {
+		cfg.Proxy.BaseURL = c.ProxyBaseURL
+	}
+	if c.Proxy != nil {
 		c.Proxy(&cfg.Proxy)
+	}
+	if len(cfg.Proxy.Upstreams) == 0 {
+		cfg.Proxy.Enabled = ptr.To(false)
 	}
 	data, err := yaml.Marshal(cfg)
 	if err != nil {
@@ -106,7 +122,15 @@ func (e *Env) StartManager(t testing.TB, c ManagerConfig) Manager {
 	}
 	p := StartProcess(t, "manager", e.ManagerBin, args...)
 	p.WaitHTTP(t, "http://"+probe+"/readyz")
-	return Manager{Process: p, RefreshURL: "http://" + refresh + "/auth/refresh", Config: cfg}
+	m := Manager{Process: p, RefreshURL: "http://" + refresh + "/auth/refresh", Config: cfg}
+	if cfg.Proxy.Enabled == nil || *cfg.Proxy.Enabled {
+		// The proxies of the tests run with the RBAC it reconciles.
+		e.ProxyDeployment(t, m)
+		e.podsMu.Lock()
+		e.proxyRBAC = true
+		e.podsMu.Unlock()
+	}
+	return m
 }
 
 func mustAtoi(t testing.TB, s string) int {
@@ -168,7 +192,9 @@ type Proxy struct {
 type ProxyConfig struct {
 	// Listen is the API address; empty picks a free one.
 	Listen string
-	// Kubeconfig defaults to e's, straight to the API server.
+	// Kubeconfig defaults to the identity of the proxy's ServiceAccount,
+	// with the RBAC the operator reconciled for it, once a manager has
+	// reconciled the proxy workload; before that, to e's admin one.
 	Kubeconfig string
 	// Upstream is the simulator's base URL.
 	Upstream string
@@ -185,7 +211,13 @@ func (e *Env) StartProxy(t testing.TB, name string, c ProxyConfig) Proxy {
 		c.Listen = FreeAddr(t)
 	}
 	if c.Kubeconfig == "" {
+		e.podsMu.Lock()
+		rbac := e.proxyRBAC
+		e.podsMu.Unlock()
 		c.Kubeconfig = e.Kubeconfig
+		if rbac {
+			c.Kubeconfig = e.ServiceAccountKubeconfig(t, OperatorNamespace, ProxyServiceAccount)
+		}
 	}
 	metricsAddr := FreeAddr(t)
 	args := append([]string{

@@ -72,6 +72,8 @@ type Env struct {
 	managerOnce  sync.Once
 	managerKC    string
 	podsMu       sync.Mutex
+	simulators   []string        // base URLs of the simulators started
+	proxyRBAC    bool            // a manager reconciled the proxy's RBAC
 	templatesRun map[string]bool // templates (namespace/name/generation) a pod was started from
 }
 

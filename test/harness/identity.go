@@ -10,6 +10,10 @@ import (
 // whose bindings the harness grants the manager process.
 const ManagerServiceAccount = "controller-manager"
 
+// ProxyServiceAccount is the proxy's ServiceAccount, as the operator names
+// it by default.
+const ProxyServiceAccount = "llm-user-proxy"
+
 // ServiceAccountKubeconfig returns a kubeconfig authenticating as the
 // ServiceAccount namespace/name: the user and groups a pod's token would
 // give it, authorized by RBAC alone. It stands in for the token the kubelet
