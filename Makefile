@@ -65,11 +65,17 @@ simulator: ## Build llm-d-inference-sim (the vLLM stand-in) into ./bin.
 kube-tools: ## Build the pinned kube-controller-manager and kubectl (v1.37.2, as kube-apiserver) into ./bin.
 	@hack/kube-tools.sh >/dev/null
 
+# Packages whose code runs concurrently: tested again under the race detector.
+RACE_PKGS := ./internal/proxy/... ./internal/quota/... ./internal/token/... ./internal/usage/... ./internal/proxyserver/...
+
 .PHONY: test
-test: manifests generate vet $(HELM) ## Run every test: unit, envtest (real API server), end-to-end.
+test: manifests generate vet $(HELM) ## Run every test: unit, envtest (real API server), end-to-end; the concurrent packages under -race; every benchmark once.
 	hack/install-deps.sh
-	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" LLM_SIM_BINARY="$$(hack/simulator.sh)" HELM="$(HELM)" \
-		KUBE_TOOLS_DIR="$$(hack/kube-tools.sh)" go test ./... -count=1 -timeout 30m
+	export KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" LLM_SIM_BINARY="$$(hack/simulator.sh)" HELM="$(HELM)" \
+		KUBE_TOOLS_DIR="$$(hack/kube-tools.sh)"; \
+	go test ./... -count=1 -timeout 30m && \
+	go test -race -count=1 -timeout 20m $(RACE_PKGS) && \
+	go test -run '^$$' -bench . -benchtime 1x -count=1 -timeout 10m ./...
 
 .PHONY: bench
 bench: build ## Run the proxy benchmark harness (not part of make test).
