@@ -69,6 +69,7 @@ func TestE2E(t *testing.T) {
 		t.Run("Suspend", s.testSuspend)
 		t.Run("Unauthenticated", s.testUnauthenticated)
 		t.Run("Refresh", s.testRefresh)
+		t.Run("Hostile", s.testHostile)
 		t.Run("ProxyCannotReadSecrets", s.testProxyCannotReadSecrets)
 		t.Run("DeletedUserSecretCollected", s.testDeletedUserSecretCollected)
 		t.Run("KubectlShowsProxyStatus", s.testKubectlShowsProxyStatus)
