@@ -1,10 +1,20 @@
 // Package harness runs the product as shipped, for the tests under test/
 // that drive it from outside: it builds the manager and proxy binaries from
 // ./cmd, starts a real kube-apiserver and etcd (internal/testutil/envtest),
-// llm-d-inference-sim standing in for vLLM, the operator and proxies as
-// separate processes, and gives the tests accounts (an LLMQuota and an
-// LLMUser with its token Secret) to reach them with the official OpenAI Go
-// SDK. Everything it starts is stopped when the test that started it ends.
+// optionally kube-controller-manager beside them, llm-d-inference-sim
+// standing in for vLLM, the operator and proxies as separate processes, and
+// gives the tests accounts (an LLMQuota and an LLMUser with its token
+// Secret) to reach them with the official OpenAI Go SDK. Everything it
+// starts is stopped when the test that started it ends.
+//
+// The processes run with the identities they would have in a cluster, not
+// the admin one: the operator as its ServiceAccount with what config/rbac
+// grants it, the proxies as theirs with the RBAC the operator reconciled
+// ([Env.ServiceAccountKubeconfig] stands in for the mounted token, passed as
+// --kubeconfig or KUBECONFIG). A proxy is either started from the operator's
+// reconciled Deployment ([Env.StartReconciledProxy], see package podtemplate
+// for what the harness does in the kubelet's place) or with flags of the
+// test's choosing ([Env.StartProxy]).
 //
 // It holds no assertions about the product beyond the few shared checkers
 // ([CheckCharged], [ErrorShape], [RequireAPIError]); those belong to the
