@@ -37,26 +37,27 @@ type Options struct {
 	// RestConfig reaches the API server; nil loads the usual kubeconfig chain.
 	RestConfig *rest.Config
 
-	MetricsAddr       string // "0" disables
-	ProbeAddr         string
-	RefreshAddr       string // serves POST /auth/refresh; "" or "0" disables
-	LeaderElection    bool
-	LeaderElectionID  string
-	Namespace         string // the operator's own namespace: keys Secret and JWKS ConfigMap
-	SigningKeysSecret string
-	JWKSConfigMap     string
-	KeyRotationPeriod time.Duration
-	Issuer            string
-	Audience          string
-	ProxyBaseURL      string // OPENAI_BASE_URL written into every token Secret
-	// Config is the operator's configuration file; with it the operator
-	// runs the proxy workload it describes. Nil runs none (tests of other
-	// controllers).
-	Config             *operatorconfig.OperatorConfig
+	MetricsAddr        string // "0" disables
+	ProbeAddr          string
+	RefreshAddr        string // serves POST /auth/refresh; "" or "0" disables
+	LeaderElection     bool
+	LeaderElectionID   string
+	Namespace          string // the operator's own namespace: keys Secret and JWKS ConfigMap
+	SigningKeysSecret  string
+	JWKSConfigMap      string
+	KeyRotationPeriod  time.Duration
+	Issuer             string
+	Audience           string
+	ProxyBaseURL       string // OPENAI_BASE_URL written into every token Secret
 	GracefulShutdown   time.Duration
 	SkipNameValidation bool // tests start several managers in one process
 	Clock              clock.Clock
 	Scheme             *runtime.Scheme
+
+	// Config is the operator's configuration file; with it the operator
+	// runs the proxy workload it describes. Nil runs none (tests of other
+	// controllers).
+	Config *operatorconfig.OperatorConfig
 }
 
 // Defaults fills unset options.
