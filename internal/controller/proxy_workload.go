@@ -317,6 +317,11 @@ func proxyArgs(in workloadInput) []string {
 		dur("upstream-header-timeout", p.Timeouts.UpstreamHeader.Duration),
 		dur("stream-idle-timeout", p.Timeouts.StreamIdle.Duration),
 	)
+	// The proxy reads its limit from the cgroup too; saying it keeps the Go
+	// runtime's soft limit right where the cgroup is not mounted as usual.
+	if m, ok := p.Resources.Limits[corev1.ResourceMemory]; ok {
+		args = append(args, "--memory-limit="+m.String())
+	}
 	return append(args, p.ExtraArgs...)
 }
 
