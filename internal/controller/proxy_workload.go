@@ -308,6 +308,7 @@ func proxyArgs(in workloadInput) []string {
 		"--status-write-rate="+strconv.Itoa(int(p.StatusWriteRate)),
 		dur("shutdown-grace", p.ShutdownGrace.Duration),
 		"--metrics-user-label="+strconv.FormatBool(*p.Metrics.UserLabel),
+		"--metrics-user-budgets="+p.Metrics.UserBudgets,
 		"--max-request-body="+strconv.FormatInt(p.Limits.MaxRequestBody, 10),
 		"--max-body-memory="+strconv.FormatInt(p.Limits.MaxBodyMemory, 10),
 		"--default-max-tokens="+strconv.FormatInt(p.Limits.DefaultMaxTokens, 10),
