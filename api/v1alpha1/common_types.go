@@ -119,6 +119,10 @@ const (
 	ReasonSuspended = "Suspended"
 	// ReasonSigningKeyUnavailable means the operator has no signing key yet.
 	ReasonSigningKeyUnavailable = "SigningKeyUnavailable"
+	// ReasonSecretConflict means spec.token.secretName names a Secret that is
+	// not this user's (another owner's, nobody's, or the operator's signing
+	// keys): the operator neither overwrites nor adopts it.
+	ReasonSecretConflict = "SecretConflict"
 	// ReasonWithinLimits means no window is exhausted.
 	ReasonWithinLimits = "WithinLimits"
 	// ReasonLimitReached means a window is exhausted until its reset.

@@ -3,6 +3,8 @@ package controller
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -42,6 +44,9 @@ const (
 // QuotaRefIndex indexes LLMUsers by spec.quotaRef.name.
 const QuotaRefIndex = "spec.quotaRef.name"
 
+// secretNameIndex indexes LLMUsers by the name of the Secret they want (spec.token.secretName or its default).
+const secretNameIndex = "token.secretName"
+
 type workqueueRL = workqueue.TypedRateLimitingInterface[reconcile.Request]
 
 // TokenReconciler issues each LLMUser its token: a JWT in a Secret of the
@@ -49,15 +54,33 @@ type workqueueRL = workqueue.TypedRateLimitingInterface[reconcile.Request]
 // generation when the rotate-token annotation changes, restored when edited
 // or deleted. It owns the Ready and TokenIssued conditions and status.token.
 type TokenReconciler struct {
-	Client   client.Client
-	Clock    clock.Clock
-	Keys     *KeyStore
-	Issuer   string
-	Audience string
+	Client client.Client
+	// APIReader reads what the cache cannot see: the cache holds only Secrets
+	// labelled as ours, so a foreign Secret under the wanted name shows up
+	// only as AlreadyExists on create and is then read live to say whose it is.
+	APIReader client.Reader
+	Clock     clock.Clock
+	Keys      *KeyStore
+	Issuer    string
+	Audience  string
 	// BaseURL is the proxy's OpenAI base URL, ending in /v1.
 	BaseURL  string
 	Recorder events.EventRecorder
+	// ReservedSecrets are Secrets no user may name, whether they exist yet or
+	// not: the signing keys (a user in the operator's namespace could
+	// otherwise create that Secret first and hold the operator's keys hostage).
+	ReservedSecrets []types.NamespacedName
 }
+
+// SecretConflictRecheck is how often a user whose spec.token.secretName
+// collides with a foreign Secret looks again. Renaming secretName or deleting
+// a foreign Secret that carries our managed-by label triggers a pass at once
+// (watches), but the cache holds only labelled Secrets, so the deletion of an
+// unlabelled one produces no event this operator can receive. The recheck
+// bounds how long such a user waits after the admin cleared the name, at the
+// cost of one failed create per conflicting user per period (a conflict is a
+// misconfiguration, so there are few).
+const SecretConflictRecheck = time.Minute
 
 // Reconcile brings one user's Secret and status in line.
 func (r *TokenReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
@@ -84,7 +107,6 @@ func (r *TokenReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		}
 		ts.RotationRequest = want
 	}
-	ts.SecretName = SecretName(user)
 	user.Status.Token = ts
 
 	var result reconcile.Result
@@ -113,9 +135,14 @@ func (r *TokenReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		r.setCondition(user, llmv1alpha1.ConditionTokenIssued, metav1.ConditionFalse, llmv1alpha1.ReasonSigningKeyUnavailable, msg)
 		r.setCondition(user, llmv1alpha1.ConditionReady, metav1.ConditionFalse, llmv1alpha1.ReasonSigningKeyUnavailable, msg)
 	default:
-		renewAt, err := r.ensureToken(ctx, user, active, now)
+		renewAt, conflict, err := r.ensureToken(ctx, user, active, now)
 		if err != nil {
 			return reconcile.Result{}, err
+		}
+		if conflict != "" {
+			r.refuseSecret(user, conflict)
+			result.RequeueAfter = SecretConflictRecheck
+			break
 		}
 		result.RequeueAfter = max(renewAt.Sub(now), time.Second)
 	}
@@ -134,16 +161,27 @@ func (r *TokenReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 	return result, nil
 }
 
-// ensureToken keeps a valid token in the user's Secret and returns when it is due for renewal.
-func (r *TokenReconciler) ensureToken(ctx context.Context, user *llmv1alpha1.LLMUser, active token.Key, now time.Time) (time.Time, error) {
+// ensureToken keeps a valid token in the user's Secret and returns when it
+// is due for renewal. conflict is non-empty, and nothing was written, when
+// the Secret under the wanted name is not this user's to write; it says why
+// and what to rename.
+func (r *TokenReconciler) ensureToken(ctx context.Context, user *llmv1alpha1.LLMUser, active token.Key, now time.Time) (renewAt time.Time, conflict string, err error) {
 	ts := user.Status.Token
+	key := types.NamespacedName{Namespace: user.Namespace, Name: SecretName(user)}
+	if slices.Contains(r.ReservedSecrets, key) {
+		return time.Time{}, fmt.Sprintf("Secret %s is the operator's signing-keys Secret: set spec.token.secretName to another name", key.Name), nil
+	}
 	secret := &corev1.Secret{}
-	key := types.NamespacedName{Namespace: user.Namespace, Name: ts.SecretName}
-	err := r.Client.Get(ctx, key, secret)
+	err = r.Client.Get(ctx, key, secret)
 	if err != nil && !apierrors.IsNotFound(err) {
-		return time.Time{}, err
+		return time.Time{}, "", err
 	}
 	exists := err == nil
+	if exists {
+		if conflict := secretConflict(user, secret); conflict != "" {
+			return time.Time{}, conflict, nil
+		}
+	}
 
 	var claims *token.Claims
 	raw := string(secret.Data[SecretKeyToken])
@@ -161,18 +199,11 @@ func (r *TokenReconciler) ensureToken(ctx context.Context, user *llmv1alpha1.LLM
 			Generation: ts.Generation, TTL: TokenTTL(user),
 		})
 		if err != nil {
-			return time.Time{}, err
+			return time.Time{}, "", err
 		}
-		ts.KeyID = active.ID
-		action := map[string]string{"NoValidToken": "Issued", "WrongSubject": "Issued", "Rotated": "Rotated", "TTLChanged": "Renewed", "Renewal": "Renewed"}[reason]
-		r.Recorder.Eventf(user, nil, corev1.EventTypeNormal, "Token"+action, "IssueToken",
-			"token generation %d issued into Secret %s, expires %s", ts.Generation, ts.SecretName, claims.ExpiresAt.UTC().Format(time.RFC3339))
-	} else if ts.KeyID == "" {
-		ts.KeyID = active.ID
 	}
 	iat, exp := claims.IssuedAt.Time, claims.ExpiresAt.Time
-	renewAt := RenewAt(iat, exp)
-	ts.IssuedAt, ts.ExpiresAt, ts.RenewAt = ptrTime(iat), ptrTime(exp), ptrTime(renewAt)
+	renewAt = RenewAt(iat, exp)
 
 	desired := map[string][]byte{
 		SecretKeyToken:     []byte(raw),
@@ -193,25 +224,86 @@ func (r *TokenReconciler) ensureToken(ctx context.Context, user *llmv1alpha1.LLM
 	secret.Type = corev1.SecretTypeOpaque
 	secret.Data = desired
 	if err := controllerutil.SetControllerReference(user, secret, r.Client.Scheme()); err != nil {
-		return time.Time{}, fmt.Errorf("secret %s: %w", key, err)
+		return time.Time{}, "", fmt.Errorf("secret %s: %w", key, err)
 	}
 	switch {
 	case !exists:
-		if err := r.Client.Create(ctx, secret); err != nil {
-			return time.Time{}, err
+		err := r.Client.Create(ctx, secret)
+		if apierrors.IsAlreadyExists(err) {
+			conflict, err := r.foreignSecret(ctx, user, key)
+			return time.Time{}, conflict, err
+		}
+		if err != nil {
+			return time.Time{}, "", err
 		}
 	case !equality.Semantic.DeepEqual(before, secret):
 		if err := r.Client.Update(ctx, secret); err != nil {
-			return time.Time{}, err
+			return time.Time{}, "", err
 		}
 	}
-	if err := r.deleteStaleSecrets(ctx, user, ts.SecretName); err != nil {
-		return time.Time{}, err
+	if reason != "" {
+		ts.KeyID = active.ID
+		action := map[string]string{"NoValidToken": "Issued", "WrongSubject": "Issued", "Rotated": "Rotated", "TTLChanged": "Renewed", "Renewal": "Renewed"}[reason]
+		r.Recorder.Eventf(user, nil, corev1.EventTypeNormal, "Token"+action, "IssueToken",
+			"token generation %d issued into Secret %s, expires %s", ts.Generation, key.Name, exp.UTC().Format(time.RFC3339))
+	} else if ts.KeyID == "" {
+		ts.KeyID = active.ID
 	}
-	msg := fmt.Sprintf("token generation %d in Secret %s, valid until %s", ts.Generation, ts.SecretName, exp.UTC().Format(time.RFC3339))
+	ts.SecretName = key.Name
+	ts.IssuedAt, ts.ExpiresAt, ts.RenewAt = ptrTime(iat), ptrTime(exp), ptrTime(renewAt)
+	if err := r.deleteStaleSecrets(ctx, user, key.Name); err != nil {
+		return time.Time{}, "", err
+	}
+	msg := fmt.Sprintf("token generation %d in Secret %s, valid until %s", ts.Generation, key.Name, exp.UTC().Format(time.RFC3339))
 	r.setCondition(user, llmv1alpha1.ConditionTokenIssued, metav1.ConditionTrue, llmv1alpha1.ReasonIssued, msg)
 	r.setCondition(user, llmv1alpha1.ConditionReady, metav1.ConditionTrue, llmv1alpha1.ReasonIssued, "token issued and quota "+user.Spec.QuotaRef.Name+" found")
-	return renewAt, nil
+	return renewAt, "", nil
+}
+
+// foreignSecret explains a create that found the name taken by a Secret the
+// cache cannot see (it lacks our label), reading it live. A Secret that is
+// ours after all (created by an earlier pass the cache has not caught up
+// with) is an error: the rate-limited retry finds it in the cache.
+func (r *TokenReconciler) foreignSecret(ctx context.Context, user *llmv1alpha1.LLMUser, key types.NamespacedName) (string, error) {
+	live := &corev1.Secret{}
+	if err := r.APIReader.Get(ctx, key, live); err != nil {
+		return "", fmt.Errorf("secret %s exists but cannot be read: %w", key, err)
+	}
+	if conflict := secretConflict(user, live); conflict != "" {
+		return conflict, nil
+	}
+	return "", fmt.Errorf("secret %s is this user's but not in the cache yet", key)
+}
+
+// secretConflict says why the user may not write the existing Secret s, or
+// "" when s is its own: only a Secret whose controller is this very LLMUser
+// (same uid) is ever written. Adopting anything else would overwrite
+// someone's data and, through the owner reference, have the garbage
+// collector delete it with the user.
+func secretConflict(u *llmv1alpha1.LLMUser, s *corev1.Secret) string {
+	ref := metav1.GetControllerOf(s)
+	const rename = "set spec.token.secretName to an unused name"
+	switch {
+	case ref == nil:
+		return fmt.Sprintf("Secret %s already exists and is not managed by this LLMUser: %s, or delete that Secret if nothing needs it", s.Name, rename)
+	case ref.UID == u.UID:
+		return ""
+	case ref.Kind == "LLMUser" && ref.Name == u.Name && strings.HasPrefix(ref.APIVersion, llmv1alpha1.GroupVersion.Group+"/"):
+		return fmt.Sprintf("Secret %s still belongs to a deleted LLMUser of the same name (uid %s); it is issued as soon as the garbage collector removes it, or %s", s.Name, ref.UID, rename)
+	default:
+		return fmt.Sprintf("Secret %s belongs to %s %s: %s", s.Name, ref.Kind, ref.Name, rename)
+	}
+}
+
+// refuseSecret records a secretName conflict: TokenIssued and Ready false,
+// and a warning Event whenever the explanation changes.
+func (r *TokenReconciler) refuseSecret(user *llmv1alpha1.LLMUser, msg string) {
+	prev := meta.FindStatusCondition(user.Status.Conditions, llmv1alpha1.ConditionTokenIssued)
+	if prev == nil || prev.Reason != llmv1alpha1.ReasonSecretConflict || prev.Message != msg {
+		r.Recorder.Eventf(user, nil, corev1.EventTypeWarning, llmv1alpha1.ReasonSecretConflict, "IssueToken", "%s", msg)
+	}
+	r.setCondition(user, llmv1alpha1.ConditionTokenIssued, metav1.ConditionFalse, llmv1alpha1.ReasonSecretConflict, msg)
+	r.setCondition(user, llmv1alpha1.ConditionReady, metav1.ConditionFalse, llmv1alpha1.ReasonSecretConflict, msg)
 }
 
 // deleteStaleSecrets removes token Secrets this user owns under another name
@@ -295,10 +387,35 @@ func (r *TokenReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}()
 		return nil
 	})
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &llmv1alpha1.LLMUser{}, secretNameIndex, func(o client.Object) []string {
+		return []string{SecretName(o.(*llmv1alpha1.LLMUser))}
+	}); err != nil {
+		return err
+	}
+	// A deleted Secret frees its name for a user that was refused it (one
+	// that wanted another user's or a stale Secret).
+	claimants := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		var users llmv1alpha1.LLMUserList
+		if err := mgr.GetClient().List(ctx, &users, client.InNamespace(o.GetNamespace()), client.MatchingFields{secretNameIndex: o.GetName()}); err != nil {
+			logf.FromContext(ctx).Error(err, "listing users that want a Secret", "secret", o.GetName())
+			return nil
+		}
+		reqs := make([]reconcile.Request, 0, len(users.Items))
+		for _, u := range users.Items {
+			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: u.Namespace, Name: u.Name}})
+		}
+		return reqs
+	})
+	onlyDeletes := predicate.Funcs{
+		CreateFunc:  func(event.CreateEvent) bool { return false },
+		UpdateFunc:  func(event.UpdateEvent) bool { return false },
+		GenericFunc: func(event.GenericEvent) bool { return false },
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("llmuser-token").
 		For(&llmv1alpha1.LLMUser{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Owns(&corev1.Secret{}).
+		Watches(&corev1.Secret{}, claimants, builder.WithPredicates(onlyDeletes)).
 		Watches(&llmv1alpha1.LLMQuota{}, usersOfQuota(mgr.GetClient()), builder.WithPredicates(predicate.Funcs{
 			// Only a quota's existence matters to a token.
 			UpdateFunc: func(event.UpdateEvent) bool { return false },

@@ -141,8 +141,9 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	if err := (&controller.TokenReconciler{
-		Client: mgr.GetClient(), Clock: o.Clock, Keys: keys, Issuer: o.Issuer, Audience: o.Audience,
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clock: o.Clock, Keys: keys, Issuer: o.Issuer, Audience: o.Audience,
 		BaseURL: o.ProxyBaseURL, Recorder: mgr.GetEventRecorder("llm-user-operator"),
+		ReservedSecrets: []types.NamespacedName{{Namespace: o.Namespace, Name: o.SigningKeysSecret}},
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}
