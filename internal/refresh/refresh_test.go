@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"testing"
 	"time"
 
@@ -66,6 +67,11 @@ func TestRefresh(t *testing.T) {
 		code               string
 	}{
 		{"fresh token", http.MethodPost, "Bearer " + issue("alice", 2, time.Hour), h, 200, ""},
+		{"scheme in lower case", http.MethodPost, "bearer " + issue("alice", 2, time.Hour), h, 200, ""},
+		{"scheme in upper case", http.MethodPost, "BEARER " + issue("alice", 2, time.Hour), h, 200, ""},
+		{"blanks around the token", http.MethodPost, "Bearer   " + issue("alice", 2, time.Hour) + " ", h, 200, ""},
+		{"scheme without token", http.MethodPost, "Bearer ", h, 401, "invalid_api_key"},
+		{"token without scheme", http.MethodPost, issue("alice", 2, time.Hour), h, 401, "invalid_api_key"},
 		{"GET", http.MethodGet, "Bearer " + issue("alice", 2, time.Hour), h, 405, "method_not_allowed"},
 		{"no header", http.MethodPost, "", h, 401, "invalid_api_key"},
 		{"not bearer", http.MethodPost, "Basic abc", h, 401, "invalid_api_key"},
@@ -118,5 +124,34 @@ func TestRefresh(t *testing.T) {
 				t.Errorf("refreshed claims %+v (%v)", c, err)
 			}
 		})
+	}
+}
+
+// TestRefusalShape pins the exact bytes of refusals: the OpenAI error shape
+// the proxy writes, with the message that says what to send.
+func TestRefusalShape(t *testing.T) {
+	h := &Handler{Keys: fakeKeys{}, Now: time.Now}
+	tests := []struct {
+		auth   string
+		status int
+		body   string
+	}{
+		{"", 401, `{"error":{"message":"missing API key: send the header 'Authorization: Bearer <token>' with the token to refresh","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}`},
+		{"Basic dXNlcjpwYXNz", 401, `{"error":{"message":"malformed Authorization header: expected 'Bearer <token>'","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}`},
+		{"bearer x", 503, `{"error":{"message":"no signing key loaded yet; retry shortly","type":"server_error","param":null,"code":"unavailable"}}`},
+	}
+	for _, tc := range tests {
+		req := httptest.NewRequest(http.MethodPost, "/auth/refresh", nil)
+		if tc.auth != "" {
+			req.Header.Set("Authorization", tc.auth)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != tc.status || rec.Body.String() != tc.body {
+			t.Errorf("Authorization %q: %d %s\nwant %d %s", tc.auth, rec.Code, rec.Body, tc.status, tc.body)
+		}
+		if rec.Header().Get("Content-Length") != strconv.Itoa(len(tc.body)) || rec.Header().Get("Cache-Control") != "no-store" {
+			t.Errorf("Authorization %q: headers %v", tc.auth, rec.Header())
+		}
 	}
 }
