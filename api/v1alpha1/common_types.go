@@ -108,7 +108,10 @@ const (
 	// ConditionTokenIssued is true when the user's Secret holds a valid token.
 	ConditionTokenIssued = "TokenIssued"
 	// ConditionQuotaExceeded is true while a window of the user's (or the shared)
-	// budget is exhausted; its message names the window and the reset time.
+	// budget is exhausted: what is left admits not even the smallest request
+	// (fewer than 9 tokens under a tokens or inputTokens limit, no output token,
+	// no request). Its message says how much is left, in which window, and when
+	// it resets.
 	ConditionQuotaExceeded = "QuotaExceeded"
 
 	// ReasonIssued means a token was issued and is valid.

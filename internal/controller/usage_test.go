@@ -82,17 +82,19 @@ func TestUsageThresholdsAndRollOver(t *testing.T) {
 	if ev := drain(); len(ev) != 1 || !strings.Contains(ev[0], "threshold 80%") {
 		t.Fatalf("events at 85%%: %v", ev)
 	}
-	writeUsage(1000, start)
+	// 5 tokens left: not even the smallest request fits, the window is exhausted.
+	writeUsage(995, start)
 	res := pass()
 	ev := drain()
-	if len(ev) != 2 || !strings.Contains(ev[0], "threshold 95%") || !strings.Contains(ev[1], "LimitReached") {
-		t.Fatalf("events at 100%%: %v", ev)
+	if len(ev) != 2 || !strings.Contains(ev[0], "threshold 95%") ||
+		ev[1] != "Warning LimitReached user u: Minute window exhausted: 5 of 1000 tokens left, fewer than the 9 the smallest request needs; requests are refused until it resets at 2026-11-25T10:01:00Z" {
+		t.Fatalf("events at 99.5%%: %q", ev)
 	}
 	u := getUser(t, ns, "u")
 	if err := wantCondition(u, llmv1alpha1.ConditionQuotaExceeded, metav1.ConditionTrue, llmv1alpha1.ReasonLimitReached); err != nil {
 		t.Fatal(err)
 	}
-	if c := condition(u, llmv1alpha1.ConditionQuotaExceeded); !strings.Contains(c.Message, "Minute window exhausted: 1000 of 1000 tokens used; resets at 2026-11-25T10:01:00Z") {
+	if c := condition(u, llmv1alpha1.ConditionQuotaExceeded); c.Message != "Minute window exhausted: 5 of 1000 tokens left, fewer than the 9 the smallest request needs; requests are refused until it resets at 2026-11-25T10:01:00Z" {
 		t.Errorf("message %q", c.Message)
 	}
 	if res.RequeueAfter != 50*time.Second {
