@@ -13,9 +13,11 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
@@ -90,15 +92,20 @@ func (s *KeyStore) Ready() <-chan struct{} { return s.ready }
 // namespace (created if missing), publishes their public halves as a JWKS in a
 // ConfigMap the proxy reads, and rotates them: a new key every RotationPeriod
 // or when AnnotationRotateKeys changes; a retired key is dropped only once
-// every token it signed has expired.
+// every token it signed has expired. It runs on the leader only: the one
+// writer of the keys. Every replica reads them through [SigningKeyLoader].
 type SigningKeyReconciler struct {
-	Client         client.Client
+	Client client.Client
+	// APIReader reads the Secret and the ConfigMap live: they may exist
+	// without our label (created by hand or by an older release), and then
+	// the label-filtered cache cannot see them, while overwriting them blindly
+	// would lose every key.
+	APIReader      client.Reader
 	Namespace      string
 	SecretName     string
 	ConfigMapName  string
 	RotationPeriod time.Duration
 	Clock          clock.Clock
-	Store          *KeyStore
 }
 
 func (r *SigningKeyReconciler) key() types.NamespacedName {
@@ -112,7 +119,7 @@ func (r *SigningKeyReconciler) Reconcile(ctx context.Context, _ reconcile.Reques
 	now := r.Clock.Now()
 
 	secret := &corev1.Secret{}
-	err := r.Client.Get(ctx, r.key(), secret)
+	err := r.APIReader.Get(ctx, r.key(), secret)
 	exists := err == nil
 	if err != nil && !apierrors.IsNotFound(err) {
 		return reconcile.Result{}, err
@@ -173,7 +180,6 @@ func (r *SigningKeyReconciler) Reconcile(ctx context.Context, _ reconcile.Reques
 			return reconcile.Result{}, err
 		}
 	}
-	r.Store.Set(keys)
 
 	if plan.NextCheck.IsZero() {
 		return reconcile.Result{}, nil
@@ -183,7 +189,7 @@ func (r *SigningKeyReconciler) Reconcile(ctx context.Context, _ reconcile.Reques
 
 func (r *SigningKeyReconciler) publish(ctx context.Context, jwks []byte) error {
 	cm := &corev1.ConfigMap{}
-	err := r.Client.Get(ctx, types.NamespacedName{Namespace: r.Namespace, Name: r.ConfigMapName}, cm)
+	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: r.Namespace, Name: r.ConfigMapName}, cm)
 	switch {
 	case apierrors.IsNotFound(err):
 		cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{
@@ -240,4 +246,46 @@ func (r *SigningKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			CreateFunc: func(event.CreateEvent) bool { return false },
 		})).
 		Complete(r)
+}
+
+// SigningKeyLoader fills the key store from the signing-keys Secret through
+// the informer cache, on every replica, leader or not, the way cert-manager's
+// controllers read through listers: a follower serves /auth/refresh with
+// exactly the keys the leader wrote, and when the leader retires or drops a
+// key every replica follows from the same watch event. It never writes.
+type SigningKeyLoader struct {
+	Client client.Client
+	Secret types.NamespacedName
+	Store  *KeyStore
+}
+
+// Reconcile loads the keys the Secret holds now.
+func (l *SigningKeyLoader) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
+	secret := &corev1.Secret{}
+	if err := l.Client.Get(ctx, l.Secret, secret); err != nil {
+		// Gone: the leader writes a new set, which arrives as an event. Until
+		// then the keys already loaded keep verifying what they signed.
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	keys, err := token.DecodePrivateKeys(secret.Data)
+	if err != nil {
+		// The leader refuses to overwrite it too; an admin must fix it. Keep
+		// serving with the keys already loaded.
+		return reconcile.Result{}, reconcile.TerminalError(fmt.Errorf("secret %s holds unreadable signing keys: %w", l.Secret, err))
+	}
+	if len(keys) > 0 {
+		l.Store.Set(keys)
+	}
+	return reconcile.Result{}, nil
+}
+
+// SetupWithManager watches the keys Secret on every replica.
+func (l *SigningKeyLoader) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("signingkeys-loader").
+		For(&corev1.Secret{}, builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
+			return o.GetNamespace() == l.Secret.Namespace && o.GetName() == l.Secret.Name
+		}))).
+		WithOptions(controller.Options{NeedLeaderElection: ptr.To(false)}).
+		Complete(l)
 }

@@ -122,9 +122,10 @@ func TestSigningKeyRotation(t *testing.T) {
 	// Longer than the longest token ttl, so the drop of a retired key comes before the next rotation.
 	period := 60 * 24 * time.Hour
 	r := &controller.SigningKeyReconciler{
-		Client: env.Client, Namespace: ns, SecretName: "keys", ConfigMapName: "jwks",
-		RotationPeriod: period, Clock: clk, Store: store,
+		Client: env.Client, APIReader: env.Client, Namespace: ns, SecretName: "keys", ConfigMapName: "jwks",
+		RotationPeriod: period, Clock: clk,
 	}
+	loader := &controller.SigningKeyLoader{Client: env.Client, Secret: types.NamespacedName{Namespace: ns, Name: "keys"}, Store: store}
 	published := func() []token.Key {
 		t.Helper()
 		cm := &corev1.ConfigMap{}
@@ -141,6 +142,10 @@ func TestSigningKeyRotation(t *testing.T) {
 		t.Helper()
 		res, err := r.Reconcile(ctx, reconcile.Request{})
 		if err != nil {
+			t.Fatal(err)
+		}
+		// What every replica does with the Secret the leader wrote.
+		if _, err := loader.Reconcile(ctx, reconcile.Request{}); err != nil {
 			t.Fatal(err)
 		}
 		return res

@@ -117,8 +117,12 @@ func Run(ctx context.Context, o Options) error {
 		LeaderElection:          o.LeaderElection,
 		LeaderElectionID:        o.LeaderElectionID,
 		LeaderElectionNamespace: o.Namespace,
-		GracefulShutdownTimeout: &o.GracefulShutdown,
-		Controller:              ctrlConfig(o.SkipNameValidation),
+		// Run returns only after every runnable stopped, and the process exits
+		// right after: handing the lease over at once lets a follower take over
+		// in one retry period instead of a whole lease duration.
+		LeaderElectionReleaseOnCancel: true,
+		GracefulShutdownTimeout:       &o.GracefulShutdown,
+		Controller:                    ctrlConfig(o.SkipNameValidation),
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			// Only what we write: never cache every Secret and ConfigMap in the cluster.
 			&corev1.Secret{}:    {Label: managed},
@@ -135,8 +139,13 @@ func Run(ctx context.Context, o Options) error {
 	keys := controller.NewKeyStore(o.Issuer, o.Audience, o.Clock.Now)
 	// Controllers: one per concern, each owning its own status fields.
 	if err := (&controller.SigningKeyReconciler{
-		Client: mgr.GetClient(), Namespace: o.Namespace, SecretName: o.SigningKeysSecret,
-		ConfigMapName: o.JWKSConfigMap, RotationPeriod: o.KeyRotationPeriod, Clock: o.Clock, Store: keys,
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Namespace: o.Namespace, SecretName: o.SigningKeysSecret,
+		ConfigMapName: o.JWKSConfigMap, RotationPeriod: o.KeyRotationPeriod, Clock: o.Clock,
+	}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	if err := (&controller.SigningKeyLoader{
+		Client: mgr.GetClient(), Secret: types.NamespacedName{Namespace: o.Namespace, Name: o.SigningKeysSecret}, Store: keys,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}
@@ -167,7 +176,16 @@ func Run(ctx context.Context, o Options) error {
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err
 	}
-	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+	// A replica is ready once it holds the signing keys: only then can it
+	// serve /auth/refresh, whether it leads or not.
+	if err := mgr.AddReadyzCheck("signing-keys", func(*http.Request) error {
+		select {
+		case <-keys.Ready():
+			return nil
+		default:
+			return errors.New("no signing key loaded yet")
+		}
+	}); err != nil {
 		return err
 	}
 	return mgr.Start(ctx)
