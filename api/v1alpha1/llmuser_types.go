@@ -140,11 +140,12 @@ type LLMUserStatus struct {
 	// +optional
 	Alerts []AlertStatus `json:"alerts,omitempty"`
 
-	// lifetime is the user's usage since it was created.
+	// lifetime is the user's usage since it was created. Written by the proxy.
 	// +optional
 	Lifetime *UsageTotals `json:"lifetime,omitempty"`
 
-	// lastRequestAt is when a request was last charged to this user.
+	// lastRequestAt is when a request was last charged to this user. Written
+	// by the proxy.
 	// +optional
 	LastRequestAt *metav1.Time `json:"lastRequestAt,omitempty"`
 }
@@ -173,7 +174,9 @@ type LLMUser struct {
 	// +required
 	Spec LLMUserSpec `json:"spec"`
 
-	// status is written by the operator (conditions, token) and the proxy (usage).
+	// status has one writer per field: the operator writes conditions,
+	// observedGeneration, token and alerts; the proxy writes usage, lifetime
+	// and lastRequestAt.
 	// +optional
 	Status LLMUserStatus `json:"status,omitempty"`
 }

@@ -13,32 +13,15 @@ import (
 )
 
 func main() {
-	var o manager.Options
-	flag.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080", `Address of the metrics endpoint; "0" disables it.`)
-	flag.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
-	flag.StringVar(&o.RefreshAddr, "refresh-bind-address", ":8082", `Address of POST /auth/refresh; "0" disables it.`)
-	flag.BoolVar(&o.LeaderElection, "leader-elect", false, "Elect a leader so only one replica reconciles.")
-	flag.StringVar(&o.Namespace, "namespace", envOr("POD_NAMESPACE", "llm-user-operator-system"), "The operator's namespace: signing keys and JWKS live here.")
-	flag.StringVar(&o.SigningKeysSecret, "signing-keys-secret", "llm-user-operator-signing-keys", "Secret holding the private signing keys.")
-	flag.StringVar(&o.JWKSConfigMap, "jwks-configmap", "llm-user-operator-jwks", "ConfigMap publishing the public keys (JWKS) for the proxy.")
-	flag.DurationVar(&o.KeyRotationPeriod, "key-rotation-period", 30*24*60*60e9, "How often a new signing key is created.")
-	flag.StringVar(&o.Issuer, "issuer", "", "iss claim of issued tokens.")
-	flag.StringVar(&o.Audience, "audience", "llm-user-proxy", "aud claim of issued tokens; the proxy checks it.")
-	flag.StringVar(&o.ProxyBaseURL, "proxy-base-url", "", "OPENAI_BASE_URL written into token Secrets (the proxy's in-cluster URL ending in /v1).")
-	opts := zap.Options{Development: false}
-	opts.BindFlags(flag.CommandLine)
+	o := manager.NewOptions()
+	o.BindFlags(flag.CommandLine)
+	zo := zap.Options{}
+	zo.BindFlags(flag.CommandLine)
 	flag.Parse()
-	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zo)))
 
 	if err := manager.Run(ctrl.SetupSignalHandler(), o); err != nil {
 		ctrl.Log.Error(err, "operator failed")
 		os.Exit(1)
 	}
-}
-
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
 }

@@ -59,32 +59,6 @@ func (w windowState) level() int64 {
 	return w.Percent
 }
 
-// rollOver replaces entries whose window has ended and that still count
-// something by a zeroed entry for the current window, so status never shows
-// an old window's usage as current. Entries already zero are left alone: an
-// idle user costs no writes.
-func rollOver(entries []llmv1alpha1.WindowUsage, limits []llmv1alpha1.QuotaLimit, now time.Time) []llmv1alpha1.WindowUsage {
-	out := slices.Clone(entries)
-	for i, e := range out {
-		if now.Before(e.ResetAt.Time) || (e.Requests == 0 && e.TotalTokens == 0) || !quota.ValidWindow(e.Window) {
-			continue
-		}
-		fresh := llmv1alpha1.WindowUsage{
-			Window:      e.Window,
-			WindowStart: metav1.NewTime(quota.WindowStart(e.Window, now)),
-			ResetAt:     metav1.NewTime(quota.WindowEnd(e.Window, now)),
-		}
-		for _, l := range limits {
-			if l.Window == e.Window {
-				st := quota.WindowStatus{Limit: quota.LimitsFromSpec([]llmv1alpha1.QuotaLimit{l})[0]}
-				fresh.Remaining, fresh.RemainingRequests = st.Remaining()
-			}
-		}
-		out[i] = fresh
-	}
-	return out
-}
-
 // judge compares each current usage entry with its window's limit.
 func judge(entries []llmv1alpha1.WindowUsage, limits []llmv1alpha1.QuotaLimit, now time.Time) []windowState {
 	var out []windowState

@@ -28,7 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/llm-user-operator/llm-user-operator/internal/manager"
+	apischeme "github.com/llm-user-operator/llm-user-operator/api/scheme"
 	"github.com/llm-user-operator/llm-user-operator/internal/metrics"
 	"github.com/llm-user-operator/llm-user-operator/internal/proxy"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
@@ -38,9 +38,6 @@ import (
 
 // +kubebuilder:rbac:groups=llm.userops.dev,resources=llmusers;llmquotas,verbs=get;list;watch
 // +kubebuilder:rbac:groups=llm.userops.dev,resources=llmusers/status;llmquotas/status,verbs=get;patch
-
-// JWKSKey is the ConfigMap key holding the published keys (the operator writes it).
-const JWKSKey = "jwks.json"
 
 // Options configure the proxy process.
 type Options struct {
@@ -106,7 +103,7 @@ func Run(ctx context.Context, o Options) error {
 			return fmt.Errorf("no Kubernetes API to talk to: %w", err)
 		}
 	}
-	scheme := manager.NewScheme()
+	scheme := apischeme.New()
 	c, err := cache.New(cfg, cache.Options{Scheme: scheme, ByObject: map[client.Object]cache.ByObject{
 		&corev1.ConfigMap{}: {
 			Namespaces: map[string]cache.Config{o.Namespace: {}},
@@ -301,7 +298,7 @@ func watchJWKS(ctx context.Context, c cache.Cache, o Options, v *token.Verifier,
 		if !ok || cm.Name != o.JWKSConfigMap {
 			return
 		}
-		keys, err := token.ParseJWKS([]byte(cm.Data[JWKSKey]))
+		keys, err := token.ParseJWKS([]byte(cm.Data[token.JWKSKey]))
 		if err != nil {
 			log.Error(err, "ignoring unreadable JWKS; keeping the previous keys", "configmap", cm.Name)
 			return

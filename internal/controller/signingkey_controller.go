@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -13,11 +12,9 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
@@ -30,8 +27,6 @@ import (
 )
 
 const (
-	// JWKSKey is the ConfigMap key that holds the published JWKS document.
-	JWKSKey = "jwks.json"
 	// AnnotationRotateKeys on the signing-keys Secret forces a new signing key
 	// when its value differs from the last value acted on.
 	AnnotationRotateKeys = "llm.userops.dev/rotate-keys"
@@ -42,51 +37,6 @@ const (
 	MaxTokenTTL = 720 * time.Hour
 	keySkew     = time.Minute
 )
-
-// KeyStore holds the signing keys the operator loaded, for the token
-// reconciler and the refresh endpoint. It is safe for concurrent use.
-type KeyStore struct {
-	mu       sync.RWMutex
-	keys     []token.Key
-	now      func() time.Time
-	verifier *token.Verifier
-	ready    chan struct{}
-	once     sync.Once
-}
-
-// NewKeyStore returns an empty store whose verifier checks iss and aud.
-func NewKeyStore(issuer, audience string, now func() time.Time) *KeyStore {
-	return &KeyStore{
-		now:      now,
-		verifier: token.NewVerifier(token.VerifierOptions{Issuer: issuer, Audience: audience, Now: now}),
-		ready:    make(chan struct{}),
-	}
-}
-
-// Set replaces the keys (newest first).
-func (s *KeyStore) Set(keys []token.Key) {
-	s.mu.Lock()
-	s.keys = keys
-	s.mu.Unlock()
-	s.verifier.SetKeys(keys)
-	if len(keys) > 0 {
-		s.once.Do(func() { close(s.ready) })
-	}
-}
-
-// Active returns the key that signs new tokens now: a new key only once it
-// has been published for [token.ActivationDelay].
-func (s *KeyStore) Active() (token.Key, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return token.SigningKey(s.keys, s.now())
-}
-
-// Verifier verifies tokens against every published key.
-func (s *KeyStore) Verifier() *token.Verifier { return s.verifier }
-
-// Ready is closed once the first key is loaded.
-func (s *KeyStore) Ready() <-chan struct{} { return s.ready }
 
 // SigningKeyReconciler keeps the signing keys in a Secret of the operator's
 // namespace (created if missing), publishes their public halves as a JWKS in a
@@ -195,17 +145,17 @@ func (r *SigningKeyReconciler) publish(ctx context.Context, jwks []byte) error {
 		cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{
 			Namespace: r.Namespace, Name: r.ConfigMapName,
 			Labels: map[string]string{llmv1alpha1.LabelManagedBy: llmv1alpha1.ManagedByValue},
-		}, Data: map[string]string{JWKSKey: string(jwks)}}
+		}, Data: map[string]string{token.JWKSKey: string(jwks)}}
 		return r.Client.Create(ctx, cm)
 	case err != nil:
 		return err
-	case cm.Data[JWKSKey] == string(jwks):
+	case cm.Data[token.JWKSKey] == string(jwks):
 		return nil
 	}
 	if cm.Data == nil {
 		cm.Data = map[string]string{}
 	}
-	cm.Data[JWKSKey] = string(jwks)
+	cm.Data[token.JWKSKey] = string(jwks)
 	return r.Client.Update(ctx, cm)
 }
 
@@ -221,9 +171,13 @@ func equalData(a, b map[string][]byte) bool {
 	return true
 }
 
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch
+
 // SetupWithManager watches the keys Secret and the JWKS ConfigMap (so edits and
 // deletions are repaired) and enqueues one request at start, when neither exists yet.
 func (r *SigningKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	const name = "signingkeys"
 	req := reconcile.Request{NamespacedName: r.key()}
 	toKeys := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{req}
@@ -233,8 +187,8 @@ func (r *SigningKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return o.GetNamespace() == r.Namespace && o.GetName() == name
 		})
 	}
-	return ctrl.NewControllerManagedBy(mgr).
-		Named("signingkeys").
+	err := ctrl.NewControllerManagedBy(mgr).
+		Named(name).
 		WatchesRawSource(source.Func(func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
 			q.Add(req)
 			return nil
@@ -246,46 +200,8 @@ func (r *SigningKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			CreateFunc: func(event.CreateEvent) bool { return false },
 		})).
 		Complete(r)
-}
-
-// SigningKeyLoader fills the key store from the signing-keys Secret through
-// the informer cache, on every replica, leader or not, the way cert-manager's
-// controllers read through listers: a follower serves /auth/refresh with
-// exactly the keys the leader wrote, and when the leader retires or drops a
-// key every replica follows from the same watch event. It never writes.
-type SigningKeyLoader struct {
-	Client client.Client
-	Secret types.NamespacedName
-	Store  *KeyStore
-}
-
-// Reconcile loads the keys the Secret holds now.
-func (l *SigningKeyLoader) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
-	secret := &corev1.Secret{}
-	if err := l.Client.Get(ctx, l.Secret, secret); err != nil {
-		// Gone: the leader writes a new set, which arrives as an event. Until
-		// then the keys already loaded keep verifying what they signed.
-		return reconcile.Result{}, client.IgnoreNotFound(err)
-	}
-	keys, err := token.DecodePrivateKeys(secret.Data)
 	if err != nil {
-		// The leader refuses to overwrite it too; an admin must fix it. Keep
-		// serving with the keys already loaded.
-		return reconcile.Result{}, reconcile.TerminalError(fmt.Errorf("secret %s holds unreadable signing keys: %w", l.Secret, err))
+		return fmt.Errorf("setting up the %s controller: %w", name, err)
 	}
-	if len(keys) > 0 {
-		l.Store.Set(keys)
-	}
-	return reconcile.Result{}, nil
-}
-
-// SetupWithManager watches the keys Secret on every replica.
-func (l *SigningKeyLoader) SetupWithManager(mgr ctrl.Manager) error {
-	return ctrl.NewControllerManagedBy(mgr).
-		Named("signingkeys-loader").
-		For(&corev1.Secret{}, builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
-			return o.GetNamespace() == l.Secret.Namespace && o.GetName() == l.Secret.Name
-		}))).
-		WithOptions(controller.Options{NeedLeaderElection: ptr.To(false)}).
-		Complete(l)
+	return nil
 }

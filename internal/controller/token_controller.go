@@ -41,9 +41,6 @@ const (
 	SecretKeyExpiresAt = "expiresAt"
 )
 
-// QuotaRefIndex indexes LLMUsers by spec.quotaRef.name.
-const QuotaRefIndex = "spec.quotaRef.name"
-
 // secretNameIndex indexes LLMUsers by the name of the Secret they want (spec.token.secretName or its default).
 const secretNameIndex = "token.secretName"
 
@@ -60,7 +57,7 @@ type TokenReconciler struct {
 	// only as AlreadyExists on create and is then read live to say whose it is.
 	APIReader client.Reader
 	Clock     clock.Clock
-	Keys      *KeyStore
+	Keys      *token.KeyStore
 	Issuer    string
 	Audience  string
 	// BaseURL is the proxy's OpenAI base URL, ending in /v1.
@@ -342,33 +339,36 @@ func ptrTime(t time.Time) *metav1.Time {
 	return &mt
 }
 
-// IndexQuotaRef registers the spec.quotaRef.name index on LLMUsers.
-func IndexQuotaRef(ctx context.Context, mgr ctrl.Manager) error {
-	return mgr.GetFieldIndexer().IndexField(ctx, &llmv1alpha1.LLMUser{}, QuotaRefIndex, func(o client.Object) []string {
-		return []string{o.(*llmv1alpha1.LLMUser).Spec.QuotaRef.Name}
-	})
-}
-
-// usersOfQuota maps an LLMQuota to the LLMUsers that reference it.
-func usersOfQuota(c client.Client) handler.EventHandler {
-	return handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
-		var users llmv1alpha1.LLMUserList
-		if err := c.List(ctx, &users, client.InNamespace(o.GetNamespace()), client.MatchingFields{QuotaRefIndex: o.GetName()}); err != nil {
-			logf.FromContext(ctx).Error(err, "listing users of quota", "quota", o.GetName())
-			return nil
-		}
-		reqs := make([]reconcile.Request, 0, len(users.Items))
-		for _, u := range users.Items {
+// userRequests lists users of a namespace, from the cache without copying
+// them (read only), that match, as reconcile requests.
+func userRequests(ctx context.Context, c client.Client, namespace string, match func(*llmv1alpha1.LLMUser) bool, opts ...client.ListOption) []reconcile.Request {
+	var users llmv1alpha1.LLMUserList
+	if err := c.List(ctx, &users, append(opts, client.InNamespace(namespace), client.UnsafeDisableDeepCopy)...); err != nil {
+		logf.FromContext(ctx).Error(err, "listing users", "namespace", namespace)
+		return nil
+	}
+	var reqs []reconcile.Request
+	for i := range users.Items {
+		if u := &users.Items[i]; match(u) {
 			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: u.Namespace, Name: u.Name}})
 		}
-		return reqs
-	})
+	}
+	return reqs
 }
+
+// +kubebuilder:rbac:groups=llm.userops.dev,resources=llmusers,verbs=get;list;watch
+// +kubebuilder:rbac:groups=llm.userops.dev,resources=llmusers/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=llm.userops.dev,resources=llmquotas,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // SetupWithManager watches LLMUsers (spec and annotation changes only: status
 // writes, the proxy's usage among them, never trigger a pass), their Secrets,
-// the existence of their quotas, and the arrival of the first signing key.
+// the deletion of a Secret a refused user wants, the existence of their
+// quotas, and the arrival of the first signing key.
 func (r *TokenReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	const name = "llmuser-token"
+	c := mgr.GetClient()
 	keysReady := source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
 		go func() {
 			select {
@@ -377,7 +377,7 @@ func (r *TokenReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			case <-r.Keys.Ready():
 			}
 			var users llmv1alpha1.LLMUserList
-			if err := mgr.GetClient().List(ctx, &users); err != nil {
+			if err := c.List(ctx, &users, client.UnsafeDisableDeepCopy); err != nil {
 				logf.FromContext(ctx).Error(err, "listing users after the first signing key")
 				return
 			}
@@ -390,36 +390,36 @@ func (r *TokenReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &llmv1alpha1.LLMUser{}, secretNameIndex, func(o client.Object) []string {
 		return []string{SecretName(o.(*llmv1alpha1.LLMUser))}
 	}); err != nil {
-		return err
+		return fmt.Errorf("setting up the %s controller: indexing users by Secret name: %w", name, err)
 	}
 	// A deleted Secret frees its name for a user that was refused it (one
 	// that wanted another user's or a stale Secret).
 	claimants := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
-		var users llmv1alpha1.LLMUserList
-		if err := mgr.GetClient().List(ctx, &users, client.InNamespace(o.GetNamespace()), client.MatchingFields{secretNameIndex: o.GetName()}); err != nil {
-			logf.FromContext(ctx).Error(err, "listing users that want a Secret", "secret", o.GetName())
-			return nil
-		}
-		reqs := make([]reconcile.Request, 0, len(users.Items))
-		for _, u := range users.Items {
-			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: u.Namespace, Name: u.Name}})
-		}
-		return reqs
+		return userRequests(ctx, c, o.GetNamespace(), func(*llmv1alpha1.LLMUser) bool { return true }, client.MatchingFields{secretNameIndex: o.GetName()})
 	})
 	onlyDeletes := predicate.Funcs{
 		CreateFunc:  func(event.CreateEvent) bool { return false },
 		UpdateFunc:  func(event.UpdateEvent) bool { return false },
 		GenericFunc: func(event.GenericEvent) bool { return false },
 	}
-	return ctrl.NewControllerManagedBy(mgr).
-		Named("llmuser-token").
+	// A quota appearing or going changes its users' tokens. Rare enough (an
+	// admin's act) to scan the namespace's users instead of keeping an index.
+	usersOfQuota := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		return userRequests(ctx, c, o.GetNamespace(), func(u *llmv1alpha1.LLMUser) bool { return u.Spec.QuotaRef.Name == o.GetName() })
+	})
+	err := ctrl.NewControllerManagedBy(mgr).
+		Named(name).
 		For(&llmv1alpha1.LLMUser{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Owns(&corev1.Secret{}).
 		Watches(&corev1.Secret{}, claimants, builder.WithPredicates(onlyDeletes)).
-		Watches(&llmv1alpha1.LLMQuota{}, usersOfQuota(mgr.GetClient()), builder.WithPredicates(predicate.Funcs{
+		Watches(&llmv1alpha1.LLMQuota{}, usersOfQuota, builder.WithPredicates(predicate.Funcs{
 			// Only a quota's existence matters to a token.
 			UpdateFunc: func(event.UpdateEvent) bool { return false },
 		})).
 		WatchesRawSource(keysReady).
 		Complete(r)
+	if err != nil {
+		return fmt.Errorf("setting up the %s controller: %w", name, err)
+	}
+	return nil
 }

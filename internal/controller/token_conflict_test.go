@@ -275,7 +275,7 @@ func TestUnlabelledSecretRecheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC))
-	keys := controller.NewKeyStore(issuer, audience, clk.Now)
+	keys := token.NewKeyStore(issuer, audience, clk.Now)
 	k, err := token.GenerateKey(clk.Now())
 	if err != nil {
 		t.Fatal(err)

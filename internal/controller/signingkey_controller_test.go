@@ -6,9 +6,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/tools/events"
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -18,98 +16,6 @@ import (
 	"github.com/llm-user-operator/llm-user-operator/internal/token"
 )
 
-// TestRenewalScheduledExactly drives the token reconciler with a fake clock:
-// the requeue lands exactly at 80% of the lifetime, nothing changes before it,
-// and at that moment the token is replaced under the same Secret name.
-func TestRenewalScheduledExactly(t *testing.T) {
-	ctx := context.Background()
-	ns := envtest.NewNamespace(t, env.Client, "ctrl")
-	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC))
-	keys := controller.NewKeyStore(issuer, audience, clk.Now)
-	k, err := token.GenerateKey(clk.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys.Set([]token.Key{k})
-	r := &controller.TokenReconciler{
-		Client: env.Client, Clock: clk, Keys: keys, Issuer: issuer, Audience: audience,
-		BaseURL: baseURL, Recorder: events.NewFakeRecorder(100),
-	}
-	if err := env.Client.Create(ctx, newQuota(ns, "q")); err != nil {
-		t.Fatal(err)
-	}
-	u := newUser(ns, "bob", "q")
-	u.Spec.Token.TTL = &metav1.Duration{Duration: time.Hour}
-	if err := env.Client.Create(ctx, u); err != nil {
-		t.Fatal(err)
-	}
-	req := reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "bob"}}
-	secretKey := types.NamespacedName{Namespace: ns, Name: "bob-llm-token"}
-
-	res, err := r.Reconcile(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := 48 * time.Minute; res.RequeueAfter != want {
-		t.Fatalf("first requeue after %v, want %v (80%% of 1h)", res.RequeueAfter, want)
-	}
-	first := secretToken(t, secretKey)
-	rv := getUser(t, ns, "bob").ResourceVersion
-
-	// Before the deadline, a pass changes nothing and writes nothing.
-	clk.Step(47 * time.Minute)
-	res, err = r.Reconcile(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.RequeueAfter != time.Minute {
-		t.Errorf("requeue after %v, want the remaining 1m", res.RequeueAfter)
-	}
-	if secretToken(t, secretKey) != first || getUser(t, ns, "bob").ResourceVersion != rv {
-		t.Error("token or status rewritten before renewal was due")
-	}
-
-	// At the deadline the token is renewed in place.
-	clk.Step(time.Minute)
-	res, err = r.Reconcile(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	second := secretToken(t, secretKey)
-	if second == first {
-		t.Fatal("token not renewed at 80% of its lifetime")
-	}
-	if res.RequeueAfter != 48*time.Minute {
-		t.Errorf("next requeue after %v, want 48m", res.RequeueAfter)
-	}
-	st := getUser(t, ns, "bob").Status.Token
-	if !st.IssuedAt.Time.Equal(clk.Now()) || !st.ExpiresAt.Time.Equal(clk.Now().Add(time.Hour)) || st.Generation != 1 {
-		t.Errorf("status.token after renewal = %+v", st)
-	}
-
-	// A changed ttl re-issues at once with the new lifetime.
-	user := getUser(t, ns, "bob")
-	user.Spec.Token.TTL = &metav1.Duration{Duration: 2 * time.Hour}
-	if err := env.Client.Update(ctx, user); err != nil {
-		t.Fatal(err)
-	}
-	if res, err = r.Reconcile(ctx, req); err != nil {
-		t.Fatal(err)
-	}
-	if res.RequeueAfter != 96*time.Minute || secretToken(t, secretKey) == second {
-		t.Errorf("ttl change: requeue %v, token replaced=%v", res.RequeueAfter, secretToken(t, secretKey) != second)
-	}
-}
-
-func secretToken(t *testing.T, key types.NamespacedName) string {
-	t.Helper()
-	s := &corev1.Secret{}
-	if err := env.Client.Get(context.Background(), key, s); err != nil {
-		t.Fatal(err)
-	}
-	return string(s.Data["token"])
-}
-
 // TestSigningKeyRotation drives the key reconciler with a fake clock: first key
 // on an empty namespace, rotation after the period with the old key still
 // published, the old key dropped once its tokens can no longer be valid, and
@@ -118,7 +24,7 @@ func TestSigningKeyRotation(t *testing.T) {
 	ctx := context.Background()
 	ns := envtest.NewNamespace(t, env.Client, "ctrl")
 	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	store := controller.NewKeyStore(issuer, audience, clk.Now)
+	store := token.NewKeyStore(issuer, audience, clk.Now)
 	// Longer than the longest token ttl, so the drop of a retired key comes before the next rotation.
 	period := 60 * 24 * time.Hour
 	r := &controller.SigningKeyReconciler{
@@ -132,7 +38,7 @@ func TestSigningKeyRotation(t *testing.T) {
 		if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "jwks"}, cm); err != nil {
 			t.Fatal(err)
 		}
-		keys, err := token.ParseJWKS([]byte(cm.Data[controller.JWKSKey]))
+		keys, err := token.ParseJWKS([]byte(cm.Data[token.JWKSKey]))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,0 +1,145 @@
+package manager
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/clock"
+)
+
+// Options configure the operator. [NewOptions] holds every default; the
+// command line binds them with [Options.BindFlags]; [Run] checks them with
+// [Options.Validate].
+type Options struct {
+	// RestConfig reaches the API server; nil loads the usual kubeconfig chain.
+	RestConfig *rest.Config
+
+	MetricsAddr       string // "0" disables
+	ProbeAddr         string // "0" disables
+	RefreshAddr       string // serves POST /auth/refresh; "" or "0" disables
+	LeaderElection    bool
+	LeaderElectionID  string
+	Namespace         string // the operator's own namespace: keys Secret and JWKS ConfigMap
+	SigningKeysSecret string
+	JWKSConfigMap     string
+	KeyRotationPeriod time.Duration
+	// Issuer is the iss claim; empty means https://llm-user-operator.<Namespace>.svc.
+	Issuer   string
+	Audience string
+	// ProxyBaseURL is the OPENAI_BASE_URL written into every token Secret;
+	// empty means http://llm-user-proxy.<Namespace>.svc:8000/v1.
+	ProxyBaseURL     string
+	GracefulShutdown time.Duration
+
+	SkipNameValidation bool // tests start several managers in one process
+	Clock              clock.Clock
+	Scheme             *runtime.Scheme
+}
+
+// NewOptions returns the defaults. The namespace comes from POD_NAMESPACE
+// (the chart sets it from the downward API) when set.
+func NewOptions() Options {
+	ns := os.Getenv("POD_NAMESPACE")
+	if ns == "" {
+		ns = "llm-user-operator-system"
+	}
+	return Options{
+		MetricsAddr:       ":8080",
+		ProbeAddr:         ":8081",
+		RefreshAddr:       ":8082",
+		LeaderElectionID:  "llm-user-operator.llm.userops.dev",
+		Namespace:         ns,
+		SigningKeysSecret: "llm-user-operator-signing-keys",
+		JWKSConfigMap:     "llm-user-operator-jwks",
+		KeyRotationPeriod: 30 * 24 * time.Hour,
+		Audience:          "llm-user-proxy",
+		GracefulShutdown:  30 * time.Second,
+	}
+}
+
+// BindFlags registers a flag for every option a command line sets, each
+// defaulting to o's current value (call it on [NewOptions]).
+func (o *Options) BindFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", o.MetricsAddr, `Address of the metrics endpoint; "0" disables it.`)
+	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", o.ProbeAddr, `Address of /healthz and /readyz; "0" disables them.`)
+	fs.StringVar(&o.RefreshAddr, "refresh-bind-address", o.RefreshAddr, `Address of POST /auth/refresh, served by every replica; "0" disables it.`)
+	fs.BoolVar(&o.LeaderElection, "leader-elect", o.LeaderElection, "Elect a leader so only one replica reconciles and writes; every replica serves /auth/refresh.")
+	fs.StringVar(&o.LeaderElectionID, "leader-election-id", o.LeaderElectionID, "Name of the Lease used for leader election, in --namespace.")
+	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "The operator's namespace: signing keys, JWKS and the leader election Lease live here (default: env POD_NAMESPACE).")
+	fs.StringVar(&o.SigningKeysSecret, "signing-keys-secret", o.SigningKeysSecret, "Secret holding the private signing keys.")
+	fs.StringVar(&o.JWKSConfigMap, "jwks-configmap", o.JWKSConfigMap, "ConfigMap publishing the public keys (JWKS) for the proxy.")
+	fs.DurationVar(&o.KeyRotationPeriod, "key-rotation-period", o.KeyRotationPeriod, "How often a new signing key is created.")
+	fs.StringVar(&o.Issuer, "issuer", o.Issuer, "iss claim of issued tokens (default https://llm-user-operator.<namespace>.svc).")
+	fs.StringVar(&o.Audience, "audience", o.Audience, "aud claim of issued tokens; the proxy checks it.")
+	fs.StringVar(&o.ProxyBaseURL, "proxy-base-url", o.ProxyBaseURL, "OPENAI_BASE_URL written into token Secrets (default http://llm-user-proxy.<namespace>.svc:8000/v1).")
+	fs.DurationVar(&o.GracefulShutdown, "graceful-shutdown-timeout", o.GracefulShutdown, "How long running reconciles and requests get to finish on shutdown.")
+}
+
+// complete fills what was left unset (an Options literal in a test) from
+// [NewOptions] and derives the namespace-dependent defaults.
+func (o *Options) complete() {
+	d := NewOptions()
+	str := func(v *string, def string) {
+		if *v == "" {
+			*v = def
+		}
+	}
+	str(&o.MetricsAddr, d.MetricsAddr)
+	str(&o.ProbeAddr, d.ProbeAddr)
+	str(&o.LeaderElectionID, d.LeaderElectionID)
+	str(&o.Namespace, d.Namespace)
+	str(&o.SigningKeysSecret, d.SigningKeysSecret)
+	str(&o.JWKSConfigMap, d.JWKSConfigMap)
+	str(&o.Audience, d.Audience)
+	str(&o.Issuer, "https://llm-user-operator."+o.Namespace+".svc")
+	str(&o.ProxyBaseURL, "http://llm-user-proxy."+o.Namespace+".svc:8000/v1")
+	if o.KeyRotationPeriod == 0 {
+		o.KeyRotationPeriod = d.KeyRotationPeriod
+	}
+	if o.GracefulShutdown == 0 {
+		o.GracefulShutdown = d.GracefulShutdown
+	}
+	if o.Clock == nil {
+		o.Clock = clock.RealClock{}
+	}
+}
+
+// Validate reports every option that cannot work, each with what to set.
+func (o *Options) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if msgs := validation.IsDNS1123Label(o.Namespace); len(msgs) > 0 {
+		bad("--namespace %q is not a namespace name: %s", o.Namespace, strings.Join(msgs, "; "))
+	}
+	for _, n := range []struct{ flag, name string }{
+		{"--signing-keys-secret", o.SigningKeysSecret}, {"--jwks-configmap", o.JWKSConfigMap}, {"--leader-election-id", o.LeaderElectionID},
+	} {
+		if msgs := validation.IsDNS1123Subdomain(n.name); len(msgs) > 0 {
+			bad("%s %q is not an object name: %s", n.flag, n.name, strings.Join(msgs, "; "))
+		}
+	}
+	if o.KeyRotationPeriod < time.Hour {
+		bad("--key-rotation-period %s is too short: a key must outlive the token renewals it serves; use 1h or more, such as 720h", o.KeyRotationPeriod)
+	}
+	if o.Audience == "" {
+		bad("--audience is empty: set the audience the proxy checks, such as llm-user-proxy")
+	}
+	if u, err := url.Parse(o.Issuer); err != nil || u.Scheme == "" || u.Host == "" {
+		bad("--issuer %q is not an absolute URL, such as https://llm-user-operator.%s.svc", o.Issuer, o.Namespace)
+	}
+	if u, err := url.Parse(o.ProxyBaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		bad("--proxy-base-url %q is not an http(s) URL, such as http://llm-user-proxy.%s.svc:8000/v1", o.ProxyBaseURL, o.Namespace)
+	}
+	if o.GracefulShutdown < 0 {
+		bad("--graceful-shutdown-timeout %s is negative", o.GracefulShutdown)
+	}
+	return errors.Join(errs...)
+}
