@@ -63,13 +63,12 @@ func TestSigningKeyRotation(t *testing.T) {
 		t.Fatalf("first pass: %d keys, requeue %v", len(keys), res.RequeueAfter)
 	}
 	first := keys[0].ID
-	active, _ := store.Active()
-	if active.ID != first || active.Private == nil {
-		t.Fatalf("store holds %q, want %q with its private half", active.ID, first)
+	iss, _ := store.Signer()
+	if iss == nil || iss.Key.ID != first || iss.Key.Private == nil {
+		t.Fatalf("store signs with %+v, want %q with its private half", iss, first)
 	}
 	// A token signed just before the rotation must keep verifying through it.
 	clk.Step(period - time.Hour)
-	iss := &token.Issuer{Key: active, Issuer: issuer, Audience: audience, Now: clk.Now}
 	tok, _, err := iss.Issue(token.IssueRequest{Namespace: "n", Name: "u", UID: "uid", Generation: 1, TTL: controller.MaxTokenTTL})
 	if err != nil {
 		t.Fatal(err)

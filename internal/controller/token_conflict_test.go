@@ -283,7 +283,7 @@ func TestUnlabelledSecretRecheck(t *testing.T) {
 	keys.Set([]token.Key{k})
 	rec := events.NewFakeRecorder(10)
 	r := &controller.TokenReconciler{
-		Client: cached, APIReader: env.Client, Clock: clk, Keys: keys, Issuer: issuer, Audience: audience,
+		Client: cached, APIReader: env.Client, Clock: clk, Keys: keys,
 		BaseURL: baseURL, Recorder: rec,
 	}
 	if err := env.Client.Create(ctx, newQuota(ns, "q")); err != nil {

@@ -47,9 +47,10 @@ const secretNameIndex = "token.secretName"
 type workqueueRL = workqueue.TypedRateLimitingInterface[reconcile.Request]
 
 // TokenReconciler issues each LLMUser its token: a JWT in a Secret of the
-// user's namespace, renewed at 80% of its lifetime, re-issued with a new
-// generation when the rotate-token annotation changes, restored when edited
-// or deleted. It owns the Ready and TokenIssued conditions and status.token.
+// user's namespace, renewed between 80% and 90% of its lifetime (see
+// [RenewAt]), re-issued with a new generation when the rotate-token
+// annotation changes, restored when edited or deleted. It owns the Ready and
+// TokenIssued conditions and status.token.
 type TokenReconciler struct {
 	Client client.Client
 	// APIReader reads what the cache cannot see: the cache holds only Secrets
@@ -58,8 +59,6 @@ type TokenReconciler struct {
 	APIReader client.Reader
 	Clock     clock.Clock
 	Keys      *token.KeyStore
-	Issuer    string
-	Audience  string
 	// BaseURL is the proxy's OpenAI base URL, ending in /v1.
 	BaseURL  string
 	Recorder events.EventRecorder
@@ -112,7 +111,7 @@ func (r *TokenReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 	if quotaErr != nil && !apierrors.IsNotFound(quotaErr) {
 		return reconcile.Result{}, quotaErr
 	}
-	active, haveKey := r.Keys.Active()
+	signer, haveKey := r.Keys.Signer()
 
 	switch {
 	case user.Spec.Suspended:
@@ -128,11 +127,13 @@ func (r *TokenReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		}
 		r.setCondition(user, llmv1alpha1.ConditionReady, metav1.ConditionFalse, llmv1alpha1.ReasonQuotaNotFound, msg)
 	case !haveKey:
-		msg := "the operator has no signing key yet; the token is issued as soon as one exists"
-		r.setCondition(user, llmv1alpha1.ConditionTokenIssued, metav1.ConditionFalse, llmv1alpha1.ReasonSigningKeyUnavailable, msg)
-		r.setCondition(user, llmv1alpha1.ConditionReady, metav1.ConditionFalse, llmv1alpha1.ReasonSigningKeyUnavailable, msg)
+		// Keys not loaded yet: right after a start or a failover, before the
+		// cache delivered the keys Secret. Every user is enqueued again once
+		// they arrive (SetupWithManager); writing a transient state now would
+		// cost every user two status writes at each restart and flap Ready.
+		return reconcile.Result{}, nil
 	default:
-		renewAt, conflict, err := r.ensureToken(ctx, user, active, now)
+		renewAt, conflict, err := r.ensureToken(ctx, user, signer, now)
 		if err != nil {
 			return reconcile.Result{}, err
 		}
@@ -162,7 +163,7 @@ func (r *TokenReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 // is due for renewal. conflict is non-empty, and nothing was written, when
 // the Secret under the wanted name is not this user's to write; it says why
 // and what to rename.
-func (r *TokenReconciler) ensureToken(ctx context.Context, user *llmv1alpha1.LLMUser, active token.Key, now time.Time) (renewAt time.Time, conflict string, err error) {
+func (r *TokenReconciler) ensureToken(ctx context.Context, user *llmv1alpha1.LLMUser, signer *token.Issuer, now time.Time) (renewAt time.Time, conflict string, err error) {
 	ts := user.Status.Token
 	key := types.NamespacedName{Namespace: user.Namespace, Name: SecretName(user)}
 	if slices.Contains(r.ReservedSecrets, key) {
@@ -189,9 +190,8 @@ func (r *TokenReconciler) ensureToken(ctx context.Context, user *llmv1alpha1.LLM
 	}
 	reason := reissueReason(now, user, ts.Generation, claims)
 	if reason != "" {
-		issuer := &token.Issuer{Key: active, Issuer: r.Issuer, Audience: r.Audience, Now: r.Clock.Now}
 		var err error
-		raw, claims, err = issuer.Issue(token.IssueRequest{
+		raw, claims, err = signer.Issue(token.IssueRequest{
 			Namespace: user.Namespace, Name: user.Name, UID: string(user.UID),
 			Generation: ts.Generation, TTL: TokenTTL(user),
 		})
@@ -200,7 +200,7 @@ func (r *TokenReconciler) ensureToken(ctx context.Context, user *llmv1alpha1.LLM
 		}
 	}
 	iat, exp := claims.IssuedAt.Time, claims.ExpiresAt.Time
-	renewAt = RenewAt(iat, exp)
+	renewAt = RenewAt(user.UID, iat, exp)
 
 	desired := map[string][]byte{
 		SecretKeyToken:     []byte(raw),
@@ -239,12 +239,12 @@ func (r *TokenReconciler) ensureToken(ctx context.Context, user *llmv1alpha1.LLM
 		}
 	}
 	if reason != "" {
-		ts.KeyID = active.ID
+		ts.KeyID = signer.Key.ID
 		action := map[string]string{"NoValidToken": "Issued", "WrongSubject": "Issued", "Rotated": "Rotated", "TTLChanged": "Renewed", "Renewal": "Renewed"}[reason]
 		r.Recorder.Eventf(user, nil, corev1.EventTypeNormal, "Token"+action, "IssueToken",
 			"token generation %d issued into Secret %s, expires %s", ts.Generation, key.Name, exp.UTC().Format(time.RFC3339))
 	} else if ts.KeyID == "" {
-		ts.KeyID = active.ID
+		ts.KeyID = signer.Key.ID
 	}
 	ts.SecretName = key.Name
 	ts.IssuedAt, ts.ExpiresAt, ts.RenewAt = ptrTime(iat), ptrTime(exp), ptrTime(renewAt)
@@ -410,7 +410,11 @@ func (r *TokenReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	err := ctrl.NewControllerManagedBy(mgr).
 		Named(name).
 		For(&llmv1alpha1.LLMUser{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
-		Owns(&corev1.Secret{}).
+		// Edits and deletions of a token Secret are repaired; its creation is
+		// our own write, and reacting to it would reconcile every new user
+		// twice (the second time, often, from a cache that has not seen the
+		// first status write yet: a conflict).
+		Owns(&corev1.Secret{}, builder.WithPredicates(predicate.Funcs{CreateFunc: func(event.CreateEvent) bool { return false }})).
 		Watches(&corev1.Secret{}, claimants, builder.WithPredicates(onlyDeletes)).
 		Watches(&llmv1alpha1.LLMQuota{}, usersOfQuota, builder.WithPredicates(predicate.Funcs{
 			// Only a quota's existence matters to a token.

@@ -68,7 +68,13 @@ func (r *UsageReconciler) judgeUsage(obj client.Object, v usageView, spec *llmv1
 			a.State.ResetAt.UTC().Format(time.RFC3339))
 	}
 	cond, _ := exceededCondition(states, obj.GetGeneration(), now)
-	if prev := meta.FindStatusCondition(*v.conditions, cond.Type); prev == nil || prev.Status != cond.Status || prev.Message != cond.Message {
+	prev := meta.FindStatusCondition(*v.conditions, cond.Type)
+	// Nothing used yet, nothing to say: the condition appears with the first
+	// usage, so that onboarding a user costs no status write of ours.
+	if prev == nil && len(v.usage) == 0 {
+		return time.Time{}
+	}
+	if prev == nil || prev.Status != cond.Status || prev.Message != cond.Message {
 		meta.SetStatusCondition(v.conditions, cond)
 	}
 	return nextDeadline(v.usage, now)
@@ -106,13 +112,21 @@ func (r *UsageReconciler) finish(ctx context.Context, orig, obj client.Object, n
 	return res, nil
 }
 
-// usageChanged passes updates whose status.usage changed: the proxy's writes.
+// usageChanged passes updates whose status.usage changed (the proxy's
+// writes) and, at start, objects that have usage to judge (a window may have
+// reset meanwhile).
 func usageChanged[T client.Object](get func(T) []llmv1alpha1.WindowUsage) predicate.Predicate {
-	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
-		o, ok1 := e.ObjectOld.(T)
-		n, ok2 := e.ObjectNew.(T)
-		return ok1 && ok2 && !equality.Semantic.DeepEqual(get(o), get(n))
-	}}
+	return predicate.Funcs{
+		CreateFunc: func(e event.CreateEvent) bool {
+			o, ok := e.Object.(T)
+			return ok && len(get(o)) > 0
+		},
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			o, ok1 := e.ObjectOld.(T)
+			n, ok2 := e.ObjectNew.(T)
+			return ok1 && ok2 && !equality.Semantic.DeepEqual(get(o), get(n))
+		},
+	}
 }
 
 // +kubebuilder:rbac:groups=llm.userops.dev,resources=llmusers;llmquotas,verbs=get;list;watch

@@ -72,8 +72,17 @@ func TestUsageThresholdsAndReset(t *testing.T) {
 		}
 	}
 
+	// No usage yet: nothing to judge, nothing written.
+	rv := getUser(t, ns, "u").ResourceVersion
+	if res := pass(); res.RequeueAfter != 0 || getUser(t, ns, "u").ResourceVersion != rv || condition(getUser(t, ns, "u"), llmv1alpha1.ConditionQuotaExceeded) != nil {
+		t.Fatalf("a user without usage: requeue %v, status written %v", res.RequeueAfter, getUser(t, ns, "u").ResourceVersion != rv)
+	}
+
 	writeUsage(500, start)
 	pass()
+	if err := wantCondition(getUser(t, ns, "u"), llmv1alpha1.ConditionQuotaExceeded, metav1.ConditionFalse, llmv1alpha1.ReasonWithinLimits); err != nil {
+		t.Fatal(err)
+	}
 	if ev := drain(); len(ev) != 0 {
 		t.Fatalf("events below every threshold: %v", ev)
 	}

@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -45,6 +46,8 @@ func Run(ctx context.Context, o Options) error {
 			return fmt.Errorf("no Kubernetes API to talk to: %w", err)
 		}
 	}
+	cfg = rest.CopyConfig(cfg)
+	cfg.QPS, cfg.Burst = float32(o.KubeAPIQPS), o.KubeAPIBurst
 	if o.Scheme == nil {
 		o.Scheme = apischeme.New()
 	}
@@ -61,7 +64,10 @@ func Run(ctx context.Context, o Options) error {
 		// in one retry period instead of a whole lease duration.
 		LeaderElectionReleaseOnCancel: true,
 		GracefulShutdownTimeout:       &o.GracefulShutdown,
-		Controller:                    config.Controller{SkipNameValidation: &o.SkipNameValidation},
+		Controller: config.Controller{
+			SkipNameValidation:      &o.SkipNameValidation,
+			MaxConcurrentReconciles: o.MaxConcurrentReconciles,
+		},
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			// Only what we write: never cache every Secret and ConfigMap in the cluster.
 			&corev1.Secret{}:    {Label: managed},
@@ -83,7 +89,7 @@ func Run(ctx context.Context, o Options) error {
 		},
 		&controller.SigningKeyLoader{Client: mgr.GetClient(), Secret: keysSecret, Store: keys},
 		&controller.TokenReconciler{
-			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clock: o.Clock, Keys: keys, Issuer: o.Issuer, Audience: o.Audience,
+			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clock: o.Clock, Keys: keys,
 			BaseURL: o.ProxyBaseURL, Recorder: recorder, ReservedSecrets: []types.NamespacedName{keysSecret},
 		},
 		&controller.QuotaReconciler{Client: mgr.GetClient(), Clock: o.Clock},
@@ -95,7 +101,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 
 	if o.RefreshAddr != "" && o.RefreshAddr != "0" {
-		h := &refresh.Handler{Users: users{mgr.GetClient()}, Keys: keys, Issuer: o.Issuer, Audience: o.Audience, Now: o.Clock.Now}
+		h := &refresh.Handler{Users: users{mgr.GetClient()}, Keys: keys}
 		mux := http.NewServeMux()
 		mux.Handle("/auth/refresh", h)
 		if err := mgr.Add(&httpServer{addr: o.RefreshAddr, handler: mux}); err != nil {

@@ -15,6 +15,13 @@ import (
 	"k8s.io/utils/clock"
 )
 
+// Defaults sized for onboarding 10,000 users in a minute; see NewOptions.
+const (
+	defaultMaxConcurrentReconciles = 8
+	defaultKubeAPIQPS              = 500
+	defaultKubeAPIBurst            = 1000
+)
+
 // Options configure the operator. [NewOptions] holds every default; the
 // command line binds them with [Options.BindFlags]; [Run] checks them with
 // [Options.Validate].
@@ -38,6 +45,11 @@ type Options struct {
 	// empty means http://llm-user-proxy.<Namespace>.svc:8000/v1.
 	ProxyBaseURL     string
 	GracefulShutdown time.Duration
+	// MaxConcurrentReconciles is how many objects each controller reconciles at once.
+	MaxConcurrentReconciles int
+	// KubeAPIQPS and KubeAPIBurst bound the operator's requests to the API server.
+	KubeAPIQPS   float64
+	KubeAPIBurst int
 
 	SkipNameValidation bool // tests start several managers in one process
 	Clock              clock.Clock
@@ -62,6 +74,15 @@ func NewOptions() Options {
 		KeyRotationPeriod: 30 * 24 * time.Hour,
 		Audience:          "llm-user-proxy",
 		GracefulShutdown:  30 * time.Second,
+		// A reconcile waits on the API server (a Secret and a status write
+		// for a new user), not on CPU: a handful in flight keep those writes
+		// pipelined on a small machine without piling up conflicts.
+		MaxConcurrentReconciles: defaultMaxConcurrentReconciles,
+		// Onboarding costs two writes per user (its Secret, its status) plus
+		// an Event; 10,000 users in a minute is about 500 requests a second.
+		// The API server's priority and fairness still protects it from us.
+		KubeAPIQPS:   defaultKubeAPIQPS,
+		KubeAPIBurst: defaultKubeAPIBurst,
 	}
 }
 
@@ -81,6 +102,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Audience, "audience", o.Audience, "aud claim of issued tokens; the proxy checks it.")
 	fs.StringVar(&o.ProxyBaseURL, "proxy-base-url", o.ProxyBaseURL, "OPENAI_BASE_URL written into token Secrets (default http://llm-user-proxy.<namespace>.svc:8000/v1).")
 	fs.DurationVar(&o.GracefulShutdown, "graceful-shutdown-timeout", o.GracefulShutdown, "How long running reconciles and requests get to finish on shutdown.")
+	fs.IntVar(&o.MaxConcurrentReconciles, "max-concurrent-reconciles", o.MaxConcurrentReconciles, "How many objects each controller reconciles at once.")
+	fs.Float64Var(&o.KubeAPIQPS, "kube-api-qps", o.KubeAPIQPS, "Sustained requests per second to the API server.")
+	fs.IntVar(&o.KubeAPIBurst, "kube-api-burst", o.KubeAPIBurst, "Requests to the API server allowed in a burst above --kube-api-qps.")
 }
 
 // complete fills what was left unset (an Options literal in a test) from
@@ -106,6 +130,15 @@ func (o *Options) complete() {
 	}
 	if o.GracefulShutdown == 0 {
 		o.GracefulShutdown = d.GracefulShutdown
+	}
+	if o.MaxConcurrentReconciles == 0 {
+		o.MaxConcurrentReconciles = d.MaxConcurrentReconciles
+	}
+	if o.KubeAPIQPS == 0 {
+		o.KubeAPIQPS = d.KubeAPIQPS
+	}
+	if o.KubeAPIBurst == 0 {
+		o.KubeAPIBurst = d.KubeAPIBurst
 	}
 	if o.Clock == nil {
 		o.Clock = clock.RealClock{}
@@ -140,6 +173,12 @@ func (o *Options) Validate() error {
 	}
 	if o.GracefulShutdown < 0 {
 		bad("--graceful-shutdown-timeout %s is negative", o.GracefulShutdown)
+	}
+	if o.MaxConcurrentReconciles < 1 {
+		bad("--max-concurrent-reconciles %d: set 1 or more", o.MaxConcurrentReconciles)
+	}
+	if o.KubeAPIQPS <= 0 || o.KubeAPIBurst < 1 {
+		bad("--kube-api-qps %g and --kube-api-burst %d must both be positive, such as %g and %d", o.KubeAPIQPS, o.KubeAPIBurst, float64(defaultKubeAPIQPS), defaultKubeAPIBurst)
 	}
 	return errors.Join(errs...)
 }

@@ -14,12 +14,13 @@ func TestFlags(t *testing.T) {
 	o := NewOptions()
 	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
 	o.BindFlags(fs)
-	if err := fs.Parse([]string{"--leader-elect", "--key-rotation-period=48h", "--audience=aud"}); err != nil {
+	if err := fs.Parse([]string{"--leader-elect", "--key-rotation-period=48h", "--audience=aud", "--max-concurrent-reconciles=3", "--kube-api-qps=50.5", "--kube-api-burst=70"}); err != nil {
 		t.Fatal(err)
 	}
 	o.complete()
 	if !o.LeaderElection || o.KeyRotationPeriod != 48*time.Hour || o.Audience != "aud" || o.Namespace != "ops" ||
-		o.RefreshAddr != ":8082" || o.SigningKeysSecret != "llm-user-operator-signing-keys" {
+		o.RefreshAddr != ":8082" || o.SigningKeysSecret != "llm-user-operator-signing-keys" ||
+		o.MaxConcurrentReconciles != 3 || o.KubeAPIQPS != 50.5 || o.KubeAPIBurst != 70 {
 		t.Errorf("options %+v", o)
 	}
 	if o.Issuer != "https://llm-user-operator.ops.svc" || o.ProxyBaseURL != "http://llm-user-proxy.ops.svc:8000/v1" {
@@ -46,6 +47,10 @@ func TestValidate(t *testing.T) {
 			"--audience is empty: set the audience the proxy checks, such as llm-user-proxy"},
 		{"issuer", func(o *Options) { o.Issuer = "operator" },
 			`--issuer "operator" is not an absolute URL, such as https://llm-user-operator.ops.svc`},
+		{"reconciles", func(o *Options) { o.MaxConcurrentReconciles = -1 },
+			"--max-concurrent-reconciles -1: set 1 or more"},
+		{"qps", func(o *Options) { o.KubeAPIQPS = -1 },
+			"--kube-api-qps -1 and --kube-api-burst 1000 must both be positive, such as 500 and 1000"},
 		{"base URL", func(o *Options) { o.ProxyBaseURL = "proxy:8000/v1" },
 			`--proxy-base-url "proxy:8000/v1" is not an http(s) URL, such as http://llm-user-proxy.ops.svc:8000/v1`},
 	}

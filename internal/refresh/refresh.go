@@ -28,19 +28,17 @@ type Users interface {
 	User(ctx context.Context, namespace, name string) (u User, ok bool, err error)
 }
 
-// Keys gives the current signing key and a verifier for every published key.
+// Keys gives the issuer of the current signing key and a verifier for every
+// published key; a [token.KeyStore] does.
 type Keys interface {
-	Active() (token.Key, bool)
+	Signer() (*token.Issuer, bool)
 	Verifier() *token.Verifier
 }
 
 // Handler serves POST /auth/refresh.
 type Handler struct {
-	Users    Users
-	Keys     Keys
-	Issuer   string
-	Audience string
-	Now      func() time.Time
+	Users Users
+	Keys  Keys
 }
 
 // Response is the OpenAI-style body of a successful refresh.
@@ -65,7 +63,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusUnauthorized, openaiapi.CodeInvalidAPIKey, "malformed Authorization header: expected 'Bearer <token>'")
 		return
 	}
-	active, ok := h.Keys.Active()
+	signer, ok := h.Keys.Signer()
 	if !ok {
 		refuse(w, http.StatusServiceUnavailable, openaiapi.CodeUnavailable, "no signing key loaded yet; retry shortly")
 		return
@@ -99,8 +97,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusForbidden, openaiapi.CodeRefreshNotAllowed, "refresh is disabled for this user (spec.token.allowRefresh is false)")
 		return
 	}
-	issuer := &token.Issuer{Key: active, Issuer: h.Issuer, Audience: h.Audience, Now: h.Now}
-	fresh, c, err := issuer.Issue(token.IssueRequest{
+	fresh, c, err := signer.Issue(token.IssueRequest{
 		Namespace: claims.Namespace, Name: claims.Name, UID: claims.UID,
 		Generation: max(claims.Generation, u.TokenGeneration), TTL: u.TTL,
 	})

@@ -20,13 +20,12 @@ func (f fakeUsers) User(_ context.Context, ns, name string) (User, bool, error) 
 }
 
 type fakeKeys struct {
-	key token.Key
-	ok  bool
-	v   *token.Verifier
+	issuer *token.Issuer
+	v      *token.Verifier
 }
 
-func (k fakeKeys) Active() (token.Key, bool) { return k.key, k.ok }
-func (k fakeKeys) Verifier() *token.Verifier { return k.v }
+func (k fakeKeys) Signer() (*token.Issuer, bool) { return k.issuer, k.issuer != nil }
+func (k fakeKeys) Verifier() *token.Verifier     { return k.v }
 
 func TestRefresh(t *testing.T) {
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
@@ -52,7 +51,7 @@ func TestRefresh(t *testing.T) {
 		"ns/norefresh": {UID: "uid-norefresh", TokenGeneration: 1, AllowRefresh: false, TTL: time.Hour},
 		"ns/recreated": {UID: "a-different-uid", TokenGeneration: 1, AllowRefresh: true, TTL: time.Hour},
 	}
-	h := &Handler{Users: users, Keys: fakeKeys{key, true, v}, Issuer: "iss", Audience: "aud", Now: clock}
+	h := &Handler{Users: users, Keys: fakeKeys{&token.Issuer{Key: key, Issuer: "iss", Audience: "aud", Now: clock}, v}}
 
 	expired := func() string {
 		iss := &token.Issuer{Key: key, Issuer: "iss", Audience: "aud", Now: func() time.Time { return now.Add(-3 * time.Hour) }}
@@ -83,7 +82,7 @@ func TestRefresh(t *testing.T) {
 		{"recreated user (new uid)", http.MethodPost, "Bearer " + issue("recreated", 1, time.Hour), h, 401, "invalid_api_key"},
 		{"refresh disabled", http.MethodPost, "Bearer " + issue("norefresh", 1, time.Hour), h, 403, "refresh_not_allowed"},
 		{"no signing key", http.MethodPost, "Bearer " + issue("alice", 2, time.Hour),
-			&Handler{Users: users, Keys: fakeKeys{ok: false, v: v}, Issuer: "iss", Audience: "aud", Now: clock}, 503, "unavailable"},
+			&Handler{Users: users, Keys: fakeKeys{v: v}}, 503, "unavailable"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -130,7 +129,7 @@ func TestRefresh(t *testing.T) {
 // TestRefusalShape pins the exact bytes of refusals: the OpenAI error shape
 // the proxy writes, with the message that says what to send.
 func TestRefusalShape(t *testing.T) {
-	h := &Handler{Keys: fakeKeys{}, Now: time.Now}
+	h := &Handler{Keys: fakeKeys{}}
 	tests := []struct {
 		auth   string
 		status int

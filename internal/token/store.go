@@ -10,30 +10,47 @@ import (
 const JWKSKey = "jwks.json"
 
 // KeyStore holds the signing keys a process loaded, for whatever signs and
-// verifies with them (the token reconciler, the refresh endpoint). It is safe
-// for concurrent use.
+// verifies with them (the token reconciler, the refresh endpoint): one
+// [Issuer] per key, built when the key arrives and reused for every token,
+// and one [Verifier] for the whole set. It is safe for concurrent use.
 type KeyStore struct {
-	mu       sync.RWMutex
-	keys     []Key
-	now      func() time.Time
-	verifier *Verifier
-	ready    chan struct{}
-	once     sync.Once
+	issuer, audience string
+	now              func() time.Time
+	verifier         *Verifier
+
+	mu      sync.RWMutex
+	keys    []Key
+	signers map[string]*Issuer // by kid
+
+	ready chan struct{}
+	once  sync.Once
 }
 
-// NewKeyStore returns an empty store whose verifier checks iss and aud.
+// NewKeyStore returns an empty store whose tokens carry iss and aud, and
+// whose verifier checks them.
 func NewKeyStore(issuer, audience string, now func() time.Time) *KeyStore {
 	return &KeyStore{
+		issuer:   issuer,
+		audience: audience,
 		now:      now,
 		verifier: NewVerifier(VerifierOptions{Issuer: issuer, Audience: audience, Now: now}),
+		signers:  map[string]*Issuer{},
 		ready:    make(chan struct{}),
 	}
 }
 
-// Set replaces the keys.
+// Set replaces the keys. A key already loaded keeps its [Issuer].
 func (s *KeyStore) Set(keys []Key) {
+	signers := make(map[string]*Issuer, len(keys))
 	s.mu.Lock()
-	s.keys = keys
+	for _, k := range keys {
+		if is, ok := s.signers[k.ID]; ok {
+			signers[k.ID] = is
+			continue
+		}
+		signers[k.ID] = &Issuer{Key: k, Issuer: s.issuer, Audience: s.audience, Now: s.now}
+	}
+	s.keys, s.signers = keys, signers
 	s.mu.Unlock()
 	s.verifier.SetKeys(keys)
 	if len(keys) > 0 {
@@ -41,12 +58,16 @@ func (s *KeyStore) Set(keys []Key) {
 	}
 }
 
-// Active returns the key that signs new tokens now: a new key only once it
-// has been published for [ActivationDelay].
-func (s *KeyStore) Active() (Key, bool) {
+// Signer returns the issuer of the key that signs new tokens now: a new key
+// only once it has been published for [ActivationDelay] (see [SigningKey]).
+func (s *KeyStore) Signer() (*Issuer, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return SigningKey(s.keys, s.now())
+	k, ok := SigningKey(s.keys, s.now())
+	if !ok {
+		return nil, false
+	}
+	return s.signers[k.ID], true
 }
 
 // Verifier verifies tokens against every loaded key.
