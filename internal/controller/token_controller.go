@@ -239,10 +239,8 @@ func (r *TokenReconciler) ensureToken(ctx context.Context, user *llmv1alpha1.LLM
 		}
 	}
 	if reason != "" {
+		r.recordIssue(user, reason, key.Name, exp)
 		ts.KeyID = signer.Key.ID
-		action := map[string]string{"NoValidToken": "Issued", "WrongSubject": "Issued", "Rotated": "Rotated", "TTLChanged": "Renewed", "Renewal": "Renewed"}[reason]
-		r.Recorder.Eventf(user, nil, corev1.EventTypeNormal, "Token"+action, "IssueToken",
-			"token generation %d issued into Secret %s, expires %s", ts.Generation, key.Name, exp.UTC().Format(time.RFC3339))
 	} else if ts.KeyID == "" {
 		ts.KeyID = signer.Key.ID
 	}
@@ -255,6 +253,37 @@ func (r *TokenReconciler) ensureToken(ctx context.Context, user *llmv1alpha1.LLM
 	r.setCondition(user, llmv1alpha1.ConditionTokenIssued, metav1.ConditionTrue, llmv1alpha1.ReasonIssued, msg)
 	r.setCondition(user, llmv1alpha1.ConditionReady, metav1.ConditionTrue, llmv1alpha1.ReasonIssued, "token issued and quota "+user.Spec.QuotaRef.Name+" found")
 	return renewAt, "", nil
+}
+
+// recordIssue leaves an Event for a token issued for a reason someone may
+// want to trace: a rotation or ttl change an admin asked for, a Secret
+// restored after it was edited or deleted. The first token and the scheduled
+// renewals are routine, shown by the Ready condition and status.token: an
+// Event for each would be two API writes per user a day at 10,000 users,
+// and a third write (after the Secret and the status) for every user
+// onboarded.
+func (r *TokenReconciler) recordIssue(user *llmv1alpha1.LLMUser, reason, secret string, exp time.Time) {
+	var event string
+	switch {
+	case reason == "Rotated":
+		event = "TokenRotated"
+	case reason == "TTLChanged":
+		event = "TokenRenewed"
+	case reason == "Renewal", user.Status.Token.IssuedAt == nil:
+		return
+	default: // NoValidToken, WrongSubject after a token was issued: restored
+		event = "TokenIssued"
+	}
+	r.Recorder.Eventf(user, nil, corev1.EventTypeNormal, event, "IssueToken",
+		"token generation %d issued into Secret %s (%s), expires %s", user.Status.Token.Generation, secret, reissueMessages[reason], exp.UTC().Format(time.RFC3339))
+}
+
+// reissueMessages explain the reasons of [reissueReason] in Events.
+var reissueMessages = map[string]string{
+	"NoValidToken": "the Secret held no valid token",
+	"WrongSubject": "the Secret held another user's token",
+	"Rotated":      "rotation requested",
+	"TTLChanged":   "spec.token.ttl changed",
 }
 
 // foreignSecret explains a create that found the name taken by a Secret the
