@@ -40,7 +40,7 @@ func (r *QuotaReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 	}
 	orig := q.DeepCopy()
 	var users llmv1alpha1.LLMUserList
-	if err := r.Client.List(ctx, &users, client.InNamespace(q.Namespace), client.MatchingFields{quotaRefIndex: q.Name}); err != nil {
+	if err := r.Client.List(ctx, &users, client.InNamespace(q.Namespace), client.MatchingFields{quotaRefIndex: q.Name}, client.UnsafeDisableDeepCopy); err != nil {
 		return reconcile.Result{}, err
 	}
 	q.Status.Users = int32(len(users.Items))

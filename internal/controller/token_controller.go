@@ -244,11 +244,15 @@ func (r *TokenReconciler) ensureToken(ctx context.Context, user *llmv1alpha1.LLM
 	} else if ts.KeyID == "" {
 		ts.KeyID = signer.Key.ID
 	}
+	// Only a user whose token last went elsewhere can have left a Secret
+	// behind: the others skip a scan of the namespace's Secrets.
+	if ts.SecretName != "" && ts.SecretName != key.Name {
+		if err := r.deleteStaleSecrets(ctx, user, key.Name); err != nil {
+			return time.Time{}, "", err
+		}
+	}
 	ts.SecretName = key.Name
 	ts.IssuedAt, ts.ExpiresAt, ts.RenewAt = ptrTime(iat), ptrTime(exp), ptrTime(renewAt)
-	if err := r.deleteStaleSecrets(ctx, user, key.Name); err != nil {
-		return time.Time{}, "", err
-	}
 	msg := fmt.Sprintf("token generation %d in Secret %s, valid until %s", ts.Generation, key.Name, exp.UTC().Format(time.RFC3339))
 	r.setCondition(user, llmv1alpha1.ConditionTokenIssued, metav1.ConditionTrue, llmv1alpha1.ReasonIssued, msg)
 	r.setCondition(user, llmv1alpha1.ConditionReady, metav1.ConditionTrue, llmv1alpha1.ReasonIssued, "token issued and quota "+user.Spec.QuotaRef.Name+" found")
