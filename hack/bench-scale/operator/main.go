@@ -27,6 +27,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -49,16 +50,17 @@ import (
 const opNamespace = "llm-user-operator-system"
 
 type config struct {
-	users, concurrency int
-	idle               time.Duration
-	cpuProfile         string
-	operator           manager.Options
+	users, concurrency, rounds int
+	idle                       time.Duration
+	cpuProfile                 string
+	operator                   manager.Options
 }
 
 func main() {
 	c := config{operator: manager.NewOptions()}
 	flag.IntVar(&c.users, "users", 2000, "LLMUsers to create.")
 	flag.IntVar(&c.concurrency, "concurrency", 32, "Concurrent clients creating users (and writing in the floor arm).")
+	flag.IntVar(&c.rounds, "rounds", 1, "Rounds, each against a fresh API server, the arms' order alternating; the summary lines are medians.")
 	flag.DurationVar(&c.idle, "idle", 10*time.Second, "How long to count the operator's writes once every user is Ready.")
 	flag.StringVar(&c.cpuProfile, "cpuprofile", "", "Write a CPU profile of the operator arm (operator and clients) to this file.")
 	flag.IntVar(&c.operator.MaxConcurrentReconciles, "max-concurrent-reconciles", c.operator.MaxConcurrentReconciles, "The operator's --max-concurrent-reconciles.")
@@ -77,10 +79,85 @@ func logf(format string, args ...any) {
 }
 
 func run(c config) error {
+	var rounds []roundResult
+	for i := range c.rounds {
+		// Alternate which arm goes first, so that drift over a run (a
+		// neighbour's load, etcd growing) weighs on both alike.
+		r, err := runRound(c, i%2 == 1)
+		if err != nil {
+			return fmt.Errorf("round %d: %w", i+1, err)
+		}
+		rounds = append(rounds, r)
+	}
+	out := []string{
+		fmt.Sprintf("users=%d", c.users),
+		fmt.Sprintf("concurrency=%d", c.concurrency),
+		fmt.Sprintf("rounds=%d", c.rounds),
+		fmt.Sprintf("gomaxprocs=%d", runtime.GOMAXPROCS(0)),
+		fmt.Sprintf("operator.max_concurrent_reconciles=%d", c.operator.MaxConcurrentReconciles),
+		fmt.Sprintf("operator.kube_api_qps=%g", c.operator.KubeAPIQPS),
+		fmt.Sprintf("operator.kube_api_burst=%d", c.operator.KubeAPIBurst),
+	}
+	for i, r := range rounds {
+		p := fmt.Sprintf("round.%d.", i+1)
+		out = append(out,
+			p+fmt.Sprintf("operator.creates_seconds=%.3f", r.op.creates.Seconds()),
+			p+fmt.Sprintf("operator.ready_seconds=%.3f", r.op.ready.Wall.Seconds()),
+			p+fmt.Sprintf("operator.cpu_seconds=%s", r.op.ready.CPU),
+			p+fmt.Sprintf("operator.writes_per_user=%.2f", float64(r.op.writes)/float64(c.users)),
+			p+fmt.Sprintf("operator.writes_by_kind=%s", r.op.byKind),
+			p+fmt.Sprintf("operator.idle_writes=%d", r.op.idleWrites),
+			p+fmt.Sprintf("floor.seconds=%.3f", r.floor.Wall.Seconds()),
+			p+fmt.Sprintf("floor.cpu_seconds=%s", r.floor.CPU),
+			p+fmt.Sprintf("floor_with_creates.seconds=%.3f", r.floorAll.Wall.Seconds()),
+			p+fmt.Sprintf("floor_with_creates.cpu_seconds=%s", r.floorAll.CPU),
+		)
+	}
+	med := func(f func(roundResult) float64) float64 {
+		v := make([]float64, len(rounds))
+		for i, r := range rounds {
+			v[i] = f(r)
+		}
+		slices.Sort(v)
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	idle := int64(0)
+	for _, r := range rounds {
+		idle += r.op.idleWrites
+	}
+	out = append(out,
+		fmt.Sprintf("operator.ready_seconds=%.3f", med(func(r roundResult) float64 { return r.op.ready.Wall.Seconds() })),
+		fmt.Sprintf("operator.users_per_second=%.1f", med(func(r roundResult) float64 { return float64(c.users) / r.op.ready.Wall.Seconds() })),
+		fmt.Sprintf("operator.writes_per_user=%.2f", med(func(r roundResult) float64 { return float64(r.op.writes) / float64(c.users) })),
+		fmt.Sprintf("operator.idle_seconds=%.0f", c.idle.Seconds()),
+		fmt.Sprintf("operator.idle_writes=%d", idle),
+		fmt.Sprintf("floor.seconds=%.3f", med(func(r roundResult) float64 { return r.floor.Wall.Seconds() })),
+		fmt.Sprintf("floor_with_creates.seconds=%.3f", med(func(r roundResult) float64 { return r.floorAll.Wall.Seconds() })),
+		fmt.Sprintf("ratio=%.2f", med(func(r roundResult) float64 { return r.op.ready.Wall.Seconds() / r.floor.Wall.Seconds() })),
+		fmt.Sprintf("ratio_with_creates=%.2f", med(func(r roundResult) float64 { return r.op.ready.Wall.Seconds() / r.floorAll.Wall.Seconds() })),
+		fmt.Sprintf("cpu_ratio_with_creates=%.2f", med(func(r roundResult) float64 { return r.op.ready.CPU.total() / r.floorAll.CPU.total() })),
+		fmt.Sprintf("target.ready_seconds_max=%d", 60),
+		fmt.Sprintf("target.ratio_max=%.1f", 1.5),
+	)
+	fmt.Println(strings.Join(out, "\n"))
+	return nil
+}
+
+type roundResult struct {
+	op              operatorResult
+	floor, floorAll measured
+}
+
+// runRound measures the three arms against a fresh API server and etcd.
+func runRound(c config, floorFirst bool) (roundResult, error) {
+	var r roundResult
 	logf("starting kube-apiserver and etcd")
 	env, err := envtest.New()
 	if err != nil {
-		return err
+		return r, err
 	}
 	defer env.Stop()
 	// The clients play many users and the floor's plain writer: no client-side limit.
@@ -88,56 +165,109 @@ func run(c config) error {
 	cfg.QPS, cfg.Burst = -1, 0
 	cl, err := client.New(cfg, client.Options{Scheme: apischeme.New()})
 	if err != nil {
-		return err
+		return r, err
 	}
 	ctx := context.Background()
 	if err := cl.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: opNamespace}}); err != nil {
-		return err
+		return r, err
 	}
-
-	op, err := operatorArm(ctx, c, env, cl)
-	if err != nil {
-		return fmt.Errorf("operator arm: %w", err)
+	floors := func() error {
+		if r.floor, err = floorArm(ctx, c, cl, "floor", false); err != nil {
+			return fmt.Errorf("floor arm: %w", err)
+		}
+		if r.floorAll, err = floorArm(ctx, c, cl, "floor-with-creates", true); err != nil {
+			return fmt.Errorf("floor arm with creates: %w", err)
+		}
+		return nil
 	}
-	floor, err := floorArm(ctx, c, cl, "floor", false)
-	if err != nil {
-		return fmt.Errorf("floor arm: %w", err)
+	if floorFirst {
+		// The operator reconciles every user it finds at start: the floor's
+		// users must not be there for it (they have no quota of theirs).
+		if err := floors(); err != nil {
+			return r, err
+		}
 	}
-	floorAll, err := floorArm(ctx, c, cl, "floor-with-creates", true)
-	if err != nil {
-		return fmt.Errorf("floor arm with creates: %w", err)
+	if r.op, err = operatorArm(ctx, c, env, cl); err != nil {
+		return r, fmt.Errorf("operator arm: %w", err)
 	}
-
-	out := []string{
-		fmt.Sprintf("users=%d", c.users),
-		fmt.Sprintf("concurrency=%d", c.concurrency),
-		fmt.Sprintf("gomaxprocs=%d", runtime.GOMAXPROCS(0)),
-		fmt.Sprintf("operator.max_concurrent_reconciles=%d", c.operator.MaxConcurrentReconciles),
-		fmt.Sprintf("operator.kube_api_qps=%g", c.operator.KubeAPIQPS),
-		fmt.Sprintf("operator.kube_api_burst=%d", c.operator.KubeAPIBurst),
-		fmt.Sprintf("operator.creates_seconds=%.3f", op.creates.Seconds()),
-		fmt.Sprintf("operator.ready_seconds=%.3f", op.ready.Seconds()),
-		fmt.Sprintf("operator.users_per_second=%.1f", float64(c.users)/op.ready.Seconds()),
-		fmt.Sprintf("operator.writes=%d", op.writes),
-		fmt.Sprintf("operator.writes_per_user=%.2f", float64(op.writes)/float64(c.users)),
-		fmt.Sprintf("operator.writes_by_kind=%s", op.byKind),
-		fmt.Sprintf("operator.idle_seconds=%.0f", c.idle.Seconds()),
-		fmt.Sprintf("operator.idle_writes=%d", op.idleWrites),
-		fmt.Sprintf("floor.seconds=%.3f", floor.Seconds()),
-		fmt.Sprintf("floor_with_creates.seconds=%.3f", floorAll.Seconds()),
-		fmt.Sprintf("ratio=%.2f", op.ready.Seconds()/floor.Seconds()),
-		fmt.Sprintf("ratio_with_creates=%.2f", op.ready.Seconds()/floorAll.Seconds()),
-		fmt.Sprintf("target.ready_seconds_max=%d", 60),
-		fmt.Sprintf("target.ratio_max=%.1f", 1.5),
+	if !floorFirst {
+		if err := floors(); err != nil {
+			return r, err
+		}
 	}
-	fmt.Println(strings.Join(out, "\n"))
-	return nil
+	return r, nil
 }
 
 type operatorResult struct {
-	creates, ready     time.Duration
+	creates            time.Duration
+	ready              measured
 	writes, idleWrites int64
 	byKind             string
+}
+
+// measured is an arm's wall time and the CPU time it cost each process.
+type measured struct {
+	Wall time.Duration
+	CPU  cpuTimes
+}
+
+// cpuTimes are CPU seconds of kube-apiserver, etcd and this process (the
+// operator and the clients, or the clients alone): robust where wall time
+// is not, on a machine shared with other work.
+type cpuTimes struct{ APIServer, Etcd, Self float64 }
+
+func (c cpuTimes) total() float64 { return c.APIServer + c.Etcd + c.Self }
+
+func (c cpuTimes) sub(d cpuTimes) cpuTimes {
+	return cpuTimes{c.APIServer - d.APIServer, c.Etcd - d.Etcd, c.Self - d.Self}
+}
+
+func (c cpuTimes) String() string {
+	return fmt.Sprintf("apiserver:%.1f,etcd:%.1f,self:%.1f,total:%.1f", c.APIServer, c.Etcd, c.Self, c.total())
+}
+
+// cpuNow reads the CPU time of this process and of its children
+// kube-apiserver and etcd from /proc.
+func cpuNow() cpuTimes {
+	const tick = 100.0 // USER_HZ on Linux
+	var c cpuTimes
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		c.Self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+	}
+	dirs, _ := os.ReadDir("/proc")
+	self := os.Getpid()
+	for _, d := range dirs {
+		b, err := os.ReadFile("/proc/" + d.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ... utime(14) stime(15)
+		open, closing := strings.IndexByte(string(b), '('), strings.LastIndexByte(string(b), ')')
+		if open < 0 || closing < open {
+			continue
+		}
+		comm := string(b[open+1 : closing])
+		f := strings.Fields(string(b[closing+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		var ppid int
+		var utime, stime float64
+		_, _ = fmt.Sscan(f[1], &ppid)
+		_, _ = fmt.Sscan(f[11], &utime)
+		_, _ = fmt.Sscan(f[12], &stime)
+		if ppid != self {
+			continue
+		}
+		switch comm {
+		case "kube-apiserver":
+			c.APIServer += (utime + stime) / tick
+		case "etcd":
+			c.Etcd += (utime + stime) / tick
+		}
+	}
+	return c
 }
 
 func operatorArm(ctx context.Context, c config, env *envtest.Env, cl client.Client) (operatorResult, error) {
@@ -148,6 +278,7 @@ func operatorArm(ctx context.Context, c config, env *envtest.Env, cl client.Clie
 	o.RestConfig.WrapTransport = writes.wrap
 	o.MetricsAddr, o.ProbeAddr, o.RefreshAddr = "0", "0", "0"
 	o.Namespace = opNamespace
+	o.SkipNameValidation = true // one operator per round, in one process
 
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -188,7 +319,7 @@ func operatorArm(ctx context.Context, c config, env *envtest.Env, cl client.Clie
 		}()
 	}
 	logf("operator arm: creating %d users from %d clients", c.users, c.concurrency)
-	start := time.Now()
+	start, cpu0 := time.Now(), cpuNow()
 	writes.reset()
 	if err := parallel(c.users, c.concurrency, func(i int) error {
 		return cl.Create(ctx, newUser(ns, i))
@@ -202,9 +333,9 @@ func operatorArm(ctx context.Context, c config, env *envtest.Env, cl client.Clie
 	case <-time.After(30 * time.Minute):
 		return res, errors.New("not every user Ready after 30 minutes")
 	}
-	res.ready = time.Since(start)
+	res.ready = measured{time.Since(start), cpuNow().sub(cpu0)}
 	res.writes, res.byKind = writes.snapshot()
-	logf("operator arm: all %d Ready in %s (%d writes); counting writes while idle for %s", c.users, res.ready.Round(time.Millisecond), res.writes, c.idle)
+	logf("operator arm: all %d Ready in %s (%d writes; cpu %s); counting writes while idle for %s", c.users, res.ready.Wall.Round(time.Millisecond), res.writes, res.ready.CPU, c.idle)
 	// Reconciles still queued (quota user counts, events) settle first; the
 	// idle count starts once nothing was written for a second.
 	_ = until(ctx, time.Minute, func() error {
@@ -225,9 +356,10 @@ func operatorArm(ctx context.Context, c config, env *envtest.Env, cl client.Clie
 // floorArm times the API server alone doing onboarding's writes: per user a
 // token Secret create and a status patch (and first the LLMUser create, if
 // withCreates), from the same number of concurrent clients.
-func floorArm(ctx context.Context, c config, cl client.Client, ns string, withCreates bool) (time.Duration, error) {
+func floorArm(ctx context.Context, c config, cl client.Client, ns string, withCreates bool) (measured, error) {
+	var m measured
 	if err := setup(ctx, cl, ns); err != nil {
-		return 0, err
+		return m, err
 	}
 	users := make([]*llmv1alpha1.LLMUser, c.users)
 	create := func(i int) error {
@@ -237,12 +369,12 @@ func floorArm(ctx context.Context, c config, cl client.Client, ns string, withCr
 	if !withCreates {
 		logf("%s: creating %d users (not timed)", ns, c.users)
 		if err := parallel(c.users, c.concurrency, create); err != nil {
-			return 0, err
+			return m, err
 		}
 	}
 	tokenValue := []byte(strings.Repeat("x", 620)) // the size of an issued token
 	logf("%s: timing %d users' writes from %d clients", ns, c.users, c.concurrency)
-	start := time.Now()
+	start, cpu0 := time.Now(), cpuNow()
 	err := parallel(c.users, c.concurrency, func(i int) error {
 		if withCreates {
 			if err := create(i); err != nil {
@@ -280,9 +412,31 @@ func floorArm(ctx context.Context, c config, cl client.Client, ns string, withCr
 		}
 		return cl.Status().Patch(ctx, u, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
 	})
-	d := time.Since(start)
-	logf("%s: %s", ns, d.Round(time.Millisecond))
-	return d, err
+	m = measured{time.Since(start), cpuNow().sub(cpu0)}
+	logf("%s: %s (cpu %s)", ns, m.Wall.Round(time.Millisecond), m.CPU)
+	if err != nil {
+		return m, err
+	}
+	// Leave nothing an operator started later would act on.
+	for _, obj := range []client.Object{&llmv1alpha1.LLMUser{}, &corev1.Secret{}, &llmv1alpha1.LLMQuota{}} {
+		if err := cl.DeleteAllOf(ctx, obj, client.InNamespace(ns)); err != nil {
+			return m, err
+		}
+	}
+	return m, until(ctx, 5*time.Minute, func() error {
+		var l llmv1alpha1.LLMUserList
+		if err := cl.List(ctx, &l, client.InNamespace(ns), client.Limit(1)); err != nil {
+			return err
+		}
+		return check(len(l.Items) == 0, "floor users still being deleted")
+	})
+}
+
+func check(ok bool, why string) error {
+	if ok {
+		return nil
+	}
+	return errors.New(why)
 }
 
 func setup(ctx context.Context, cl client.Client, ns string) error {
