@@ -1,5 +1,6 @@
 // Command manager runs the llm-user-operator: it reconciles LLMUsers and
-// LLMQuotas into signing keys, per-user token Secrets and quota status.
+// LLMQuotas into signing keys, per-user token Secrets and quota status, and
+// runs the proxy workload its configuration file describes.
 package main
 
 import (

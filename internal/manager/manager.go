@@ -35,6 +35,9 @@ import (
 
 // Run starts the operator and blocks until ctx is done or it fails.
 func Run(ctx context.Context, o Options) error {
+	if err := o.loadConfig(); err != nil {
+		return err
+	}
 	o.complete()
 	if err := o.Validate(); err != nil {
 		return err
@@ -68,11 +71,7 @@ func Run(ctx context.Context, o Options) error {
 			SkipNameValidation:      &o.SkipNameValidation,
 			MaxConcurrentReconciles: o.MaxConcurrentReconciles,
 		},
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			// Only what we write: never cache every Secret and ConfigMap in the cluster.
-			&corev1.Secret{}:    {Label: managed},
-			&corev1.ConfigMap{}: {Label: managed, Namespaces: map[string]cache.Config{o.Namespace: {}}},
-		}},
+		Cache: cache.Options{ByObject: cacheByObject(o.Namespace, managed)},
 	})
 	if err != nil {
 		return fmt.Errorf("creating manager: %w", err)
@@ -82,7 +81,7 @@ func Run(ctx context.Context, o Options) error {
 	recorder := mgr.GetEventRecorder("llm-user-operator")
 	keysSecret := types.NamespacedName{Namespace: o.Namespace, Name: o.SigningKeysSecret}
 	// One reconciler per concern, each owning its own status fields.
-	for _, r := range []interface{ SetupWithManager(ctrl.Manager) error }{
+	reconcilers := []interface{ SetupWithManager(ctrl.Manager) error }{
 		&controller.SigningKeyReconciler{
 			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Namespace: o.Namespace, SecretName: o.SigningKeysSecret,
 			ConfigMapName: o.JWKSConfigMap, RotationPeriod: o.KeyRotationPeriod, Clock: o.Clock,
@@ -94,7 +93,14 @@ func Run(ctx context.Context, o Options) error {
 		},
 		&controller.QuotaReconciler{Client: mgr.GetClient(), Clock: o.Clock},
 		&controller.UsageReconciler{Client: mgr.GetClient(), Clock: o.Clock, Recorder: recorder},
-	} {
+	}
+	if o.Config != nil {
+		reconcilers = append(reconcilers, &controller.ProxyReconciler{
+			Client: mgr.GetClient(), Namespace: o.Namespace, JWKSConfigMap: o.JWKSConfigMap, Config: o.Config,
+			Recorder: recorder, Clock: o.Clock,
+		})
+	}
+	for _, r := range reconcilers {
 		if err := r.SetupWithManager(mgr); err != nil {
 			return err
 		}
@@ -124,6 +130,15 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	return mgr.Start(ctx)
+}
+
+// cacheByObject caches only what the operator writes: never every Secret,
+// ConfigMap or Deployment in the cluster.
+func cacheByObject(namespace string, managed labels.Selector) map[client.Object]cache.ByObject {
+	by := controller.ProxyCacheOptions(namespace)
+	by[&corev1.Secret{}] = cache.ByObject{Label: managed}
+	by[&corev1.ConfigMap{}] = cache.ByObject{Label: managed, Namespaces: map[string]cache.Config{namespace: {}}}
+	return by
 }
 
 // users reads LLMUsers for the refresh endpoint from the manager's cache.

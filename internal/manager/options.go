@@ -13,6 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
+
+	"github.com/llm-user-operator/llm-user-operator/internal/operatorconfig"
 )
 
 // Defaults sized for onboarding 10,000 users in a minute; see NewOptions.
@@ -54,6 +56,15 @@ type Options struct {
 	SkipNameValidation bool // tests start several managers in one process
 	Clock              clock.Clock
 	Scheme             *runtime.Scheme
+
+	// Config is the operator's configuration file; with it the operator
+	// runs the proxy workload it describes, and takes the issuer, audience,
+	// key rotation period and proxy base URL from it. Nil runs no workload
+	// (tests of other controllers) and keeps the options' own values.
+	Config *operatorconfig.OperatorConfig
+	// configFlags are --config and its overrides, bound by BindFlags; Run
+	// loads Config through them.
+	configFlags *operatorconfig.Flags
 }
 
 // NewOptions returns the defaults. The namespace comes from POD_NAMESPACE
@@ -97,14 +108,30 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "The operator's namespace: signing keys, JWKS and the leader election Lease live here (default: env POD_NAMESPACE).")
 	fs.StringVar(&o.SigningKeysSecret, "signing-keys-secret", o.SigningKeysSecret, "Secret holding the private signing keys.")
 	fs.StringVar(&o.JWKSConfigMap, "jwks-configmap", o.JWKSConfigMap, "ConfigMap publishing the public keys (JWKS) for the proxy.")
-	fs.DurationVar(&o.KeyRotationPeriod, "key-rotation-period", o.KeyRotationPeriod, "How often a new signing key is created.")
-	fs.StringVar(&o.Issuer, "issuer", o.Issuer, "iss claim of issued tokens (default https://llm-user-operator.<namespace>.svc).")
-	fs.StringVar(&o.Audience, "audience", o.Audience, "aud claim of issued tokens; the proxy checks it.")
-	fs.StringVar(&o.ProxyBaseURL, "proxy-base-url", o.ProxyBaseURL, "OPENAI_BASE_URL written into token Secrets (default http://llm-user-proxy.<namespace>.svc:8000/v1).")
 	fs.DurationVar(&o.GracefulShutdown, "graceful-shutdown-timeout", o.GracefulShutdown, "How long running reconciles and requests get to finish on shutdown.")
 	fs.IntVar(&o.MaxConcurrentReconciles, "max-concurrent-reconciles", o.MaxConcurrentReconciles, "How many objects each controller reconciles at once.")
 	fs.Float64Var(&o.KubeAPIQPS, "kube-api-qps", o.KubeAPIQPS, "Sustained requests per second to the API server.")
 	fs.IntVar(&o.KubeAPIBurst, "kube-api-burst", o.KubeAPIBurst, "Requests to the API server allowed in a burst above --kube-api-qps.")
+	// The issuer, audience, key rotation period and proxy base URL are in
+	// the configuration file; these flags override it.
+	o.configFlags = operatorconfig.BindFlags(fs)
+}
+
+// loadConfig reads the configuration file and the flags that override it
+// (when BindFlags bound them), and takes from the configuration what it
+// decides for the whole install.
+func (o *Options) loadConfig() error {
+	if o.configFlags != nil {
+		cfg, err := o.configFlags.Load(o.Namespace, os.Getenv(operatorconfig.EnvOperatorImage))
+		if err != nil {
+			return err
+		}
+		o.Config = cfg
+	}
+	if c := o.Config; c != nil {
+		o.Issuer, o.Audience, o.KeyRotationPeriod, o.ProxyBaseURL = c.Issuer, c.Audience, c.KeyRotationPeriod.Duration, c.Proxy.BaseURL
+	}
+	return nil
 }
 
 // complete fills what was left unset (an Options literal in a test) from

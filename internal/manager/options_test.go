@@ -7,14 +7,19 @@ import (
 	"time"
 )
 
-// TestFlags: the command line sets every option, unset flags keep the
-// defaults, and what depends on the namespace is derived from it.
+// TestFlags: the command line sets every option (those of the configuration
+// file through its override flags), unset flags keep the defaults, and what
+// depends on the namespace is derived from it.
 func TestFlags(t *testing.T) {
 	t.Setenv("POD_NAMESPACE", "ops")
+	t.Setenv("OPERATOR_IMAGE", "example.com/llm-user-operator:v1")
 	o := NewOptions()
 	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
 	o.BindFlags(fs)
-	if err := fs.Parse([]string{"--leader-elect", "--key-rotation-period=48h", "--audience=aud", "--max-concurrent-reconciles=3", "--kube-api-qps=50.5", "--kube-api-burst=70"}); err != nil {
+	if err := fs.Parse([]string{"--leader-elect", "--key-rotation-period=48h", "--audience=aud", "--max-concurrent-reconciles=3", "--kube-api-qps=50.5", "--kube-api-burst=70", "--proxy-upstreams=http://vllm:8000"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.loadConfig(); err != nil {
 		t.Fatal(err)
 	}
 	o.complete()

@@ -126,7 +126,9 @@ func newObjIter(b []byte, p int) objIter {
 // member is one object member: offsets into the walked buffer.
 type member struct {
 	// key is the unescaped key; it aliases the buffer unless it had escapes.
-	key              []byte
+	key []byte
+	// keyStart is the offset of the key's opening quote.
+	keyStart         int
 	valStart, valEnd int
 }
 
@@ -177,7 +179,7 @@ func (it *objIter) next() (member, bool) {
 	}
 	it.p = ve
 	it.n++
-	return member{key: key, valStart: vs, valEnd: ve}, true
+	return member{key: key, keyStart: p, valStart: vs, valEnd: ve}, true
 }
 
 func (it *objIter) fail() (member, bool) {
@@ -217,6 +219,13 @@ func laxInt(raw []byte) (int64, bool) {
 	}
 	if v, ok := parseDigits(raw); ok {
 		return v, true
+	}
+	// Decimal notation only, as Python's int() and float() read strings:
+	// ParseFloat would also take hexadecimal, "Inf" and "NaN".
+	for _, c := range raw {
+		if (c < '0' || c > '9') && c != '.' && c != 'e' && c != 'E' && c != '+' && c != '-' {
+			return 0, false
+		}
 	}
 	f, err := strconv.ParseFloat(string(raw), 64)
 	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f != math.Trunc(f) {

@@ -57,17 +57,6 @@ func (d *Directory) Users() []proxy.User {
 	return out
 }
 
-// Limits returns a quota's limits, for status write-back.
-func (d *Directory) Limits(namespace, name string) ([]quota.Limit, bool) {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
-	q, ok := d.quotas[namespace+"/"+name]
-	if !ok {
-		return nil, false
-	}
-	return quota.LimitsFromSpec(q.Spec.Limits), true
-}
-
 // Watch registers the informer handlers and marks the directory ready once
 // they have synced.
 func (d *Directory) Watch(ctx context.Context, c cache.Cache) error {
@@ -182,16 +171,11 @@ func (d *Directory) view(u *llmv1alpha1.LLMUser) proxy.User {
 		return v
 	}
 	v.QuotaFound = true
+	v.QuotaUID = string(q.UID)
 	v.Models = q.Spec.Models
 	v.MaxTokensPerRequest = q.Spec.MaxTokensPerRequest
-	if len(q.Spec.Limits) > 0 {
-		b := quota.Budget{Limits: quota.LimitsFromSpec(q.Spec.Limits), DryRun: q.Spec.Enforcement == llmv1alpha1.EnforcementDryRun}
-		if q.Spec.Scope == llmv1alpha1.ScopeShared {
-			b.Key = quota.PoolKey(q.Namespace, q.Name)
-		} else {
-			b.Key = quota.UserKey(u.Namespace, u.Name)
-		}
-		v.Budgets = []quota.Budget{b}
-	}
+	v.MaxConcurrentRequests = q.Spec.MaxConcurrentRequests
+	v.DryRun = q.Spec.Enforcement == llmv1alpha1.EnforcementDryRun
+	v.Budgets = quota.BudgetsFor(u, q)
 	return v
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
@@ -20,7 +21,7 @@ func TestDirectoryViews(t *testing.T) {
 	var deleted []string
 	d := NewDirectory(func(ns, name string) { deleted = append(deleted, ns+"/"+name) })
 	user := func(name, q string, mutate func(*llmv1alpha1.LLMUser)) *llmv1alpha1.LLMUser {
-		u := &llmv1alpha1.LLMUser{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: "uid-" + "name"},
+		u := &llmv1alpha1.LLMUser{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID("uid-" + name)},
 			Spec: llmv1alpha1.LLMUserSpec{QuotaRef: llmv1alpha1.QuotaReference{Name: q}, Models: []string{"m-*"}}}
 		if mutate != nil {
 			mutate(u)
@@ -37,26 +38,24 @@ func TestDirectoryViews(t *testing.T) {
 		t.Fatalf("before the quota exists: %+v", a)
 	}
 
-	d.setQuota(&llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "team"}, Spec: llmv1alpha1.LLMQuotaSpec{
+	d.setQuota(&llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "team", UID: "uid-team"}, Spec: llmv1alpha1.LLMQuotaSpec{
 		Limits: []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowDay, Tokens: int64p(10)}}, Models: []string{"*"},
 		MaxTokensPerRequest: int64p(7), Scope: llmv1alpha1.ScopePerUser, Enforcement: llmv1alpha1.EnforcementDryRun,
 	}})
-	d.setQuota(&llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "pool"}, Spec: llmv1alpha1.LLMQuotaSpec{
+	d.setQuota(&llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "pool", UID: "uid-pool"}, Spec: llmv1alpha1.LLMQuotaSpec{
 		Limits: []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowMonth, Requests: int64p(5)}}, Scope: llmv1alpha1.ScopeShared,
 	}})
 	a, _ = d.User("ns", "alice")
-	if !a.QuotaFound || *a.MaxTokensPerRequest != 7 || len(a.Budgets) != 1 || a.Budgets[0].Key != quota.UserKey("ns", "alice") || !a.Budgets[0].DryRun {
+	if !a.QuotaFound || *a.MaxTokensPerRequest != 7 || len(a.Budgets) != 1 || a.Budgets[0].Key != "user/ns/alice/uid-alice" || a.QuotaUID != "uid-team" || !a.DryRun || !a.Budgets[0].DryRun {
 		t.Fatalf("per-user view: %+v", a)
 	}
 	if a.UserModels[0] != "m-*" || a.Models[0] != "*" {
 		t.Errorf("models: %v %v", a.Models, a.UserModels)
 	}
 	b, _ := d.User("ns", "bob")
-	if len(b.Budgets) != 1 || b.Budgets[0].Key != quota.PoolKey("ns", "pool") || b.Budgets[0].DryRun {
-		t.Fatalf("shared view: %+v", b)
-	}
-	if l, ok := d.Limits("ns", "pool"); !ok || *l[0].Requests != 5 {
-		t.Errorf("limits: %v %v", l, ok)
+	if len(b.Budgets) != 2 || b.Budgets[1].Key != "quota/ns/pool/uid-pool" || b.Budgets[1].Kind != quota.BudgetPool || b.Budgets[1].DryRun ||
+		b.Budgets[0].Key != "user/ns/bob/uid-bob" || b.Budgets[0].Limits[0].Requests != nil {
+		t.Fatalf("shared view: %+v, want the user's tally and the pool", b)
 	}
 
 	// A deleted quota turns its users' views back; a deleted user disappears.
@@ -83,9 +82,11 @@ func TestFailoverModes(t *testing.T) {
 	for _, open := range []bool{false, true} {
 		reg := prometheus.NewRegistry()
 		f := newFailover(brokenCounter{}, open, nil, reg)
-		res, dec, err := f.Reserve(context.Background(), quota.Request{})
-		if open && (err != nil || !dec.Allowed || res != nil) {
-			t.Errorf("fail-open: res=%v dec=%+v err=%v, want admitted unreserved", res, dec, err)
+		b := quota.UserBudget("ns", "alice", "uid-alice", nil, false)
+		res, dec, err := f.Reserve(context.Background(), quota.Request{Budgets: []quota.Budget{b}, Estimate: quota.Amount{Requests: 1, InputTokens: 5}})
+		if open && (err != nil || !dec.Allowed || dec.Granted != (quota.Amount{Requests: 1, InputTokens: 5}) ||
+			res == nil || !res.Amount.IsZero() || len(res.Budgets) != 1 || res.Budgets[0].Key != b.Key) {
+			t.Errorf("fail-open: res=%+v dec=%+v err=%v, want admitted with a reservation of alice's budget that holds nothing", res, dec, err)
 		}
 		if !open && err == nil {
 			t.Error("fail-closed: the error must reach the proxy (503)")
