@@ -140,9 +140,9 @@ func (r *TokenReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		if conflict != "" {
 			r.refuseSecret(user, conflict)
 			result.RequeueAfter = SecretConflictRecheck
-			break
+		} else {
+			result.RequeueAfter = max(renewAt.Sub(now), time.Second)
 		}
-		result.RequeueAfter = max(renewAt.Sub(now), time.Second)
 	}
 	user.Status.ObservedGeneration = user.Generation
 
