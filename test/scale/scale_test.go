@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
@@ -35,9 +36,10 @@ import (
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
+	apischeme "github.com/llm-user-operator/llm-user-operator/api/scheme"
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
-	"github.com/llm-user-operator/llm-user-operator/internal/manager"
 	"github.com/llm-user-operator/llm-user-operator/internal/operatorconfig"
 	"github.com/llm-user-operator/llm-user-operator/internal/testutil/poll"
 	"github.com/llm-user-operator/llm-user-operator/test/harness"
@@ -92,6 +94,7 @@ func TestScale(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	logf.SetLogger(logr.Discard())
 	rep := &report{t: t}
 	defer rep.write()
 	rep.add("proxy_users", n)
@@ -321,7 +324,7 @@ type userWatch struct {
 }
 
 func newUserWatch(t *testing.T, env *harness.Env) *userWatch {
-	c, err := cache.New(env.RestConfig, cache.Options{Scheme: manager.NewScheme()})
+	c, err := cache.New(env.RestConfig, cache.Options{Scheme: apischeme.New()})
 	if err != nil {
 		t.Fatal(err)
 	}
