@@ -81,6 +81,10 @@ test: manifests generate vet $(HELM) ## Run every test: unit, envtest (real API 
 bench: build ## Run the proxy benchmark harness (not part of make test).
 	hack/bench.sh
 
+.PHONY: bench-scale
+bench-scale: ## Run the scale benchmark: SCALE_USERS (10000) users through the operator and the proxy (not part of make test).
+	hack/bench-scale.sh
+
 ##@ Build
 
 .PHONY: build
