@@ -22,10 +22,20 @@ manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC into config/ and copy CRD
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd:allowDangerousTypes=false paths="./api/...;./internal/manager/...;./internal/controller/..." output:crd:artifacts:config=config/crd/bases
 	$(CONTROLLER_GEN) rbac:roleName=proxy-role paths="./internal/proxyserver/..." output:rbac:artifacts:config=config/rbac/proxy
 	cp config/crd/bases/*.yaml charts/llm-user-operator/crds/
+	@# The chart templates its RBAC from these copies, so it cannot drift from config/rbac.
+	mkdir -p charts/llm-user-operator/files/rbac
+	cp config/rbac/role.yaml charts/llm-user-operator/files/rbac/manager-role.yaml
+	cp config/rbac/leader_election_role.yaml config/rbac/tenant_editor_role.yaml config/rbac/tenant_viewer_role.yaml charts/llm-user-operator/files/rbac/
+	@# The Prometheus Operator CRDs the chart tests install, from its pinned Go API types.
+	cd hack/tools/monitoring-crds && $(CONTROLLER_GEN) crd:allowDangerousTypes=true,maxDescLen=0 \
+		paths=github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1 output:crd:artifacts:config=$(BIN)/monitoring-crds
+	mkdir -p hack/tools/monitoring-crds/crds
+	cp $(BIN)/monitoring-crds/monitoring.coreos.com_servicemonitors.yaml $(BIN)/monitoring-crds/monitoring.coreos.com_prometheusrules.yaml hack/tools/monitoring-crds/crds/
 
 .PHONY: generate
-generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
+generate: $(CONTROLLER_GEN) ## Generate deepcopy code, the Grafana dashboards and the alert rules.
 	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./api/..."
+	cd dashboards && go run . -chart ../charts/llm-user-operator
 
 .PHONY: fmt
 fmt: ## gofmt the tree.
@@ -38,10 +48,10 @@ vet: ## go vet.
 .PHONY: verify
 verify: manifests generate ## Fail if generated files or formatting differ from what is committed.
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
-	@go mod tidy && for d in hack/tools/*/; do (cd $$d && go mod tidy); done
-	@if [ -n "$$(git status --porcelain -- api config charts go.mod go.sum hack/tools)" ]; then \
+	@go mod tidy && for d in hack/tools/*/ dashboards/; do (cd $$d && go mod tidy); done
+	@if [ -n "$$(git status --porcelain -- api config charts go.mod go.sum hack/tools dashboards)" ]; then \
 		echo "generated files are stale; run 'make manifests generate' and 'go mod tidy' and commit:"; \
-		git status --porcelain -- api config charts go.mod go.sum hack/tools; git diff --stat; exit 1; fi
+		git status --porcelain -- api config charts go.mod go.sum hack/tools dashboards; git diff --stat; exit 1; fi
 
 .PHONY: lint
 lint: $(GOLANGCI_LINT) ## Run golangci-lint (pinned, built from source).
