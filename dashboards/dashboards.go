@@ -30,8 +30,8 @@ func graph(title, desc, unit string, w, h uint32, targets ...*prometheus.Dataque
 		Span(w).Height(h).Min(0).FillOpacity(10).
 		Legend(common.NewVizLegendOptionsBuilder().ShowLegend(true).DisplayMode(common.LegendDisplayModeTable).
 			Placement(common.LegendPlacementBottom).Calcs([]string{"lastNotNull", "max"}))
-	for _, t := range targets {
-		p.WithTarget(t)
+	for i, t := range targets {
+		p.WithTarget(t.RefId(refID(i)))
 	}
 	return p
 }
@@ -41,8 +41,8 @@ func bars(title, desc, unit string, w, h uint32, targets ...*prometheus.Dataquer
 		Span(w).Height(h).Min(0).Orientation(common.VizOrientationHorizontal).
 		DisplayMode(common.BarGaugeDisplayModeBasic).
 		ReduceOptions(common.NewReduceDataOptionsBuilder().Calcs([]string{"lastNotNull"}).Values(false))
-	for _, t := range targets {
-		p.WithTarget(t)
+	for i, t := range targets {
+		p.WithTarget(t.RefId(refID(i)))
 	}
 	return p
 }
@@ -51,11 +51,14 @@ func single(title, desc, unit string, w, h uint32, targets ...*prometheus.Dataqu
 	p := stat.NewPanelBuilder().Title(title).Description(desc).Unit(unit).Datasource(datasource).
 		Span(w).Height(h).
 		ReduceOptions(common.NewReduceDataOptionsBuilder().Calcs([]string{"lastNotNull"}).Values(false))
-	for _, t := range targets {
-		p.WithTarget(t)
+	for i, t := range targets {
+		p.WithTarget(t.RefId(refID(i)))
 	}
 	return p
 }
+
+// refID names a panel's i-th query A, B, ... as Grafana would.
+func refID(i int) string { return string(rune('A' + i)) }
 
 func datasourceVariable() *dashboard.DatasourceVariableBuilder {
 	return dashboard.NewDatasourceVariableBuilder("datasource").Label("Data source").Type("prometheus")
@@ -72,8 +75,14 @@ func labelVariable(name, label, query string, all bool) *dashboard.QueryVariable
 	return v
 }
 
-func base(uid, title, desc string) *dashboard.DashboardBuilder {
-	return dashboard.NewDashboardBuilder(title).Uid(uid).Description(desc).
+// dashboardBuilder builds the v1 dashboard model: the JSON that Grafana's
+// sidecar provisions from ConfigMaps. The SDK marks it deprecated in favour
+// of the v2 schema, which only Grafana 12's new dashboard API loads.
+type dashboardBuilder = dashboard.DashboardBuilder //nolint:staticcheck // see above
+
+func base(uid, title, desc string) *dashboardBuilder {
+	b := dashboard.NewDashboardBuilder(title) //nolint:staticcheck // see dashboardBuilder
+	return b.Uid(uid).Description(desc).
 		Tags([]string{"llm-user-operator", "llm"}).Editable().
 		Refresh("1m").Time("now-24h", "now").Timezone("utc").
 		Tooltip(dashboard.DashboardCursorSyncCrosshair).
@@ -82,7 +91,7 @@ func base(uid, title, desc string) *dashboard.DashboardBuilder {
 
 // admin is the cluster admin's view: who uses what, what is left, what is
 // refused, how fast and how healthy the proxies are.
-func admin() *dashboard.DashboardBuilder {
+func admin() *dashboardBuilder {
 	return base("llm-user-operator-admin", "LLM users — admin",
 		"Usage, budgets, refusals and proxy health across every LLMUser and LLMQuota.").
 		WithVariable(labelVariable("namespace", "Namespace", `label_values(`+mRequests+`, namespace)`, true)).
@@ -92,7 +101,7 @@ func admin() *dashboard.DashboardBuilder {
 		WithPanel(table.NewPanelBuilder().Title("Top users").
 			Description("The ten users who spent the most tokens over the selected time range.").
 			Datasource(datasource).Span(12).Height(9).Unit("short").
-			WithTarget(instant(qTopUsers, "").Format(prometheus.PromQueryFormatTable))).
+			WithTarget(instant(qTopUsers, "").Format(prometheus.PromQueryFormatTable).RefId(refID(0)))).
 		WithPanel(graph("Token rate per user", "Tokens per second charged to each user.", "short", 12, 8,
 			series(qTokenRatePerUser, "{{namespace}}/{{user}}"))).
 		WithPanel(graph("Token rate per model", "Tokens per second by model and type (input or output).", "short", 12, 8,
@@ -128,7 +137,7 @@ func admin() *dashboard.DashboardBuilder {
 }
 
 // myUsage is one user's view of their own budget.
-func myUsage() *dashboard.DashboardBuilder {
+func myUsage() *dashboardBuilder {
 	return base("llm-user-operator-my-usage", "LLM users — my usage",
 		"One LLMUser's tokens, remaining budget and window resets. Pick the namespace and the user.").
 		WithVariable(labelVariable("namespace", "Namespace", `label_values(`+mRequests+`, namespace)`, false)).

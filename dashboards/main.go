@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/grafana/grafana-foundation-sdk/go/dashboard"
 	"gopkg.in/yaml.v3"
 )
 
@@ -28,7 +27,7 @@ func main() {
 }
 
 func run(chart string) error {
-	for name, b := range map[string]*dashboard.DashboardBuilder{"admin.json": admin(), "my-usage.json": myUsage()} {
+	for name, b := range map[string]*dashboardBuilder{"admin.json": admin(), "my-usage.json": myUsage()} {
 		d, err := b.Build()
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
