@@ -10,6 +10,8 @@ CONTROLLER_GEN := $(BIN)/controller-gen
 GOLANGCI_LINT := $(BIN)/golangci-lint
 GOVULNCHECK := $(BIN)/govulncheck
 HELM := $(BIN)/helm
+GITLEAKS := $(BIN)/gitleaks
+GITLEAKS_VERSION := v8.30.1
 
 .PHONY: help
 help: ## Show this help.
@@ -54,8 +56,11 @@ verify: manifests generate ## Fail if generated files or formatting differ from 
 		git status --porcelain -- api config charts go.mod go.sum hack/tools dashboards; git diff --stat; exit 1; fi
 
 .PHONY: lint
-lint: $(GOLANGCI_LINT) ## Run golangci-lint (pinned, built from source).
+lint: $(GOLANGCI_LINT) $(GITLEAKS) ## golangci-lint with gosec, and gitleaks over the tree and the git history (both pinned).
 	$(GOLANGCI_LINT) run ./...
+	cd dashboards && $(GOLANGCI_LINT) run --config ../.golangci.yml ./...
+	$(GITLEAKS) dir --config .gitleaks.toml --no-banner --redact --log-level warn .
+	$(GITLEAKS) git --config .gitleaks.toml --no-banner --redact --log-level warn .
 
 .PHONY: vulncheck
 vulncheck: $(GOVULNCHECK) ## Run govulncheck (needs its online database).
@@ -107,6 +112,9 @@ $(GOLANGCI_LINT): hack/tools/golangci-lint/go.mod
 
 $(HELM): hack/tools/helm/go.mod
 	cd hack/tools/helm && go build -o $@ helm.sh/helm/v3/cmd/helm
+
+$(GITLEAKS): hack/tools/gitleaks/go.mod
+	cd hack/tools/gitleaks && go build -ldflags "-X github.com/zricethezav/gitleaks/v8/version.Version=$(GITLEAKS_VERSION)" -o $@ github.com/zricethezav/gitleaks/v8
 
 $(GOVULNCHECK): hack/tools/govulncheck/go.mod
 	cd hack/tools/govulncheck && go build -o $@ golang.org/x/vuln/cmd/govulncheck

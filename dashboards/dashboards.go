@@ -58,7 +58,7 @@ func single(title, desc, unit string, w, h uint32, targets ...*prometheus.Dataqu
 }
 
 // refID names a panel's i-th query A, B, ... as Grafana would.
-func refID(i int) string { return string(rune('A' + i)) }
+func refID(i int) string { return "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[i : i+1] }
 
 func datasourceVariable() *dashboard.DatasourceVariableBuilder {
 	return dashboard.NewDatasourceVariableBuilder("datasource").Label("Data source").Type("prometheus")
