@@ -100,6 +100,42 @@ run: build ## Run a local control plane, the operator, the proxy and a vLLM simu
 docker-build: ## Build the container image (needs a Docker engine).
 	docker build -t $(IMG) .
 
+##@ Release
+
+# A release is one version for everything: the image tag, the chart's
+# version and appVersion (the chart's default image tag), and the install
+# manifests' image. The release workflow sets VERSION from the git tag.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null | sed 's/^v//')
+IMG_REPO ?= ghcr.io/llm-user-operator/llm-user-operator
+CHART_REPO ?= oci://ghcr.io/llm-user-operator/charts
+RELEASE_DIR ?= $(BIN)/release
+KUBECTL ?= kubectl
+
+.PHONY: release-chart
+release-chart: $(HELM) ## Package the chart as VERSION, its image IMG_REPO:VERSION, into RELEASE_DIR.
+	rm -rf $(RELEASE_DIR)/chart && mkdir -p $(RELEASE_DIR)/chart
+	cp -r charts/llm-user-operator $(RELEASE_DIR)/chart/
+	sed -i 's|^  repository: ghcr.io/llm-user-operator/llm-user-operator$$|  repository: $(IMG_REPO)|' $(RELEASE_DIR)/chart/llm-user-operator/values.yaml
+	$(HELM) package $(RELEASE_DIR)/chart/llm-user-operator --version $(VERSION) --app-version $(VERSION) -d $(RELEASE_DIR)
+	rm -rf $(RELEASE_DIR)/chart
+
+.PHONY: release-manifests
+release-manifests: ## Render the CRDs and config/default for IMG_REPO:VERSION into RELEASE_DIR (crds.yaml, install.yaml).
+	rm -rf $(RELEASE_DIR)/config && mkdir -p $(RELEASE_DIR)
+	cp -r config $(RELEASE_DIR)/config
+	sed -i 's|^  newName: .*|  newName: $(IMG_REPO)|; s|^  newTag: .*|  newTag: "$(VERSION)"|' $(RELEASE_DIR)/config/default/kustomization.yaml
+	$(KUBECTL) kustomize $(RELEASE_DIR)/config/default > $(RELEASE_DIR)/install.yaml
+	$(KUBECTL) kustomize $(RELEASE_DIR)/config/crd > $(RELEASE_DIR)/crds.yaml
+	rm -rf $(RELEASE_DIR)/config
+
+.PHONY: release-push-chart
+release-push-chart: release-chart ## Push the packaged chart to CHART_REPO (helm registry login first).
+	$(HELM) push $(RELEASE_DIR)/llm-user-operator-$(VERSION).tgz $(CHART_REPO)
+
+.PHONY: docker-buildx
+docker-buildx: ## Build and push the multi-arch image IMG_REPO:VERSION (linux/amd64, linux/arm64).
+	docker buildx build --platform linux/amd64,linux/arm64 -t $(IMG_REPO):$(VERSION) --push .
+
 ##@ Tools
 
 # Each tool is pinned in its own module under hack/tools, so no tool's

@@ -256,13 +256,7 @@ func testNotes(t *testing.T, env *envtest.Env) {
 // testKustomize renders config/default and applies it: the install without
 // Helm stays valid and ships the same RBAC.
 func testKustomize(t *testing.T, env *envtest.Env) {
-	kubectl := os.Getenv("KUBECTL")
-	if kubectl == "" {
-		var err error
-		if kubectl, err = exec.LookPath("kubectl"); err != nil {
-			t.Fatal("kubectl is needed to render config/default: put it on PATH or set KUBECTL")
-		}
-	}
+	kubectl := kubectlBinary(t)
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(t.Context(), kubectl, "kustomize", filepath.Join(envtest.RepoRoot(), "config", "default"))
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -398,4 +392,62 @@ func generatedRules(t *testing.T, rel string) any {
 		}
 	}
 	return rules
+}
+
+// testRelease runs the Makefile's release targets as the release workflow
+// does and checks that the packaged chart and the install manifests all
+// carry the release's version as the image tag.
+func testRelease(t *testing.T, env *envtest.Env) {
+	const version, repo = "9.9.9", "registry.example/llmuo"
+	dir := t.TempDir()
+	args := []string{"-C", envtest.RepoRoot(), "release-chart", "release-manifests",
+		"VERSION=" + version, "IMG_REPO=" + repo, "RELEASE_DIR=" + dir, "HELM=" + helmBinary(t), "KUBECTL=" + kubectlBinary(t)}
+	if out, err := exec.CommandContext(t.Context(), "make", args...).CombinedOutput(); err != nil {
+		t.Fatalf("make %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+
+	out, err := helm(t, "template", "rel", filepath.Join(dir, "llm-user-operator-"+version+".tgz"), "--namespace", "rel", "--kube-version", kubeVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := container(t, find(t, decodeAll(t, out), "Deployment", "rel-operator"), "manager")
+	if want := repo + ":" + version; c.Image != want || envValue(c, "OPERATOR_IMAGE") != want {
+		t.Errorf("packaged chart: image %q, OPERATOR_IMAGE %q, want both %q", c.Image, envValue(c, "OPERATOR_IMAGE"), want)
+	}
+	if out, err := helm(t, "show", "chart", filepath.Join(dir, "llm-user-operator-"+version+".tgz")); err != nil || !strings.Contains(out, "version: "+version+"\n") || !strings.Contains(out, "appVersion: "+version+"\n") {
+		t.Errorf("packaged Chart.yaml lacks version and appVersion %s: %v\n%s", version, err, out)
+	}
+
+	crds := decodeAll(t, readFile(t, filepath.Join(dir, "crds.yaml")))
+	if n := count(crds, "CustomResourceDefinition"); n != 2 || len(crds) != 2 {
+		t.Errorf("crds.yaml: %s, want the two CRDs only", names(crds))
+	}
+	install := decodeAll(t, readFile(t, filepath.Join(dir, "install.yaml")))
+	c = container(t, find(t, install, "Deployment", "llm-user-operator-controller-manager"), "manager")
+	if want := repo + ":" + version; c.Image != want || envValue(c, "OPERATOR_IMAGE") != want {
+		t.Errorf("install.yaml: image %q, OPERATOR_IMAGE %q, want both %q", c.Image, envValue(c, "OPERATOR_IMAGE"), want)
+	}
+	apply(t, env, install)
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+// kubectlBinary is KUBECTL, or kubectl on PATH.
+func kubectlBinary(t *testing.T) string {
+	t.Helper()
+	if k := os.Getenv("KUBECTL"); k != "" {
+		return k
+	}
+	k, err := exec.LookPath("kubectl")
+	if err != nil {
+		t.Fatal("kubectl is needed to render config/default: put it on PATH or set KUBECTL")
+	}
+	return k
 }
