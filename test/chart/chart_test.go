@@ -286,6 +286,9 @@ func testKustomize(t *testing.T, env *envtest.Env) {
 	if got, want := lookup(cfg, "issuer"), "https://llm-user-operator-operator.llm-user-operator-system.svc"; got != want {
 		t.Errorf("issuer = %v, want %v: the operator Service's name", got, want)
 	}
+	if got, want := lookup(cfg, "operatorService"), "llm-user-operator-operator"; got != want {
+		t.Errorf("operatorService = %v, want %v", got, want)
+	}
 	find(t, objs, "Service", "llm-user-operator-operator")
 	role := find(t, objs, "ClusterRole", "llm-user-operator-manager-role")
 	if got, want := role.Object["rules"], generatedRules(t, filepath.Join("config", "rbac", "role.yaml")); !reflect.DeepEqual(got, want) {
