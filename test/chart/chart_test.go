@@ -3,6 +3,7 @@ package chart_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -205,6 +206,11 @@ func testHighAvailability(t *testing.T, env *envtest.Env) {
 		t.Errorf("redis container securityContext = %+v, want a read-only root filesystem", c.SecurityContext)
 	}
 	find(t, objs, "Service", "llm-ha-redis")
+	np := find(t, objs, "NetworkPolicy", "llm-ha-redis")
+	from, _, _ := unstructured.NestedSlice(np.Object, "spec", "ingress")
+	if want := "map[from:[map[podSelector:map[matchLabels:map[app.kubernetes.io/component:proxy app.kubernetes.io/instance:llm-user-proxy]]]] ports:[map[port:6379 protocol:TCP]]]"; len(from) != 1 || fmt.Sprint(normalize(from[0])) != want {
+		t.Errorf("Redis NetworkPolicy ingress = %v, want only the proxy pods: %s", from, want)
+	}
 	pdb := find(t, objs, "PodDisruptionBudget", "llm-ha-operator")
 	if v, _, _ := unstructured.NestedFieldNoCopy(pdb.Object, "spec", "maxUnavailable"); normalize(v) != int64(1) {
 		t.Errorf("operator PDB maxUnavailable = %v, want 1", v)
