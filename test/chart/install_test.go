@@ -221,9 +221,5 @@ func mustExist(t *testing.T, env *envtest.Env, u *unstructured.Unstructured) {
 // readRepoFile reads a file of the repository by its path from the top.
 func readRepoFile(t *testing.T, rel string) string {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(envtest.RepoRoot(), rel))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(data)
+	return readFile(t, filepath.Join(envtest.RepoRoot(), rel))
 }
