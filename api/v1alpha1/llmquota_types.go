@@ -67,12 +67,22 @@ type LLMQuotaSpec struct {
 	// +optional
 	Limits []QuotaLimit `json:"limits,omitempty"`
 
-	// maxTokensPerRequest caps max_tokens / max_completion_tokens of a single
-	// request; larger values are refused with HTTP 400, and requests that set
-	// neither are sent upstream with this cap.
+	// maxTokensPerRequest caps the output tokens of a single request, all its
+	// sequences together (max_tokens × n × prompts): a request asking for more
+	// is refused with HTTP 400 saying which field to lower, and a request that
+	// sets no cap is sent upstream with one that fits (and fits what is left
+	// of the budget).
 	// +kubebuilder:validation:Minimum=1
 	// +optional
 	MaxTokensPerRequest *int64 `json:"maxTokensPerRequest,omitempty"`
+
+	// maxConcurrentRequests caps the requests each user of this quota may have
+	// in flight at once, across every proxy replica, so that one user cannot
+	// take every slot of the model server; a request beyond it is refused
+	// at once with HTTP 429 (concurrency_limit_exceeded). Unset means no cap.
+	// +kubebuilder:validation:XValidation:rule="self >= 1",message="must be at least 1; unset it to allow any number of requests in flight"
+	// +optional
+	MaxConcurrentRequests *int64 `json:"maxConcurrentRequests,omitempty"`
 
 	// models is the allowlist of model names, each a glob pattern ("*" matches
 	// any run of characters, "?" one character). Empty allows every model.
@@ -157,6 +167,7 @@ type LLMQuotaStatus struct {
 // +kubebuilder:printcolumn:name="Tokens",type=integer,JSONPath=`.spec.limits[0].tokens`
 // +kubebuilder:printcolumn:name="Users",type=integer,JSONPath=`.status.users`
 // +kubebuilder:printcolumn:name="Enforcement",type=string,JSONPath=`.spec.enforcement`,priority=1
+// +kubebuilder:printcolumn:name="Concurrency",type=integer,JSONPath=`.spec.maxConcurrentRequests`,priority=1
 // +kubebuilder:printcolumn:name="Used",type=integer,JSONPath=`.status.usage[0].totalTokens`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type LLMQuota struct {

@@ -115,6 +115,11 @@ func (in *LLMQuotaSpec) DeepCopyInto(out *LLMQuotaSpec) {
 		*out = new(int64)
 		**out = **in
 	}
+	if in.MaxConcurrentRequests != nil {
+		in, out := &in.MaxConcurrentRequests, &out.MaxConcurrentRequests
+		*out = new(int64)
+		**out = **in
+	}
 	if in.Models != nil {
 		in, out := &in.Models, &out.Models
 		*out = make([]string, len(*in))

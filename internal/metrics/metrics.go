@@ -163,7 +163,14 @@ const (
 	ReasonMaxTokens         = "max_tokens"
 	ReasonRateLimit         = "rate_limit"
 	ReasonInsufficientQuota = "insufficient_quota"
-	DryRunPrefix            = "dry_run_"
+	ReasonConcurrency       = "concurrency_limit"
+	// ReasonUnmeterable: a request asked for generation the proxy cannot
+	// meter (a background response, a server-side tool).
+	ReasonUnmeterable = "unmeterable"
+	// ReasonShortened is not a refusal: a request without its own cap was
+	// admitted with a cap lowered to what its budget had left.
+	ReasonShortened = "shortened"
+	DryRunPrefix    = "dry_run_"
 )
 
 // Reject counts a refusal (namespace and user are "" when the caller could

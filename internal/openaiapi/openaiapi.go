@@ -36,6 +36,10 @@ const (
 	CodeNotFound            = "not_found"
 	CodeMethodNotAllowed    = "method_not_allowed"
 	CodeRefreshNotAllowed   = "refresh_not_allowed"
+	CodeConcurrencyLimit    = "concurrency_limit_exceeded"
+	CodeRequestTimeout      = "request_timeout"
+	CodeServerBusy          = "server_busy"
+	CodeUnsupported         = "unsupported_parameter"
 	CodeUnavailable         = "unavailable"
 	CodeInternal            = "internal_error"
 )

@@ -77,17 +77,17 @@ func (d *discardWriter) Flush()                      {}
 
 type nopSink struct{}
 
-func (nopSink) Charge(Charge) {}
+func (nopSink) Charge(quota.Charge) {}
 
 func benchProxy(b *testing.B, tr http.RoundTripper, upstreamURL string, arm ...func(*Options)) *Proxy {
 	dir := &fakeDirectory{users: map[string]User{}}
 	u := aliceUser()
 	u.Models = []string{"*"}
 	u.MaxTokensPerRequest = ptr[int64](4096)
-	u.Budgets = []quota.Budget{{Key: quota.UserKey("team-a", "alice"), Limits: []quota.Limit{
+	u.Budgets = []quota.Budget{quota.UserBudget("team-a", "alice", "uid-alice", []quota.Limit{
 		{Window: llmv1alpha1.WindowMinute, Tokens: ptr[int64](1 << 60), Requests: ptr[int64](1 << 60)},
 		{Window: llmv1alpha1.WindowMonth, Tokens: ptr[int64](1 << 60)},
-	}}}
+	}, false)}
 	dir.set(u)
 	v := &fakeVerifier{claims: map[string]*token.Claims{alice: {Namespace: "team-a", Name: "alice", UID: "uid-alice", Generation: 2}}}
 	opts := Options{

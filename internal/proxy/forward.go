@@ -1,21 +1,17 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
 	"net"
 	"net/http"
-	"net/textproto"
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/llm-user-operator/llm-user-operator/internal/openaiapi"
-	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 )
 
 // codeClientClosed is recorded (never sent) when the client went away first,
@@ -24,12 +20,14 @@ const codeClientClosed = 499
 
 var errStreamIdle = errors.New("upstream stream idle for too long")
 
-// forward sends the request upstream and relays the answer.
-func (ex *exchange) forward(w http.ResponseWriter, up *upstream, bb *bodyBuf, body []byte, stream, forced bool) {
+// forward sends the request to the upstream serving the model, relays the
+// answer and settles what it cost.
+func (ex *exchange) forward() {
 	p, r := ex.p, ex.r
+	up := ex.model.pick()
 	ctx := r.Context()
 	var cancel context.CancelCauseFunc
-	if stream {
+	if ex.pr.stream {
 		// Canceled by the idle timer, which starts with the response.
 		ctx, cancel = context.WithCancelCause(ctx)
 		defer cancel(nil)
@@ -38,7 +36,8 @@ func (ex *exchange) forward(w http.ResponseWriter, up *upstream, bb *bodyBuf, bo
 	out.URL = &url.URL{Scheme: up.scheme, Host: up.host, Path: up.basePath + r.URL.Path, RawQuery: r.URL.RawQuery}
 	out.Host = ""
 	out.RequestURI = ""
-	out.Header = outboundHeader(r.Header)
+	out.Header = outboundHeader(r.Header, ex.id)
+	bb, body := ex.bb, ex.body
 	out.Body = bb.reader(body)
 	out.GetBody = func() (io.ReadCloser, error) { return bb.reader(body), nil }
 	out.ContentLength = int64(len(body))
@@ -49,24 +48,48 @@ func (ex *exchange) forward(w http.ResponseWriter, up *upstream, bb *bodyBuf, bo
 	resp, err := p.transport.RoundTrip(out)
 	ex.releaseBody() // the transport keeps its own hold while it still writes
 	if err != nil {
-		ex.roundTripError(w, err)
+		ex.roundTripError(err)
 		return
 	}
 	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode >= 400 {
-		ex.upstreamError(w, resp)
+		ex.upstreamError(resp)
 		return
 	}
-	h := w.Header()
-	copyResponseHeader(h, resp.Header)
-	if ct := resp.Header["Content-Type"]; stream && len(ct) > 0 && strings.HasPrefix(ct[0], "text/event-stream") {
-		if forced {
-			delete(h, "Content-Length")
+	copyResponseHeader(ex.w.Header(), resp.Header)
+	if ct := resp.Header["Content-Type"]; len(ct) > 0 && strings.HasPrefix(ct[0], "text/event-stream") {
+		if ex.hideFinal || ex.hideContinuous {
+			delete(ex.w.Header(), "Content-Length")
 		}
-		ex.relayStream(ctx, w, resp, forced, cancel)
+		ex.relayStream(ctx, resp, cancel)
 		return
 	}
-	ex.relayBody(w, resp)
+	ex.relayBody(resp)
+}
+
+// forwardedHeaders are the client headers that reach the upstream: content
+// negotiation and tracing. Everything else stays at the proxy: the user's
+// token, hop-by-hop headers, Content-Length (the body may have changed),
+// Accept-Encoding (a compressed answer would hide its usage), and headers
+// an upstream acts on that a user must not choose, such as X-Request-Id
+// (vLLM's own request id) or X-data-parallel-rank (vLLM's routing).
+var forwardedHeaders = []string{"Accept", "Content-Type", "User-Agent", "Traceparent", "Tracestate", "Baggage", "Openai-Beta"}
+
+// outboundHeader builds the upstream request's headers. The proxy's request
+// id goes as X-Request-Id; the client's, if any, travels for correlation as
+// X-Client-Request-Id only.
+func outboundHeader(in http.Header, id string) http.Header {
+	h := make(http.Header, len(forwardedHeaders)+2)
+	for _, k := range forwardedHeaders {
+		if v, ok := in[k]; ok {
+			h[k] = v
+		}
+	}
+	h[headerRequestID] = []string{id}
+	if v := in[headerRequestID]; len(v) > 0 {
+		h[headerClientRequestID] = v[:1]
+	}
+	return h
 }
 
 // hopHeaders are meaningful for one connection only (RFC 9110 7.6.1).
@@ -75,39 +98,20 @@ var hopHeaders = map[string]bool{
 	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
 }
 
-// outboundHeader copies the client's headers minus hop-by-hop ones, the
-// user's token (never sent upstream), Content-Length (the body may have
-// changed) and Accept-Encoding (a compressed answer would hide its usage).
-func outboundHeader(in http.Header) http.Header {
-	h := make(http.Header, len(in))
-	for k, v := range in {
-		if hopHeaders[k] || k == "Authorization" || k == "Content-Length" || k == "Accept-Encoding" {
-			continue
-		}
-		h[k] = v
-	}
-	removeConnectionListed(h, in)
-	return h
-}
-
 func copyResponseHeader(dst, src http.Header) {
 	for k, v := range src {
 		if hopHeaders[k] {
 			continue
 		}
 		if _, ours := dst[k]; ours {
-			continue // the proxy's own headers (rate limits) win
+			continue // the proxy's own headers (request id, rate limits) win
 		}
 		dst[k] = v
 	}
-	removeConnectionListed(dst, src)
-}
-
-func removeConnectionListed(h, src http.Header) {
 	for _, v := range src["Connection"] {
 		for f := range strings.SplitSeq(v, ",") {
-			if f = textproto.TrimString(f); f != "" {
-				delete(h, textproto.CanonicalMIMEHeaderKey(f))
+			if f = strings.TrimSpace(f); f != "" {
+				delete(dst, http.CanonicalHeaderKey(f))
 			}
 		}
 	}
@@ -116,27 +120,30 @@ func removeConnectionListed(h, src http.Header) {
 // roundTripError answers a request that got no response. Nothing was
 // generated, so nothing is charged, unless the client left first: then the
 // upstream may well have started, and the prompt estimate is charged.
-func (ex *exchange) roundTripError(w http.ResponseWriter, err error) {
+func (ex *exchange) roundTripError(err error) {
 	if ex.r.Context().Err() != nil {
-		ex.finish(codeClientClosed, ex.interruptedCharge(usage{}, false, 0), "client_closed")
+		ex.finish(codeClientClosed, settle(ex.ep, ex.est, outcome{ending: clientGone}), "client_closed")
 		return
 	}
-	ex.p.log.Error(err, "Upstream request failed", "model", ex.model)
+	ex.log(err, "Upstream request failed")
 	var op *net.OpError
 	var ne net.Error
+	model := ex.modelID()
 	switch {
 	case errors.As(err, &op) && op.Op == "dial":
-		openaiapi.WriteError(w, http.StatusBadGateway, openaiapi.TypeServer, openaiapi.CodeUpstreamUnavailable, "",
-			"Could not connect to the upstream serving model '"+ex.model+"'.")
-		ex.finish(http.StatusBadGateway, quota.Amount{}, "502")
+		openaiapi.WriteError(ex.w, http.StatusBadGateway, openaiapi.TypeServer, openaiapi.CodeUpstreamUnavailable, "",
+			"Could not connect to the upstream serving model '"+model+"'.")
+		ex.finish(http.StatusBadGateway, settle(ex.ep, ex.est, outcome{ending: refused}), "502")
 	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()):
-		openaiapi.WriteError(w, http.StatusGatewayTimeout, openaiapi.TypeServer, openaiapi.CodeUpstreamTimeout, "",
-			"The upstream serving model '"+ex.model+"' did not answer in time.")
-		ex.finish(http.StatusGatewayTimeout, quota.Amount{}, "504")
+		// The upstream read the prompt and may have generated all along
+		// (it stops when the proxy hangs up): charge the prompt.
+		openaiapi.WriteError(ex.w, http.StatusGatewayTimeout, openaiapi.TypeServer, openaiapi.CodeUpstreamTimeout, "",
+			"The upstream serving model '"+model+"' did not answer in time.")
+		ex.finish(http.StatusGatewayTimeout, settle(ex.ep, ex.est, outcome{ending: broken, started: true}), "504")
 	default:
-		openaiapi.WriteError(w, http.StatusBadGateway, openaiapi.TypeServer, openaiapi.CodeUpstreamUnavailable, "",
-			"The upstream serving model '"+ex.model+"' failed: "+err.Error())
-		ex.finish(http.StatusBadGateway, quota.Amount{}, "502")
+		openaiapi.WriteError(ex.w, http.StatusBadGateway, openaiapi.TypeServer, openaiapi.CodeUpstreamUnavailable, "",
+			"The upstream serving model '"+model+"' failed: "+err.Error())
+		ex.finish(http.StatusBadGateway, settle(ex.ep, ex.est, outcome{ending: refused}), "502")
 	}
 }
 
@@ -144,17 +151,17 @@ func (ex *exchange) roundTripError(w http.ResponseWriter, err error) {
 // {"object":"error",...}) pass through; anything else (a load balancer's HTML,
 // FastAPI's {"detail":"Not Found"}) is wrapped in OpenAI's shape with the
 // same status. An error carries no usage, so nothing is charged.
-func (ex *exchange) upstreamError(w http.ResponseWriter, resp *http.Response) {
+func (ex *exchange) upstreamError(resp *http.Response) {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	code := resp.StatusCode
 	errType := strconv.Itoa(code)
 	if isOpenAIError(b) {
-		h := w.Header()
+		h := ex.w.Header()
 		h["Content-Type"] = []string{"application/json"}
 		h["Content-Length"] = []string{strconv.Itoa(len(b))}
-		w.WriteHeader(code)
-		_, _ = w.Write(b)
-		ex.finish(code, quota.Amount{}, errType)
+		ex.w.WriteHeader(code)
+		_, _ = ex.w.Write(b)
+		ex.finish(code, settle(ex.ep, ex.est, outcome{ending: refused}), errType)
 		return
 	}
 	typ := openaiapi.TypeInvalidRequest
@@ -165,15 +172,15 @@ func (ex *exchange) upstreamError(w http.ResponseWriter, resp *http.Response) {
 	if len(snippet) > 512 {
 		snippet = snippet[:512] + "..."
 	}
-	msg := "The upstream serving model '" + ex.model + "' answered " + resp.Status
+	msg := "The upstream serving model '" + ex.modelID() + "' answered " + resp.Status
 	if code == http.StatusNotFound {
 		msg += " for " + ex.r.URL.Path + "; it may not implement this API"
 	}
 	if snippet != "" {
 		msg += ": " + snippet
 	}
-	openaiapi.WriteError(w, code, typ, openaiapi.CodeUpstreamError, "", msg+".")
-	ex.finish(code, quota.Amount{}, errType)
+	openaiapi.WriteError(ex.w, code, typ, openaiapi.CodeUpstreamError, "", msg+".")
+	ex.finish(code, settle(ex.ep, ex.est, outcome{ending: refused}), errType)
 }
 
 func isOpenAIError(b []byte) bool {
@@ -190,255 +197,51 @@ func isOpenAIError(b []byte) bool {
 	return false
 }
 
-var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-var tailPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+// clientWriter is how the relays write to the client: every write and flush
+// runs under a deadline, so a client that stops reading is cut off after
+// the write timeout instead of holding the handler, its reservation and
+// its upstream connection for as long as it likes. It keeps the first
+// error.
+type clientWriter struct {
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+	// armed is when the deadline was last moved: moving it costs a timer
+	// update, so it moves at most every timeout/4, which leaves each write
+	// at least three quarters of the timeout.
+	armed time.Time
+	err   error
+}
 
-// relayBody streams a non-streamed answer to the client while keeping a
-// bounded copy to read the usage from once it is complete.
-func (ex *exchange) relayBody(w http.ResponseWriter, resp *http.Response) {
-	w.WriteHeader(resp.StatusCode)
-	bufp := copyBufPool.Get().(*[]byte)
-	defer copyBufPool.Put(bufp)
-	tp := tailPool.Get().(*[]byte)
-	tail := tailBuffer{b: (*tp)[:0]}
-	defer func() {
-		if cap(tail.b) <= tailKeep*2 {
-			*tp = tail.b[:0]
-			tailPool.Put(tp)
-		}
-	}()
-	buf := *bufp
-	metered := ex.ep.metered()
-	var rerr, werr error
-	for {
-		var n int
-		n, rerr = resp.Body.Read(buf)
-		if n > 0 {
-			if metered {
-				tail.write(buf[:n])
-			}
-			if _, werr = w.Write(buf[:n]); werr != nil {
-				break
-			}
-		}
-		if rerr != nil {
-			break
-		}
-	}
-	if !metered {
-		ex.finish(resp.StatusCode, quota.Amount{}, "")
-		if !errors.Is(rerr, io.EOF) && werr == nil {
-			panic(http.ErrAbortHandler)
-		}
+func (c *clientWriter) arm() {
+	if c.timeout <= 0 {
 		return
 	}
-	u, ok := tail.usage()
-	switch {
-	case werr != nil || ex.r.Context().Err() != nil:
-		ex.finish(codeClientClosed, ex.interruptedCharge(u, ok, tail.total/4), "client_closed")
-	case !errors.Is(rerr, io.EOF):
-		ex.p.log.Error(rerr, "Upstream response broke off", "model", ex.model)
-		ex.finish(http.StatusBadGateway, ex.interruptedCharge(u, ok, tail.total/4), "upstream_broken")
-		panic(http.ErrAbortHandler) // tell the client the body is incomplete
-	case ok:
-		ex.finish(resp.StatusCode, ex.usageCharge(u), "")
-	default:
-		// A success without usage (not vLLM): charge the estimated prompt
-		// and about a token per four bytes of answer, within the reservation.
-		ex.finish(resp.StatusCode, ex.completeCharge(ex.est.InputTokens, min(tail.total/4, ex.est.OutputTokens)), "")
+	if now := time.Now(); now.Sub(c.armed) >= c.timeout/4 {
+		c.armed = now
+		_ = c.rc.SetWriteDeadline(now.Add(c.timeout))
 	}
 }
 
-// usageCharge is the charge for reported usage.
-func (ex *exchange) usageCharge(u usage) quota.Amount {
-	a := quota.Amount{Requests: 1, InputTokens: u.Prompt, OutputTokens: u.Completion}
-	if ex.ep.embeddings {
-		a.OutputTokens = 0
+func (c *clientWriter) Write(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
 	}
-	return a
+	c.arm()
+	var n int
+	n, c.err = c.w.Write(p)
+	return n, c.err
 }
 
-func (ex *exchange) completeCharge(in, out int64) quota.Amount {
-	if ex.ep.embeddings {
-		out = 0
+// flush sends what was written; the flush policy of the stream relay is to
+// flush after every read from the upstream that produced output.
+func (c *clientWriter) flush() error {
+	if c.err != nil {
+		return c.err
 	}
-	return quota.Amount{Requests: 1, InputTokens: in, OutputTokens: out}
-}
-
-// interruptedCharge is what a request cut short costs: the prompt (reported,
-// else estimated) plus the output seen so far (reported, else counted). It
-// is never zero, and never the whole reservation unless that much was seen.
-func (ex *exchange) interruptedCharge(u usage, ok bool, seen int64) quota.Amount {
-	in, out := ex.est.InputTokens, seen
-	if ok {
-		// Usage on a chunk with choices comes from continuous usage stats and
-		// is current as of that chunk; counting chunks would add the role
-		// and finish chunks, which carry no tokens.
-		in, out = u.Prompt, u.Completion
+	c.arm()
+	if err := c.rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		c.err = err
 	}
-	a := ex.completeCharge(in, out)
-	if a.InputTokens+a.OutputTokens == 0 {
-		a.InputTokens = max(ex.est.InputTokens, 1)
-	}
-	return a
-}
-
-// stream is the state of one relayed SSE stream.
-type stream struct {
-	forced    bool
-	chunks    int64 // events carrying generated output
-	last      usage
-	haveUsage bool
-	// complete is set once the upstream said generation is over: the
-	// usage-only final chunk or data: [DONE] arrived.
-	complete bool
-	scratch  []byte
-}
-
-const (
-	streamBufSize  = 4 << 10
-	maxStreamEvent = 4 << 20
-)
-
-var streamBufPool = sync.Pool{New: func() any { b := make([]byte, 0, streamBufSize); return &b }}
-
-// relayStream relays an SSE stream event by event: each complete event is
-// written as soon as it has arrived and the batch read together is flushed
-// at once, so nothing waits in the proxy and nothing is flushed mid-event.
-// Events pass byte for byte, except the usage-only chunk the proxy forced
-// when the client did not ask for it.
-func (ex *exchange) relayStream(ctx context.Context, w http.ResponseWriter, resp *http.Response, forced bool, cancel context.CancelCauseFunc) {
-	p := ex.p
-	rc := http.NewResponseController(w)
-	flush := func() error {
-		if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
-			return err
-		}
-		return nil
-	}
-	w.WriteHeader(resp.StatusCode)
-	werr := flush()
-
-	idle := time.AfterFunc(p.streamIdle, func() { cancel(errStreamIdle) })
-	defer idle.Stop()
-
-	st := stream{forced: forced}
-	bp := streamBufPool.Get().(*[]byte)
-	buf := (*bp)[:0]
-	defer func() {
-		if cap(buf) == streamBufSize {
-			*bp = buf[:0]
-			streamBufPool.Put(bp)
-		}
-	}()
-	passthrough := false // an event outgrew maxStreamEvent: stop parsing
-	var rerr error
-	for werr == nil {
-		if len(buf) == cap(buf) {
-			if cap(buf) >= maxStreamEvent {
-				passthrough = true
-				_, werr = w.Write(buf)
-				buf = buf[:0]
-				continue
-			}
-			buf = append(buf, 0)[:len(buf)]
-		}
-		var n int
-		n, rerr = resp.Body.Read(buf[len(buf):cap(buf)])
-		idle.Reset(p.streamIdle)
-		buf = buf[:len(buf)+n]
-		atEOF := rerr != nil
-		off, run := 0, 0
-		if passthrough {
-			off = len(buf)
-		}
-		for off < len(buf) {
-			m, plain := sseEvent(buf[off:], atEOF)
-			if m == 0 {
-				if !atEOF {
-					break
-				}
-				m, plain = len(buf)-off, false // an unterminated last event
-			}
-			if ex.onEvent(&st, buf[off:off+m], plain) {
-				if run < off {
-					if _, werr = w.Write(buf[run:off]); werr != nil {
-						break
-					}
-				}
-				run = off + m
-			}
-			off += m
-		}
-		if werr == nil && run < off {
-			_, werr = w.Write(buf[run:off])
-		}
-		if werr == nil && off > 0 {
-			werr = flush()
-		}
-		buf = buf[:copy(buf, buf[off:])]
-		if rerr != nil {
-			break
-		}
-	}
-
-	switch {
-	case st.complete && st.haveUsage:
-		// Generation finished upstream; a client that hangs up after the
-		// last event it needs (SDKs close on [DONE]) interrupted nothing.
-		ex.finish(resp.StatusCode, ex.usageCharge(st.last), "")
-	case werr != nil || ex.r.Context().Err() != nil:
-		ex.finish(codeClientClosed, ex.interruptedCharge(st.last, st.haveUsage, st.chunks), "client_closed")
-	case !errors.Is(rerr, io.EOF):
-		if cause := context.Cause(ctx); cause != nil {
-			rerr = cause
-		}
-		ex.p.log.Error(rerr, "Upstream stream broke off", "model", ex.model)
-		ex.finish(http.StatusBadGateway, ex.interruptedCharge(st.last, st.haveUsage, st.chunks), "upstream_broken")
-		panic(http.ErrAbortHandler) // the client must see the stream did not end well
-	case st.haveUsage:
-		ex.finish(resp.StatusCode, ex.usageCharge(st.last), "")
-	default:
-		ex.finish(resp.StatusCode, ex.completeCharge(ex.est.InputTokens, st.chunks), "")
-	}
-}
-
-// onEvent inspects one event and reports whether to drop it: only the
-// usage-only chunk the proxy itself asked for.
-func (ex *exchange) onEvent(st *stream, ev []byte, plain bool) (drop bool) {
-	data, has, scratch := sseData(ev, plain, st.scratch)
-	st.scratch = scratch
-	if !has || len(data) == 0 || data[0] != '{' {
-		if has && bytes.Equal(data, doneData) {
-			st.complete = true
-		}
-		return false // [DONE], comments, keep-alives
-	}
-	if ex.ep.streamUsage && !bytes.Contains(data, usageKey) {
-		// The hot path: a chat or completion chunk without usage is an
-		// output chunk, and has nothing else the proxy needs.
-		ex.sawOutput(st)
-		return false
-	}
-	ci := inspectJSON(data)
-	if ci.choices == 1 || ci.delta {
-		ex.sawOutput(st)
-	}
-	if ci.hasUsage {
-		st.last, st.haveUsage = ci.usage, true
-		st.complete = st.complete || ci.choices == 0
-	}
-	return st.forced && ci.hasUsage && ci.choices == 0
-}
-
-var (
-	usageKey = []byte(`"usage"`)
-	doneData = []byte("[DONE]")
-)
-
-func (ex *exchange) sawOutput(st *stream) {
-	st.chunks++
-	if ex.ttft == 0 {
-		ex.ttft = max(ex.p.now().Sub(ex.start), time.Nanosecond)
-	}
+	return c.err
 }

@@ -59,26 +59,26 @@ func (d *fakeDirectory) set(u User) {
 // recordingSink keeps every charge.
 type recordingSink struct {
 	mu      sync.Mutex
-	charges []Charge
+	charges []quota.Charge
 	notify  chan struct{}
 }
 
 func newSink() *recordingSink { return &recordingSink{notify: make(chan struct{}, 1024)} }
 
-func (s *recordingSink) Charge(c Charge) {
+func (s *recordingSink) Charge(c quota.Charge) {
 	s.mu.Lock()
 	s.charges = append(s.charges, c)
 	s.mu.Unlock()
 	s.notify <- struct{}{}
 }
 
-func (s *recordingSink) all() []Charge {
+func (s *recordingSink) all() []quota.Charge {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]Charge(nil), s.charges...)
+	return append([]quota.Charge(nil), s.charges...)
 }
 
-func (s *recordingSink) wait(t *testing.T) Charge {
+func (s *recordingSink) wait(t *testing.T) quota.Charge {
 	t.Helper()
 	select {
 	case <-s.notify:
@@ -117,7 +117,7 @@ func (f *fakeUpstream) serve(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/v1/models" {
 		var data []string
 		for _, m := range f.models {
-			data = append(data, fmt.Sprintf(`{"id":%q,"object":"model","created":1700000000,"owned_by":"vllm","root":%q}`, m, m))
+			data = append(data, fmt.Sprintf(`{"id":%q,"object":"model","created":1700000000,"owned_by":"vllm","root":%q,"max_model_len":%d}`, m, m, fakeContext))
 		}
 		fmt.Fprintf(w, `{"object":"list","data":[%s]}`, strings.Join(data, ","))
 		return
@@ -165,18 +165,35 @@ var streamEvents = []string{
 	"data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"!\"},\"logprobs\":null,\"finish_reason\":\"stop\",\"stop_reason\":null}]}\n\n",
 }
 
+// fakeContext is the context length the fake upstream reports, as vLLM
+// reports max_model_len.
+const fakeContext = 8192
+
 const usageEvent = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"total_tokens\":16,\"completion_tokens\":4}}\n\n"
 const doneEvent = "data: [DONE]\n\n"
 
-// wantsUsage reports whether a request body asks for the usage chunk.
-func wantsUsage(body []byte) bool {
+// streamOptions reports what a request body asks of a stream's usage: the
+// final usage chunk, and (vLLM's continuous_usage_stats, which counts only
+// with include_usage) usage on every chunk.
+func streamOptions(body []byte) (final, continuous bool) {
 	var req struct {
 		StreamOptions *struct {
-			IncludeUsage bool `json:"include_usage"`
+			IncludeUsage         bool `json:"include_usage"`
+			ContinuousUsageStats bool `json:"continuous_usage_stats"`
 		} `json:"stream_options"`
 	}
 	_ = json.Unmarshal(body, &req)
-	return req.StreamOptions != nil && req.StreamOptions.IncludeUsage
+	if so := req.StreamOptions; so != nil && so.IncludeUsage {
+		return true, so.ContinuousUsageStats
+	}
+	return false, false
+}
+
+// withUsage adds usage to a chunk as vLLM's continuous usage stats do: the
+// prompt and the tokens generated so far.
+func withUsage(ev string, prompt, completion int) string {
+	i := strings.LastIndex(ev, "}")
+	return ev[:i] + fmt.Sprintf(`,"usage":{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d}`, prompt, prompt+completion, completion) + ev[i:]
 }
 
 func defaultHandler(w http.ResponseWriter, r *http.Request, body []byte) {
@@ -189,11 +206,19 @@ func defaultHandler(w http.ResponseWriter, r *http.Request, body []byte) {
 	case req.Stream:
 		w.Header().Set("Content-Type", "text/event-stream; charset=utf-8")
 		fl := w.(http.Flusher)
+		final, continuous := streamOptions(body)
+		n := 0
 		for _, ev := range streamEvents {
+			if continuous && strings.HasPrefix(ev, "data: {") {
+				if strings.Contains(ev, `"content":"`) && !strings.Contains(ev, `"content":""`) {
+					n++
+				}
+				ev = withUsage(ev, 12, n)
+			}
 			io.WriteString(w, ev)
 			fl.Flush()
 		}
-		if wantsUsage(body) {
+		if final {
 			io.WriteString(w, usageEvent)
 		}
 		io.WriteString(w, doneEvent)
@@ -219,9 +244,9 @@ func aliceUser() User {
 	return User{
 		Namespace: "team-a", Name: "alice", UID: "uid-alice", TokenGeneration: 2,
 		QuotaFound: true, QuotaName: "gold",
-		Budgets: []quota.Budget{{Key: quota.UserKey("team-a", "alice"), Limits: []quota.Limit{
+		Budgets: []quota.Budget{quota.UserBudget("team-a", "alice", "uid-alice", []quota.Limit{
 			{Window: llmv1alpha1.WindowMinute, Tokens: ptr[int64](100000), Requests: ptr[int64](1000)},
-		}}},
+		}, false)},
 	}
 }
 

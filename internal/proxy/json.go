@@ -126,7 +126,9 @@ func newObjIter(b []byte, p int) objIter {
 // member is one object member: offsets into the walked buffer.
 type member struct {
 	// key is the unescaped key; it aliases the buffer unless it had escapes.
-	key              []byte
+	key []byte
+	// keyStart is the offset of the key's opening quote.
+	keyStart         int
 	valStart, valEnd int
 }
 
@@ -177,7 +179,7 @@ func (it *objIter) next() (member, bool) {
 	}
 	it.p = ve
 	it.n++
-	return member{key: key, valStart: vs, valEnd: ve}, true
+	return member{key: key, keyStart: p, valStart: vs, valEnd: ve}, true
 }
 
 func (it *objIter) fail() (member, bool) {

@@ -55,9 +55,9 @@ func TestProxyMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	e := newEnv(t, func(o *Options) { o.Metrics = metrics.New(reg, metrics.Options{UserLabel: true}) }, newUpstream(t, "m"))
 	u := aliceUser()
-	u.Budgets = []quota.Budget{{Key: quota.UserKey("team-a", "alice"), Limits: []quota.Limit{
+	u.Budgets = []quota.Budget{quota.UserBudget("team-a", "alice", "uid-alice", []quota.Limit{
 		{Window: llmv1alpha1.WindowMinute, Requests: ptr[int64](2)},
-	}}}
+	}, false)}
 	e.dir.set(u)
 
 	resp := e.do(t, "POST", "/v1/chat/completions", `{"model":"m","messages":[]}`)

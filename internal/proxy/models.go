@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,6 +31,9 @@ type modelInfo struct {
 	ID      string `json:"id"`
 	Created int64  `json:"created"`
 	OwnedBy string `json:"owned_by"`
+	// MaxModelLen is the context length vLLM reports; 0 when the upstream
+	// does not say.
+	MaxModelLen int64 `json:"max_model_len"`
 }
 
 // modelEntry is a model and the upstreams serving it.
@@ -52,6 +57,62 @@ type modelTable struct {
 	list []*modelEntry // sorted by ID
 }
 
+func parseUpstream(raw string) (*upstream, error) {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("proxy: upstream %q is not an http(s) base URL", raw)
+	}
+	return &upstream{raw: raw, scheme: u.Scheme, host: u.Host, basePath: strings.TrimSuffix(u.Path, "/")}, nil
+}
+
+// reloadUpstreams reads the upstreams file again, keeping the upstreams
+// (and their listings) it still names. An unreadable file, or a bad line,
+// keeps the previous list: a ConfigMap being rewritten must not empty it.
+// refreshMu is held.
+func (p *Proxy) reloadUpstreams() {
+	if p.upstreamsFile == "" {
+		return
+	}
+	data, err := os.ReadFile(p.upstreamsFile)
+	if err != nil {
+		p.log.Error(err, "Reading the upstreams file failed; keeping the previous upstreams", "file", p.upstreamsFile)
+		return
+	}
+	next := slices.Clone(p.upstreams[:p.static])
+	for _, raw := range ParseUpstreams(string(data)) {
+		if slices.ContainsFunc(next, func(u *upstream) bool { return u.raw == raw }) {
+			continue
+		}
+		i := slices.IndexFunc(p.upstreams[p.static:], func(u *upstream) bool { return u.raw == raw })
+		if i >= 0 {
+			next = append(next, p.upstreams[p.static+i])
+			continue
+		}
+		u, err := parseUpstream(raw)
+		if err != nil {
+			p.log.Error(err, "Ignoring the upstreams file; keeping the previous upstreams", "file", p.upstreamsFile)
+			return
+		}
+		next = append(next, u)
+	}
+	p.upstreams = next
+}
+
+// ParseUpstreams splits a list of upstream URLs given one per line or
+// comma-separated, dropping blanks and comments (# to the end of a line).
+func ParseUpstreams(s string) []string {
+	var out []string
+	for line := range strings.SplitSeq(s, "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		for u := range strings.SplitSeq(line, ",") {
+			if u = strings.TrimSpace(u); u != "" {
+				out = append(out, u)
+			}
+		}
+	}
+	return out
+}
+
 // RefreshModels lists every upstream's models once and publishes the union;
 // it reports whether every upstream has been listed at least once.
 // An upstream that fails keeps its last listing (a request routed to it
@@ -59,6 +120,7 @@ type modelTable struct {
 func (p *Proxy) RefreshModels(ctx context.Context) (allListed bool) {
 	p.refreshMu.Lock()
 	defer p.refreshMu.Unlock()
+	p.reloadUpstreams()
 	anyListed := false
 	allListed = true
 	for _, u := range p.upstreams {
@@ -82,6 +144,14 @@ func (p *Proxy) RefreshModels(ctx context.Context) (allListed bool) {
 				e = &modelEntry{modelInfo: m}
 				t.byID[m.ID] = e
 				t.list = append(t.list, e)
+			} else if e.MaxModelLen != m.MaxModelLen {
+				// Several upstreams serve the model and a request may go to
+				// any: the smallest context bounds it, and one that is
+				// unknown leaves it unknown.
+				e.MaxModelLen = min(e.MaxModelLen, m.MaxModelLen)
+				if m.MaxModelLen <= 0 {
+					e.MaxModelLen = 0
+				}
 			}
 			e.upstreams = append(e.upstreams, u)
 		}

@@ -1,10 +1,12 @@
 package proxy
 
 import (
-	"bytes"
 	"encoding/json"
+	"math"
 	"strings"
 	"testing"
+
+	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 )
 
 func TestGlobMatch(t *testing.T) {
@@ -37,84 +39,319 @@ func TestGlobMatch(t *testing.T) {
 
 func TestParseRequest(t *testing.T) {
 	for _, tc := range []struct {
-		name, body        string
-		wantModel         string
-		wantStream, usage bool
-		wantMax           int64
-		wantErrParam      string
-		wantErr           bool
+		name, body   string
+		ep           *endpoint
+		want         parsed // the fields compared below
+		wantErrParam string
+		wantErr      bool
 	}{
-		{name: "plain", body: `{"model":"m","messages":[{"content":"}{\"model\":\"x\"]"}]}`, wantModel: "m"},
-		{name: "escaped model", body: `{"model":"meta\/llama"}`, wantModel: "meta/llama"},
-		{name: "case folded key ignored", body: `{"model":"a","MODEL":"b"}`, wantModel: "a"},
-		{name: "duplicate key last wins", body: `{"model":"a","model":"b"}`, wantModel: "b"},
-		{name: "lax stream", body: `{"model":"m","stream":"yes"}`, wantModel: "m", wantStream: true},
-		{name: "stream null", body: `{"model":"m","stream":null}`, wantModel: "m"},
-		{name: "include usage", body: `{"model":"m","stream":true,"stream_options":{"include_usage":"on"}}`, wantModel: "m", wantStream: true, usage: true},
-		{name: "max as float", body: `{"model":"m","max_tokens":100.0}`, wantModel: "m", wantMax: 100},
-		{name: "max as string", body: `{"model":"m","max_tokens":" 42 "}`, wantModel: "m", wantMax: 42},
-		{name: "completion tokens preferred", body: `{"model":"m","max_tokens":5,"max_completion_tokens":7}`, wantModel: "m", wantMax: 7},
-		{name: "max fraction", body: `{"model":"m","max_tokens":1.5}`, wantErr: true, wantErrParam: "max_tokens"},
-		{name: "max bool", body: `{"model":"m","max_tokens":false}`, wantErr: true, wantErrParam: "max_tokens"},
+		{name: "plain", body: `{"model":"m","messages":[{"content":"}{\"model\":\"x\"]"}]}`, want: parsed{model: []byte("m"), n: 1, prompts: 1, promptBytes: 34}},
+		{name: "escaped model", body: `{"model":"meta\/llama"}`, want: parsed{model: []byte("meta/llama"), n: 1, prompts: 1}},
+		{name: "case folded key ignored", body: `{"model":"a","MODEL":"b","N":5}`, want: parsed{model: []byte("a"), n: 1, prompts: 1}},
+		{name: "duplicate key last wins", body: `{"model":"a","model":"b","n":2,"n":3}`, want: parsed{model: []byte("b"), n: 3, prompts: 1}},
+		{name: "escaped key", body: `{"model":"a","\u006e":4}`, want: parsed{model: []byte("a"), n: 4, prompts: 1}},
+		{name: "lax stream", body: `{"model":"m","stream":"yes"}`, want: parsed{model: []byte("m"), stream: true, n: 1, prompts: 1}},
+		{name: "stream null", body: `{"model":"m","stream":null}`, want: parsed{model: []byte("m"), n: 1, prompts: 1}},
+		{name: "usage options", body: `{"model":"m","stream":true,"stream_options":{"include_usage":"on","continuous_usage_stats":1}}`,
+			want: parsed{model: []byte("m"), stream: true, includeUsage: true, continuousUsage: true, n: 1, prompts: 1}},
+		{name: "n lax and floor", body: `{"model":"m","n":"4","best_of":0}`, want: parsed{model: []byte("m"), n: 4, bestOf: 1, prompts: 1}},
+		{name: "n null", body: `{"model":"m","n":null}`, want: parsed{model: []byte("m"), n: 1, prompts: 1}},
+		{name: "prompt array", ep: epCompletions, body: `{"model":"m","prompt":["a","bb","ccc"]}`, want: parsed{model: []byte("m"), n: 1, prompts: 3, promptBytes: 16}},
+		{name: "prompt token ids", ep: epCompletions, body: `{"model":"m","prompt":[1, 2, 3, 4]}`, want: parsed{model: []byte("m"), n: 1, prompts: 1, promptTokens: 4}},
+		{name: "prompts of token ids", ep: epCompletions, body: `{"model":"m","prompt":[[1,2],[3],[4,5,6]]}`, want: parsed{model: []byte("m"), n: 1, prompts: 3, promptTokens: 6}},
+		{name: "chat messages array is one prompt", body: `{"model":"m","messages":[{},{}]}`, want: parsed{model: []byte("m"), n: 1, prompts: 1, promptBytes: 7}},
+		{name: "embedding inputs", ep: epEmbeddings, body: `{"model":"m","input":["a","b"]}`, want: parsed{model: []byte("m"), n: 1, prompts: 1, promptBytes: 9}},
+		{name: "responses background", ep: epResponses, body: `{"model":"m","background":true}`, want: parsed{model: []byte("m"), n: 1, prompts: 1, background: true}},
+		{name: "background ignored elsewhere", body: `{"model":"m","background":true}`, want: parsed{model: []byte("m"), n: 1, prompts: 1}},
+		{name: "responses builtin tool", ep: epResponses, body: `{"model":"m","tools":[{"type":"function","name":"f"},{"type":"web_search_preview"}]}`,
+			want: parsed{model: []byte("m"), n: 1, prompts: 1, builtinTools: true, promptBytes: 62}},
+		{name: "responses function tools only", ep: epResponses, body: `{"model":"m","tools":[{"type":"function","name":"f"}]}`,
+			want: parsed{model: []byte("m"), n: 1, prompts: 1, promptBytes: 32}},
+		{name: "n fraction", body: `{"model":"m","n":1.5}`, wantErr: true, wantErrParam: "n"},
+		{name: "n bool", body: `{"model":"m","n":true}`, wantErr: true, wantErrParam: "n"},
 		{name: "stream garbage", body: `{"model":"m","stream":"maybe"}`, wantErr: true, wantErrParam: "stream"},
+		{name: "background garbage", ep: epResponses, body: `{"model":"m","background":"later"}`, wantErr: true, wantErrParam: "background"},
 		{name: "stream_options not object", body: `{"model":"m","stream_options":3}`, wantErr: true, wantErrParam: "stream_options"},
+		{name: "include_usage garbage", body: `{"model":"m","stream_options":{"include_usage":"perhaps"}}`, wantErr: true, wantErrParam: "stream_options"},
 		{name: "empty", body: ``, wantErr: true},
 		{name: "array", body: `[]`, wantErr: true},
 		{name: "unterminated string", body: `{"model":"m}`, wantErr: true},
 		{name: "missing colon", body: `{"model" "m"}`, wantErr: true},
 		{name: "missing comma", body: `{"model":"m" "x":1}`, wantErr: true},
+		{name: "trailing data", body: `{"model":"m"} {}`, wantErr: true},
 		{name: "empty model", body: `{"model":""}`, wantErr: true, wantErrParam: "model"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			ep := tc.ep
+			if ep == nil {
+				ep = epChat
+			}
 			var pr parsed
-			err := parseRequest([]byte(tc.body), epChat, &pr)
+			err := parseRequest([]byte(tc.body), ep, &pr)
 			if tc.wantErr {
 				if err == nil {
 					t.Fatal("no error")
 				}
-				if err.param != tc.wantErrParam {
-					t.Errorf("param = %q, want %q", err.param, tc.wantErrParam)
+				if err.param != tc.wantErrParam || err.status != 400 {
+					t.Errorf("status %d param %q, want 400 %q", err.status, err.param, tc.wantErrParam)
 				}
 				return
 			}
 			if err != nil {
 				t.Fatal(err.message)
 			}
-			if string(pr.model) != tc.wantModel || pr.stream != tc.wantStream || pr.includeUsage != tc.usage {
-				t.Errorf("parsed %+v", pr)
-			}
-			if mt, _ := pr.maxTokens(epChat); mt != tc.wantMax {
-				t.Errorf("max = %d, want %d", mt, tc.wantMax)
+			w := tc.want
+			if string(pr.model) != string(w.model) || pr.stream != w.stream || pr.includeUsage != w.includeUsage || pr.continuousUsage != w.continuousUsage ||
+				pr.n != w.n || pr.bestOf != w.bestOf || pr.prompts != w.prompts || pr.promptTokens != w.promptTokens ||
+				pr.promptBytes != w.promptBytes || pr.background != w.background || pr.builtinTools != w.builtinTools {
+				t.Errorf("parsed model %q stream %v usage %v/%v n %d best_of %d prompts %d tokens %d bytes %d background %v tools %v\nwant   model %q stream %v usage %v/%v n %d best_of %d prompts %d tokens %d bytes %d background %v tools %v",
+					pr.model, pr.stream, pr.includeUsage, pr.continuousUsage, pr.n, pr.bestOf, pr.prompts, pr.promptTokens, pr.promptBytes, pr.background, pr.builtinTools,
+					w.model, w.stream, w.includeUsage, w.continuousUsage, w.n, w.bestOf, w.prompts, w.promptTokens, w.promptBytes, w.background, w.builtinTools)
 			}
 		})
 	}
 }
 
-func TestEditsAreSurgical(t *testing.T) {
-	cap := int64(64)
+// TestReadCap checks the reading of an output cap against what vLLM's
+// get_max_tokens does with each value: only a positive integer (which
+// pydantic's lax mode also reads from 100.0, 1e2 and "100") caps the
+// output; anything else is read as no cap, so that the proxy writes its own.
+func TestReadCap(t *testing.T) {
 	for _, tc := range []struct {
-		body, want string
-		capped     bool
+		raw       string
+		set       bool
+		v         int64
+		canonical bool
 	}{
-		{`{"model":"m","stream":true}`, `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`, false},
-		{`{"model":"m","stream":true,"stream_options":{}}`, `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`, false},
-		{`{"model":"m","stream":true,"stream_options":{ "x":1 }}`, `{"model":"m","stream":true,"stream_options":{"include_usage":true, "x":1 }}`, false},
-		{`{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}`, `{"model":"m","stream":true,"stream_options":{"include_usage":true,"x":1}}`, false},
-		{"{\"model\":\"m\",\"stream\":true}\n", "{\"model\":\"m\",\"stream\":true,\"max_completion_tokens\":64,\"stream_options\":{\"include_usage\":true}}\n", true},
-		{`{"model":"m","stream":false}`, `{"model":"m","stream":false}`, false},
+		{`100`, true, 100, true},
+		{`1`, true, 1, true},
+		{`100.0`, true, 100, false},
+		{`1e2`, true, 100, false},
+		{`"100"`, true, 100, false},
+		{`" 42 "`, true, 42, false},
+		{`007`, true, 7, false},
+		{`0`, false, 0, false},
+		{`0.0`, false, 0, false},
+		{`"0"`, false, 0, false},
+		{`0e0`, false, 0, false},
+		{`-0`, false, 0, false},
+		{`-5`, false, -5, false},
+		{`"-5"`, false, 0, false},
+		{`1.5`, false, 0, false},
+		{`null`, false, 0, false},
+		{`true`, false, 0, false},
+		{`false`, false, 0, false},
+		{`"abc"`, false, 0, false},
+		{`{}`, false, 0, false},
+		{`[1]`, false, 0, false},
+		{`1e400`, false, 0, false},
+		{`99999999999999999999`, true, math.MaxInt64 / 2, false},
+	} {
+		c := readCap([]byte(tc.raw), 3, 9)
+		if c.set != tc.set || (tc.set && c.v != tc.v) || c.canonical != tc.canonical || !c.present || c.start != 3 || c.end != 9 {
+			t.Errorf("readCap(%s) = set %v v %d canonical %v; want set %v v %d canonical %v", tc.raw, c.set, c.v, c.canonical, tc.set, tc.v, tc.canonical)
+		}
+	}
+}
+
+func TestRequestedCap(t *testing.T) {
+	for _, tc := range []struct {
+		body  string
+		v     int64
+		field int
+		ok    bool
+	}{
+		{`{"model":"m","max_tokens":5,"max_completion_tokens":7}`, 7, 0, true},
+		{`{"model":"m","max_tokens":5}`, 5, 1, true},
+		// max_completion_tokens 0 or null: older vLLM reads max_tokens (`or`).
+		{`{"model":"m","max_tokens":5,"max_completion_tokens":0}`, 5, 1, true},
+		{`{"model":"m","max_tokens":5,"max_completion_tokens":null}`, 5, 1, true},
+		{`{"model":"m","max_tokens":0,"max_completion_tokens":-1}`, 0, -1, false},
+		{`{"model":"m"}`, 0, -1, false},
 	} {
 		var pr parsed
 		if err := parseRequest([]byte(tc.body), epChat, &pr); err != nil {
 			t.Fatal(err.message)
 		}
-		var c *int64
-		if tc.capped {
-			c = &cap
+		v, field, ok := pr.requestedCap()
+		if v != tc.v || field != tc.field || ok != tc.ok {
+			t.Errorf("%s: requestedCap() = %d, %d, %v; want %d, %d, %v", tc.body, v, field, ok, tc.v, tc.field, tc.ok)
 		}
-		sp, _ := pr.edits([]byte(tc.body), epChat, c, nil)
+	}
+}
+
+// TestBound is the admission table: what each request shape reserves.
+// Expected values are worked out by hand.
+func TestBound(t *testing.T) {
+	c100 := ptr[int64](100)
+	for _, tc := range []struct {
+		name    string
+		ep      *endpoint
+		body    string
+		maxPer  *int64
+		ctx     int64
+		want    outputBound
+		output  int64  // est.OutputTokens
+		violate string // param of a cap violation
+	}{
+		{name: "own cap under the limit", body: `{"model":"m","max_tokens":64}`, maxPer: c100, ctx: 4096,
+			want: outputBound{perSeq: 64, seqs: 1, requested: 64, natural: 4096, field: 1}, output: 64},
+		{name: "own cap above the limit", body: `{"model":"m","max_completion_tokens":101}`, maxPer: c100, ctx: 4096,
+			want: outputBound{perSeq: 101, seqs: 1, requested: 101, natural: 4096, field: 0}, output: 101, violate: "max_completion_tokens"},
+		{name: "n multiplies", body: `{"model":"m","max_tokens":30,"n":4}`, maxPer: c100, ctx: 4096,
+			want: outputBound{perSeq: 30, seqs: 4, requested: 30, natural: 4096, field: 1}, output: 120, violate: "max_tokens"},
+		{name: "best_of multiplies", ep: epCompletions, body: `{"model":"m","max_tokens":30,"n":1,"best_of":3}`, maxPer: c100, ctx: 4096,
+			want: outputBound{perSeq: 30, seqs: 3, requested: 30, natural: 4096, field: 0}, output: 90},
+		{name: "prompts multiply", ep: epCompletions, body: `{"model":"m","max_tokens":10,"prompt":["a","b","c","d","e","f","g","h","i","j","k"]}`, maxPer: c100, ctx: 4096,
+			want: outputBound{perSeq: 10, seqs: 11, requested: 10, natural: 4096, field: 0}, output: 110, violate: "max_tokens"},
+		{name: "own cap above the context", body: `{"model":"m","max_tokens":5000}`, ctx: 4096,
+			want: outputBound{perSeq: 4096, seqs: 1, requested: 5000, natural: 4096, field: 1}, output: 4096},
+		{name: "zero is no cap", body: `{"model":"m","max_completion_tokens":0}`, maxPer: c100, ctx: 4096,
+			want: outputBound{perSeq: 100, seqs: 1, natural: 4096, chosen: true, field: -1}, output: 100},
+		{name: "no cap: the limit per sequence", body: `{"model":"m","n":3}`, maxPer: c100, ctx: 4096,
+			want: outputBound{perSeq: 33, seqs: 3, natural: 4096, chosen: true, field: -1}, output: 99},
+		{name: "no cap, no limit: the context", body: `{"model":"m"}`, ctx: 4096,
+			want: outputBound{perSeq: 4096, seqs: 1, natural: 4096, chosen: true, field: -1}, output: 4096},
+		{name: "no cap, no limit, no context: the fallback", body: `{"model":"m"}`,
+			want: outputBound{perSeq: 512, seqs: 1, chosen: true, field: -1}, output: 512},
+		{name: "completions default of 16", ep: epCompletions, body: `{"model":"m","prompt":"hi"}`, maxPer: c100, ctx: 4096,
+			want: outputBound{perSeq: 16, seqs: 1, natural: 16, chosen: true, field: -1}, output: 16},
+		{name: "completions null is the context", ep: epCompletions, body: `{"model":"m","prompt":"hi","max_tokens":null}`, maxPer: c100, ctx: 4096,
+			want: outputBound{perSeq: 100, seqs: 1, natural: 4096, chosen: true, field: -1}, output: 100},
+		{name: "more sequences than the limit", body: `{"model":"m","n":101}`, maxPer: c100, ctx: 4096,
+			want: outputBound{perSeq: 4096, seqs: 101, natural: 4096, chosen: true, field: -1}, output: 413696, violate: "n"},
+		{name: "more prompts than the limit", ep: epCompletions, body: `{"model":"m","prompt":["a","b","c"]}`, maxPer: ptr[int64](2), ctx: 4096,
+			want: outputBound{perSeq: 16, seqs: 3, natural: 16, chosen: true, field: -1}, output: 48, violate: "prompt"},
+		{name: "rewrite a non-canonical cap", body: `{"model":"m","max_completion_tokens":"64"}`, ctx: 4096,
+			want: outputBound{perSeq: 64, seqs: 1, requested: 64, natural: 4096, field: 0, rewrite: true}, output: 64},
+		{name: "rewrite a shadowing primary", body: `{"model":"m","max_tokens":64,"max_completion_tokens":0}`, ctx: 4096,
+			want: outputBound{perSeq: 64, seqs: 1, requested: 64, natural: 4096, field: 1, rewrite: true}, output: 64},
+		{name: "huge n saturates", body: `{"model":"m","max_tokens":999999999999999999,"n":999999999999999999}`,
+			want: outputBound{perSeq: 999999999999999999, seqs: 1 << 20, requested: 999999999999999999, field: 1}, output: math.MaxInt64},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ep := tc.ep
+			if ep == nil {
+				ep = epChat
+			}
+			var pr parsed
+			if err := parseRequest([]byte(tc.body), ep, &pr); err != nil {
+				t.Fatal(err.message)
+			}
+			b, v := bound(ep, &pr, tc.maxPer, tc.ctx, 512, "gold")
+			if b != tc.want {
+				t.Errorf("bound = %+v\nwant    %+v", b, tc.want)
+			}
+			if got := b.estimate(ep, 10).OutputTokens; got != tc.output {
+				t.Errorf("output reserved = %d, want %d", got, tc.output)
+			}
+			switch {
+			case tc.violate == "" && v != nil:
+				t.Errorf("violation %+v, want none", v)
+			case tc.violate != "" && (v == nil || v.param != tc.violate):
+				t.Errorf("violation %+v, want one of %s", v, tc.violate)
+			case v != nil && !strings.Contains(v.message, "LLMQuota 'gold'"):
+				t.Errorf("message %q does not name the quota", v.message)
+			}
+		})
+	}
+}
+
+func TestBoundMessages(t *testing.T) {
+	var pr parsed
+	if err := parseRequest([]byte(`{"model":"m","max_tokens":30,"n":4}`), epChat, &pr); err != nil {
+		t.Fatal(err.message)
+	}
+	_, v := bound(epChat, &pr, ptr[int64](100), 0, 512, "gold")
+	const want = "max_tokens is 30 for each of 4 sequences (n × prompts), 120 in all, above the limit of 100 tokens per request of LLMQuota 'gold'. Lower max_tokens to at most 25 (or generate fewer sequences), or omit it to get the limit."
+	if v == nil || v.message != want {
+		t.Errorf("message\n got %+v\nwant %s", v, want)
+	}
+}
+
+func TestCapToWrite(t *testing.T) {
+	for _, tc := range []struct {
+		name                  string
+		b                     outputBound
+		granted, input, ctxLn int64
+		want                  int64
+		write                 bool
+	}{
+		{"own cap, canonical", outputBound{perSeq: 64, requested: 64, seqs: 1}, 64, 10, 4096, 64, false},
+		{"own cap, rewritten", outputBound{perSeq: 64, requested: 64, seqs: 1, rewrite: true}, 64, 10, 4096, 64, true},
+		{"own cap above the context, rewritten as asked", outputBound{perSeq: 4096, requested: 5000, seqs: 1, rewrite: true}, 4096, 10, 4096, 5000, true},
+		{"chosen, nothing lowered", outputBound{perSeq: 4096, seqs: 1, natural: 4096, chosen: true}, 4096, 10, 4096, 0, false},
+		{"chosen, lowered by the budget", outputBound{perSeq: 4096, seqs: 1, natural: 4096, chosen: true}, 27, 10, 4096, 27, true},
+		{"chosen, per sequence", outputBound{perSeq: 33, seqs: 3, natural: 4096, chosen: true}, 99, 10, 4096, 33, true},
+		{"chosen, fits the context after the prompt", outputBound{perSeq: 4000, seqs: 1, natural: 4096, chosen: true}, 4000, 300, 4096, 3796, true},
+		{"chosen, prompt over the context", outputBound{perSeq: 100, seqs: 1, natural: 4096, chosen: true}, 100, 5000, 4096, 1, true},
+		{"chosen, unknown context", outputBound{perSeq: 512, seqs: 1, chosen: true}, 512, 10, 0, 512, true},
+		{"chosen, completions default kept", outputBound{perSeq: 16, seqs: 1, natural: 16, chosen: true}, 16, 10, 4096, 0, false},
+		{"chosen, completions default lowered", outputBound{perSeq: 16, seqs: 1, natural: 16, chosen: true}, 9, 10, 4096, 9, true},
+	} {
+		got, write := tc.b.capToWrite(tc.granted, tc.input, tc.ctxLn)
+		if got != tc.want || write != tc.write {
+			t.Errorf("%s: capToWrite = %d, %v; want %d, %v", tc.name, got, write, tc.want, tc.write)
+		}
+	}
+}
+
+func TestInputEstimate(t *testing.T) {
+	for _, tc := range []struct {
+		ep   *endpoint
+		body string
+		want int64
+	}{
+		{epChat, `{"model":"m","messages":[{"role":"user","content":"Hello"}]}`, 8 + 34/4},
+		{epCompletions, `{"model":"m","prompt":[1,2,3,4,5,6,7,8,9,10]}`, 8 + 10},
+		{epCompletions, `{"model":"m","prompt":"abcdefgh"}`, 8 + 10/4},
+		{epResponses, `{"model":"m","input":"abcd","instructions":"efgh"}`, 8 + 12/4},
+	} {
+		var pr parsed
+		if err := parseRequest([]byte(tc.body), tc.ep, &pr); err != nil {
+			t.Fatal(err.message)
+		}
+		if got := inputEstimate(&pr); got != tc.want {
+			t.Errorf("%s: input estimate %d, want %d", tc.body, got, tc.want)
+		}
+	}
+}
+
+func TestEditsAreSurgical(t *testing.T) {
+	for _, tc := range []struct {
+		body, want string
+		cap        int64 // 0: none written
+		continuous bool
+		final      bool // hideFinal expected
+		cont       bool // hideContinuous expected
+	}{
+		{`{"model":"m","stream":true}`, `{"model":"m","stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}}`, 0, true, true, true},
+		{`{"model":"m","stream":true}`, `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`, 0, false, true, false},
+		{`{"model":"m","stream":true,"stream_options":null}`, `{"model":"m","stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}}`, 0, true, true, true},
+		{`{"model":"m","stream":true,"stream_options":{}}`, `{"model":"m","stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}}`, 0, true, true, true},
+		{`{"model":"m","stream":true,"stream_options":{ "x":1 }}`, `{"model":"m","stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true, "x":1 }}`, 0, true, true, true},
+		{`{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}`, `{"model":"m","stream":true,"stream_options":{"continuous_usage_stats":true,"include_usage":true,"x":1}}`, 0, true, true, true},
+		{`{"model":"m","stream":true,"stream_options":{"include_usage":true}}`, `{"model":"m","stream":true,"stream_options":{"continuous_usage_stats":true,"include_usage":true}}`, 0, true, false, true},
+		{`{"model":"m","stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}}`, `{"model":"m","stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}}`, 0, true, false, false},
+		{`{"model":"m","stream":true,"stream_options":{"include_usage":true}}`, `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`, 0, false, false, false},
+		{"{\"model\":\"m\",\"stream\":true}\n", "{\"model\":\"m\",\"stream\":true,\"max_completion_tokens\":64,\"stream_options\":{\"include_usage\":true,\"continuous_usage_stats\":true}}\n", 64, true, true, true},
+		{`{"model":"m","max_completion_tokens":"9","max_completion_tokens":0}`, `{"model":"m","max_completion_tokens":"9","max_completion_tokens":64}`, 64, true, false, false},
+	} {
+		var pr parsed
+		if err := parseRequest([]byte(tc.body), epChat, &pr); err != nil {
+			t.Fatal(err.message)
+		}
+		var sp []splice
+		if tc.cap > 0 {
+			sp = pr.setCap(epChat, tc.cap, sp)
+		}
+		var final, cont bool
+		if pr.stream {
+			sp, final, cont = pr.meterStream([]byte(tc.body), sp, tc.continuous)
+		}
 		got := applySplices(nil, []byte(tc.body), sp)
-		if string(got) != tc.want {
-			t.Errorf("edit of %s\n got %s\nwant %s", tc.body, got, tc.want)
+		if string(got) != tc.want || final != tc.final || cont != tc.cont {
+			t.Errorf("edit of %s\n got %s (hide final %v, continuous %v)\nwant %s (%v, %v)", tc.body, got, final, cont, tc.want, tc.final, tc.cont)
 		}
 		if !json.Valid(got) {
 			t.Errorf("invalid JSON %s", got)
@@ -122,17 +359,79 @@ func TestEditsAreSurgical(t *testing.T) {
 	}
 }
 
+func TestSettle(t *testing.T) {
+	est := quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 100}
+	for _, tc := range []struct {
+		name string
+		ep   *endpoint
+		o    outcome
+		want quota.Amount
+	}{
+		{"completed with usage", epChat, outcome{ending: completed, usage: usage{11, 7}, haveUsage: true}, quota.Amount{Requests: 1, InputTokens: 11, OutputTokens: 7}},
+		{"usage above the reservation is charged as reported", epChat, outcome{ending: completed, usage: usage{30, 100}, haveUsage: true}, quota.Amount{Requests: 1, InputTokens: 30, OutputTokens: 100}},
+		{"completed without usage", epChat, outcome{ending: completed, seen: 40}, quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 40}},
+		{"completed without usage, seen beyond the reservation", epChat, outcome{ending: completed, seen: 400}, quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 100}},
+		{"client gone mid-stream, continuous usage", epChat, outcome{ending: clientGone, started: true, usage: usage{19, 33}, haveUsage: true, seen: 3}, quota.Amount{Requests: 1, InputTokens: 19, OutputTokens: 33}},
+		{"client gone mid-stream, chunks", epChat, outcome{ending: clientGone, started: true, seen: 3}, quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 3}},
+		{"client gone before the answer", epChat, outcome{ending: clientGone}, quota.Amount{Requests: 1, InputTokens: 20}},
+		{"upstream broke with nothing seen", epChat, outcome{ending: broken, started: true}, quota.Amount{Requests: 1, InputTokens: 20}},
+		{"upstream refused", epChat, outcome{ending: refused}, quota.Amount{}},
+		{"embeddings charge the prompt only", epEmbeddings, outcome{ending: completed, usage: usage{5, 9}, haveUsage: true}, quota.Amount{Requests: 1, InputTokens: 5}},
+		{"tokenize counts a request", epTokenize, outcome{ending: completed, seen: 50}, quota.Amount{Requests: 1}},
+		{"tokenize refused", epTokenize, outcome{ending: refused}, quota.Amount{}},
+		{"tokenize cut", epTokenize, outcome{ending: broken}, quota.Amount{}},
+		{"zero usage reported for a cut request", epChat, outcome{ending: clientGone, started: true, haveUsage: true}, quota.Amount{Requests: 1, InputTokens: 20}},
+	} {
+		if got := settle(tc.ep, est, tc.o); got != tc.want {
+			t.Errorf("%s: settle = %+v, want %+v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestInspectJSON puts the escaped key `\"usage\"` in every position: a key
+// inside a string must never be read as the usage.
 func TestInspectJSON(t *testing.T) {
-	ci := inspectJSON([]byte(`{"choices":[ ],"usage":{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":1}}}`))
-	if ci.choices != 0 || !ci.hasUsage || ci.usage != (usage{3, 4}) {
-		t.Errorf("%+v", ci)
+	const fake = `"\"usage\":{\"prompt_tokens\":99,\"completion_tokens\":99}"`
+	for _, tc := range []struct {
+		doc     string
+		usage   usage
+		has     bool
+		choices int
+		cut     string // the document with the usage member cut
+	}{
+		{`{"choices":[ ],"usage":{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":1}}}`, usage{3, 4}, true, 0, `{"choices":[ ]}`},
+		{`{"choices":[{"delta":{"content":` + fake + `}}],"usage":null}`, usage{}, false, 1, ""},
+		{`{"x":` + fake + `,"choices":[{}],"usage":{"prompt_tokens":1,"completion_tokens":2}}`, usage{1, 2}, true, 1, `{"x":` + fake + `,"choices":[{}]}`},
+		{`{"usage":{"prompt_tokens":5,"completion_tokens":6} , "x":` + fake + `,"choices":[]}`, usage{5, 6}, true, 0, `{"x":` + fake + `,"choices":[]}`},
+		{`{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":6},"x":` + fake + `}`, usage{5, 6}, true, 0, `{"choices":[],"x":` + fake + `}`},
+		{`{"id":` + fake + `}`, usage{}, false, -1, ""},
+		{`{"type":"response.completed","response":{"id":` + fake + `,"usage":{"input_tokens":8,"output_tokens":9}}}`, usage{8, 9}, true, -1, ""},
+	} {
+		ci := inspectJSON([]byte(tc.doc))
+		if ci.usage != tc.usage || ci.hasUsage != tc.has || ci.choices != tc.choices {
+			t.Errorf("%s: %+v, want usage %+v %v choices %d", tc.doc, ci, tc.usage, tc.has, tc.choices)
+		}
+		if tc.cut != "" {
+			got := tc.doc[:ci.cutStart] + tc.doc[ci.cutEnd:]
+			if got != tc.cut {
+				t.Errorf("cut of %s\n got %s\nwant %s", tc.doc, got, tc.cut)
+			}
+		}
 	}
-	ci = inspectJSON([]byte(`{"choices":[{"delta":{"content":"\"usage\":{\"prompt_tokens\":99}"}}],"usage":null}`))
-	if ci.choices != 1 || ci.hasUsage {
-		t.Errorf("%+v", ci)
+	for _, tc := range []struct {
+		tail string
+		want int64
+	}{
+		{`...ext":` + fake + `,"usage":{"prompt_tokens":7,"total_tokens":7}}`, 7},
+		{`...,"usage":{"prompt_tokens":7,"total_tokens":7},"x":` + fake + `}`, 7},
+		{`..."usage":{"prompt_tokens":7},"data":[` + fake + `]}`, 7},
+	} {
+		if u, ok := usageFromTail([]byte(tc.tail)); !ok || u.Prompt != tc.want {
+			t.Errorf("usageFromTail(%s) = %+v %v, want prompt %d", tc.tail, u, ok, tc.want)
+		}
 	}
-	if u, ok := usageFromTail([]byte(`...ext":"\"usage\":{\"prompt_tokens\":1}","usage":{"prompt_tokens":7,"total_tokens":7}}`)); !ok || u.Prompt != 7 {
-		t.Errorf("tail usage = %+v %v", u, ok)
+	if _, ok := usageFromTail([]byte(`{"x":` + fake + `}`)); ok {
+		t.Error("usageFromTail read a usage inside a string")
 	}
 }
 
@@ -152,115 +451,4 @@ func TestLax(t *testing.T) {
 			t.Errorf("laxBool(%s) = %v %v", in, v, ok)
 		}
 	}
-}
-
-// splitEvents runs the incremental reader over data delivered in pieces of
-// the given sizes, the way relayStream does, and returns the events.
-func splitEvents(data []byte, sizes []int) [][]byte {
-	var events [][]byte
-	var buf []byte
-	for i := 0; len(data) > 0 || i == 0; i++ {
-		n := len(data)
-		if i < len(sizes) {
-			n = min(max(sizes[i], 1), len(data))
-		}
-		buf = append(buf, data[:n]...)
-		data = data[n:]
-		atEOF := len(data) == 0
-		off := 0
-		for off < len(buf) {
-			m, _ := sseEvent(buf[off:], atEOF)
-			if m == 0 {
-				if !atEOF {
-					break
-				}
-				m = len(buf) - off
-			}
-			events = append(events, bytes.Clone(buf[off:off+m]))
-			off += m
-		}
-		buf = buf[off:]
-		if atEOF {
-			break
-		}
-	}
-	return events
-}
-
-func TestSSEFraming(t *testing.T) {
-	in := "data: a\n\n" + "data: b\r\ndata: c\r\n\r\n" + ": comment\n\n" + "event: x\rdata:d\r\r\n" + "\n" + "data: [DONE]\n\n" + "data: tail"
-	// The lone "\n" after it is an empty event of its own.
-	// "\r\r\n" is CR ending a line, then CRLF ending the empty line.
-	want := []string{"data: a\n\n", "data: b\r\ndata: c\r\n\r\n", ": comment\n\n", "event: x\rdata:d\r\r\n", "\n", "data: [DONE]\n\n", "data: tail"}
-	for _, sizes := range [][]int{nil, {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, {9, 11, 3}} {
-		got := splitEvents([]byte(in), sizes)
-		var gs []string
-		for _, g := range got {
-			gs = append(gs, string(g))
-		}
-		if strings.Join(gs, "|") != strings.Join(want, "|") {
-			t.Errorf("sizes %v: events %q\nwant %q", sizes, gs, want)
-		}
-	}
-	data := map[string]string{"data: a\n\n": "a", "data: b\r\ndata: c\r\n\r\n": "b\nc", "event: x\rdata:d\r\r": "d", "data\n\n": ""}
-	for ev, want := range data {
-		_, plain := sseEvent([]byte(ev), true)
-		got, has, _ := sseData([]byte(ev), plain, nil)
-		if !has || string(got) != want {
-			t.Errorf("sseData(%q) = %q, %v; want %q", ev, got, has, want)
-		}
-	}
-	if _, has, _ := sseData([]byte(": c\n\n"), true, nil); has {
-		t.Error("comment has data")
-	}
-}
-
-// FuzzSSE checks the incremental reader is lossless and framing-independent:
-// however the bytes arrive, the events are the same and add up to the input,
-// and every event but the last ends with an empty line.
-func FuzzSSE(f *testing.F) {
-	f.Add([]byte("data: {\"a\":1}\n\ndata: [DONE]\n\n"), uint8(3), uint8(7))
-	f.Add([]byte("data: x\r\n\r\n: c\r\r\ndata\n"), uint8(1), uint8(2))
-	f.Add([]byte("\r\r\n\n\r"), uint8(1), uint8(1))
-	f.Fuzz(func(t *testing.T, data []byte, a, b uint8) {
-		whole := splitEvents(data, nil)
-		pieces := splitEvents(data, []int{int(a), int(b), int(a) + int(b), 1, 2, 3, 5, 8, 13})
-		if !bytes.Equal(bytes.Join(whole, nil), data) {
-			t.Fatalf("events do not add up to the input")
-		}
-		if len(whole) != len(pieces) {
-			t.Fatalf("whole: %q\npieces: %q", whole, pieces)
-		}
-		for i := range whole {
-			if !bytes.Equal(whole[i], pieces[i]) {
-				t.Fatalf("event %d differs: %q vs %q", i, whole[i], pieces[i])
-			}
-			if i < len(whole)-1 && !endsWithBlankLine(whole[i]) {
-				t.Fatalf("event %d %q does not end with an empty line", i, whole[i])
-			}
-			// The fast paths agree with the general ones.
-			n, plain := sseEvent(whole[i], true)
-			if i < len(whole)-1 && (n != len(whole[i]) || n != sseEventSlow(whole[i], true)) {
-				t.Fatalf("event %d: fast length %d, slow %d, event %d bytes", i, n, sseEventSlow(whole[i], true), len(whole[i]))
-			}
-			fd, fh, _ := sseData(whole[i], plain, nil)
-			sd, sh, _ := sseData(whole[i], false, nil)
-			if fh != sh || !bytes.Equal(fd, sd) {
-				t.Fatalf("event %d %q: fast data %q/%v, slow %q/%v", i, whole[i], fd, fh, sd, sh)
-			}
-		}
-	})
-}
-
-func endsWithBlankLine(ev []byte) bool {
-	s := string(ev)
-	if s == "\n" || s == "\r" || s == "\r\n" {
-		return true
-	}
-	for _, end := range []string{"\n\n", "\r\r", "\r\n\r\n", "\n\r\n", "\r\n\n", "\n\r", "\r\r\n"} {
-		if strings.HasSuffix(s, end) {
-			return true
-		}
-	}
-	return false
 }

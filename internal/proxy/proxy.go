@@ -1,26 +1,29 @@
 // Package proxy is the OpenAI-compatible HTTP front of vLLM that gives every
-// request a user, a quota and an account. Each API request goes through one
-// handler chain:
+// request a user, a quota and an account. Each API request goes through the
+// named phases of one handler (serve.go):
 //
-//		authenticate -> authorize model -> admit quota -> forward -> account
+//		authenticate -> enter -> read body -> parse -> authorize model -> admit -> forward (relay, settle)
 //
 //	  - authenticate: a bearer JWT issued by the operator, verified by a
 //	    [TokenVerifier] and checked against the user's current state in the
 //	    [Directory] (deleted, recreated, suspended, or a newer token generation
 //	    all revoke it);
+//	  - enter: the user's limit of requests in flight, before a body takes memory;
+//	  - read body: bounded in size, in time and in the memory all bodies share;
+//	  - parse: the few members the proxy needs, read exactly as vLLM reads them;
 //	  - authorize model: the model must match the quota's allowlist and the
 //	    user's narrowing (globs where '*' also matches '/');
-//	  - admit: the body is read (bounded), the output cap enforced (a request
-//	    above the cap is refused, never silently clamped; a request without one
-//	    gets the cap injected), and an estimate reserved in every budget with a
-//	    [quota.Counter], or refused with 429 before any byte goes upstream;
-//	  - forward: the body goes to the upstream serving the model, unchanged
-//	    unless a field had to be injected, without the user's token;
-//	    streams are relayed event by event, flushed as they arrive;
-//	  - account: the reservation is settled to the usage the upstream reported
-//	    (forcing stream_options.include_usage on streams, and hiding the extra
-//	    usage chunk from clients that did not ask for it), the charge goes to
-//	    the [UsageSink] and the metrics.
+//	  - admit: the request's output is bounded (max tokens × sequences, or a
+//	    cap the proxy writes when the request has none), reserved in every
+//	    budget with a [quota.Counter], or refused with 400/429 before any
+//	    byte goes upstream (admit.go states the invariant);
+//	  - forward: the body goes to the upstream serving the model, changed only
+//	    where a cap or stream usage had to be set, without the user's token;
+//	    streams are relayed event by event, flushed as they arrive, under a
+//	    write deadline;
+//	  - settle: the reservation is swapped for what the upstream reported
+//	    (forcing stream usage, and hiding it again from clients that did not
+//	    ask for it), and the charge goes to the [UsageSink] and the metrics.
 //
 // The package knows nothing of Kubernetes: users come from a [Directory],
 // which production backs with informer caches and tests with a map.
@@ -32,8 +35,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,7 +42,6 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/llm-user-operator/llm-user-operator/internal/metrics"
-	"github.com/llm-user-operator/llm-user-operator/internal/openaiapi"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 	"github.com/llm-user-operator/llm-user-operator/internal/token"
 )
@@ -72,29 +72,46 @@ type User struct {
 	// request is then refused with 403.
 	QuotaFound bool
 	QuotaName  string
+	QuotaUID   string
 	// Models is the quota's allowlist of globs (empty allows every model).
 	Models []string
 	// UserModels narrows Models for this user (empty narrows nothing).
 	UserModels []string
-	// MaxTokensPerRequest caps the output tokens of one request (nil: no cap).
+	// MaxTokensPerRequest caps the output tokens of one request, all its
+	// sequences together (nil: no cap).
 	MaxTokensPerRequest *int64
+	// MaxConcurrentRequests caps the user's requests in flight (nil: no cap).
+	MaxConcurrentRequests *int64
+	// DryRun is the quota's enforcement DryRun: nothing is refused or
+	// shortened, what would have been is counted and reported.
+	DryRun bool
 	// Budgets are the user's own budget and/or the Shared pool, ready for
 	// [quota.Counter.Reserve]. None means unlimited.
 	Budgets []quota.Budget
 }
 
+// concurrencyKey names the user's in-flight counter.
+func (u *User) concurrencyKey() string { return quota.UserKey(u.Namespace, u.Name, u.UID) }
+
+// pool reports whether the user draws on a Shared quota's pool.
+func (u *User) pool() bool {
+	for _, b := range u.Budgets {
+		if b.Kind == quota.BudgetPool {
+			return true
+		}
+	}
+	return false
+}
+
 // UsageSink receives every non-zero charge after a request settles; batched
 // write-back to status lives behind it. Charge must not block.
-type UsageSink interface{ Charge(c Charge) }
+type UsageSink interface{ Charge(c quota.Charge) }
 
-// Charge is what one request cost one user.
-type Charge struct {
-	Namespace, User, Quota string
-	// Shared is true when the charge also went to the quota's shared pool.
-	Shared bool
-	Model  string
-	Amount quota.Amount
-	At     time.Time
+// DryRunNotifier hears of what a DryRun quota would have refused or
+// shortened, for Events; reason is a metrics rejection reason. Notify must
+// not block.
+type DryRunNotifier interface {
+	Notify(u *User, reason, message string)
 }
 
 // Timeouts bound the proxy's waits on upstreams. Zero fields take defaults.
@@ -109,6 +126,13 @@ type Timeouts struct {
 	// StreamIdle is the longest gap allowed between two reads of a streamed
 	// response body (default 2m); past it the stream is cut.
 	StreamIdle time.Duration
+	// BodyRead bounds reading a request body (default 60s): a client that
+	// trickles its body gets 408 and its connection closed.
+	BodyRead time.Duration
+	// Write is the longest a client may take to accept one write (default
+	// 60s): a client that stops reading is cut off, its request charged
+	// what it consumed. Negative disables it.
+	Write time.Duration
 }
 
 // Options configures [New].
@@ -123,19 +147,32 @@ type Options struct {
 	Sink UsageSink
 	// Upstreams are the base URLs of the vLLM servers, e.g.
 	// "http://vllm-llama:8000". Their models are discovered from
-	// GET <base>/v1/models. At least one is required.
+	// GET <base>/v1/models.
 	Upstreams []string
+	// UpstreamsFile names a file with more base URLs, one per line, read
+	// again at every model refresh. At least one upstream is required,
+	// from either.
+	UpstreamsFile string
 	// ModelRefreshInterval is how often upstream models are re-listed
 	// (default 30s).
 	ModelRefreshInterval time.Duration
 	// MaxRequestBody bounds request bodies (default 10 MiB); larger ones
 	// get 413.
 	MaxRequestBody int64
-	// DefaultMaxTokens is the output estimate reserved for a request that
-	// sets no output cap when the user has no per-request cap either
-	// (default 256). The reservation is settled to the real usage anyway.
+	// MaxBodyMemory bounds the memory all request bodies in flight hold
+	// together (default 256 MiB); a body that would go past it gets 503.
+	MaxBodyMemory int64
+	// DefaultMaxTokens is the cap per sequence the proxy writes into a
+	// request that sets none, when the model's context length is unknown
+	// (its upstream does not report max_model_len) and the quota has no
+	// maxTokensPerRequest (default 4096).
 	DefaultMaxTokens int64
-	Timeouts         Timeouts
+	// DisableContinuousUsage stops asking vLLM for usage on every streamed
+	// chunk; a stream cut short is then charged by the chunks it had.
+	DisableContinuousUsage bool
+	// DryRun, when set, hears of DryRun quotas' would-be refusals.
+	DryRun   DryRunNotifier
+	Timeouts Timeouts
 	// Transport overrides the shared upstream transport (tests).
 	Transport http.RoundTripper
 	// Now is the clock (default time.Now).
@@ -162,13 +199,26 @@ type Proxy struct {
 	transport http.RoundTripper
 	client    *http.Client // model discovery
 
+	// upstreams are the static ones and then those of upstreamsFile;
+	// guarded by refreshMu.
 	upstreams       []*upstream
+	static          int
+	upstreamsFile   string
 	refreshInterval time.Duration
 	maxBody         int64
+	bodyMem         memBudget
 	defaultMax      int64
 	streamIdle      time.Duration
+	bodyTimeout     time.Duration
+	writeTimeout    time.Duration
 	disableAuth     bool
 	disableQuota    bool
+
+	disableContinuousUsage bool
+	dryRunNotifier         DryRunNotifier
+
+	ids   requestIDs
+	gates gates
 
 	models    atomic.Pointer[modelTable]
 	refreshMu sync.Mutex
@@ -178,7 +228,7 @@ type Proxy struct {
 // New validates opts and builds a proxy. Call [Proxy.Start] to discover
 // models; until the first discovery answers, requests get 503.
 func New(opts Options) (*Proxy, error) {
-	if len(opts.Upstreams) == 0 {
+	if len(opts.Upstreams) == 0 && opts.UpstreamsFile == "" {
 		return nil, errors.New("proxy: no upstreams")
 	}
 	if !opts.DisableAuth {
@@ -200,10 +250,17 @@ func New(opts Options) (*Proxy, error) {
 		transport:       opts.Transport,
 		refreshInterval: opts.ModelRefreshInterval,
 		maxBody:         opts.MaxRequestBody,
+		bodyMem:         memBudget{limit: opts.MaxBodyMemory},
 		defaultMax:      opts.DefaultMaxTokens,
 		streamIdle:      opts.Timeouts.StreamIdle,
+		bodyTimeout:     opts.Timeouts.BodyRead,
+		writeTimeout:    opts.Timeouts.Write,
 		disableAuth:     opts.DisableAuth,
 		disableQuota:    opts.DisableQuota || opts.DisableAuth,
+
+		disableContinuousUsage: opts.DisableContinuousUsage,
+		dryRunNotifier:         opts.DryRun,
+		ids:                    newRequestIDs(),
 	}
 	if p.now == nil {
 		p.now = time.Now
@@ -214,8 +271,20 @@ func New(opts Options) (*Proxy, error) {
 	if p.maxBody <= 0 {
 		p.maxBody = 10 << 20
 	}
+	if p.bodyMem.limit <= 0 {
+		p.bodyMem.limit = 256 << 20
+	}
+	if p.bodyMem.limit < MinBodyMemory(p.maxBody) {
+		return nil, fmt.Errorf("proxy: MaxBodyMemory (%d) must be at least %d: a body of MaxRequestBody (%d) and its edited copy", p.bodyMem.limit, MinBodyMemory(p.maxBody), p.maxBody)
+	}
 	if p.defaultMax <= 0 {
-		p.defaultMax = 256
+		p.defaultMax = 4096
+	}
+	if p.bodyTimeout == 0 {
+		p.bodyTimeout = time.Minute
+	}
+	if p.writeTimeout == 0 {
+		p.writeTimeout = time.Minute
 	}
 	if p.streamIdle <= 0 {
 		p.streamIdle = 2 * time.Minute
@@ -225,13 +294,14 @@ func New(opts Options) (*Proxy, error) {
 	}
 	p.client = &http.Client{Transport: p.transport, Timeout: 10 * time.Second}
 	for _, raw := range opts.Upstreams {
-		u, err := url.Parse(raw)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("proxy: upstream %q is not an http(s) base URL", raw)
+		u, err := parseUpstream(raw)
+		if err != nil {
+			return nil, err
 		}
-		p.upstreams = append(p.upstreams, &upstream{raw: raw, scheme: u.Scheme, host: u.Host, basePath: strings.TrimSuffix(u.Path, "/")})
+		p.upstreams = append(p.upstreams, u)
 	}
-	p.handler = http.HandlerFunc(p.serveHTTP)
+	p.static, p.upstreamsFile = len(p.upstreams), opts.UpstreamsFile
+	p.handler = p.routes()
 	return p, nil
 }
 
@@ -298,52 +368,3 @@ func (p *Proxy) Start(ctx context.Context) error {
 
 // NeedLeaderElection is false: every proxy replica serves traffic.
 func (p *Proxy) NeedLeaderElection() bool { return false }
-
-func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	var ep *endpoint
-	switch r.URL.Path {
-	case "/v1/chat/completions":
-		ep = epChat
-	case "/v1/completions":
-		ep = epCompletions
-	case "/v1/embeddings":
-		ep = epEmbeddings
-	case "/v1/responses":
-		ep = epResponses
-	case "/tokenize":
-		ep = epTokenize
-	case "/detokenize":
-		ep = epDetokenize
-	case "/v1/models":
-		if !methodIs(w, r, http.MethodGet) {
-			return
-		}
-		p.serveModels(w, r, "")
-		return
-	default:
-		if id, ok := strings.CutPrefix(r.URL.Path, "/v1/models/"); ok && id != "" {
-			if !methodIs(w, r, http.MethodGet) {
-				return
-			}
-			p.serveModels(w, r, id)
-			return
-		}
-		openaiapi.WriteError(w, http.StatusNotFound, openaiapi.TypeInvalidRequest, openaiapi.CodeNotFound, "",
-			"Unknown path "+r.URL.Path+". This proxy serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/models, /tokenize and /detokenize.")
-		return
-	}
-	if !methodIs(w, r, http.MethodPost) {
-		return
-	}
-	p.serveAPI(w, r, ep)
-}
-
-func methodIs(w http.ResponseWriter, r *http.Request, m string) bool {
-	if r.Method == m {
-		return true
-	}
-	w.Header()["Allow"] = []string{m}
-	openaiapi.WriteError(w, http.StatusMethodNotAllowed, openaiapi.TypeInvalidRequest, openaiapi.CodeMethodNotAllowed, "",
-		r.Method+" is not allowed on "+r.URL.Path+"; use "+m+".")
-	return false
-}

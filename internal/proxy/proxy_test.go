@@ -15,7 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/internal/metrics"
 	"github.com/llm-user-operator/llm-user-operator/internal/openaiapi"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 	"github.com/llm-user-operator/llm-user-operator/internal/testutil/poll"
@@ -190,11 +193,24 @@ func TestMaxTokens(t *testing.T) {
 			}
 		}
 	})
-	t.Run("not an integer", func(t *testing.T) {
-		resp := e.do(t, "POST", "/v1/chat/completions", `{"model":"qwen/Qwen3-8B","messages":[],"max_tokens":true}`)
-		expectStatus(t, resp, http.StatusBadRequest)
-		readAll(t, resp)
-	})
+	// A cap that is not a positive integer is no cap, as vLLM reads it:
+	// the proxy writes the limit into the field vLLM prefers.
+	for _, v := range []string{`true`, `0`, `"0"`, `0.0`, `0e0`, `-1`, `1.5`, `"abc"`} {
+		t.Run("no cap: "+v, func(t *testing.T) {
+			resp := e.do(t, "POST", "/v1/chat/completions", `{"model":"qwen/Qwen3-8B","messages":[],"max_tokens":`+v+`}`)
+			expectStatus(t, resp, 200)
+			readAll(t, resp)
+			if got, want := string(e.ups[0].last(t).body), `{"model":"qwen/Qwen3-8B","messages":[],"max_tokens":`+v+`,"max_completion_tokens":512}`; got != want {
+				t.Errorf("upstream body = %s\nwant            %s", got, want)
+			}
+			resp = e.do(t, "POST", "/v1/completions", `{"model":"qwen/Qwen3-8B","prompt":"hi","max_tokens":`+v+`}`)
+			expectStatus(t, resp, 200)
+			readAll(t, resp)
+			if got, want := string(e.ups[0].last(t).body), `{"model":"qwen/Qwen3-8B","prompt":"hi","max_tokens":512}`; got != want {
+				t.Errorf("upstream body = %s\nwant            %s", got, want)
+			}
+		})
+	}
 	t.Run("under the cap passes unchanged", func(t *testing.T) {
 		body := `{"model":"qwen/Qwen3-8B", "messages":[], "max_tokens": 100}`
 		resp := e.do(t, "POST", "/v1/chat/completions", body)
@@ -207,7 +223,10 @@ func TestMaxTokens(t *testing.T) {
 	for _, tc := range []struct{ path, body, want string }{
 		{"/v1/chat/completions", `{"model":"qwen/Qwen3-8B","messages":[]}`, `{"model":"qwen/Qwen3-8B","messages":[],"max_completion_tokens":512}`},
 		{"/v1/chat/completions", `{"model":"qwen/Qwen3-8B","max_completion_tokens":null,"messages":[]}`, `{"model":"qwen/Qwen3-8B","max_completion_tokens":512,"messages":[]}`},
-		{"/v1/completions", "{\"model\":\"qwen/Qwen3-8B\",\"prompt\":\"hi\"}\n", "{\"model\":\"qwen/Qwen3-8B\",\"prompt\":\"hi\",\"max_tokens\":512}\n"},
+		// vLLM's default for completions, 16, is under the limit: nothing to write.
+		{"/v1/completions", "{\"model\":\"qwen/Qwen3-8B\",\"prompt\":\"hi\"}\n", "{\"model\":\"qwen/Qwen3-8B\",\"prompt\":\"hi\"}\n"},
+		{"/v1/completions", "{\"model\":\"qwen/Qwen3-8B\",\"prompt\":\"hi\",\"max_tokens\":null}", "{\"model\":\"qwen/Qwen3-8B\",\"prompt\":\"hi\",\"max_tokens\":512}"},
+		{"/v1/responses", `{"model":"qwen/Qwen3-8B","input":"hi"}`, `{"model":"qwen/Qwen3-8B","input":"hi","max_output_tokens":512}`},
 	} {
 		t.Run("injected into "+tc.path, func(t *testing.T) {
 			resp := e.do(t, "POST", tc.path, tc.body)
@@ -383,9 +402,9 @@ func TestRateLimited(t *testing.T) {
 			e.mem = quota.NewMemory(clock)
 			e.proxy.counter = e.mem
 			u := aliceUser()
-			u.Budgets = []quota.Budget{{Key: quota.UserKey("team-a", "alice"), Limits: []quota.Limit{
+			u.Budgets = []quota.Budget{quota.UserBudget("team-a", "alice", "uid-alice", []quota.Limit{
 				{Window: tc.window, Tokens: ptr[int64](300), Requests: ptr[int64](10)},
-			}}}
+			}, false)}
 			e.dir.set(u)
 			// max_tokens 200 + prompt estimate fits once; the upstream
 			// reports 18 tokens, so the second request (est ~230) still fits
@@ -450,24 +469,34 @@ func TestNoRateLimitHeadersWithoutLimits(t *testing.T) {
 }
 
 func TestDryRunAdmits(t *testing.T) {
-	e := newEnv(t, nil)
+	reg := prometheus.NewRegistry()
+	e := newEnv(t, func(o *Options) { o.Metrics = metrics.New(reg, metrics.Options{UserLabel: true}) })
 	u := aliceUser()
-	u.Budgets = []quota.Budget{{Key: quota.UserKey("team-a", "alice"), DryRun: true, Limits: []quota.Limit{
+	u.DryRun = true
+	u.MaxTokensPerRequest = ptr[int64](10)
+	u.Budgets = []quota.Budget{quota.UserBudget("team-a", "alice", "uid-alice", []quota.Limit{
 		{Window: llmv1alpha1.WindowHour, Tokens: ptr[int64](10)},
-	}}}
+	}, true)}
 	e.dir.set(u)
-	// The first request into an empty window is always admitted; the
-	// second would be refused, but the budget only reports.
-	for range 2 {
-		resp := e.do(t, "POST", "/v1/chat/completions", chatBody)
+	// Every request would be refused (the prompt alone is over the 10
+	// tokens), one asks for more than the cap: the budget only reports,
+	// and nothing is shortened.
+	for _, body := range []string{chatBody, chatBody, `{"model":"meta-llama/Llama-3.1-8B","messages":[],"max_tokens":11}`} {
+		resp := e.do(t, "POST", "/v1/chat/completions", body)
 		expectStatus(t, resp, 200)
 		readAll(t, resp)
+		if got := resp.Header.Get("x-llm-quota-dryrun-exceeded"); got != "rate_limit" {
+			t.Errorf("dry-run header = %q, want rate_limit", got)
+		}
+		if got := string(e.ups[0].last(t).body); got != body {
+			t.Errorf("upstream body = %s, want it unchanged", got)
+		}
 	}
-	resp := e.do(t, "POST", "/v1/chat/completions", chatBody)
-	expectStatus(t, resp, 200)
-	readAll(t, resp)
-	if got := resp.Header.Get("x-llm-quota-dryrun-exceeded"); got != "Hour" {
-		t.Errorf("dry-run header = %q", got)
+	if got := metricValue(t, reg, "llm_proxy_rejections_total", map[string]string{"reason": "dry_run_rate_limit"}); got != 3 {
+		t.Errorf("dry_run_rate_limit = %v, want 3", got)
+	}
+	if got := metricValue(t, reg, "llm_proxy_rejections_total", map[string]string{"reason": "dry_run_max_tokens"}); got != 1 {
+		t.Errorf("dry_run_max_tokens = %v, want 1", got)
 	}
 }
 
@@ -477,7 +506,7 @@ func TestNonStreamingAccounting(t *testing.T) {
 	expectStatus(t, resp, 200)
 	readAll(t, resp)
 	c := e.sink.wait(t)
-	want := Charge{Namespace: "team-a", User: "alice", Quota: "gold", Model: "meta-llama/Llama-3.1-8B",
+	want := quota.Charge{Namespace: "team-a", User: "alice", UserUID: "uid-alice", Quota: "gold", Model: "meta-llama/Llama-3.1-8B",
 		Amount: quota.Amount{Requests: 1, InputTokens: 11, OutputTokens: 7}}
 	c.At = time.Time{}
 	if c != want {
@@ -592,9 +621,9 @@ func TestConcurrentAdmissionAtBudgetEdge(t *testing.T) {
 	e := newEnv(t, nil, up)
 	const limit = 2000
 	u := aliceUser()
-	u.Budgets = []quota.Budget{{Key: quota.UserKey("team-a", "alice"), Limits: []quota.Limit{
+	u.Budgets = []quota.Budget{quota.UserBudget("team-a", "alice", "uid-alice", []quota.Limit{
 		{Window: llmv1alpha1.WindowHour, Tokens: ptr[int64](limit)},
-	}}}
+	}, false)}
 	e.dir.set(u)
 	body := `{"model":"m","prompt":"` + strings.Repeat("a", 40) + `","max_tokens":100}`
 	var ok, refused atomic.Int64
@@ -620,10 +649,12 @@ func TestConcurrentAdmissionAtBudgetEdge(t *testing.T) {
 	for _, c := range e.sink.all() {
 		charged += c.Amount.Total()
 	}
-	// One reservation: prompt estimate (40+len(`"…"`))/4+8 plus 100 output.
-	est := e.proxy.estimate(epCompletions, &parsed{promptBytes: 42, n: 1, max: [2]maxField{{set: true, v: 100}}}, nil)
-	if charged > limit+est.Total() {
-		t.Errorf("charged %d, over limit %d + one reservation %d", charged, limit, est.Total())
+	// Each request reserves its prompt estimate, 42/4+8 = 18, and 100 output
+	// tokens, and is charged the 20 and 100 the upstream reports: the limit
+	// is exceeded by at most the estimate's error of 2 per request in
+	// flight, 16 at once.
+	if charged > limit+16*2 {
+		t.Errorf("charged %d, over limit %d + the input estimate error of 16 requests in flight", charged, limit)
 	}
 	if ok.Load() == 0 || refused.Load() == 0 {
 		t.Errorf("ok=%d refused=%d: the edge was not reached", ok.Load(), refused.Load())
@@ -646,7 +677,7 @@ func TestDisableAuthArm(t *testing.T) {
 	}
 }
 
-func TestTokenizeNotCharged(t *testing.T) {
+func TestTokenizeCountsRequests(t *testing.T) {
 	up := newUpstream(t, "m")
 	up.handle = func(w http.ResponseWriter, r *http.Request, body []byte) {
 		io.WriteString(w, `{"count":2,"max_model_len":8192,"tokens":[1,2]}`)
@@ -658,7 +689,7 @@ func TestTokenizeNotCharged(t *testing.T) {
 	if up.last(t).path != "/tokenize" {
 		t.Errorf("path = %s", up.last(t).path)
 	}
-	if cs := e.sink.all(); len(cs) != 0 {
-		t.Errorf("charges = %+v", cs)
+	if c := e.sink.wait(t); c.Amount != (quota.Amount{Requests: 1}) {
+		t.Errorf("charge = %+v, want one request and no tokens", c.Amount)
 	}
 }

@@ -2,63 +2,54 @@ package proxy
 
 import (
 	"net/http"
-	"slices"
-	"strconv"
 
-	"github.com/llm-user-operator/llm-user-operator/internal/metrics"
 	"github.com/llm-user-operator/llm-user-operator/internal/openaiapi"
 )
 
-// endpoint describes one proxied API path.
-type endpoint struct {
-	path string
-	// operation is the gen_ai_operation_name; "" for paths that generate
-	// nothing (tokenize), which are neither reserved nor charged.
-	operation string
-	// maxFields cap the output tokens, in the order vLLM prefers them.
-	maxFields []string
-	// inject is the field set to the per-request cap when no maxField is set.
-	inject string
-	// streamUsage: the API takes stream_options.include_usage.
-	streamUsage bool
-	embeddings  bool
+// capValue is one output-cap field as the request gave it.
+type capValue struct {
+	// present: the member exists, whatever its value.
+	present bool
+	// set: the value is a positive integer, a cap. Anything else (null, 0,
+	// a negative number, a fraction, a string that is not an integer, a
+	// boolean) leaves the field unset, which is how vLLM reads a cap it
+	// cannot use: see readCap.
+	set bool
+	v   int64
+	// canonical: written as a plain decimal integer, exactly as the proxy
+	// would write v.
+	canonical bool
+	// start and end are the value's span in the body.
+	start, end int
 }
 
-func (e *endpoint) metered() bool { return e.operation != "" }
+// span is a member's value in the body; start < 0 when absent.
+type span struct{ start, end int }
 
-var (
-	epChat = &endpoint{path: "/v1/chat/completions", operation: metrics.OperationChat,
-		maxFields: []string{"max_completion_tokens", "max_tokens"}, inject: "max_completion_tokens", streamUsage: true}
-	epCompletions = &endpoint{path: "/v1/completions", operation: metrics.OperationTextCompletion,
-		maxFields: []string{"max_tokens"}, inject: "max_tokens", streamUsage: true}
-	epEmbeddings = &endpoint{path: "/v1/embeddings", operation: metrics.OperationEmbeddings, embeddings: true}
-	epResponses  = &endpoint{path: "/v1/responses", operation: metrics.OperationChat,
-		maxFields: []string{"max_output_tokens"}, inject: "max_output_tokens"}
-	epTokenize   = &endpoint{path: "/tokenize"}
-	epDetokenize = &endpoint{path: "/detokenize"}
-)
-
-// promptFields hold the prompt; their size estimates the input tokens.
-var promptFields = []string{"messages", "prompt", "input", "instructions", "tools"}
-
-// maxField is one output-token cap field of a request.
-type maxField struct {
-	set, null  bool
-	v          int64
-	start, end int // value span, for replacing a null
-}
-
-// parsed is what the proxy reads from a request body.
+// parsed is what the proxy reads from a request body: what it needs to
+// route, to bound the output and to meter it.
 type parsed struct {
 	model  []byte
 	stream bool
-	// streamOpts is the stream_options value span; start<0 when absent.
-	streamOptsStart, streamOptsEnd int
-	includeUsage                   bool
-	max                            [2]maxField
-	n                              int64
-	promptBytes                    int
-	closeBrace                     int
+	// streamOpts is the stream_options value.
+	streamOpts                    span
+	includeUsage, continuousUsage bool
+	// caps are the endpoint's cap fields, in the order of endpoint.capFields.
+	caps [2]capValue
+	// n and bestOf are the sequences generated per prompt (at least 1;
+	// bestOf 0 when absent).
+	n, bestOf int64
+	// prompts is how many prompts the request carries (an array of prompts
+	// makes one sequence set each); at least 1.
+	prompts int64
+	// promptBytes is the size of the prompt fields, text counted by bytes;
+	// promptTokens counts prompts given as token ids.
+	promptBytes  int
+	promptTokens int64
+	// background and builtinTools are Responses API options whose
+	// generation the proxy cannot meter.
+	background, builtinTools bool
+	closeBrace               int
 }
 
 // apiError is a refusal in OpenAI's shape.
@@ -73,9 +64,12 @@ func badRequest(param, msg string) *apiError {
 }
 
 // parseRequest reads the members the proxy needs. Later duplicates win, as
-// in Python's json module.
+// in Python's json module, which is what vLLM parses the body with; a key
+// matches only when it is exactly the name once unescaped, as in Python.
+// A value the proxy cannot read the way vLLM would is refused rather than
+// guessed, unless it is an output cap (see readCap).
 func parseRequest(body []byte, ep *endpoint, pr *parsed) *apiError {
-	*pr = parsed{streamOptsStart: -1, n: 1}
+	*pr = parsed{streamOpts: span{-1, -1}, n: 1, prompts: 1}
 	it := newObjIter(body, 0)
 	if it.err != nil {
 		return badRequest("", "The request body must be a JSON object.")
@@ -83,6 +77,11 @@ func parseRequest(body []byte, ep *endpoint, pr *parsed) *apiError {
 	hasModel := false
 	for m, ok := it.next(); ok; m, ok = it.next() {
 		key, val := m.key, body[m.valStart:m.valEnd]
+		if i := capIndex(ep, key); i >= 0 {
+			pr.caps[i] = readCap(val, m.valStart, m.valEnd)
+			continue
+		}
+		var err *apiError
 		switch string(key) {
 		case "model":
 			s, ok := jsonString(val)
@@ -91,55 +90,31 @@ func parseRequest(body []byte, ep *endpoint, pr *parsed) *apiError {
 			}
 			pr.model, hasModel = s, true
 		case "stream":
-			if isNull(val) {
-				pr.stream = false
-				continue
-			}
-			v, ok := laxBool(val)
-			if !ok {
-				return badRequest("stream", "stream must be a boolean.")
-			}
-			pr.stream = v
+			pr.stream, err = readBool("stream", val)
 		case "stream_options":
-			pr.streamOptsStart, pr.streamOptsEnd = m.valStart, m.valEnd
+			pr.streamOpts = span{m.valStart, m.valEnd}
 		case "n":
-			if isNull(val) {
-				pr.n = 1
-				continue
+			pr.n, err = readCount("n", val, 1)
+		case "best_of":
+			pr.bestOf, err = readCount("best_of", val, 0)
+		case "background":
+			if ep.responses {
+				pr.background, err = readBool("background", val)
 			}
-			v, ok := laxInt(val)
-			if !ok {
-				return badRequest("n", "n must be an integer.")
+		case "tools":
+			pr.promptBytes += len(val)
+			if ep.responses {
+				pr.builtinTools = hasBuiltinTool(val)
 			}
-			pr.n = max(v, 1)
+		case "instructions":
+			pr.promptBytes += len(val)
 		default:
-			matched := false
-			for i, f := range ep.maxFields {
-				if string(key) != f {
-					continue
-				}
-				matched = true
-				mf := maxField{start: m.valStart, end: m.valEnd}
-				if isNull(val) {
-					mf.null = true
-				} else {
-					v, ok := laxInt(val)
-					if !ok {
-						return badRequest(f, f+" must be an integer.")
-					}
-					mf.set, mf.v = true, v
-				}
-				pr.max[i] = mf
+			if string(key) == ep.promptField {
+				readPrompt(ep, val, pr)
 			}
-			if matched {
-				continue
-			}
-			for _, f := range promptFields {
-				if string(key) == f {
-					pr.promptBytes += len(val)
-					break
-				}
-			}
+		}
+		if err != nil {
+			return err
 		}
 	}
 	if it.err != nil {
@@ -152,112 +127,202 @@ func parseRequest(body []byte, ep *endpoint, pr *parsed) *apiError {
 		return badRequest("model", "You must provide a model parameter.")
 	}
 	pr.closeBrace = it.p - 1
-	if pr.streamOptsStart >= 0 {
-		so := body[pr.streamOptsStart:pr.streamOptsEnd]
-		if !isNull(so) {
-			if so[0] != '{' {
-				return badRequest("stream_options", "stream_options must be an object.")
+	return pr.readStreamOptions(body)
+}
+
+func capIndex(ep *endpoint, key []byte) int {
+	for i, f := range ep.capFields {
+		if string(key) == f {
+			return i
+		}
+	}
+	return -1
+}
+
+// readCap reads an output cap the way it bounds vLLM's output. vLLM takes a
+// positive integer (pydantic's lax mode also takes 100.0, 1e2 and "100") as
+// the cap; null means none; 0 means none to older vLLM, which reads
+// `max_completion_tokens or max_tokens`, and an error to newer vLLM;
+// negative numbers and non-integers are errors. The proxy reads every value
+// that is not a positive integer as no cap: it then writes a cap of its own
+// (or refuses), so whichever way an upstream reads the original value, it
+// generates no more than the proxy reserved.
+func readCap(raw []byte, start, end int) capValue {
+	c := capValue{present: true, start: start, end: end}
+	if v, ok := parseDigits(raw); ok {
+		c.v, c.set = v, v > 0
+		c.canonical = c.set && raw[0] != '0'
+		return c
+	}
+	if v, ok := laxInt(raw); ok && v > 0 {
+		c.v, c.set = v, true
+	}
+	return c
+}
+
+func readBool(field string, raw []byte) (bool, *apiError) {
+	if isNull(raw) {
+		return false, nil
+	}
+	v, ok := laxBool(raw)
+	if !ok {
+		return false, badRequest(field, field+" must be a boolean.")
+	}
+	return v, nil
+}
+
+// readCount reads n or best_of: a missing or null value is def, a value
+// below 1 is 1 (vLLM refuses it anyway), anything not an integer is refused.
+func readCount(field string, raw []byte, def int64) (int64, *apiError) {
+	if isNull(raw) {
+		return def, nil
+	}
+	v, ok := laxInt(raw)
+	if !ok {
+		return 0, badRequest(field, field+" must be an integer.")
+	}
+	return max(v, 1), nil
+}
+
+// readPrompt measures the prompt field. For endpoints that take an array of
+// prompts, each prompt generates its own sequences; an array of integers is
+// one prompt given as token ids, which are counted exactly.
+func readPrompt(ep *endpoint, val []byte, pr *parsed) {
+	pr.promptBytes += len(val)
+	if !ep.multiPrompt && ep.kind != embedding {
+		return
+	}
+	if len(val) == 0 || val[0] != '[' {
+		return
+	}
+	n, ints, nested := arrayShape(val)
+	switch {
+	case ints == n && n > 0: // [1, 2, 3]: one prompt of token ids
+		pr.promptTokens += int64(n)
+		pr.promptBytes -= len(val)
+	case n > 0:
+		if ep.multiPrompt {
+			pr.prompts = int64(n)
+		}
+		pr.promptTokens += nested
+		if nested > 0 {
+			pr.promptBytes -= len(val)
+		}
+	}
+}
+
+// arrayShape counts the elements of a JSON array, how many of them are
+// numbers, and how many numbers the arrays among them hold (prompts given
+// as token ids). It stops at the first malformed element; vLLM parses the
+// body again and refuses what is not JSON.
+func arrayShape(arr []byte) (elems, ints int, nested int64) {
+	p := skipWS(arr, 1)
+	for p < len(arr) && arr[p] != ']' {
+		e, err := skipValue(arr, p)
+		if err != nil {
+			return elems, ints, nested
+		}
+		elems++
+		switch c := arr[p]; {
+		case c == '-' || (c >= '0' && c <= '9'):
+			ints++
+		case c == '[':
+			n, k, _ := arrayShape(arr[p:e])
+			if n == k {
+				nested += int64(k)
 			}
-			inner := newObjIter(so, 0)
-			for m, ok := inner.next(); ok; m, ok = inner.next() {
-				if string(m.key) == "include_usage" {
-					v := so[m.valStart:m.valEnd]
-					pr.includeUsage = false
-					if !isNull(v) {
-						b, ok := laxBool(v)
-						if !ok {
-							return badRequest("stream_options", "stream_options.include_usage must be a boolean.")
-						}
-						pr.includeUsage = b
-					}
+		}
+		p = skipWS(arr, e)
+		if p < len(arr) && arr[p] == ',' {
+			p = skipWS(arr, p+1)
+		}
+	}
+	return elems, ints, nested
+}
+
+// hasBuiltinTool reports whether a Responses API tools array names a tool
+// other than a function: one the server runs itself (web search, code
+// interpreter, MCP), which can make it generate several turns.
+func hasBuiltinTool(tools []byte) bool {
+	if len(tools) == 0 || tools[0] != '[' {
+		return false
+	}
+	p := skipWS(tools, 1)
+	for p < len(tools) && tools[p] != ']' {
+		e, err := skipValue(tools, p)
+		if err != nil {
+			return false
+		}
+		if tools[p] == '{' {
+			it := newObjIter(tools[p:e], 0)
+			for m, ok := it.next(); ok; m, ok = it.next() {
+				if string(m.key) == "type" && string(tools[p+m.valStart:p+m.valEnd]) != `"function"` {
+					return true
 				}
 			}
 		}
+		p = skipWS(tools, e)
+		if p < len(tools) && tools[p] == ',' {
+			p = skipWS(tools, p+1)
+		}
+	}
+	return false
+}
+
+// readStreamOptions reads stream_options once the whole body is known.
+func (pr *parsed) readStreamOptions(body []byte) *apiError {
+	if pr.streamOpts.start < 0 {
+		return nil
+	}
+	so := body[pr.streamOpts.start:pr.streamOpts.end]
+	if isNull(so) {
+		return nil
+	}
+	if so[0] != '{' {
+		return badRequest("stream_options", "stream_options must be an object.")
+	}
+	inner := newObjIter(so, 0)
+	for m, ok := inner.next(); ok; m, ok = inner.next() {
+		var dst *bool
+		switch string(m.key) {
+		case "include_usage":
+			dst = &pr.includeUsage
+		case "continuous_usage_stats":
+			dst = &pr.continuousUsage
+		default:
+			continue
+		}
+		v, err := readBool("stream_options."+string(m.key), so[m.valStart:m.valEnd])
+		if err != nil {
+			err.param = "stream_options"
+			return err
+		}
+		*dst = v
+	}
+	if inner.err != nil {
+		return badRequest("stream_options", "stream_options is not valid JSON.")
 	}
 	return nil
 }
 
-// maxTokens returns the effective output cap the request asked for (the
-// first set field in vLLM's order of preference), or ok=false.
-func (pr *parsed) maxTokens(ep *endpoint) (int64, bool) {
-	for i := range ep.maxFields {
-		if pr.max[i].set {
-			return pr.max[i].v, true
+// requestedCap returns the output cap per sequence the request asked for:
+// the first set cap field in vLLM's order of preference, and its index.
+func (pr *parsed) requestedCap() (v int64, field int, ok bool) {
+	for i := range pr.caps {
+		if pr.caps[i].set {
+			return pr.caps[i].v, i, true
 		}
 	}
-	return 0, false
+	return 0, -1, false
 }
 
-// splice replaces body[start:end] with text.
-type splice struct {
-	start, end int
-	text       []byte
+// anyCapPresent reports whether the request named a cap field at all.
+func (pr *parsed) anyCapPresent() bool {
+	return pr.caps[0].present || pr.caps[1].present
 }
 
-// applySplices writes body with the splices (sorted by start, not
-// overlapping) applied into dst.
-func applySplices(dst, body []byte, sp []splice) []byte {
-	slices.SortStableFunc(sp, func(a, b splice) int { return a.start - b.start })
-	last := 0
-	for _, s := range sp {
-		dst = append(dst, body[last:s.start]...)
-		dst = append(dst, s.text...)
-		last = s.end
-	}
-	return append(dst, body[last:]...)
-}
-
-// edits computes the surgical changes a request needs: the per-request cap
-// when no output cap was given, and include_usage for streams. It returns
-// whether usage was forced (so the usage-only chunk must be hidden again).
-func (pr *parsed) edits(body []byte, ep *endpoint, capTokens *int64, sp []splice) ([]splice, bool) {
-	if capTokens != nil && ep.inject != "" {
-		if _, ok := pr.maxTokens(ep); !ok {
-			v := strconv.AppendInt(nil, *capTokens, 10)
-			idx := slices.Index(ep.maxFields, ep.inject)
-			if mf := pr.max[idx]; mf.null {
-				sp = append(sp, splice{start: mf.start, end: mf.end, text: v})
-			} else {
-				text := make([]byte, 0, len(ep.inject)+24)
-				text = append(text, `,"`...)
-				text = append(text, ep.inject...)
-				text = append(text, `":`...)
-				text = append(text, v...)
-				sp = append(sp, splice{start: pr.closeBrace, end: pr.closeBrace, text: text})
-			}
-		}
-	}
-	if !ep.streamUsage || !pr.stream || pr.includeUsage {
-		return sp, false
-	}
-	const usageOn = `{"include_usage":true}`
-	if pr.streamOptsStart < 0 {
-		sp = append(sp, splice{start: pr.closeBrace, end: pr.closeBrace, text: []byte(`,"stream_options":` + usageOn)})
-		return sp, true
-	}
-	so := body[pr.streamOptsStart:pr.streamOptsEnd]
-	if isNull(so) {
-		sp = append(sp, splice{start: pr.streamOptsStart, end: pr.streamOptsEnd, text: []byte(usageOn)})
-		return sp, true
-	}
-	// An object without include_usage true: set the member, or add it.
-	var last member
-	found := false
-	it := newObjIter(so, 0)
-	for m, ok := it.next(); ok; m, ok = it.next() {
-		if string(m.key) == "include_usage" {
-			last, found = m, true
-		}
-	}
-	if found {
-		sp = append(sp, splice{start: pr.streamOptsStart + last.valStart, end: pr.streamOptsStart + last.valEnd, text: []byte("true")})
-		return sp, true
-	}
-	text := []byte(`"include_usage":true`)
-	if it.n > 0 {
-		text = append(text, ',')
-	}
-	at := pr.streamOptsStart + it.start + 1
-	sp = append(sp, splice{start: at, end: at, text: text})
-	return sp, true
+// sequences is how many output sequences the request generates: n (or
+// best_of, when larger) for each prompt.
+func (pr *parsed) sequences() int64 {
+	return min(max(pr.n, pr.bestOf, 1), 1<<20) * min(pr.prompts, 1<<20)
 }

@@ -3,322 +3,292 @@ package proxy
 import (
 	"context"
 	"errors"
-	"io"
-	"math"
+	"net"
 	"net/http"
+	"os"
 	"strconv"
-	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
-	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/metrics"
 	"github.com/llm-user-operator/llm-user-operator/internal/openaiapi"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 )
 
-// exchange is one API request on its way through the chain.
+// exchange is one API request on its way through the phases of apiHandler.
+// A phase returns false when it has answered the client itself.
 type exchange struct {
-	p     *Proxy
-	ep    *endpoint
-	r     *http.Request
+	p   *Proxy
+	ep  *endpoint
+	w   http.ResponseWriter
+	r   *http.Request
+	rc  *http.ResponseController
+	id  string
+	log func(err error, msg string, kv ...any)
+
+	start time.Time
 	user  *User // nil with DisableAuth
 	u     User
-	start time.Time
-	// model is the served model's ID once routed, else "".
-	model string
-	// bb is the request body while the handler holds it.
-	bb   *bodyBuf
-	est  quota.Amount
-	res  *quota.Reservation
+	bb    *bodyBuf
+	pr    parsed
+	model *modelEntry
+
+	// body is what goes upstream: the client's body, edited if need be.
+	body []byte
+	// hideFinal and hideContinuous: the usage the proxy asked the upstream
+	// for and the client did not, which the relay hides again.
+	hideFinal, hideContinuous bool
+
+	input int64
+	bound outputBound
+	// est is what the request holds: the reservation, or the estimate when
+	// nothing was reserved.
+	est quota.Amount
+	res *quota.Reservation
+	// gate is the local in-flight slot held, "" if none.
+	gate string
 	done bool
 	ttft time.Duration
 }
 
-func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request, ep *endpoint) {
-	ex := &exchange{p: p, ep: ep, r: r, start: p.now()}
-	defer ex.release()
-
-	// 1. Authenticate.
-	if !p.disableAuth {
-		u, ok := p.authenticate(w, r)
-		if !ok {
+// apiHandler serves one endpoint as a short sequence of named phases:
+// authenticate (headers only: a body is never read for someone unknown) →
+// enter (the user's in-flight limit, before the body takes memory) → read
+// the body → parse it → authorize the model → admit (cap, reserve, rewrite)
+// → forward, which relays the answer and settles.
+func (p *Proxy) apiHandler(ep *endpoint) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !methodIs(w, r, http.MethodPost) {
 			return
 		}
-		ex.u = u
-		ex.user = &ex.u
-		if !u.QuotaFound {
-			ex.refuse(w, http.StatusForbidden, openaiapi.TypeInvalidRequest, openaiapi.CodeQuotaNotFound, "", metrics.ReasonQuotaMissing,
-				"LLMUser "+u.Namespace+"/"+u.Name+" refers to LLMQuota '"+u.QuotaName+"', which does not exist; ask your administrator to create it.")
-			return
+		ex := p.newExchange(w, r, ep)
+		defer ex.close()
+		if ex.authenticate() && ex.enter() && ex.readBody() && ex.parse() && ex.authorizeModel() && ex.admit() {
+			ex.forward()
 		}
-	}
+	})
+}
 
-	// Read and parse the body: the model is in it.
-	if r.ContentLength > p.maxBody {
-		ex.tooLarge(w)
-		return
+func (p *Proxy) newExchange(w http.ResponseWriter, r *http.Request, ep *endpoint) *exchange {
+	ex := &exchange{p: p, ep: ep, w: w, r: r, rc: http.NewResponseController(w), id: p.ids.next(), start: p.now()}
+	w.Header()[headerRequestID] = []string{ex.id}
+	ex.log = func(err error, msg string, kv ...any) {
+		p.log.Error(err, msg, append(kv, "requestID", ex.id, "model", ex.modelID())...)
 	}
-	bb := getBodyBuf()
+	return ex
+}
+
+func (ex *exchange) modelID() string {
+	if ex.model == nil {
+		return ""
+	}
+	return ex.model.ID
+}
+
+// authenticate resolves the caller (see Proxy.authenticate) and requires
+// their quota to exist.
+func (ex *exchange) authenticate() bool {
+	if ex.p.disableAuth {
+		return true
+	}
+	u, ok := ex.p.authenticate(ex.w, ex.r)
+	if !ok {
+		return false
+	}
+	ex.u, ex.user = u, &ex.u
+	if !u.QuotaFound {
+		return ex.refuse(http.StatusForbidden, openaiapi.TypeInvalidRequest, openaiapi.CodeQuotaNotFound, "", metrics.ReasonQuotaMissing,
+			"LLMUser "+u.Namespace+"/"+u.Name+" refers to LLMQuota '"+u.QuotaName+"', which does not exist; ask your administrator to create it.")
+	}
+	return true
+}
+
+// enter takes one of the user's in-flight slots on this replica, so that a
+// user at their limit cannot make the proxy hold more bodies. The shared
+// count across replicas is checked again, exactly, when the request is
+// admitted.
+func (ex *exchange) enter() bool {
+	u := ex.user
+	if u == nil || u.MaxConcurrentRequests == nil || u.DryRun || ex.p.disableQuota {
+		return true
+	}
+	key := u.concurrencyKey()
+	if n, ok := ex.p.gates.enter(key, *u.MaxConcurrentRequests); !ok {
+		return ex.refuseConcurrency(&quota.Exceeded{Budget: key, Resource: quota.ResourceConcurrency, Limit: *u.MaxConcurrentRequests, Used: n})
+	}
+	ex.gate = key
+	return true
+}
+
+// readBody reads the whole body, bounded in size, in time (a client that
+// trickles its body is cut off) and in the memory all bodies share.
+func (ex *exchange) readBody() bool {
+	p := ex.p
+	if ex.r.ContentLength > p.maxBody {
+		return ex.tooLarge()
+	}
+	bb, ok := getBodyBuf(&p.bodyMem)
+	if !ok {
+		return ex.busy()
+	}
 	ex.bb = bb
-	defer ex.releaseBody()
-	if err := bb.readFrom(r.Body, r.ContentLength, p.maxBody); err != nil {
-		if errors.Is(err, errTooLarge) {
-			ex.tooLarge(w)
-		} else {
-			ex.refuse(w, http.StatusBadRequest, openaiapi.TypeInvalidRequest, "", "", "", "Could not read the request body: "+err.Error())
-		}
-		return
+	if p.bodyTimeout > 0 {
+		_ = ex.rc.SetReadDeadline(time.Now().Add(p.bodyTimeout))
 	}
-	var pr parsed
-	if e := parseRequest(bb.b, ep, &pr); e != nil {
-		ex.refuse(w, e.status, e.typ, e.code, e.param, "", e.message)
-		return
+	err := bb.readFrom(ex.r.Body, p.maxBody)
+	if p.bodyTimeout > 0 {
+		_ = ex.rc.SetReadDeadline(time.Time{})
 	}
+	var ne net.Error
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, errTooLarge):
+		return ex.tooLarge()
+	case errors.Is(err, errBusy):
+		return ex.busy()
+	case errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()):
+		return ex.refuse(http.StatusRequestTimeout, openaiapi.TypeInvalidRequest, openaiapi.CodeRequestTimeout, "", "",
+			"The request body did not arrive within "+p.bodyTimeout.String()+".")
+	default:
+		return ex.refuse(http.StatusBadRequest, openaiapi.TypeInvalidRequest, "", "", "", "Could not read the request body: "+err.Error())
+	}
+}
 
-	// 2. Authorize the model; only then say whether it exists, so that
-	// existence does not leak to those who may not use it.
-	t := p.models.Load()
-	if t == nil {
-		ex.refuse(w, http.StatusServiceUnavailable, openaiapi.TypeServer, openaiapi.CodeUpstreamUnavailable, "", "", "No upstream has listed its models yet; retry shortly.")
-		return
+// parse reads what the proxy needs from the body, and refuses what it could
+// not meter.
+func (ex *exchange) parse() bool {
+	if e := parseRequest(ex.bb.b, ex.ep, &ex.pr); e != nil {
+		return ex.refuse(e.status, e.typ, e.code, e.param, "", e.message)
 	}
-	entry := t.byID[string(pr.model)]
-	if ex.user != nil {
-		var name string
+	if ex.user == nil || ex.p.disableQuota {
+		return true
+	}
+	switch {
+	case ex.pr.background:
+		return ex.refuse(http.StatusBadRequest, openaiapi.TypeInvalidRequest, openaiapi.CodeUnsupported, "background", metrics.ReasonUnmeterable,
+			"background is not supported: a background response goes on generating after this request returns, where the proxy cannot meter it. Send the request without background (stream it for long answers).")
+	case ex.pr.builtinTools:
+		return ex.refuse(http.StatusBadRequest, openaiapi.TypeInvalidRequest, openaiapi.CodeUnsupported, "tools", metrics.ReasonUnmeterable,
+			"Only tools of type 'function' are supported: a tool the server runs itself makes it generate several turns, which max_output_tokens does not bound. Run the tool in your client instead.")
+	}
+	return true
+}
+
+// authorizeModel checks the allowlist before saying whether the model
+// exists, so that existence does not leak to those who may not use it.
+func (ex *exchange) authorizeModel() bool {
+	t := ex.p.models.Load()
+	if t == nil {
+		return ex.refuse(http.StatusServiceUnavailable, openaiapi.TypeServer, openaiapi.CodeUpstreamUnavailable, "", "", "No upstream has listed its models yet; retry shortly.")
+	}
+	entry := t.byID[string(ex.pr.model)]
+	if u := ex.user; u != nil {
+		name := string(ex.pr.model)
 		if entry != nil {
 			name = entry.ID // no copy of the model name on the hot path
-		} else {
-			name = string(pr.model)
 		}
-		if !modelAllowed(ex.user, name) {
-			ex.refuse(w, http.StatusForbidden, openaiapi.TypeInvalidRequest, openaiapi.CodeModelNotAllowed, "model", metrics.ReasonModelNotAllowed,
-				"Model '"+name+"' is not allowed for LLMUser "+ex.user.Namespace+"/"+ex.user.Name+"; allowed: "+allowedList(ex.user)+".")
-			return
+		if !modelAllowed(u, name) {
+			return ex.refuse(http.StatusForbidden, openaiapi.TypeInvalidRequest, openaiapi.CodeModelNotAllowed, "model", metrics.ReasonModelNotAllowed,
+				"Model '"+name+"' is not allowed for LLMUser "+u.Namespace+"/"+u.Name+"; allowed: "+allowedList(u)+".")
 		}
 	}
 	if entry == nil {
-		ex.refuse(w, http.StatusNotFound, openaiapi.TypeInvalidRequest, openaiapi.CodeModelNotFound, "model", "",
-			"The model '"+string(pr.model)+"' does not exist.")
-		return
+		return ex.refuse(http.StatusNotFound, openaiapi.TypeInvalidRequest, openaiapi.CodeModelNotFound, "model", "",
+			"The model '"+string(ex.pr.model)+"' does not exist.")
 	}
-	ex.model = entry.ID
+	ex.model = entry
+	return true
+}
 
-	// 3. Admit: cap, estimate, reserve.
-	var capTokens *int64
-	if !p.disableQuota && ep.metered() && ex.user.MaxTokensPerRequest != nil {
-		capTokens = ex.user.MaxTokensPerRequest
-		for i, f := range ep.maxFields {
-			if mf := pr.max[i]; mf.set && mf.v > *capTokens {
-				ex.refuse(w, http.StatusBadRequest, openaiapi.TypeInvalidRequest, openaiapi.CodeMaxTokensExceeded, f, metrics.ReasonMaxTokens,
-					f+" is "+strconv.FormatInt(mf.v, 10)+", above the limit of "+strconv.FormatInt(*capTokens, 10)+
-						" tokens per request of LLMQuota '"+ex.user.QuotaName+"'. Lower it, or omit it to get the limit.")
-				return
-			}
+// admit bounds the request's output, reserves it in every budget, and
+// writes into the body the cap it reserved for (see admit.go).
+func (ex *exchange) admit() bool {
+	p, u := ex.p, ex.user
+	quotaOn := u != nil && !p.disableQuota
+	var maxPer *int64
+	quotaName := ""
+	if quotaOn {
+		maxPer, quotaName = u.MaxTokensPerRequest, u.QuotaName
+	}
+	ex.input = inputEstimate(&ex.pr)
+	var viol *capViolation
+	ex.bound, viol = bound(ex.ep, &ex.pr, maxPer, ex.model.MaxModelLen, p.defaultMax, quotaName)
+	ex.est = ex.bound.estimate(ex.ep, ex.input)
+	if viol != nil && ex.ep.kind == generation {
+		if !u.DryRun {
+			return ex.refuse(http.StatusBadRequest, openaiapi.TypeInvalidRequest, openaiapi.CodeMaxTokensExceeded, viol.param, metrics.ReasonMaxTokens, viol.message)
 		}
+		p.dryRun(u, metrics.ReasonMaxTokens, viol.message)
+	}
+	if quotaOn && (len(u.Budgets) > 0 || u.MaxConcurrentRequests != nil) && !ex.reserve() {
+		return false
 	}
 	var sp [3]splice
-	splices, forced := pr.edits(bb.b, ep, capTokens, sp[:0])
-	body := bb.b
-	if len(splices) > 0 {
-		bb.edited = applySplices(bb.edited[:0], bb.b, splices)
-		body = bb.edited
-	}
-	if ep.metered() {
-		ex.est = p.estimate(ep, &pr, capTokens)
-		if !p.disableQuota && len(ex.user.Budgets) > 0 && !ex.reserve(w) {
-			return
+	edits := sp[:0]
+	if quotaOn && !u.DryRun && ex.ep.kind == generation {
+		if v, ok := ex.bound.capToWrite(ex.est.OutputTokens, ex.input, ex.model.MaxModelLen); ok {
+			edits = ex.pr.setCap(ex.ep, v, edits)
 		}
 	}
-
-	// 4. Forward, and 5. account.
-	ex.forward(w, entry.pick(), bb, body, pr.stream, forced)
+	if ex.ep.streamUsage && ex.pr.stream {
+		edits, ex.hideFinal, ex.hideContinuous = ex.pr.meterStream(ex.bb.b, edits, !p.disableContinuousUsage)
+	}
+	ex.body = ex.bb.b
+	if len(edits) > 0 {
+		body, err := ex.bb.edit(edits)
+		if err != nil {
+			return ex.busy()
+		}
+		ex.body = body
+	}
+	return true
 }
 
-// estimate is what a request may cost: its prompt at about four bytes a
-// token (counting the JSON around the text too, so a slight overestimate)
-// plus every output token it may generate.
-func (p *Proxy) estimate(ep *endpoint, pr *parsed, capTokens *int64) quota.Amount {
-	a := quota.Amount{Requests: 1, InputTokens: int64(pr.promptBytes/4) + 8}
-	if ep.embeddings {
-		return a
-	}
-	mt, ok := pr.maxTokens(ep)
-	switch {
-	case ok:
-	case capTokens != nil:
-		mt = *capTokens
-	default:
-		mt = p.defaultMax
-	}
-	a.OutputTokens = min(max(mt, 0), 1<<40) * min(pr.n, 1<<16)
-	return a
-}
-
-// reserve holds the estimate in every budget, setting the rate-limit
-// headers; it answers 429 and returns false when a budget has no room.
-func (ex *exchange) reserve(w http.ResponseWriter) bool {
+// reserve holds the estimate (or, for a request without its own cap, as
+// much output as the budgets have left) and sets the rate-limit headers;
+// it answers 429 when a budget has no room.
+func (ex *exchange) reserve() bool {
 	p, u := ex.p, ex.user
-	res, dec, err := p.counter.Reserve(ex.r.Context(), quota.Request{Budgets: u.Budgets, Estimate: ex.est})
+	req := quota.Request{Budgets: u.Budgets, Estimate: ex.est}
+	if ex.bound.chosen && ex.ep.kind == generation {
+		req.OutputStep = ex.bound.seqs
+	}
+	if u.MaxConcurrentRequests != nil {
+		req.Concurrency = &quota.Concurrency{Key: u.concurrencyKey(), Limit: *u.MaxConcurrentRequests, DryRun: u.DryRun}
+	}
+	res, dec, err := p.counter.Reserve(ex.r.Context(), req)
 	if err != nil {
-		p.log.Error(err, "Reserving quota failed", "namespace", u.Namespace, "user", u.Name)
-		ex.refuse(w, http.StatusServiceUnavailable, openaiapi.TypeServer, openaiapi.CodeQuotaUnavailable, "", "",
+		ex.log(err, "Reserving quota failed", "namespace", u.Namespace, "user", u.Name)
+		return ex.refuse(http.StatusServiceUnavailable, openaiapi.TypeServer, openaiapi.CodeQuotaUnavailable, "", "",
 			"The quota store is unavailable; retry shortly.")
-		return false
 	}
 	now := p.now()
-	setRateLimitHeaders(w.Header(), dec.Windows, now)
-	e := dec.Exceeded
-	if dec.Allowed {
-		ex.res = res
-		if e != nil && e.DryRun {
-			_, _, reason := exceededKind(e.Window)
-			p.metrics.Reject(u.Namespace, u.Name, metrics.DryRunPrefix+reason)
-			w.Header()["X-Llm-Quota-Dryrun-Exceeded"] = []string{string(e.Window)}
+	setRateLimitHeaders(ex.w.Header(), dec.Windows, now)
+	if !dec.Allowed {
+		if e := dec.Exceeded; e != nil && e.Resource == quota.ResourceConcurrency {
+			return ex.refuseConcurrency(e)
 		}
-		return true
+		return ex.refuseQuota(dec.Exceeded, now)
 	}
-	if e == nil { // a Counter that refuses without saying why
-		ex.refuse(w, http.StatusTooManyRequests, openaiapi.TypeRateLimit, openaiapi.CodeRateLimitExceeded, "", metrics.ReasonRateLimit, "Rate limit reached.")
-		return false
+	ex.res, ex.est = res, dec.Granted
+	if dec.Granted.OutputTokens < req.Estimate.OutputTokens {
+		p.metrics.Reject(u.Namespace, u.Name, metrics.ReasonShortened)
 	}
-	typ, code, reason := exceededKind(e.Window)
-	wait := e.ResetAt.Sub(now)
-	w.Header()["Retry-After"] = []string{strconv.FormatInt(max(int64(math.Ceil(wait.Seconds())), 1), 10)}
-	need := ex.est.Total()
-	switch e.Resource {
-	case quota.ResourceRequests:
-		need = 1
-	case quota.ResourceInputTokens:
-		need = ex.est.InputTokens
-	case quota.ResourceOutputTokens:
-		need = ex.est.OutputTokens
+	if e := dec.Exceeded; e != nil && e.DryRun {
+		reason := dryRunReason(e)
+		ex.w.Header()[headerDryRunExceeded] = []string{reason}
+		p.dryRun(u, reason, ex.quotaMessage(e, now))
+	} else if dec.WouldGrant.OutputTokens < dec.Granted.OutputTokens && ex.bound.chosen {
+		ex.w.Header()[headerDryRunExceeded] = []string{metrics.ReasonShortened}
+		p.dryRun(u, metrics.ReasonShortened, "This request would have been shortened to "+
+			strconv.FormatInt(dec.WouldGrant.OutputTokens/ex.bound.seqs, 10)+" output tokens per sequence by the budget left.")
 	}
-	var msg strings.Builder
-	if typ == openaiapi.TypeRateLimit {
-		msg.WriteString("Rate limit reached for ")
-		msg.WriteString(string(e.Resource))
-		msg.WriteString(" per ")
-		msg.WriteString(string(e.Window))
-	} else {
-		msg.WriteString("You exceeded your ")
-		msg.WriteString(string(e.Window))
-		msg.WriteString(" quota of ")
-		msg.WriteString(string(e.Resource))
-	}
-	msg.WriteString(" of " + describeBudget(e.Budget) + ": limit " + strconv.FormatInt(e.Limit, 10) +
-		", used " + strconv.FormatInt(e.Used, 10) + " (including requests in flight), this request needs up to " +
-		strconv.FormatInt(need, 10) + ". The window resets at " + e.ResetAt.UTC().Format(time.RFC3339) +
-		" (in " + formatReset(wait) + ").")
-	ex.refuse(w, http.StatusTooManyRequests, typ, code, "", reason, msg.String())
-	return false
-}
-
-// exceededKind maps a window to OpenAI's two flavours of 429: a short
-// window is a rate limit (retry soon), a long one an exhausted quota.
-func exceededKind(win llmv1alpha1.Window) (typ, code, reason string) {
-	switch win {
-	case llmv1alpha1.WindowMinute, llmv1alpha1.WindowHour:
-		return openaiapi.TypeRateLimit, openaiapi.CodeRateLimitExceeded, metrics.ReasonRateLimit
-	}
-	return openaiapi.TypeInsufficientQuota, openaiapi.CodeInsufficientQuota, metrics.ReasonInsufficientQuota
-}
-
-func describeBudget(key string) string {
-	if rest, ok := strings.CutPrefix(key, "user/"); ok {
-		return "LLMUser " + rest
-	}
-	if rest, ok := strings.CutPrefix(key, "quota/"); ok {
-		return "the shared LLMQuota " + rest
-	}
-	return key
-}
-
-func allowedList(u *User) string {
-	s := "models matching "
-	if len(u.Models) == 0 {
-		s += "*"
-	} else {
-		s += strings.Join(u.Models, ", ")
-	}
-	if len(u.UserModels) > 0 {
-		s += " and, for this user, " + strings.Join(u.UserModels, ", ")
-	}
-	return s
-}
-
-// setRateLimitHeaders sets OpenAI's x-ratelimit-* headers from the tightest
-// requests window and the tightest token window among all budgets; a header
-// set is omitted when nothing caps it.
-func setRateLimitHeaders(h http.Header, ws []quota.WindowStatus, now time.Time) {
-	var (
-		reqW, tokW     *quota.WindowStatus
-		reqRem, reqLim int64
-		tokRem, tokLim int64
-	)
-	tighter := func(cur *quota.WindowStatus, curRem int64, s *quota.WindowStatus, rem int64) bool {
-		return cur == nil || rem < curRem || (rem == curRem && s.ResetAt.After(cur.ResetAt))
-	}
-	for i := range ws {
-		s := &ws[i]
-		held := s.Used.Add(s.Reserved)
-		if l := s.Limit.Requests; l != nil {
-			rem := max(*l-held.Requests, 0)
-			if tighter(reqW, reqRem, s, rem) {
-				reqW, reqRem, reqLim = s, rem, *l
-			}
-		}
-		for _, c := range [...]struct {
-			lim  *int64
-			used int64
-		}{{s.Limit.Tokens, held.Total()}, {s.Limit.InputTokens, held.InputTokens}, {s.Limit.OutputTokens, held.OutputTokens}} {
-			if c.lim == nil {
-				continue
-			}
-			rem := max(*c.lim-c.used, 0)
-			if tighter(tokW, tokRem, s, rem) {
-				tokW, tokRem, tokLim = s, rem, *c.lim
-			}
-		}
-	}
-	if reqW == nil && tokW == nil {
-		return
-	}
-	// One backing array for all six values.
-	v := make([]string, 6)
-	set := func(i int, k, s string) {
-		v[i] = s
-		h[k] = v[i : i+1 : i+1]
-	}
-	if reqW != nil {
-		set(0, "X-Ratelimit-Limit-Requests", strconv.FormatInt(reqLim, 10))
-		set(1, "X-Ratelimit-Remaining-Requests", strconv.FormatInt(reqRem, 10))
-		set(2, "X-Ratelimit-Reset-Requests", formatReset(reqW.ResetAt.Sub(now)))
-	}
-	if tokW != nil {
-		set(3, "X-Ratelimit-Limit-Tokens", strconv.FormatInt(tokLim, 10))
-		set(4, "X-Ratelimit-Remaining-Tokens", strconv.FormatInt(tokRem, 10))
-		set(5, "X-Ratelimit-Reset-Tokens", formatReset(tokW.ResetAt.Sub(now)))
-	}
-}
-
-// formatReset spells a wait the way OpenAI's headers do: a Go duration,
-// to the millisecond under a second ("12ms") and to the second above ("6m0s").
-func formatReset(d time.Duration) string {
-	switch {
-	case d <= 0:
-		return "0s"
-	case d < time.Second:
-		return d.Round(time.Millisecond).String()
-	default:
-		return d.Round(time.Second).String()
-	}
+	return true
 }
 
 // refuse answers an error before anything went upstream. reason, when set,
-// is counted as a policy rejection.
-func (ex *exchange) refuse(w http.ResponseWriter, status int, typ, code, param, reason, msg string) {
+// is counted as a policy rejection. It returns false, for the phases.
+func (ex *exchange) refuse(status int, typ, code, param, reason, msg string) bool {
 	var ns, name string
 	if ex.user != nil {
 		ns, name = ex.user.Namespace, ex.user.Name
@@ -326,13 +296,20 @@ func (ex *exchange) refuse(w http.ResponseWriter, status int, typ, code, param, 
 	if reason != "" {
 		ex.p.metrics.Reject(ns, name, reason)
 	}
-	openaiapi.WriteError(w, status, typ, code, param, msg)
+	openaiapi.WriteError(ex.w, status, typ, code, param, msg)
 	ex.finish(status, quota.Amount{}, strconv.Itoa(status))
+	return false
 }
 
-func (ex *exchange) tooLarge(w http.ResponseWriter) {
-	ex.refuse(w, http.StatusRequestEntityTooLarge, openaiapi.TypeInvalidRequest, openaiapi.CodeRequestTooLarge, "", "",
+func (ex *exchange) tooLarge() bool {
+	return ex.refuse(http.StatusRequestEntityTooLarge, openaiapi.TypeInvalidRequest, openaiapi.CodeRequestTooLarge, "", "",
 		"The request body is larger than the limit of "+strconv.FormatInt(ex.p.maxBody, 10)+" bytes.")
+}
+
+func (ex *exchange) busy() bool {
+	ex.w.Header()["Retry-After"] = []string{"1"}
+	return ex.refuse(http.StatusServiceUnavailable, openaiapi.TypeServer, openaiapi.CodeServerBusy, "", "",
+		"The proxy is holding as many request bodies as its memory allows; retry shortly.")
 }
 
 // finish settles the reservation (exactly once), reports the charge and
@@ -343,31 +320,40 @@ func (ex *exchange) finish(code int, charge quota.Amount, errType string) {
 	}
 	ex.done = true
 	p := ex.p
-	if !ex.ep.metered() {
-		charge = quota.Amount{}
-	}
+	at := ex.start
 	if ex.res != nil {
+		at = ex.res.At
 		if err := p.counter.Settle(context.WithoutCancel(ex.r.Context()), ex.res, charge); err != nil {
-			p.log.Error(err, "Settling quota failed", "namespace", ex.user.Namespace, "user", ex.user.Name)
+			ex.log(err, "Settling quota failed", "namespace", ex.user.Namespace, "user", ex.user.Name)
 		}
 	}
 	var ns, name string
 	if u := ex.user; u != nil {
 		ns, name = u.Namespace, u.Name
 		if p.sink != nil && !charge.IsZero() {
-			shared := false
-			for _, b := range u.Budgets {
-				shared = shared || strings.HasPrefix(b.Key, "quota/")
-			}
-			p.sink.Charge(Charge{Namespace: ns, User: name, Quota: u.QuotaName, Shared: shared,
-				Model: ex.model, Amount: charge, At: p.now()})
+			p.sink.Charge(quota.Charge{Namespace: ns, User: name, UserUID: u.UID, Quota: u.QuotaName, QuotaUID: u.QuotaUID,
+				Pool: u.pool(), Model: ex.modelID(), Amount: charge, At: at})
 		}
 	}
 	p.metrics.ObserveRequest(metrics.Request{
-		Namespace: ns, User: name, Model: ex.model, Operation: ex.ep.operation, Code: code,
+		Namespace: ns, User: name, Model: ex.modelID(), Operation: ex.ep.operation, Code: code,
 		InputTokens: charge.InputTokens, OutputTokens: charge.OutputTokens,
 		Duration: p.now().Sub(ex.start), TTFT: ex.ttft, ErrorType: errType,
 	})
+}
+
+// close runs when the handler returns, however it returns (a broken stream
+// aborts it by panicking): the reservation, the in-flight slot and the body
+// are given back.
+func (ex *exchange) close() {
+	if !ex.done && ex.res != nil {
+		ex.done = true
+		_ = ex.p.counter.Settle(context.WithoutCancel(ex.r.Context()), ex.res, quota.Amount{})
+	}
+	if ex.gate != "" {
+		ex.p.gates.leave(ex.gate)
+	}
+	ex.releaseBody()
 }
 
 // releaseBody gives the handler's hold on the request body back, once: the
@@ -376,102 +362,6 @@ func (ex *exchange) finish(code int, charge quota.Amount, errType string) {
 func (ex *exchange) releaseBody() {
 	if ex.bb != nil {
 		ex.bb.release()
-		ex.bb = nil
+		ex.bb, ex.body = nil, nil
 	}
-}
-
-// release is the safety net: a request that ends by panicking (a broken
-// stream aborts the handler) still gives its reservation back.
-func (ex *exchange) release() {
-	if !ex.done && ex.res != nil {
-		ex.done = true
-		_ = ex.p.counter.Settle(context.WithoutCancel(ex.r.Context()), ex.res, quota.Amount{})
-	}
-}
-
-var (
-	errTooLarge   = errors.New("request body too large")
-	errBodyClosed = errors.New("read of a closed request body")
-)
-
-// bodyBuf holds a request body. The transport may still be writing the body
-// after RoundTrip returns, so the buffer goes back to the pool only when
-// both the handler and every reader the transport got are done with it.
-type bodyBuf struct {
-	b, edited []byte
-	refs      atomic.Int32
-}
-
-var bodyPool = sync.Pool{New: func() any { return &bodyBuf{b: make([]byte, 0, 8<<10)} }}
-
-func getBodyBuf() *bodyBuf {
-	bb := bodyPool.Get().(*bodyBuf)
-	bb.refs.Store(1)
-	return bb
-}
-
-func (bb *bodyBuf) release() {
-	if bb.refs.Add(-1) != 0 {
-		return
-	}
-	if cap(bb.b) > 1<<20 || cap(bb.edited) > 1<<20 {
-		return // let an outsized buffer go
-	}
-	bb.b, bb.edited = bb.b[:0], bb.edited[:0]
-	bodyPool.Put(bb)
-}
-
-// readFrom reads the whole body, failing with errTooLarge past limit.
-func (bb *bodyBuf) readFrom(r io.Reader, contentLength, limit int64) error {
-	if contentLength > 0 && int64(cap(bb.b)) < contentLength+1 {
-		bb.b = make([]byte, 0, contentLength+1)
-	}
-	for {
-		if len(bb.b) == cap(bb.b) {
-			bb.b = append(bb.b, 0)[:len(bb.b)]
-		}
-		n, err := r.Read(bb.b[len(bb.b):cap(bb.b)])
-		bb.b = bb.b[:len(bb.b)+n]
-		if int64(len(bb.b)) > limit {
-			return errTooLarge
-		}
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
-}
-
-// bodyReader is one reading of a bodyBuf handed to the transport.
-type bodyReader struct {
-	data   []byte
-	off    int
-	bb     *bodyBuf
-	closed atomic.Bool
-}
-
-func (bb *bodyBuf) reader(data []byte) *bodyReader {
-	bb.refs.Add(1)
-	return &bodyReader{data: data, bb: bb}
-}
-
-func (br *bodyReader) Read(p []byte) (int, error) {
-	if br.closed.Load() {
-		return 0, errBodyClosed
-	}
-	if br.off >= len(br.data) {
-		return 0, io.EOF
-	}
-	n := copy(p, br.data[br.off:])
-	br.off += n
-	return n, nil
-}
-
-func (br *bodyReader) Close() error {
-	if br.closed.CompareAndSwap(false, true) {
-		br.bb.release()
-	}
-	return nil
 }

@@ -1,6 +1,10 @@
 package proxy
 
-import "bytes"
+import (
+	"bytes"
+	"io"
+	"sync"
+)
 
 // The SSE reader is incremental and lossless: it only finds where events end,
 // so the proxy can forward each event's exact bytes (or drop it) as soon as
@@ -139,4 +143,178 @@ func sseData(ev []byte, plain bool, scratch []byte) (data []byte, hasData bool, 
 	default:
 		return scratch, true, scratch
 	}
+}
+
+// eventEnd finds where an SSE event ends in bytes that arrive in pieces: at
+// the first empty line, whatever mix of "\n", "\r\n" and "\r" ends its lines.
+// The zero value is at the start of an event's first line.
+type eventEnd struct {
+	midLine bool // inside a line, not at its start
+	cr      bool // the last byte was a '\r' that may be followed by '\n'
+	// crEnd: the event ended at a '\r' that was the last byte seen, which
+	// may be the first half of a "\r\n" that belongs to it too.
+	crEnd bool
+}
+
+// scan returns how many bytes of p belong to the current event and whether
+// its end is among them.
+func (e *eventEnd) scan(p []byte) (int, bool) {
+	if e.crEnd {
+		e.crEnd = false
+		if len(p) > 0 && p[0] == '\n' {
+			return 1, true
+		}
+		return 0, true
+	}
+	for i := 0; i < len(p); i++ {
+		j := bytes.IndexAny(p[i:], "\r\n")
+		if j < 0 {
+			e.midLine, e.cr = len(p) > i || e.midLine, false
+			return len(p), false
+		}
+		if j > 0 {
+			e.midLine, e.cr = true, false
+			i += j
+		}
+		switch p[i] {
+		case '\n':
+			if e.cr { // the second half of "\r\n": the line ended at '\r'
+				e.cr = false
+				continue
+			}
+			if !e.midLine {
+				return i + 1, true
+			}
+			e.midLine = false
+		case '\r':
+			if !e.midLine {
+				switch {
+				case i+1 == len(p):
+					e.crEnd = true
+					return len(p), false
+				case p[i+1] == '\n':
+					return i + 2, true
+				}
+				return i + 1, true
+			}
+			e.midLine, e.cr = false, true
+		}
+	}
+	return len(p), false
+}
+
+// tapAction is what the relay does with one event.
+type tapAction struct {
+	drop bool
+	// cut, when cutEnd > cutStart, removes ev[cutStart:cutEnd] (a member
+	// of the event's JSON) and passes the rest.
+	cutStart, cutEnd int
+}
+
+// sseTap is what a stream is copied through: it reads from the upstream into
+// its own buffer, hands every complete event to inspect, and writes what it
+// keeps to the client at once. An event larger than maxTapEvent is passed on
+// as it arrives without being inspected, and reading resumes at the next
+// event, so no event can make the tap buffer without bound or stop it
+// reading the usage that follows.
+type sseTap struct {
+	dst     io.Writer
+	inspect func(ev []byte, plain bool) tapAction
+	buf     []byte
+	// over: inside an event too large to inspect, passed through until end
+	// finds where it ends.
+	over bool
+	end  eventEnd
+	// oversized counts the events passed through uninspected.
+	oversized int
+}
+
+const (
+	tapInitial  = 4 << 10
+	maxTapEvent = 64 << 10
+)
+
+var tapBufPool = sync.Pool{New: func() any { b := make([]byte, 0, tapInitial); return &b }}
+
+func newSSETap(dst io.Writer, inspect func(ev []byte, plain bool) tapAction) *sseTap {
+	return &sseTap{dst: dst, inspect: inspect, buf: (*tapBufPool.Get().(*[]byte))[:0]}
+}
+
+// release returns the buffer to the pool.
+func (t *sseTap) release() {
+	if cap(t.buf) == tapInitial {
+		b := t.buf[:0]
+		tapBufPool.Put(&b)
+	}
+	t.buf = nil
+}
+
+// readFrom does one Read from r into the tap and passes on every event it
+// completes. It returns how many bytes it read, the read error, and the
+// first write error.
+func (t *sseTap) readFrom(r io.Reader) (int, error, error) {
+	if len(t.buf) == cap(t.buf) {
+		if cap(t.buf) < maxTapEvent {
+			b := make([]byte, len(t.buf), min(2*cap(t.buf), maxTapEvent))
+			copy(b, t.buf)
+			t.release()
+			t.buf = b
+		} else {
+			// One event fills the buffer: pass what has arrived and the
+			// rest of the event as it comes.
+			t.oversized++
+			t.over, t.end = true, eventEnd{}
+			n, done := t.end.scan(t.buf)
+			if _, werr := t.dst.Write(t.buf[:n]); werr != nil {
+				return 0, nil, werr
+			}
+			t.buf = t.buf[:copy(t.buf, t.buf[n:])]
+			t.over = !done
+		}
+	}
+	n, rerr := r.Read(t.buf[len(t.buf):cap(t.buf)])
+	data := t.buf[:len(t.buf)+n]
+	off := 0
+	if t.over {
+		m, done := t.end.scan(data)
+		if _, werr := t.dst.Write(data[:m]); werr != nil {
+			return n, rerr, werr
+		}
+		off, t.over = m, !done
+	}
+	atEOF := rerr != nil
+	run := off
+	var werr error
+	for off < len(data) && !t.over {
+		m, plain := sseEvent(data[off:], atEOF)
+		if m == 0 {
+			if !atEOF {
+				break
+			}
+			m, plain = len(data)-off, false // an unterminated last event
+		}
+		ev := data[off : off+m]
+		if a := t.inspect(ev, plain); a.drop || a.cutEnd > a.cutStart {
+			if _, werr = t.dst.Write(data[run:off]); werr != nil {
+				return n, rerr, werr
+			}
+			if !a.drop {
+				if _, werr = t.dst.Write(ev[:a.cutStart]); werr == nil {
+					_, werr = t.dst.Write(ev[a.cutEnd:])
+				}
+				if werr != nil {
+					return n, rerr, werr
+				}
+			}
+			run = off + m
+		}
+		off += m
+	}
+	if run < off {
+		if _, werr = t.dst.Write(data[run:off]); werr != nil {
+			return n, rerr, werr
+		}
+	}
+	t.buf = t.buf[:copy(t.buf[:cap(t.buf)], data[off:])]
+	return n, rerr, nil
 }

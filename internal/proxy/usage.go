@@ -42,6 +42,9 @@ type chunkInfo struct {
 	choices int
 	// delta: a Responses API event carrying generated text.
 	delta bool
+	// cutStart and cutEnd span the usage member with one comma next to it:
+	// what to remove to hide the usage.
+	cutStart, cutEnd int
 }
 
 // inspectJSON reads the top-level "usage" and "choices" of a chat or
@@ -49,12 +52,14 @@ type chunkInfo struct {
 func inspectJSON(b []byte) chunkInfo {
 	ci := chunkInfo{choices: -1}
 	it := newObjIter(b, 0)
+	prevEnd := -1
 	for m, ok := it.next(); ok; m, ok = it.next() {
 		val := b[m.valStart:m.valEnd]
 		switch string(m.key) {
 		case "usage":
 			if len(val) > 0 && val[0] == '{' {
 				ci.usage, ci.hasUsage = parseUsage(val)
+				ci.cutStart, ci.cutEnd = usageCut(b, prevEnd, m)
 			}
 		case "choices":
 			if len(val) > 0 && val[0] == '[' {
@@ -73,8 +78,23 @@ func inspectJSON(b []byte) chunkInfo {
 				}
 			}
 		}
+		prevEnd = m.valEnd
 	}
 	return ci
+}
+
+// usageCut spans member m with the comma that joins it to its neighbour:
+// the comma before it (from the end of the previous value), or, for the
+// first member, the comma after it.
+func usageCut(b []byte, prevEnd int, m member) (int, int) {
+	if prevEnd >= 0 {
+		return prevEnd, m.valEnd
+	}
+	end := skipWS(b, m.valEnd)
+	if end < len(b) && b[end] == ',' {
+		end = skipWS(b, end+1)
+	}
+	return m.keyStart, end
 }
 
 // usageFromTail finds the last "usage" object in the tail of a response too

@@ -182,16 +182,18 @@ func (d *Directory) view(u *llmv1alpha1.LLMUser) proxy.User {
 		return v
 	}
 	v.QuotaFound = true
+	v.QuotaUID = string(q.UID)
 	v.Models = q.Spec.Models
 	v.MaxTokensPerRequest = q.Spec.MaxTokensPerRequest
+	v.MaxConcurrentRequests = q.Spec.MaxConcurrentRequests
+	v.DryRun = q.Spec.Enforcement == llmv1alpha1.EnforcementDryRun
 	if len(q.Spec.Limits) > 0 {
-		b := quota.Budget{Limits: quota.LimitsFromSpec(q.Spec.Limits), DryRun: q.Spec.Enforcement == llmv1alpha1.EnforcementDryRun}
+		limits := quota.LimitsFromSpec(q.Spec.Limits)
 		if q.Spec.Scope == llmv1alpha1.ScopeShared {
-			b.Key = quota.PoolKey(q.Namespace, q.Name)
+			v.Budgets = []quota.Budget{quota.PoolBudget(q.Namespace, q.Name, string(q.UID), limits, v.DryRun)}
 		} else {
-			b.Key = quota.UserKey(u.Namespace, u.Name)
+			v.Budgets = []quota.Budget{quota.UserBudget(u.Namespace, u.Name, string(u.UID), limits, v.DryRun)}
 		}
-		v.Budgets = []quota.Budget{b}
 	}
 	return v
 }

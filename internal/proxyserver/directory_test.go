@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
@@ -20,7 +21,7 @@ func TestDirectoryViews(t *testing.T) {
 	var deleted []string
 	d := NewDirectory(func(ns, name string) { deleted = append(deleted, ns+"/"+name) })
 	user := func(name, q string, mutate func(*llmv1alpha1.LLMUser)) *llmv1alpha1.LLMUser {
-		u := &llmv1alpha1.LLMUser{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: "uid-" + "name"},
+		u := &llmv1alpha1.LLMUser{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID("uid-" + name)},
 			Spec: llmv1alpha1.LLMUserSpec{QuotaRef: llmv1alpha1.QuotaReference{Name: q}, Models: []string{"m-*"}}}
 		if mutate != nil {
 			mutate(u)
@@ -37,22 +38,22 @@ func TestDirectoryViews(t *testing.T) {
 		t.Fatalf("before the quota exists: %+v", a)
 	}
 
-	d.setQuota(&llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "team"}, Spec: llmv1alpha1.LLMQuotaSpec{
+	d.setQuota(&llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "team", UID: "uid-team"}, Spec: llmv1alpha1.LLMQuotaSpec{
 		Limits: []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowDay, Tokens: int64p(10)}}, Models: []string{"*"},
 		MaxTokensPerRequest: int64p(7), Scope: llmv1alpha1.ScopePerUser, Enforcement: llmv1alpha1.EnforcementDryRun,
 	}})
-	d.setQuota(&llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "pool"}, Spec: llmv1alpha1.LLMQuotaSpec{
+	d.setQuota(&llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "pool", UID: "uid-pool"}, Spec: llmv1alpha1.LLMQuotaSpec{
 		Limits: []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowMonth, Requests: int64p(5)}}, Scope: llmv1alpha1.ScopeShared,
 	}})
 	a, _ = d.User("ns", "alice")
-	if !a.QuotaFound || *a.MaxTokensPerRequest != 7 || len(a.Budgets) != 1 || a.Budgets[0].Key != quota.UserKey("ns", "alice") || !a.Budgets[0].DryRun {
+	if !a.QuotaFound || *a.MaxTokensPerRequest != 7 || len(a.Budgets) != 1 || a.Budgets[0].Key != "user/ns/alice/uid-alice" || a.QuotaUID != "uid-team" || !a.DryRun || !a.Budgets[0].DryRun {
 		t.Fatalf("per-user view: %+v", a)
 	}
 	if a.UserModels[0] != "m-*" || a.Models[0] != "*" {
 		t.Errorf("models: %v %v", a.Models, a.UserModels)
 	}
 	b, _ := d.User("ns", "bob")
-	if len(b.Budgets) != 1 || b.Budgets[0].Key != quota.PoolKey("ns", "pool") || b.Budgets[0].DryRun {
+	if len(b.Budgets) != 1 || b.Budgets[0].Key != "quota/ns/pool/uid-pool" || b.Budgets[0].Kind != quota.BudgetPool || b.Budgets[0].DryRun {
 		t.Fatalf("shared view: %+v", b)
 	}
 	if l, ok := d.Limits("ns", "pool"); !ok || *l[0].Requests != 5 {

@@ -77,7 +77,8 @@ func (f *failover) Reserve(ctx context.Context, req quota.Request) (*quota.Reser
 	}
 	f.observe("reserve", err)
 	if err != nil && f.open {
-		return nil, quota.Decision{Allowed: true}, nil
+		// Admitted unreserved, with the estimate it would have held.
+		return nil, quota.Decision{Allowed: true, Granted: req.Estimate, WouldGrant: req.Estimate}, nil
 	}
 	return res, dec, err
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -20,15 +21,18 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/rest"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	toolscache "k8s.io/client-go/tools/cache"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/llm-user-operator/llm-user-operator/internal/manager"
+	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/metrics"
 	"github.com/llm-user-operator/llm-user-operator/internal/proxy"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
@@ -38,66 +42,22 @@ import (
 
 // +kubebuilder:rbac:groups=llm.userops.dev,resources=llmusers;llmquotas,verbs=get;list;watch
 // +kubebuilder:rbac:groups=llm.userops.dev,resources=llmusers/status;llmquotas/status,verbs=get;patch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // JWKSKey is the ConfigMap key holding the published keys (the operator writes it).
 const JWKSKey = "jwks.json"
 
-// Options configure the proxy process.
-type Options struct {
-	RestConfig *rest.Config
-
-	ListenAddr  string // the OpenAI API, default ":8000"
-	MetricsAddr string // /metrics, /healthz, /readyz, default ":9090"
-
-	Namespace     string // where the operator publishes the JWKS
-	JWKSConfigMap string
-	Issuer        string
-	Audience      string
-
-	Upstreams      []string
-	RefreshURL     string // the operator's /auth/refresh, proxied when set
-	MaxRequestBody int64
-
-	// Counter is "memory" (exact for one replica) or "redis" (shared by replicas).
-	Counter       string
-	RedisAddr     string
-	RedisFailOpen bool
-
-	FlushInterval  time.Duration
-	UserLabel      bool
-	ShutdownGrace  time.Duration
-	DisableQuota   bool
-	Logger         logr.Logger
-	RegisterMetric prometheus.Registerer
-}
-
-func (o *Options) defaults() {
-	def := func(s *string, v string) {
-		if *s == "" {
-			*s = v
-		}
-	}
-	def(&o.ListenAddr, ":8000")
-	def(&o.MetricsAddr, ":9090")
-	def(&o.Namespace, "llm-user-operator-system")
-	def(&o.JWKSConfigMap, "llm-user-operator-jwks")
-	def(&o.Audience, "llm-user-proxy")
-	def(&o.Counter, "memory")
-	if o.ShutdownGrace == 0 {
-		o.ShutdownGrace = 30 * time.Second
-	}
-	if o.FlushInterval == 0 {
-		o.FlushInterval = 10 * time.Second
+// Run serves until ctx is done, then drains in-flight requests for up to
+// ShutdownGrace, charges what they produced and flushes usage before
+// returning. Every long-running part runs in one errgroup: the first to
+// fail stops the rest, and its error is returned.
+func Run(ctx context.Context, o Options) error {
+	if err := o.Validate(); err != nil {
+		return err
 	}
 	if o.Logger.GetSink() == nil {
 		o.Logger = ctrl.Log.WithName("proxy")
 	}
-}
-
-// Run serves until ctx is done, then drains in-flight requests for up to
-// ShutdownGrace, charges what they produced and flushes usage before returning.
-func Run(ctx context.Context, o Options) error {
-	o.defaults()
 	log := o.Logger
 	cfg := o.RestConfig
 	if cfg == nil {
@@ -106,7 +66,9 @@ func Run(ctx context.Context, o Options) error {
 			return fmt.Errorf("no Kubernetes API to talk to: %w", err)
 		}
 	}
-	scheme := manager.NewScheme()
+	scheme := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(llmv1alpha1.AddToScheme(scheme))
 	c, err := cache.New(cfg, cache.Options{Scheme: scheme, ByObject: map[client.Object]cache.ByObject{
 		&corev1.ConfigMap{}: {
 			Namespaces: map[string]cache.Config{o.Namespace: {}},
@@ -135,7 +97,8 @@ func Run(ctx context.Context, o Options) error {
 	}
 	defer closeCounter()
 	var reseed func(context.Context) error
-	if rs, ok := store.(*quota.Redis); ok {
+	rs, shared := store.(*quota.Redis)
+	if shared {
 		// The informer cache holds the status every replica flushed.
 		reseed = func(ctx context.Context) error {
 			if err := usage.SeedFromStatus(ctx, rs, c, time.Now()); err != nil {
@@ -158,27 +121,71 @@ func Run(ctx context.Context, o Options) error {
 	}
 	reg.MustRegister(metrics.NewBudgetCollector(budgetSource(dir, counter, fo.Available, o.UserLabel)))
 
-	sink, err := newSink(writer, dir, o, reg, log)
+	rec := usage.New(writer, usage.Options{
+		FlushInterval: o.FlushInterval, Limits: dir.Limits, Registerer: reg, Logger: log.WithName("usage"),
+	})
+	notices, err := newDryRunEvents(cfg, scheme)
 	if err != nil {
 		return err
 	}
 
 	p, err := proxy.New(proxy.Options{
-		Verifier: verifier, Directory: dir, Counter: counter, Sink: sink,
-		Upstreams: o.Upstreams, MaxRequestBody: o.MaxRequestBody, Metrics: m, Logger: log,
-		DisableQuota: o.DisableQuota,
+		Verifier: verifier, Directory: dir, Counter: counter, Sink: rec, DryRun: notices,
+		Upstreams: o.Upstreams, UpstreamsFile: o.UpstreamsFile,
+		MaxRequestBody: o.MaxRequestBody, MaxBodyMemory: o.MaxBodyMemory, DefaultMaxTokens: o.DefaultMaxTokens,
+		Timeouts: proxy.Timeouts{
+			ResponseHeader: o.UpstreamHeaderTimeout, StreamIdle: o.StreamIdleTimeout,
+			BodyRead: o.BodyReadTimeout, Write: o.WriteTimeout,
+		},
+		Metrics: m, Logger: log, DisableQuota: o.DisableQuota,
 	})
 	if err != nil {
 		return err
 	}
 
-	runCtx, stopBackground := context.WithCancel(context.Background())
+	// Background parts stop after the API server has drained, so that the
+	// requests in flight still find the counters, the users and the keys.
+	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBackground()
-	go func() { _ = c.Start(runCtx) }()
-	go func() { _ = p.Start(runCtx) }()
-	sinkDone := make(chan struct{})
-	go func() { defer close(sinkDone); sink.run(runCtx) }()
+	bg, bgCtx := errgroup.WithContext(bgCtx)
+	bg.Go(func() error { return c.Start(bgCtx) })
+	bg.Go(func() error { return p.Start(bgCtx) })
+	bg.Go(func() error { return rec.Start(bgCtx) })
+	bg.Go(func() error { notices.run(bgCtx); return nil })
+	if shared {
+		bg.Go(func() error { return rs.Start(bgCtx) })
+	}
 
+	if err := start(ctx, c, rec, store, writer); err != nil {
+		stopBackground()
+		return errors.Join(err, bg.Wait())
+	}
+
+	srv, err := newServers(o, p, dir, keysLoaded, reg, log)
+	if err != nil {
+		stopBackground()
+		return errors.Join(err, bg.Wait())
+	}
+	serveErr := srv.serve(ctx, bgCtx)
+
+	// Every request has settled: write what they cost, then stop.
+	stopBackground()
+	bgErr := bg.Wait()
+	flushCtx, cancelFlush := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancelFlush()
+	if err := rec.Flush(flushCtx); err != nil {
+		log.Error(err, "final usage flush incomplete")
+		serveErr = errors.Join(serveErr, err)
+	}
+	srv.stopOps(flushCtx)
+	if errors.Is(bgErr, context.Canceled) {
+		bgErr = nil
+	}
+	return errors.Join(serveErr, bgErr)
+}
+
+// start waits for the informer caches and seeds the counters from status.
+func start(ctx context.Context, c cache.Cache, rec *usage.Recorder, store quota.Counter, r client.Reader) error {
 	syncCtx, cancelSync := context.WithTimeout(ctx, 2*time.Minute)
 	synced := c.WaitForCacheSync(syncCtx)
 	cancelSync()
@@ -188,7 +195,7 @@ func Run(ctx context.Context, o Options) error {
 		}
 		return errors.New("informer caches did not sync within 2m")
 	}
-	if err := sink.seed(ctx, store, writer); err != nil {
+	if err := usage.SeedFromStatus(ctx, store, r, time.Now()); err != nil {
 		return fmt.Errorf("seeding counters from status: %w", err)
 	}
 	if rs, ok := store.(*quota.Redis); ok {
@@ -196,20 +203,27 @@ func Run(ctx context.Context, o Options) error {
 			return fmt.Errorf("marking the shared counters seeded: %w", err)
 		}
 	}
+	return nil
+}
 
-	keysReady := func() bool {
-		select {
-		case <-keysLoaded:
-			return true
-		default:
-			return false
-		}
-	}
+// servers are the API and the ops (metrics, probes) HTTP servers.
+type servers struct {
+	api, ops        *http.Server
+	apiL, opsL      net.Listener
+	grace           time.Duration
+	log             logr.Logger
+	inflight        sync.WaitGroup
+	errc            chan error
+	upstreamsLogged []string
+}
+
+func newServers(o Options, p *proxy.Proxy, dir *Directory, keysLoaded chan struct{}, reg prometheus.Registerer, log logr.Logger) (*servers, error) {
+	s := &servers{grace: o.ShutdownGrace, log: log, errc: make(chan error, 2), upstreamsLogged: o.Upstreams}
 	api := http.NewServeMux()
 	if o.RefreshURL != "" {
 		u, err := url.Parse(o.RefreshURL)
 		if err != nil {
-			return fmt.Errorf("refresh URL: %w", err)
+			return nil, fmt.Errorf("refresh URL: %w", err)
 		}
 		rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
 			r.SetURL(u)
@@ -218,7 +232,14 @@ func Run(ctx context.Context, o Options) error {
 		api.Handle("/auth/refresh", rp)
 	}
 	api.Handle("/", p.Handler())
-
+	keysReady := func() bool {
+		select {
+		case <-keysLoaded:
+			return true
+		default:
+			return false
+		}
+	}
 	ops := http.NewServeMux()
 	ops.Handle("/metrics", promhttp.HandlerFor(reg.(prometheus.Gatherer), promhttp.HandlerOpts{}))
 	ops.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
@@ -229,61 +250,77 @@ func Run(ctx context.Context, o Options) error {
 		}
 		_, _ = w.Write([]byte("ok"))
 	})
+	// The API server's own timeouts bound what comes before a handler (the
+	// headers) and between requests (idle keep-alive); the body and every
+	// write of the answer have deadlines of their own in package proxy, so
+	// that a long stream is not cut by a whole-request timeout.
+	s.api = &http.Server{
+		Handler:           s.track(api),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       o.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+	}
+	s.ops = &http.Server{Handler: ops, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: o.IdleTimeout}
+	var err error
+	if s.apiL, err = net.Listen("tcp", o.ListenAddr); err != nil {
+		return nil, err
+	}
+	if s.opsL, err = net.Listen("tcp", o.MetricsAddr); err != nil {
+		_ = s.apiL.Close()
+		return nil, err
+	}
+	return s, nil
+}
 
-	apiSrv := &http.Server{Handler: api, ReadHeaderTimeout: 30 * time.Second}
-	opsSrv := &http.Server{Handler: ops, ReadHeaderTimeout: 10 * time.Second}
-	apiL, err := net.Listen("tcp", o.ListenAddr)
-	if err != nil {
-		return err
-	}
-	opsL, err := net.Listen("tcp", o.MetricsAddr)
-	if err != nil {
-		_ = apiL.Close()
-		return err
-	}
-	errc := make(chan error, 2)
-	go func() { errc <- apiSrv.Serve(apiL) }()
-	go func() { errc <- opsSrv.Serve(opsL) }()
-	log.Info("serving", "api", apiL.Addr().String(), "metrics", opsL.Addr().String(), "upstreams", o.Upstreams, "counter", o.Counter)
+// track counts the handlers running, so that shutdown can wait for the
+// last one to settle even after the grace period closed its connection.
+func (s *servers) track(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.inflight.Add(1)
+		defer s.inflight.Done()
+		h.ServeHTTP(w, r)
+	})
+}
+
+// serve runs both servers until ctx is done or one fails, then stops
+// accepting, lets in-flight requests (streams too) finish for the grace
+// period, closes what is left and waits for every handler to settle its
+// request. bgCtx ending (a background part failed) stops it too.
+func (s *servers) serve(ctx, bgCtx context.Context) error {
+	go func() { s.errc <- s.api.Serve(s.apiL) }()
+	go func() { s.errc <- s.ops.Serve(s.opsL) }()
+	s.log.Info("serving", "api", s.apiL.Addr().String(), "metrics", s.opsL.Addr().String(), "upstreams", s.upstreamsLogged)
 
 	var serveErr error
 	select {
 	case <-ctx.Done():
-	case serveErr = <-errc:
+	case <-bgCtx.Done():
+	case serveErr = <-s.errc:
 	}
-	// Stop accepting, let in-flight requests (streams too) finish and settle
-	// within the grace period, then flush every counted token.
-	shutdown, cancel := context.WithTimeout(context.Background(), o.ShutdownGrace)
+	shutdown, cancel := context.WithTimeout(context.Background(), s.grace)
 	defer cancel()
-	if err := apiSrv.Shutdown(shutdown); err != nil {
-		log.Info("grace period over, closing remaining connections", "err", err.Error())
-		_ = apiSrv.Close()
+	if err := s.api.Shutdown(shutdown); err != nil {
+		s.log.Info("grace period over, closing remaining connections", "err", err.Error())
+		_ = s.api.Close()
 	}
-	stopBackground()
-	<-sinkDone
-	flushCtx, cancelFlush := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancelFlush()
-	if err := sink.flush(flushCtx); err != nil {
-		log.Error(err, "final usage flush incomplete")
-		serveErr = errors.Join(serveErr, err)
-	}
-	_ = opsSrv.Shutdown(flushCtx)
+	// A closed connection cancels its request, whose handler then settles
+	// what was generated so far: wait for them all.
+	s.inflight.Wait()
 	if errors.Is(serveErr, http.ErrServerClosed) {
 		serveErr = nil
 	}
 	return serveErr
 }
 
+func (s *servers) stopOps(ctx context.Context) { _ = s.ops.Shutdown(ctx) }
+
 func newCounter(o Options) (quota.Counter, func(), error) {
 	switch o.Counter {
 	case "memory":
 		return quota.NewMemory(time.Now), func() {}, nil
 	case "redis":
-		if o.RedisAddr == "" {
-			return nil, nil, errors.New("--counter=redis needs --redis-addr")
-		}
 		rc := redis.NewClient(&redis.Options{Addr: o.RedisAddr})
-		return quota.NewRedis(rc, "llmq:", time.Now), func() { _ = rc.Close() }, nil
+		return quota.NewRedis(rc, quota.RedisOptions{Prefix: "llmq:", Lease: o.RedisLease}), func() { _ = rc.Close() }, nil
 	default:
 		return nil, nil, fmt.Errorf("unknown counter %q: use memory or redis", o.Counter)
 	}
@@ -332,7 +369,7 @@ func budgetSource(dir *Directory, counter quota.Counter, available func() bool, 
 		for _, u := range dir.Users() {
 			for _, b := range u.Budgets {
 				user := u.Name
-				if b.Key == quota.PoolKey(u.Namespace, u.QuotaName) {
+				if b.Kind == quota.BudgetPool {
 					user = ""
 				} else if !userLabel {
 					continue

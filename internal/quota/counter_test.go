@@ -136,7 +136,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 		clock := newFakeClock(t0)
 		return clock, newCounter(clock.Now)
 	}
-	alice := Budget{Key: UserKey("team", "alice"), Limits: []Limit{{Window: day, Tokens: ptr(1000), Requests: ptr(10)}}}
+	alice := UserBudget("team", "alice", "uid-alice", []Limit{{Window: day, Tokens: ptr(1000), Requests: ptr(10)}}, false)
 
 	t.Run("admit under limit", func(t *testing.T) {
 		_, c := setup()
@@ -186,7 +186,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 	for _, tt := range refusals {
 		t.Run("refuse over "+tt.name, func(t *testing.T) {
 			_, c := setup()
-			b := Budget{Key: UserKey("team", "bob"), Limits: []Limit{tt.limit}}
+			b := UserBudget("team", "bob", "uid-bob", []Limit{tt.limit}, false)
 			charge(t, c, []Budget{b}, tt.first)
 			pending := admit(t, c, []Budget{b}, tt.pending)
 
@@ -211,11 +211,11 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 
 	t.Run("the first limit without room is reported", func(t *testing.T) {
 		_, c := setup()
-		b := Budget{Key: UserKey("team", "carol"), Limits: []Limit{
+		b := UserBudget("team", "carol", "uid-carol", []Limit{
 			{Window: minute, Requests: ptr(100)},
 			{Window: hour, OutputTokens: ptr(10), Requests: ptr(1)},
-			{Window: day, Tokens: ptr(1)},
-		}}
+			{Window: day, Tokens: ptr(8)},
+		}, false)
 		charge(t, c, []Budget{b}, Amount{1, 0, 5})
 		_, d := reserve(t, c, []Budget{b}, Amount{1, 0, 6})
 		checkExceeded(t, d.Exceeded, &Exceeded{
@@ -224,18 +224,137 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 		})
 	})
 
-	t.Run("an empty window admits one oversized request", func(t *testing.T) {
+	t.Run("an oversized request is refused, even in an empty window", func(t *testing.T) {
 		_, c := setup()
-		b := Budget{Key: UserKey("team", "dave"), Limits: []Limit{{Window: minute, Tokens: ptr(100)}}}
-		big := admit(t, c, []Budget{b}, Amount{1, 300, 300})
-		_, d := reserve(t, c, []Budget{b}, Amount{1, 1, 0})
-		checkExceeded(t, d.Exceeded, &Exceeded{Budget: b.Key, Window: minute, Resource: ResourceTokens, Limit: 100, Used: 600, ResetAt: WindowEnd(minute, t0)})
+		b := UserBudget("team", "dave", "uid-dave", []Limit{{Window: minute, Tokens: ptr(100)}}, false)
+		_, d := reserve(t, c, []Budget{b}, Amount{1, 60, 41})
+		checkExceeded(t, d.Exceeded, &Exceeded{Budget: b.Key, Window: minute, Resource: ResourceTokens, Limit: 100, Used: 0, ResetAt: WindowEnd(minute, t0)})
 
-		settle(t, c, big, Amount{1, 50, 0})
-		admit(t, c, []Budget{b}, Amount{1, 50, 0})
+		// Exactly at the cap is admitted.
+		r := admit(t, c, []Budget{b}, Amount{1, 60, 40})
+		settle(t, c, r, Amount{1, 50, 50})
 		// At the cap, even a request estimated at no tokens is refused.
 		_, d = reserve(t, c, []Budget{b}, Amount{1, 0, 0})
 		checkExceeded(t, d.Exceeded, &Exceeded{Budget: b.Key, Window: minute, Resource: ResourceTokens, Limit: 100, Used: 100, ResetAt: WindowEnd(minute, t0)})
+	})
+
+	t.Run("output shrinks to the room left, in whole steps", func(t *testing.T) {
+		_, c := setup()
+		b := UserBudget("team", "olga", "uid-olga", []Limit{{Window: hour, Tokens: ptr(400)}, {Window: day, OutputTokens: ptr(1000)}}, false)
+		charge(t, c, []Budget{b}, Amount{1, 200, 173}) // 27 tokens left in the hour
+		for _, tt := range []struct {
+			est    Amount
+			step   int64
+			grant  int64 // output granted, 0 = refused
+			bound  Resource
+			window llmv1alpha1.Window
+		}{
+			{Amount{1, 10, 64}, 1, 17, "", ""},               // 27 - 10 input
+			{Amount{1, 10, 64}, 4, 16, "", ""},               // 4 sequences of 4 tokens
+			{Amount{1, 10, 64}, 16, 16, "", ""},              // 16 sequences of 1 token
+			{Amount{1, 10, 64}, 17, 17, "", ""},              // 17 sequences of 1 token
+			{Amount{1, 10, 64}, 18, 0, ResourceTokens, hour}, // not one token each for 18
+			{Amount{1, 10, 12}, 1, 12, "", ""},               // fits whole: nothing lowered
+			{Amount{1, 27, 64}, 1, 0, ResourceTokens, hour},  // the prompt alone fills it
+			{Amount{1, 10, 64}, 0, 0, ResourceTokens, hour},  // no step: all or nothing
+			{Amount{1, 0, 0}, 1, 0, "", ""},                  // nothing to lower
+		} {
+			r, d, err := c.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: tt.est, OutputStep: tt.step})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.bound == "" {
+				want := Amount{tt.est.Requests, tt.est.InputTokens, tt.grant}
+				if !d.Allowed || d.Granted != want || r.Amount != want || d.Exceeded != nil {
+					t.Errorf("est %+v step %d: allowed %t granted %+v reserved %+v exceeded %+v; want %+v", tt.est, tt.step, d.Allowed, d.Granted, r, d.Exceeded, want)
+				}
+				settle(t, c, r, Amount{})
+				continue
+			}
+			if d.Allowed || r != nil || !d.Granted.IsZero() {
+				t.Errorf("est %+v step %d: admitted %+v, want refused", tt.est, tt.step, d.Granted)
+				continue
+			}
+			checkExceeded(t, d.Exceeded, &Exceeded{Budget: b.Key, Window: tt.window, Resource: tt.bound, Limit: 400, Used: 373, ResetAt: WindowEnd(tt.window, t0)})
+		}
+		checkWindows(t, "nothing left held", status(t, c, b), window(b, 0, t0, Amount{1, 200, 173}, Amount{}), window(b, 1, t0, Amount{1, 200, 173}, Amount{}))
+
+		// The tighter of two limits binds: 1000-173 output left by day, 27 by hour.
+		_, d, _ := c.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: Amount{1, 0, 5000}, OutputStep: 1})
+		if d.Granted != (Amount{1, 0, 27}) {
+			t.Errorf("granted %+v, want the hour's 27 tokens", d.Granted)
+		}
+	})
+
+	t.Run("output shrinks to an output cap", func(t *testing.T) {
+		_, c := setup()
+		b := UserBudget("team", "pia", "uid-pia", []Limit{{Window: hour, OutputTokens: ptr(50), InputTokens: ptr(1000)}}, false)
+		charge(t, c, []Budget{b}, Amount{1, 500, 20})
+		_, d, _ := c.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: Amount{1, 400, 100}, OutputStep: 3})
+		if !d.Allowed || d.Granted != (Amount{1, 400, 30}) {
+			t.Errorf("granted %+v (allowed %t), want 30 output tokens (10 per sequence)", d.Granted, d.Allowed)
+		}
+		// An input cap is never lowered: it refuses whatever the output.
+		_, d, _ = c.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: Amount{1, 101, 1}, OutputStep: 1})
+		checkExceeded(t, d.Exceeded, &Exceeded{Budget: b.Key, Window: hour, Resource: ResourceInputTokens, Limit: 1000, Used: 900, ResetAt: WindowEnd(hour, t0)})
+	})
+
+	t.Run("dry-run limits report what they would have granted", func(t *testing.T) {
+		_, c := setup()
+		b := PoolBudget("team", "shadow", "uid-shadow", []Limit{{Window: hour, Tokens: ptr(100)}}, true)
+		charge(t, c, []Budget{b}, Amount{1, 60, 10})
+		r, d, _ := c.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: Amount{1, 10, 50}, OutputStep: 2})
+		if !d.Allowed || d.Granted != (Amount{1, 10, 50}) || d.WouldGrant != (Amount{1, 10, 20}) || d.Exceeded != nil {
+			t.Errorf("decision %+v, want everything granted and 20 output tokens that would have been", d)
+		}
+		settle(t, c, r, Amount{})
+		_, d, _ = c.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: Amount{1, 30, 50}, OutputStep: 2})
+		if !d.Allowed || d.Granted != (Amount{1, 30, 50}) || !d.WouldGrant.IsZero() {
+			t.Errorf("decision %+v, want everything granted, nothing that would have been", d)
+		}
+		checkExceeded(t, d.Exceeded, &Exceeded{Budget: b.Key, Window: hour, Resource: ResourceTokens, Limit: 100, Used: 70, ResetAt: WindowEnd(hour, t0), DryRun: true})
+	})
+
+	t.Run("requests in flight are capped per user", func(t *testing.T) {
+		_, c := setup()
+		conc := &Concurrency{Key: alice.Key, Limit: 2}
+		req := Request{Budgets: []Budget{alice}, Estimate: Amount{1, 1, 1}, Concurrency: conc}
+		var held []*Reservation
+		for range 2 {
+			r, d, err := c.Reserve(ctx, req)
+			if err != nil || !d.Allowed {
+				t.Fatalf("Reserve: %v %+v", err, d.Exceeded)
+			}
+			held = append(held, r)
+		}
+		r, d, _ := c.Reserve(ctx, req)
+		if r != nil || d.Allowed {
+			t.Fatal("a third request in flight was admitted")
+		}
+		checkExceeded(t, d.Exceeded, &Exceeded{Budget: alice.Key, Resource: ResourceConcurrency, Limit: 2, Used: 2})
+		// A refusal held nothing in the windows either.
+		checkWindows(t, "after refusal", status(t, c, alice), window(alice, 0, t0, Amount{}, Amount{2, 2, 2}))
+		// Without the limit the same budget admits it: the count is the user's, not the window's.
+		admit(t, c, []Budget{alice}, Amount{1, 1, 1})
+
+		settle(t, c, held[0], Amount{1, 1, 1})
+		r, d, _ = c.Reserve(ctx, req)
+		if !d.Allowed {
+			t.Fatal("refused with one request in flight under a limit of 2")
+		}
+		if _, d, _ := c.Reserve(ctx, req); d.Allowed {
+			t.Error("admitted past the limit after one settle")
+		}
+		settle(t, c, r, Amount{})
+		settle(t, c, held[1], Amount{})
+		// A dry-run limit reports and admits.
+		dry := Request{Budgets: []Budget{alice}, Estimate: Amount{1, 1, 1}, Concurrency: &Concurrency{Key: alice.Key, Limit: 0, DryRun: true}}
+		r, d, _ = c.Reserve(ctx, dry)
+		if !d.Allowed {
+			t.Fatal("a dry-run concurrency limit refused")
+		}
+		checkExceeded(t, d.Exceeded, &Exceeded{Budget: alice.Key, Resource: ResourceConcurrency, Limit: 0, Used: 0, DryRun: true})
+		settle(t, c, r, Amount{})
 	})
 
 	t.Run("a zero cap admits nothing", func(t *testing.T) {
@@ -248,7 +367,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 			{Limit{Window: hour, OutputTokens: ptr(0)}, ResourceOutputTokens},
 		} {
 			_, c := setup()
-			b := Budget{Key: UserKey("team", "erin"), Limits: []Limit{tt.limit}}
+			b := UserBudget("team", "erin", "uid-erin", []Limit{tt.limit}, false)
 			_, d := reserve(t, c, []Budget{b}, Amount{1, 0, 0})
 			checkExceeded(t, d.Exceeded, &Exceeded{Budget: b.Key, Window: hour, Resource: tt.res, Limit: 0, Used: 0, ResetAt: WindowEnd(hour, t0)})
 		}
@@ -256,7 +375,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 
 	t.Run("dry run admits and reports", func(t *testing.T) {
 		_, c := setup()
-		b := Budget{Key: PoolKey("team", "shadow"), Limits: []Limit{{Window: hour, Tokens: ptr(100)}}, DryRun: true}
+		b := PoolBudget("team", "shadow", "uid-shadow", []Limit{{Window: hour, Tokens: ptr(100)}}, true)
 		first := admit(t, c, []Budget{b}, Amount{1, 50, 0})
 		r, d := reserve(t, c, []Budget{b}, Amount{1, 60, 0})
 		if !d.Allowed || r == nil {
@@ -271,8 +390,8 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 
 	t.Run("an enforcing refusal outranks an earlier dry-run report", func(t *testing.T) {
 		_, c := setup()
-		dry := Budget{Key: PoolKey("team", "shadow"), Limits: []Limit{{Window: hour, Tokens: ptr(10)}}, DryRun: true}
-		enf := Budget{Key: UserKey("team", "frank"), Limits: []Limit{{Window: hour, Requests: ptr(1)}}}
+		dry := PoolBudget("team", "shadow", "uid-shadow", []Limit{{Window: hour, Tokens: ptr(10)}}, true)
+		enf := UserBudget("team", "frank", "uid-frank", []Limit{{Window: hour, Requests: ptr(1)}}, false)
 		admit(t, c, []Budget{dry, enf}, Amount{1, 5, 0})
 		r, d := reserve(t, c, []Budget{dry, enf}, Amount{1, 10, 0})
 		if d.Allowed || r != nil {
@@ -284,9 +403,9 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 
 	t.Run("user and pool are checked atomically", func(t *testing.T) {
 		_, c := setup()
-		pool := Budget{Key: PoolKey("team", "shared"), Limits: []Limit{{Window: day, Tokens: ptr(100)}}}
-		bob := Budget{Key: UserKey("team", "bob"), Limits: []Limit{{Window: day, Tokens: ptr(1000)}}}
-		small := Budget{Key: UserKey("team", "alice"), Limits: []Limit{{Window: hour, Tokens: ptr(10)}}}
+		pool := PoolBudget("team", "shared", "uid-shared", []Limit{{Window: day, Tokens: ptr(100)}}, false)
+		bob := UserBudget("team", "bob", "uid-bob", []Limit{{Window: day, Tokens: ptr(1000)}}, false)
+		small := UserBudget("team", "alice", "uid-alice", []Limit{{Window: hour, Tokens: ptr(10)}}, false)
 
 		charge(t, c, []Budget{bob, pool}, Amount{1, 50, 40})
 
@@ -312,7 +431,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 
 	t.Run("a budget named twice holds once", func(t *testing.T) {
 		_, c := setup()
-		b := Budget{Key: UserKey("team", "gina"), Limits: []Limit{{Window: hour, Tokens: ptr(100)}}}
+		b := UserBudget("team", "gina", "uid-gina", []Limit{{Window: hour, Tokens: ptr(100)}}, false)
 		r, d := reserve(t, c, []Budget{b, b}, Amount{1, 10, 0})
 		checkWindows(t, "decision", d.Windows, window(b, 0, t0, Amount{}, Amount{1, 10, 0}), window(b, 0, t0, Amount{}, Amount{1, 10, 0}))
 		settle(t, c, r, Amount{1, 10, 0})
@@ -329,7 +448,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, c := setup()
-			pool := Budget{Key: PoolKey("team", "shared"), Limits: []Limit{{Window: day, Tokens: ptr(300)}}}
+			pool := PoolBudget("team", "shared", "uid-shared", []Limit{{Window: day, Tokens: ptr(300)}}, false)
 			est := Amount{1, 100, 100}
 			r := admit(t, c, []Budget{alice, pool}, est)
 			settle(t, c, r, tt.actual)
@@ -357,7 +476,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 
 	t.Run("window roll-over resets", func(t *testing.T) {
 		clock, c := setup()
-		b := Budget{Key: UserKey("team", "hank"), Limits: []Limit{{Window: minute, Tokens: ptr(100)}, {Window: day, Tokens: ptr(10000)}}}
+		b := UserBudget("team", "hank", "uid-hank", []Limit{{Window: minute, Tokens: ptr(100)}, {Window: day, Tokens: ptr(10000)}}, false)
 		charge(t, c, []Budget{b}, Amount{1, 60, 40})
 		if _, d := reserve(t, c, []Budget{b}, Amount{1, 1, 0}); d.Allowed {
 			t.Fatal("admitted over the minute's cap")
@@ -378,28 +497,29 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 		checkWindows(t, "next day", status(t, c, b), window(b, 0, nextDay, Amount{}, Amount{}), window(b, 1, nextDay, Amount{}, Amount{}))
 	})
 
-	t.Run("reservation from an old window settled in a new one", func(t *testing.T) {
+	t.Run("a request counts in the windows it was admitted in", func(t *testing.T) {
 		clock, c := setup()
-		b := Budget{Key: UserKey("team", "ivan"), Limits: []Limit{{Window: minute, Tokens: ptr(1000)}, {Window: day, Tokens: ptr(10000)}}}
+		b := UserBudget("team", "ivan", "uid-ivan", []Limit{{Window: minute, Tokens: ptr(1000)}, {Window: day, Tokens: ptr(10000)}}, false)
 		old := admit(t, c, []Budget{b}, Amount{1, 100, 0})
 		clock.Step(time.Minute)
 		now := clock.Now()
 		current := admit(t, c, []Budget{b}, Amount{1, 10, 0})
 
-		// The old reservation is released from the day, which is still the
-		// same, but not from the new minute, which never held it.
+		// The old request is charged to the minute it was admitted in, which
+		// has ended, and to the day, which has not: the new minute neither
+		// held it nor counts it.
 		settle(t, c, old, Amount{1, 80, 0})
 		checkWindows(t, "after settling the old reservation", status(t, c, b),
-			window(b, 0, now, Amount{1, 80, 0}, Amount{1, 10, 0}), window(b, 1, now, Amount{1, 80, 0}, Amount{1, 10, 0}))
+			window(b, 0, now, Amount{}, Amount{1, 10, 0}), window(b, 1, now, Amount{1, 80, 0}, Amount{1, 10, 0}))
 
 		settle(t, c, current, Amount{1, 10, 0})
 		checkWindows(t, "after settling both", status(t, c, b),
-			window(b, 0, now, Amount{2, 90, 0}, Amount{}), window(b, 1, now, Amount{2, 90, 0}, Amount{}))
+			window(b, 0, now, Amount{1, 10, 0}, Amount{}), window(b, 1, now, Amount{2, 90, 0}, Amount{}))
 	})
 
 	t.Run("seed raises but never lowers", func(t *testing.T) {
 		clock, c := setup()
-		b := Budget{Key: UserKey("team", "judy"), Limits: []Limit{{Window: hour, Tokens: ptr(1000)}, {Window: day, Tokens: ptr(200)}}}
+		b := UserBudget("team", "judy", "uid-judy", []Limit{{Window: hour, Tokens: ptr(1000)}, {Window: day, Tokens: ptr(200)}}, false)
 		seed := func(w llmv1alpha1.Window, start time.Time, used Amount) {
 			t.Helper()
 			if err := c.Seed(ctx, b.Key, w, start, used); err != nil {
@@ -436,10 +556,10 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 
 	t.Run("status and remaining", func(t *testing.T) {
 		_, c := setup()
-		b := Budget{Key: UserKey("team", "kim"), Limits: []Limit{
+		b := UserBudget("team", "kim", "uid-kim", []Limit{
 			{Window: hour, Tokens: ptr(100), InputTokens: ptr(30), Requests: ptr(5)},
 			{Window: day, OutputTokens: ptr(1000)},
-		}}
+		}, false)
 		empty := status(t, c, b)
 		checkWindows(t, "empty", empty, window(b, 0, t0, Amount{}, Amount{}), window(b, 1, t0, Amount{}, Amount{}))
 
@@ -461,7 +581,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 
 	t.Run("unknown window is an error", func(t *testing.T) {
 		_, c := setup()
-		b := Budget{Key: UserKey("team", "leo"), Limits: []Limit{{Window: "Year", Tokens: ptr(1)}}}
+		b := UserBudget("team", "leo", "uid-leo", []Limit{{Window: "Year", Tokens: ptr(1)}}, false)
 		if _, _, err := c.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: Amount{1, 1, 1}}); err == nil {
 			t.Error("Reserve succeeded")
 		}
@@ -472,7 +592,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 
 	t.Run("a budget without limits admits and keeps nothing", func(t *testing.T) {
 		_, c := setup()
-		b := Budget{Key: UserKey("team", "max")}
+		b := UserBudget("team", "max", "uid-max", nil, false)
 		r, d := reserve(t, c, []Budget{b}, Amount{1, 1, 1})
 		if !d.Allowed || len(d.Windows) != 0 {
 			t.Errorf("Decision = %+v", d)
@@ -487,7 +607,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 		clock, c := setup()
 		const workers, perWorker, limit = 64, 100, 20000
 		est := Amount{1, 60, 40}
-		b := Budget{Key: UserKey("team", "nina"), Limits: []Limit{{Window: hour, Tokens: ptr(limit)}}}
+		b := UserBudget("team", "nina", "uid-nina", []Limit{{Window: hour, Tokens: ptr(limit)}}, false)
 		var settled [3]atomic.Int64
 		var admitted, refused atomic.Int64
 		var wg sync.WaitGroup
@@ -551,11 +671,12 @@ func benchReserveSettle(b *testing.B, c Counter) {
 	ctx := context.Background()
 	big := ptr(1 << 50)
 	limits := []Limit{{Window: minute, Requests: big}, {Window: day, Tokens: big}}
-	pool := Budget{Key: PoolKey("team", "shared"), Limits: limits}
+	pool := PoolBudget("team", "shared", "uid-shared", limits, false)
 	var users atomic.Int64
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
-		user := Budget{Key: UserKey("team", fmt.Sprint("user", users.Add(1))), Limits: limits}
+		name := fmt.Sprint("user", users.Add(1))
+		user := UserBudget("team", name, "uid-"+name, limits, false)
 		req := Request{Budgets: []Budget{user, pool}, Estimate: Amount{1, 500, 500}}
 		for pb.Next() {
 			r, d, err := c.Reserve(ctx, req)

@@ -22,6 +22,8 @@ type Memory struct {
 
 	mu      sync.Mutex
 	budgets map[string]map[llmv1alpha1.Window]*windowCounter
+	// inflight counts each concurrency key's requests in flight.
+	inflight map[string]int64
 	// nextSweep is when ended windows are next dropped.
 	nextSweep time.Time
 }
@@ -44,7 +46,7 @@ var _ Counter = (*Memory)(nil)
 
 // NewMemory returns an empty in-process counter reading time from now.
 func NewMemory(now func() time.Time) *Memory {
-	return &Memory{now: now, budgets: make(map[string]map[llmv1alpha1.Window]*windowCounter)}
+	return &Memory{now: now, budgets: make(map[string]map[llmv1alpha1.Window]*windowCounter), inflight: make(map[string]int64)}
 }
 
 // peek returns s's counts without creating or resetting anything: a counter
@@ -95,14 +97,14 @@ func (m *Memory) sweep(now time.Time) {
 	}
 }
 
-// Reserve implements [Counter]. See room for the admission rule.
+// Reserve implements [Counter]. See the admission rule in plan.go.
 func (m *Memory) Reserve(_ context.Context, req Request) (*Reservation, Decision, error) {
 	now := m.now()
 	p, err := newPlan(req.Budgets, now)
 	if err != nil {
 		return nil, Decision{}, err
 	}
-	est := nonNegative(req.Estimate)
+	req.Estimate = nonNegative(req.Estimate)
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -111,29 +113,37 @@ func (m *Memory) Reserve(_ context.Context, req Request) (*Reservation, Decision
 	for i, s := range p.slots {
 		state[i] = m.peek(s)
 	}
-	allowed, ex := p.decide(state, est)
-	d := Decision{Allowed: allowed, Exceeded: ex}
-	if !allowed {
+	var inflight int64
+	if c := req.Concurrency; c != nil {
+		inflight = m.inflight[c.Key]
+	}
+	v := p.decide(state, req, inflight)
+	d := Decision{Allowed: v.allowed, Granted: v.grant, WouldGrant: v.wouldGrant, Exceeded: v.exceeded}
+	if !v.allowed {
 		d.Windows = p.windows(state)
 		return nil, d, nil
 	}
 	for i, s := range p.slots {
 		c := m.counter(s)
-		c.reserved = c.reserved.Add(est)
+		c.reserved = c.reserved.Add(v.grant)
 		state[i].reserved = c.reserved
 	}
+	r := &Reservation{Budgets: slices.Clone(req.Budgets), Amount: v.grant, At: now, ID: m.ids.Add(1)}
+	if c := req.Concurrency; c != nil {
+		m.inflight[c.Key]++
+		r.concurrency = c.Key
+	}
 	d.Windows = p.windows(state)
-	r := &Reservation{Budgets: slices.Clone(req.Budgets), Amount: est, At: now, ID: m.ids.Add(1)}
 	return r, d, nil
 }
 
-// Settle implements [Counter].
+// Settle implements [Counter]. A window that ended since the reservation has
+// nothing left to release, and its usage no longer limits anything.
 func (m *Memory) Settle(_ context.Context, r *Reservation, actual Amount) error {
 	if r == nil {
 		return errNilReservation
 	}
-	now := m.now()
-	p, err := newPlan(r.Budgets, now)
+	p, err := newPlan(r.Budgets, r.At)
 	if err != nil {
 		return err
 	}
@@ -143,14 +153,18 @@ func (m *Memory) Settle(_ context.Context, r *Reservation, actual Amount) error 
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, s := range p.slots {
-		if s.current(r.At) {
-			if c := m.budgets[s.key][s.window]; c != nil && c.start.Equal(s.start) {
-				c.reserved = subFloor(c.reserved, held)
-			}
+		c := m.budgets[s.key][s.window]
+		if c == nil || !c.start.Equal(s.start) {
+			continue
 		}
-		if !actual.IsZero() {
-			c := m.counter(s)
-			c.used = c.used.Add(actual)
+		c.reserved = subFloor(c.reserved, held)
+		c.used = c.used.Add(actual)
+	}
+	if k := r.concurrency; k != "" {
+		if n := m.inflight[k] - 1; n > 0 {
+			m.inflight[k] = n
+		} else {
+			delete(m.inflight, k)
 		}
 	}
 	return nil

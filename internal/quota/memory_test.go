@@ -11,8 +11,8 @@ func TestMemory(t *testing.T) {
 
 func TestMemoryForget(t *testing.T) {
 	m := NewMemory(newFakeClock(t0).Now)
-	b := Budget{Key: UserKey("team", "alice"), Limits: []Limit{{Window: day, Tokens: ptr(100)}}}
-	other := Budget{Key: UserKey("team", "bob"), Limits: b.Limits}
+	b := UserBudget("team", "alice", "uid-alice", []Limit{{Window: day, Tokens: ptr(100)}}, false)
+	other := UserBudget("team", "bob", "uid-bob", b.Limits, false)
 	charge(t, m, []Budget{b}, Amount{1, 10, 10})
 	charge(t, m, []Budget{other}, Amount{1, 10, 10})
 
@@ -26,8 +26,8 @@ func TestMemoryForget(t *testing.T) {
 func TestMemorySweep(t *testing.T) {
 	clock := newFakeClock(t0)
 	m := NewMemory(clock.Now)
-	short := Budget{Key: UserKey("team", "alice"), Limits: []Limit{{Window: minute, Tokens: ptr(100)}}}
-	long := Budget{Key: UserKey("team", "bob"), Limits: []Limit{{Window: minute, Tokens: ptr(100)}, {Window: day, Tokens: ptr(100)}}}
+	short := UserBudget("team", "alice", "uid-alice", []Limit{{Window: minute, Tokens: ptr(100)}}, false)
+	long := UserBudget("team", "bob", "uid-bob", []Limit{{Window: minute, Tokens: ptr(100)}, {Window: day, Tokens: ptr(100)}}, false)
 	charge(t, m, []Budget{short, long}, Amount{1, 1, 1})
 
 	counters := func() (n int) {

@@ -3,6 +3,7 @@ package quota
 import (
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -14,27 +15,89 @@ import (
 //
 // A capped resource has room for an estimate est when
 //
-//	held == 0 && cap > 0,  or
 //	held < cap && held+est <= cap
 //
 // where held is used plus reserved in the window (total tokens for a tokens
-// cap, requests for a requests cap, and so on). The first clause lets one
-// request of any size into a window that holds nothing: estimates are upper
-// bounds (max_tokens), and refusing a request whose estimate alone exceeds the
-// cap would lock it out of every window forever. Because every later request
-// sees held > 0, that single oversized reservation is the most a window can
-// overshoot by while actual usage stays within estimates. A zero cap admits
-// nothing. The second clause refuses a request estimated at zero once the cap
-// is used up, because a real request always consumes something.
-func room(limit *int64, held, est int64) bool {
-	if limit == nil {
-		return true
+// cap, requests for a requests cap, and so on). A request whose estimate
+// bounds what it can use therefore never takes a window past its cap, and
+// the first clause refuses even a request estimated at zero once the cap is
+// used up, because a real request always consumes something. A zero cap
+// admits nothing.
+//
+// A request may let the counter lower its output estimate (Request.OutputStep):
+// it then gets the most output that every enforcing limit has room for,
+// rounded down to a multiple of the step, and is refused only when that is
+// below one step.
+
+// resources lists what a Limit caps, in the order refusals report them.
+var resources = [4]Resource{ResourceTokens, ResourceInputTokens, ResourceOutputTokens, ResourceRequests}
+
+// rooms returns, per resource of l in the order of resources, how many
+// output tokens it has room for next to est's requests and input tokens,
+// given held: MaxInt64 when uncapped (or when the resource does not count
+// output but has room), -1 when it has no room whatever the output.
+func rooms(l Limit, held, est Amount) (r [4]int64) {
+	fits := func(c *int64, held, est int64) int64 {
+		if c == nil || (held < *c && held+est <= *c) {
+			return math.MaxInt64
+		}
+		return -1
 	}
-	c := *limit
-	if held == 0 && c > 0 {
-		return true
+	r[0], r[2] = math.MaxInt64, math.MaxInt64
+	if c := l.Tokens; c != nil {
+		r[0] = -1
+		if held.Total() < *c {
+			r[0] = *c - held.Total() - est.InputTokens
+		}
 	}
-	return held < c && held+est <= c
+	r[1] = fits(l.InputTokens, held.InputTokens, est.InputTokens)
+	if c := l.OutputTokens; c != nil {
+		r[2] = -1
+		if held.OutputTokens < *c {
+			r[2] = *c - held.OutputTokens
+		}
+	}
+	r[3] = fits(l.Requests, held.Requests, est.Requests)
+	return r
+}
+
+// below returns the first resource whose room is under need, if any.
+func below(r [4]int64, need int64) (Resource, bool) {
+	for i, v := range r {
+		if v < need {
+			return resources[i], true
+		}
+	}
+	return "", false
+}
+
+// usedOf is what limit resource r counts of held.
+func usedOf(r Resource, held Amount) int64 {
+	switch r {
+	case ResourceTokens:
+		return held.Total()
+	case ResourceInputTokens:
+		return held.InputTokens
+	case ResourceOutputTokens:
+		return held.OutputTokens
+	default:
+		return held.Requests
+	}
+}
+
+func capOf(r Resource, l Limit) int64 {
+	var c *int64
+	switch r {
+	case ResourceTokens:
+		c = l.Tokens
+	case ResourceInputTokens:
+		c = l.InputTokens
+	case ResourceOutputTokens:
+		c = l.OutputTokens
+	default:
+		c = l.Requests
+	}
+	return *c
 }
 
 // slot is one counter that a request touches: one budget's current window.
@@ -97,53 +160,92 @@ func newPlan(budgets []Budget, now time.Time) (plan, error) {
 	return p, nil
 }
 
-// exceeded returns the first capped resource of c's limit without room for
-// est, in the order tokens, input tokens, output tokens, requests.
-func (p plan) exceeded(c check, st counts, est Amount) *Exceeded {
-	held := st.used.Add(st.reserved)
-	l := c.limit
-	for _, r := range []struct {
-		res       Resource
-		cap       *int64
-		held, est int64
-	}{
-		{ResourceTokens, l.Tokens, held.Total(), est.Total()},
-		{ResourceInputTokens, l.InputTokens, held.InputTokens, est.InputTokens},
-		{ResourceOutputTokens, l.OutputTokens, held.OutputTokens, est.OutputTokens},
-		{ResourceRequests, l.Requests, held.Requests, est.Requests},
-	} {
-		if room(r.cap, r.held, r.est) {
-			continue
-		}
-		return &Exceeded{
-			Budget:   c.budget,
-			Window:   l.Window,
-			Resource: r.res,
-			Limit:    *r.cap,
-			Used:     r.held,
-			ResetAt:  p.slots[c.slot].end,
-			DryRun:   c.dryRun,
-		}
-	}
-	return nil
+// verdict is what the admission rule makes of one request.
+type verdict struct {
+	allowed bool
+	// grant is what to reserve when allowed.
+	grant Amount
+	// wouldGrant is what the dry-run limits would have granted as well.
+	wouldGrant Amount
+	exceeded   *Exceeded
 }
 
-// decide applies the admission rule to every check given each slot's state
-// before the reservation. An enforcing refusal wins over an earlier dry-run
-// one, because it is the one the caller must report.
-func (p plan) decide(state []counts, est Amount) (allowed bool, ex *Exceeded) {
-	var dry *Exceeded
-	for _, c := range p.checks {
-		e := p.exceeded(c, state[c.slot], est)
-		switch {
-		case e == nil:
-		case !c.dryRun:
-			return false, e
-		case dry == nil:
-			dry = e
+// decide applies the admission rule to every check, given each slot's state
+// before the reservation, and the concurrency limit given the requests in
+// flight. An enforcing refusal wins over a dry-run one, because it is the
+// one the caller must report.
+func (p plan) decide(state []counts, req Request, inflight int64) verdict {
+	est := req.Estimate
+	enforced, enfEx := p.fit(state, est, req.OutputStep, false)
+	v := verdict{grant: enforced, wouldGrant: enforced}
+	if c := req.Concurrency; c != nil && inflight >= c.Limit && enfEx == nil {
+		ex := &Exceeded{Budget: c.Key, Resource: ResourceConcurrency, Limit: c.Limit, Used: inflight, DryRun: c.DryRun}
+		if c.DryRun {
+			v.exceeded = ex
+		} else {
+			enfEx = ex
 		}
 	}
-	return true, dry
+	if enfEx != nil {
+		return verdict{exceeded: enfEx}
+	}
+	v.allowed = true
+	// What the dry-run limits make of the grant: reported, never applied.
+	all, dryEx := p.fit(state, enforced, req.OutputStep, true)
+	v.wouldGrant = all
+	if v.exceeded == nil {
+		v.exceeded = dryEx
+	}
+	return v
+}
+
+// fit returns what the checks admit of est: est itself, or with step > 0 as
+// much output as fits in multiples of step; and the limit that refused it,
+// if any. Only enforcing checks count unless withDryRun, in which case a
+// refusal by a dry-run check is reported with DryRun set.
+func (p plan) fit(state []counts, est Amount, step int64, withDryRun bool) (Amount, *Exceeded) {
+	bind, bindRoom := -1, int64(math.MaxInt64)
+	var bindRooms [4]int64
+	for i, c := range p.checks {
+		if c.dryRun && !withDryRun {
+			continue
+		}
+		held := state[c.slot].used.Add(state[c.slot].reserved)
+		r := rooms(c.limit, held, est)
+		res, short := below(r, est.OutputTokens)
+		if !short {
+			continue
+		}
+		if step <= 0 {
+			// Refused: the first limit without room, in request order.
+			return Amount{}, p.exceeded(c, held, res)
+		}
+		if m := min(r[0], r[1], r[2], r[3]); m < bindRoom {
+			bind, bindRoom, bindRooms = i, m, r
+		}
+	}
+	if bind < 0 {
+		return est, nil
+	}
+	if granted := bindRoom / step * step; bindRoom >= 0 && granted >= step {
+		est.OutputTokens = granted
+		return est, nil
+	}
+	c := p.checks[bind]
+	res, _ := below(bindRooms, step)
+	return Amount{}, p.exceeded(c, state[c.slot].used.Add(state[c.slot].reserved), res)
+}
+
+func (p plan) exceeded(c check, held Amount, r Resource) *Exceeded {
+	return &Exceeded{
+		Budget:   c.budget,
+		Window:   c.limit.Window,
+		Resource: r,
+		Limit:    capOf(r, c.limit),
+		Used:     usedOf(r, held),
+		ResetAt:  p.slots[c.slot].end,
+		DryRun:   c.dryRun,
+	}
 }
 
 // windows reports every check's window, in request order.
@@ -170,15 +272,9 @@ func nonNegative(a Amount) Amount {
 }
 
 // subFloor returns a-b per field, never below zero: a reservation released
-// after a reset, or twice, must not leave a negative count behind.
+// twice, or after its counter was lost, must not leave a negative count.
 func subFloor(a, b Amount) Amount {
 	return nonNegative(a.Sub(b))
-}
-
-// current reports whether s is still the window that a reservation made at
-// at was held in; only then is there anything of it to release.
-func (s slot) current(at time.Time) bool {
-	return WindowStart(s.window, at).Equal(s.start)
 }
 
 var errNilReservation = errors.New("quota: settle of a nil reservation")

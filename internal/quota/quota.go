@@ -1,7 +1,9 @@
 // Package quota owns usage budgets: calendar windows, per-user and per-shared-
-// quota counters of requests and tokens, and reservations that are settled to
-// the real usage once a request is done. It knows nothing of HTTP or of the
-// Kubernetes API; the clock is injected.
+// quota counters of requests and tokens, per-user limits on requests in
+// flight, and reservations that are settled to the real usage once a request
+// is done. It also defines the [Charge] every settled request reports to the
+// usage write-back. It knows nothing of HTTP or of the Kubernetes API; the
+// clock is injected.
 package quota
 
 import (
@@ -61,43 +63,96 @@ func LimitsFromSpec(in []llmv1alpha1.QuotaLimit) []Limit {
 // Resource names what a limit counts.
 type Resource string
 
-// The resources a Limit can cap.
+// The resources a Limit (or, for Concurrency, a Concurrency) can cap.
 const (
 	ResourceTokens       Resource = "tokens"
 	ResourceInputTokens  Resource = "input_tokens"
 	ResourceOutputTokens Resource = "output_tokens"
 	ResourceRequests     Resource = "requests"
+	// ResourceConcurrency is requests in flight at once; it has no window.
+	ResourceConcurrency Resource = "concurrent_requests"
+)
+
+// BudgetKind says whose counters a budget is.
+type BudgetKind uint8
+
+const (
+	// BudgetUser is one LLMUser's own budget (a PerUser quota).
+	BudgetUser BudgetKind = iota
+	// BudgetPool is a Shared LLMQuota's pool, drawn on by all its users.
+	BudgetPool
 )
 
 // Budget is one set of counters with its limits: a user's own budget or a
-// Shared quota's pool. Its Key is stable and unique, see UserKey and PoolKey.
+// Shared quota's pool. Build it with [UserBudget] or [PoolBudget]: its Key
+// names the object's uid, so an object deleted and created again under the
+// same name starts from zero.
 type Budget struct {
-	Key    string
-	Limits []Limit
+	// Key is stable and unique; it names the counters in every store.
+	Key  string
+	Kind BudgetKind
+	// Namespace and Name name the LLMUser (BudgetUser) or the LLMQuota
+	// (BudgetPool); UID is that object's uid.
+	Namespace, Name, UID string
+	Limits               []Limit
 	// DryRun budgets never refuse; the Decision still says what would have been refused.
 	DryRun bool
 }
 
+// UserBudget is the budget of an LLMUser's own counters.
+func UserBudget(namespace, name, uid string, limits []Limit, dryRun bool) Budget {
+	return Budget{Key: UserKey(namespace, name, uid), Kind: BudgetUser, Namespace: namespace, Name: name, UID: uid, Limits: limits, DryRun: dryRun}
+}
+
+// PoolBudget is the budget of a Shared LLMQuota's pooled counters.
+func PoolBudget(namespace, name, uid string, limits []Limit, dryRun bool) Budget {
+	return Budget{Key: PoolKey(namespace, name, uid), Kind: BudgetPool, Namespace: namespace, Name: name, UID: uid, Limits: limits, DryRun: dryRun}
+}
+
 // UserKey is the budget key of a user's own counters.
-func UserKey(namespace, name string) string { return "user/" + namespace + "/" + name }
+func UserKey(namespace, name, uid string) string { return "user/" + namespace + "/" + name + "/" + uid }
 
 // PoolKey is the budget key of a Shared quota's pooled counters.
-func PoolKey(namespace, name string) string { return "quota/" + namespace + "/" + name }
+func PoolKey(namespace, name, uid string) string {
+	return "quota/" + namespace + "/" + name + "/" + uid
+}
+
+// Concurrency caps one user's requests in flight at once, across every
+// replica that shares the Counter.
+type Concurrency struct {
+	// Key names the user's in-flight counter; UserKey of the user.
+	Key   string
+	Limit int64
+	// DryRun reports a request over the limit without refusing it.
+	DryRun bool
+}
 
 // Request asks to reserve Estimate in every budget at once.
 type Request struct {
 	Budgets  []Budget
 	Estimate Amount
+	// OutputStep, when above zero, lets Reserve lower Estimate.OutputTokens
+	// to what the enforcing limits have room for: a multiple of OutputStep
+	// (the proxy passes the number of sequences the request generates, so
+	// that every sequence gets the same whole number of tokens), at least
+	// OutputStep. The request is refused only when not even that fits.
+	OutputStep int64
+	// Concurrency, when set, also holds one of the user's in-flight slots
+	// until Settle.
+	Concurrency *Concurrency
 }
 
-// Exceeded describes the window and resource that refused a request.
+// Exceeded describes the limit that refused a request.
 type Exceeded struct {
+	// Budget is the key of the budget whose limit refused; for
+	// ResourceConcurrency the concurrency key.
 	Budget   string
 	Window   llmv1alpha1.Window
 	Resource Resource
 	Limit    int64
 	// Used includes outstanding reservations, not this request's.
-	Used    int64
+	Used int64
+	// ResetAt is when the window ends; zero for ResourceConcurrency.
 	ResetAt time.Time
 	// DryRun is true when the budget only reports and the request went ahead.
 	DryRun bool
@@ -117,10 +172,17 @@ type WindowStatus struct {
 
 // Decision is the outcome of Counter.Reserve.
 type Decision struct {
-	// Allowed is false when an enforcing budget has no room.
+	// Allowed is false when an enforcing limit has no room.
 	Allowed bool
-	// Exceeded is the first window without room (nil when every window had
-	// room), for an enforcing budget or, with Allowed true, a dry-run one.
+	// Granted is what was reserved: the estimate, or with OutputStep
+	// possibly fewer output tokens. Zero when refused.
+	Granted Amount
+	// WouldGrant is what the dry-run limits would have granted had they
+	// been enforced (equal to Granted when they have room): it tells a
+	// request that would have been shortened.
+	WouldGrant Amount
+	// Exceeded is the limit without room (nil when every limit had room),
+	// for an enforcing limit or, with Allowed true, a dry-run one.
 	Exceeded *Exceeded
 	// Windows is every window of every budget after the reservation (or
 	// before it, when refused), in request order: for rate-limit headers.
@@ -130,27 +192,31 @@ type Decision struct {
 // Reservation is usage held for a request in flight. Settle it exactly once.
 type Reservation struct {
 	Budgets []Budget
-	Amount  Amount
-	// At is when the reservation was made; it is released from the windows
-	// that were current then.
+	// Amount is what was reserved (the Decision's Granted).
+	Amount Amount
+	// At is when the reservation was made. The request's usage counts in
+	// the windows current then, wherever the clock is when it settles.
 	At time.Time
 	// ID is unique within the process.
 	ID uint64
+	// concurrency is the in-flight counter held, "" if none.
+	concurrency string
 }
 
 // Counter keeps budgets. Implementations are safe for concurrent use.
 //
 // Admission is reserve-then-settle: Reserve checks used+reserved+estimate
 // against every limit of every budget atomically and holds the estimate;
-// Settle swaps the hold for the real usage. Concurrent requests therefore
-// cannot overshoot a limit by more than one request's reservation.
+// Settle swaps the hold for the real usage, in the windows the reservation
+// was made in. A request whose estimate bounds its usage can therefore
+// never take a window past its limit.
 type Counter interface {
-	// Reserve holds req.Estimate in every budget, or refuses when an
-	// enforcing budget has no room. The reservation is nil when refused.
+	// Reserve holds req.Estimate (or less, see Request.OutputStep) in every
+	// budget, or refuses when an enforcing limit has no room. The
+	// reservation is nil when refused.
 	Reserve(ctx context.Context, req Request) (*Reservation, Decision, error)
-	// Settle releases r from the windows it was made in (if they are still
-	// current) and charges actual to the windows current now. A zero actual
-	// releases the reservation without charging anything.
+	// Settle releases r and charges actual to the windows r was made in. A
+	// zero actual releases the reservation without charging anything.
 	Settle(ctx context.Context, r *Reservation, actual Amount) error
 	// Status returns the budget's windows as of now, without changing them.
 	Status(ctx context.Context, b Budget) ([]WindowStatus, error)
@@ -158,6 +224,24 @@ type Counter interface {
 	// to at least used (per field). Counts already higher are kept. It restores
 	// what status recorded before a restart; a window that has ended is ignored.
 	Seed(ctx context.Context, budget string, w llmv1alpha1.Window, start time.Time, used Amount) error
+}
+
+// Charge is what one settled request cost: what the proxy reports to the
+// usage write-back for the user's (and, when Pool, the Shared quota's) status.
+type Charge struct {
+	Namespace string
+	// User and UserUID name the LLMUser; a write-back must not add the
+	// usage to another object that took the same name.
+	User, UserUID string
+	// Quota and QuotaUID name the LLMQuota.
+	Quota, QuotaUID string
+	// Pool is true when the charge also went to the quota's Shared pool.
+	Pool   bool
+	Model  string
+	Amount Amount
+	// At is when the request was admitted: its usage counts in the windows
+	// current then. Zero means now.
+	At time.Time
 }
 
 // Remaining returns what is left under the limit's tightest token cap and its

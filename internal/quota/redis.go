@@ -2,6 +2,8 @@ package quota
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -19,9 +21,19 @@ import (
 // budgets of a request.
 //
 // Each budget's window is a hash at <prefix><budget key>:<window>:<start unix>
-// with the used fields req, in, out and the reserved fields rreq, rin, rout.
-// Naming the window start in the key makes roll-over free: a new window is a
-// new key, and the old one expires an hour after its window ends.
+// with the used fields req, in and out, and per replica the fields q:<id>,
+// i:<id> and o:<id> that it holds for its requests in flight. Naming the
+// window start in the key makes roll-over free: a new window is a new key,
+// and the old one expires an hour after its window ends. A user's requests
+// in flight are counted per replica in the hash <prefix>inflight:<user key>.
+//
+// Holds are leased: each replica renews its lease in the hash <prefix>leases
+// (replica id → expiry) on every Reserve and every Lease/3 from
+// [Redis.Start]. A replica that dies (OOM, node loss) stops renewing; once its
+// lease has expired, the next Reserve that touches a key drops its holds, so
+// a crash frees its reservations within Lease instead of pinning them until
+// the window ends. Its in-flight requests were never charged, since it never
+// saw their usage.
 //
 // One request touches a user's keys and a Shared quota's pool keys, which no
 // hash tag can put in one Redis Cluster slot. Use a single Redis instance,
@@ -33,22 +45,53 @@ import (
 // status with [Counter.Seed], tells: while it is missing Reserve fails with
 // [ErrUnseeded] instead of admitting against empty counters.
 type Redis struct {
-	client redis.UniversalClient
-	prefix string
-	now    func() time.Time
-	ids    atomic.Uint64
+	client  redis.UniversalClient
+	prefix  string
+	now     func() time.Time
+	lease   time.Duration
+	replica string
+	ids     atomic.Uint64
 }
 
 var _ Counter = (*Redis)(nil)
 
+// RedisOptions configures [NewRedis].
+type RedisOptions struct {
+	// Prefix starts every key; every replica must use the same one.
+	Prefix string
+	// Now is the clock (default time.Now). Windows, key lifetimes and leases
+	// are computed from it alone, not from Redis's clock.
+	Now func() time.Time
+	// Lease bounds how long a replica that stopped renewing keeps its holds
+	// (default 30s).
+	Lease time.Duration
+	// ReplicaID names this replica's holds (default: random). Two live
+	// replicas must never share one.
+	ReplicaID string
+}
+
 // keyGrace is how long a window's key outlives the window, so that a Settle
-// arriving just after the end still finds it rather than recreating it.
+// arriving just after the end still finds it.
 const keyGrace = time.Hour
 
-// NewRedis returns a counter keeping its budgets in Redis under prefix,
-// reading time from now. Every replica must use the same prefix.
-func NewRedis(client redis.UniversalClient, prefix string, now func() time.Time) *Redis {
-	return &Redis{client: client, prefix: prefix, now: now}
+// inflightTTL bounds how long a user's in-flight hash outlives its last
+// request when every replica that held it is gone.
+const inflightTTL = 24 * time.Hour
+
+// NewRedis returns a counter keeping its budgets in Redis.
+func NewRedis(client redis.UniversalClient, o RedisOptions) *Redis {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Lease <= 0 {
+		o.Lease = 30 * time.Second
+	}
+	if o.ReplicaID == "" {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		o.ReplicaID = hex.EncodeToString(b[:])
+	}
+	return &Redis{client: client, prefix: o.Prefix, now: o.Now, lease: o.Lease, replica: o.ReplicaID}
 }
 
 // ErrUnseeded means the shared store lost its counts (a Redis restart) and
@@ -56,6 +99,10 @@ func NewRedis(client redis.UniversalClient, prefix string, now func() time.Time)
 var ErrUnseeded = errors.New("quota: the shared counters are not seeded")
 
 func (r *Redis) marker() string { return r.prefix + "seeded" }
+func (r *Redis) leases() string { return r.prefix + "leases" }
+
+// inflightKey is the hash counting a concurrency key's requests in flight.
+func (r *Redis) inflightKey(k string) string { return r.prefix + "inflight:" + k }
 
 // MarkSeeded records that the counters hold what status recorded. Call it
 // after seeding; it never expires.
@@ -81,93 +128,184 @@ func capArg(c *int64) int64 {
 	return *c
 }
 
+// liveLua loads the replicas whose lease has not expired into live, and
+// counts reads one window hash: its used fields and the holds of live
+// replicas, dropping the holds of dead ones when clean is true.
+const liveLua = `
+local function loadLive(leasesKey, now)
+  local live = {}
+  local lv = redis.call('HGETALL', leasesKey)
+  for i = 1, #lv, 2 do
+    if tonumber(lv[i + 1]) > now then live[lv[i]] = true end
+  end
+  return live
+end
+local function counts(key, live, clean)
+  local h = redis.call('HGETALL', key)
+  local c = {0, 0, 0, 0, 0, 0}
+  local dead = {}
+  for i = 1, #h, 2 do
+    local f, v = h[i], tonumber(h[i + 1])
+    if f == 'req' then c[1] = v
+    elseif f == 'in' then c[2] = v
+    elseif f == 'out' then c[3] = v
+    else
+      local kind, id = string.sub(f, 1, 1), string.sub(f, 3)
+      if live[id] then
+        if kind == 'q' then c[4] = c[4] + v
+        elseif kind == 'i' then c[5] = c[5] + v
+        elseif kind == 'o' then c[6] = c[6] + v end
+      else
+        dead[#dead + 1] = f
+      end
+    end
+  end
+  if clean and #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
+  return c
+end
+local function inflight(key, live, clean)
+  local h = redis.call('HGETALL', key)
+  local n, dead = 0, {}
+  for i = 1, #h, 2 do
+    if live[h[i]] then n = n + tonumber(h[i + 1]) else dead[#dead + 1] = h[i] end
+  end
+  if clean and #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
+  return n
+end
+`
+
 // reserveScript checks and holds an estimate in every key, or in none.
 //
-//	KEYS:  one per distinct budget window
-//	ARGV:  est req, est in, est out,
-//	       one ttl (ms) per key,
-//	       then per enforcing limit: key index (1-based), cap tokens, cap in,
-//	       cap out, cap req (-1 = uncapped)
-//	reply: {1 if reserved else 0, then per key its state before the
-//	       reservation: req, in, out, rreq, rin, rout}
+//	KEYS:  one per distinct budget window, then the in-flight hash if
+//	       ARGV[9] is 1, then the leases hash and the seeded marker
+//	ARGV:  replica id, now (ms), lease (ms), output step,
+//	       est req, est in, est out, number of windows,
+//	       1 if a concurrency limit applies, its limit, 1 if it is dry-run,
+//	       one ttl (ms) per window,
+//	       then per enforcing limit: window index (1-based), cap tokens,
+//	       cap in, cap out, cap req (-1 = uncapped)
+//	reply: {-1} when unseeded; else {1 if reserved else 0, granted output,
+//	       requests in flight before, then per window its state before the
+//	       reservation: req, in, out, held req, held in, held out}
 //
-// room is the same rule as the Go function room; Go derives the Decision's
-// details from the returned state with that function.
-var reserveScript = redis.NewScript(`
-local function room(cap, held, est)
-  if cap < 0 then return true end
-  if held == 0 and cap > 0 then return true end
-  return held < cap and held + est <= cap
-end
-local ereq, ein, eout = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local n = #KEYS - 1
-if redis.call('EXISTS', KEYS[n + 1]) == 0 then return {-1} end
+// The rule is the Go one in plan.go (rooms and fit, enforcing limits only);
+// Go derives the Decision's details from the returned state.
+var reserveScript = redis.NewScript(liveLua + `
+local id, now, lease, step = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local est = {tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])}
+local n, hasConc = tonumber(ARGV[8]), ARGV[9] == '1'
+local concLimit, concDry = tonumber(ARGV[10]), ARGV[11] == '1'
+local leasesKey, marker = KEYS[#KEYS - 1], KEYS[#KEYS]
+if redis.call('EXISTS', marker) == 0 then return {-1} end
+local live = loadLive(leasesKey, now)
+live[id] = true
+redis.call('HSET', leasesKey, id, now + lease)
 local state = {}
-for i = 1, n do
-  local v = redis.call('HMGET', KEYS[i], 'req', 'in', 'out', 'rreq', 'rin', 'rout')
-  for j = 1, 6 do v[j] = tonumber(v[j]) or 0 end
-  state[i] = v
+for i = 1, n do state[i] = counts(KEYS[i], live, true) end
+local running = 0
+if hasConc then running = inflight(KEYS[n + 1], live, true) end
+
+local function fits(c, held, e)
+  if c < 0 or (held < c and held + e <= c) then return math.huge end
+  return -1
 end
-local ok = 1
-for a = 3 + n, #ARGV - 5, 5 do
-  local s = state[tonumber(ARGV[a + 1])]
+local minRoom = math.huge
+for a = 12 + n, #ARGV - 4, 5 do
+  local s = state[tonumber(ARGV[a])]
   local hreq, hin, hout = s[1] + s[4], s[2] + s[5], s[3] + s[6]
-  if not (room(tonumber(ARGV[a + 2]), hin + hout, ein + eout)
-      and room(tonumber(ARGV[a + 3]), hin, ein)
-      and room(tonumber(ARGV[a + 4]), hout, eout)
-      and room(tonumber(ARGV[a + 5]), hreq, ereq)) then
+  local ctok, cin, cout, creq = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local r = math.min(fits(cin, hin, est[2]), fits(creq, hreq, est[1]))
+  if ctok >= 0 then
+    if hin + hout < ctok then r = math.min(r, ctok - hin - hout - est[2]) else r = -1 end
+  end
+  if cout >= 0 then
+    if hout < cout then r = math.min(r, cout - hout) else r = -1 end
+  end
+  if r < minRoom then minRoom = r end
+end
+local ok, grant = 1, est[3]
+if minRoom < est[3] then
+  if step <= 0 or minRoom < 0 then
     ok = 0
-    break
+  else
+    grant = math.floor(minRoom / step) * step
+    if grant < step then ok = 0 end
   end
 end
+if ok == 1 and hasConc and not concDry and running >= concLimit then ok = 0 end
 if ok == 1 then
   for i = 1, n do
-    redis.call('HINCRBY', KEYS[i], 'rreq', ereq)
-    redis.call('HINCRBY', KEYS[i], 'rin', ein)
-    redis.call('HINCRBY', KEYS[i], 'rout', eout)
-    redis.call('PEXPIRE', KEYS[i], ARGV[3 + i])
+    if est[1] ~= 0 then redis.call('HINCRBY', KEYS[i], 'q:' .. id, est[1]) end
+    if est[2] ~= 0 then redis.call('HINCRBY', KEYS[i], 'i:' .. id, est[2]) end
+    if grant ~= 0 then redis.call('HINCRBY', KEYS[i], 'o:' .. id, grant) end
+    redis.call('PEXPIRE', KEYS[i], ARGV[11 + i])
   end
+  if hasConc then
+    redis.call('HINCRBY', KEYS[n + 1], id, 1)
+    redis.call('PEXPIRE', KEYS[n + 1], ` + strconv.FormatInt(inflightTTL.Milliseconds(), 10) + `)
+  end
+else
+  grant = 0
 end
-local reply = {ok}
+local reply = {ok, grant, running}
 for i = 1, n do
   for j = 1, 6 do reply[#reply + 1] = state[i][j] end
 end
 return reply
 `)
 
-// settleScript releases a reservation and charges the actual usage.
+// settleScript releases this replica's hold and charges the actual usage,
+// both in the windows the reservation was made in.
 //
-//	KEYS:  one per distinct budget window current now
-//	ARGV:  held req, in, out, actual req, in, out,
-//	       then per key: ttl (ms), 1 if the reservation was made in this
-//	       window else 0
+//	KEYS:  one per distinct budget window of the reservation, then the
+//	       in-flight hash if ARGV[8] is 1
+//	ARGV:  replica id, held req, in, out, actual req, in, out,
+//	       1 if an in-flight slot is held, then per window: ttl (ms)
 //
-// A key that no longer exists (expired, or Redis restarted) has nothing to
-// release, and must not be recreated without its expiry.
+// A window key that no longer exists (expired, or Redis restarted) has
+// nothing to release; an actual charge recreates it with its expiry.
 var settleScript = redis.NewScript(`
-local held = {tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])}
-local actual = {tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])}
-local rf = {'rreq', 'rin', 'rout'}
+local id = ARGV[1]
+local held = {tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])}
+local actual = {tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])}
+local hasConc = ARGV[8] == '1'
+local nwin = #KEYS
+if hasConc then nwin = nwin - 1 end
+local hf = {'q:' .. id, 'i:' .. id, 'o:' .. id}
 local uf = {'req', 'in', 'out'}
 local charge = actual[1] ~= 0 or actual[2] ~= 0 or actual[3] ~= 0
-for i = 1, #KEYS do
-  local a = 7 + (i - 1) * 2
-  if ARGV[a + 1] == '1' and redis.call('EXISTS', KEYS[i]) == 1 then
-    local v = redis.call('HMGET', KEYS[i], 'rreq', 'rin', 'rout')
-    for j = 1, 3 do
-      local cur = tonumber(v[j]) or 0
-      local d = math.min(cur, held[j])
-      if d > 0 then redis.call('HINCRBY', KEYS[i], rf[j], -d) end
-    end
-  end
+local function release(key, field, d)
+  if d <= 0 then return end
+  local cur = tonumber(redis.call('HGET', key, field) or '0')
+  if cur <= d then redis.call('HDEL', key, field) else redis.call('HINCRBY', key, field, -d) end
+end
+for i = 1, nwin do
+  for j = 1, 3 do release(KEYS[i], hf[j], held[j]) end
   if charge then
     for j = 1, 3 do
       if actual[j] ~= 0 then redis.call('HINCRBY', KEYS[i], uf[j], actual[j]) end
     end
-    redis.call('PEXPIRE', KEYS[i], ARGV[a])
+    redis.call('PEXPIRE', KEYS[i], ARGV[8 + i])
   end
 end
+if hasConc then release(KEYS[#KEYS], id, 1) end
 return 1
+`)
+
+// statusScript reads windows without changing them.
+//
+//	KEYS:  one per window, then the leases hash
+//	ARGV:  now (ms), replica id (whose holds count whatever its lease)
+//	reply: per window req, in, out, held req, held in, held out
+var statusScript = redis.NewScript(liveLua + `
+local live = loadLive(KEYS[#KEYS], tonumber(ARGV[1]))
+live[ARGV[2]] = true
+local reply = {}
+for i = 1, #KEYS - 1 do
+  local c = counts(KEYS[i], live, false)
+  for j = 1, 6 do reply[#reply + 1] = c[j] end
+end
+return reply
 `)
 
 // seedScript raises each used field of one key to at least the given value.
@@ -188,60 +326,99 @@ if wrote then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
 return 1
 `)
 
-// Reserve implements [Counter]. See room for the admission rule.
+// renewScript renews this replica's lease and forgets leases that expired
+// long ago (their holds are dropped by the next Reserve either way).
+//
+//	KEYS: the leases hash
+//	ARGV: replica id, now (ms), lease (ms)
+var renewScript = redis.NewScript(`
+local now, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], now + lease)
+local lv = redis.call('HGETALL', KEYS[1])
+for i = 1, #lv, 2 do
+  if tonumber(lv[i + 1]) < now - 100 * lease then redis.call('HDEL', KEYS[1], lv[i]) end
+end
+return 1
+`)
+
+// Reserve implements [Counter]. See the admission rule in plan.go.
 func (r *Redis) Reserve(ctx context.Context, req Request) (*Reservation, Decision, error) {
 	now := r.now()
 	p, err := newPlan(req.Budgets, now)
 	if err != nil {
 		return nil, Decision{}, err
 	}
-	est := nonNegative(req.Estimate)
-	state := make([]counts, len(p.slots))
-	ok := true
-	if len(p.slots) > 0 {
-		keys := make([]string, len(p.slots), len(p.slots)+1)
-		args := make([]any, 0, 3+len(p.slots)+5*len(p.checks))
-		args = append(args, est.Requests, est.InputTokens, est.OutputTokens)
-		for i, s := range p.slots {
-			keys[i] = r.key(s)
-			args = append(args, ttl(s, now))
+	req.Estimate = nonNegative(req.Estimate)
+	est := req.Estimate
+	n := len(p.slots)
+	keys := make([]string, 0, n+3)
+	args := make([]any, 0, 11+n+5*len(p.checks))
+	args = append(args, r.replica, now.UnixMilli(), r.lease.Milliseconds(), max(req.OutputStep, 0),
+		est.Requests, est.InputTokens, est.OutputTokens, n)
+	for _, s := range p.slots {
+		keys = append(keys, r.key(s))
+	}
+	if c := req.Concurrency; c != nil {
+		keys = append(keys, r.inflightKey(c.Key))
+		args = append(args, 1, c.Limit, boolArg(c.DryRun))
+	} else {
+		args = append(args, 0, -1, 0)
+	}
+	for _, s := range p.slots {
+		args = append(args, ttl(s, now))
+	}
+	for _, c := range p.checks {
+		if c.dryRun {
+			continue
 		}
-		for _, c := range p.checks {
-			if c.dryRun {
-				continue
-			}
-			l := c.limit
-			args = append(args, c.slot+1, capArg(l.Tokens), capArg(l.InputTokens), capArg(l.OutputTokens), capArg(l.Requests))
-		}
-		reply, err := reserveScript.Run(ctx, r.client, append(keys, r.marker()), args...).Int64Slice()
-		if err != nil {
-			return nil, Decision{}, fmt.Errorf("quota: reserve in redis: %w", err)
-		}
-		if len(reply) == 1 && reply[0] == -1 {
-			return nil, Decision{}, ErrUnseeded
-		}
-		if len(reply) != 1+6*len(p.slots) {
-			return nil, Decision{}, fmt.Errorf("quota: reserve in redis: reply has %d values, want %d", len(reply), 1+6*len(p.slots))
-		}
-		ok = reply[0] == 1
-		for i := range state {
-			v := reply[1+6*i:]
-			state[i] = counts{used: Amount{v[0], v[1], v[2]}, reserved: Amount{v[3], v[4], v[5]}}
-		}
+		l := c.limit
+		args = append(args, c.slot+1, capArg(l.Tokens), capArg(l.InputTokens), capArg(l.OutputTokens), capArg(l.Requests))
+	}
+	keys = append(keys, r.leases(), r.marker())
+	reply, err := reserveScript.Run(ctx, r.client, keys, args...).Int64Slice()
+	if err != nil {
+		return nil, Decision{}, fmt.Errorf("quota: reserve in redis: %w", err)
+	}
+	if len(reply) == 1 && reply[0] == -1 {
+		return nil, Decision{}, ErrUnseeded
+	}
+	if len(reply) != 3+6*n {
+		return nil, Decision{}, fmt.Errorf("quota: reserve in redis: reply has %d values, want %d", len(reply), 3+6*n)
+	}
+	state := make([]counts, n)
+	for i := range state {
+		v := reply[3+6*i:]
+		state[i] = counts{used: Amount{v[0], v[1], v[2]}, reserved: Amount{v[3], v[4], v[5]}}
 	}
 	// The script decided; the same rule over the same state names why.
-	_, ex := p.decide(state, est)
-	d := Decision{Allowed: ok, Exceeded: ex}
-	if !ok {
+	v := p.decide(state, req, reply[2])
+	d := Decision{Allowed: reply[0] == 1, Exceeded: v.exceeded, WouldGrant: v.wouldGrant}
+	if !d.Allowed {
+		d.WouldGrant = Amount{}
+		if d.Exceeded == nil || d.Exceeded.DryRun {
+			// A race the Go rule cannot see (none is known): say so rather than blame a dry-run limit.
+			d.Exceeded = nil
+		}
 		d.Windows = p.windows(state)
 		return nil, d, nil
 	}
+	d.Granted = Amount{est.Requests, est.InputTokens, reply[1]}
 	for i := range state {
-		state[i].reserved = state[i].reserved.Add(est)
+		state[i].reserved = state[i].reserved.Add(d.Granted)
 	}
 	d.Windows = p.windows(state)
-	res := &Reservation{Budgets: slices.Clone(req.Budgets), Amount: est, At: now, ID: r.ids.Add(1)}
+	res := &Reservation{Budgets: slices.Clone(req.Budgets), Amount: d.Granted, At: now, ID: r.ids.Add(1)}
+	if c := req.Concurrency; c != nil {
+		res.concurrency = c.Key
+	}
 	return res, d, nil
+}
+
+func boolArg(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Settle implements [Counter].
@@ -250,25 +427,25 @@ func (r *Redis) Settle(ctx context.Context, res *Reservation, actual Amount) err
 		return errNilReservation
 	}
 	now := r.now()
-	p, err := newPlan(res.Budgets, now)
+	p, err := newPlan(res.Budgets, res.At)
 	if err != nil {
 		return err
 	}
-	if len(p.slots) == 0 {
+	if len(p.slots) == 0 && res.concurrency == "" {
 		return nil
 	}
 	held := nonNegative(res.Amount)
 	actual = nonNegative(actual)
-	keys := make([]string, len(p.slots))
-	args := make([]any, 0, 6+2*len(p.slots))
-	args = append(args, held.Requests, held.InputTokens, held.OutputTokens, actual.Requests, actual.InputTokens, actual.OutputTokens)
-	for i, s := range p.slots {
-		keys[i] = r.key(s)
-		release := 0
-		if s.current(res.At) {
-			release = 1
-		}
-		args = append(args, ttl(s, now), release)
+	keys := make([]string, 0, len(p.slots)+1)
+	args := make([]any, 0, 8+len(p.slots))
+	args = append(args, r.replica, held.Requests, held.InputTokens, held.OutputTokens, actual.Requests, actual.InputTokens, actual.OutputTokens,
+		boolArg(res.concurrency != ""))
+	for _, s := range p.slots {
+		keys = append(keys, r.key(s))
+		args = append(args, ttl(s, now))
+	}
+	if res.concurrency != "" {
+		keys = append(keys, r.inflightKey(res.concurrency))
 	}
 	if err := settleScript.Run(ctx, r.client, keys, args...).Err(); err != nil {
 		return fmt.Errorf("quota: settle in redis: %w", err)
@@ -276,35 +453,28 @@ func (r *Redis) Settle(ctx context.Context, res *Reservation, actual Amount) err
 	return nil
 }
 
-// Status implements [Counter] with one pipelined HMGET per window.
+// Status implements [Counter].
 func (r *Redis) Status(ctx context.Context, b Budget) ([]WindowStatus, error) {
-	p, err := newPlan([]Budget{b}, r.now())
+	now := r.now()
+	p, err := newPlan([]Budget{b}, now)
 	if err != nil {
 		return nil, err
 	}
 	state := make([]counts, len(p.slots))
 	if len(p.slots) > 0 {
-		cmds := make([]*redis.SliceCmd, len(p.slots))
-		_, err := r.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			for i, s := range p.slots {
-				cmds[i] = pipe.HMGet(ctx, r.key(s), "req", "in", "out", "rreq", "rin", "rout")
-			}
-			return nil
-		})
+		keys := make([]string, 0, len(p.slots)+1)
+		for _, s := range p.slots {
+			keys = append(keys, r.key(s))
+		}
+		reply, err := statusScript.Run(ctx, r.client, append(keys, r.leases()), now.UnixMilli(), r.replica).Int64Slice()
 		if err != nil {
 			return nil, fmt.Errorf("quota: status from redis: %w", err)
 		}
-		for i, cmd := range cmds {
-			var v [6]int64
-			for j, f := range cmd.Val() {
-				if f == nil {
-					continue
-				}
-				s, _ := f.(string)
-				if v[j], err = strconv.ParseInt(s, 10, 64); err != nil {
-					return nil, fmt.Errorf("quota: status from redis: key %s: field %d is %q", r.key(p.slots[i]), j, s)
-				}
-			}
+		if len(reply) != 6*len(p.slots) {
+			return nil, fmt.Errorf("quota: status from redis: reply has %d values, want %d", len(reply), 6*len(p.slots))
+		}
+		for i := range state {
+			v := reply[6*i:]
 			state[i] = counts{used: Amount{v[0], v[1], v[2]}, reserved: Amount{v[3], v[4], v[5]}}
 		}
 	}
@@ -326,4 +496,29 @@ func (r *Redis) Seed(ctx context.Context, budget string, w llmv1alpha1.Window, s
 		return fmt.Errorf("quota: seed in redis: %w", err)
 	}
 	return nil
+}
+
+// Renew renews this replica's lease now.
+func (r *Redis) Renew(ctx context.Context) error {
+	if err := renewScript.Run(ctx, r.client, []string{r.leases()}, r.replica, r.now().UnixMilli(), r.lease.Milliseconds()).Err(); err != nil {
+		return fmt.Errorf("quota: renewing the lease in redis: %w", err)
+	}
+	return nil
+}
+
+// Start renews the lease every Lease/3 until ctx is done, so that the holds
+// of long requests outlive the lease while this replica is alive. It is a
+// controller-runtime Runnable; a failed renewal is retried at the next tick
+// (the next Reserve renews it too).
+func (r *Redis) Start(ctx context.Context) error {
+	t := time.NewTicker(r.lease / 3)
+	defer t.Stop()
+	for {
+		_ = r.Renew(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
 }

@@ -26,7 +26,7 @@ func TestRedis(t *testing.T) {
 	// Each subtest gets its own prefix, so one server serves them all.
 	var n atomic.Int64
 	testCounter(t, func(now func() time.Time) Counter {
-		return seeded(t, NewRedis(client, fmt.Sprintf("test%d:", n.Add(1)), now))
+		return seeded(t, NewRedis(client, RedisOptions{Prefix: fmt.Sprintf("test%d:", n.Add(1)), Now: now}))
 	})
 }
 
@@ -37,8 +37,8 @@ func TestRedisKeys(t *testing.T) {
 	addr, _ := redisserver.Start(t)
 	client := newRedisClient(t, addr)
 	clock := newFakeClock(t0)
-	c := seeded(t, NewRedis(client, "llm:", clock.Now))
-	b := Budget{Key: UserKey("team", "alice"), Limits: []Limit{{Window: minute, Tokens: ptr(100)}, {Window: day, Requests: ptr(1)}}}
+	c := seeded(t, NewRedis(client, RedisOptions{Prefix: "llm:", Now: clock.Now}))
+	b := UserBudget("team", "alice", "uid-alice", []Limit{{Window: minute, Tokens: ptr(100)}, {Window: day, Requests: ptr(1)}}, false)
 
 	charge(t, c, []Budget{b}, Amount{1, 10, 10})
 	// Refused: must write nothing.
@@ -50,14 +50,14 @@ func TestRedisKeys(t *testing.T) {
 		key string
 		ttl time.Duration
 	}{
-		{"llm:user/team/alice:Minute:" + fmt.Sprint(utc("2027-03-10T12:30:00Z").Unix()), 45*time.Second + time.Hour},
-		{"llm:user/team/alice:Day:" + fmt.Sprint(utc("2027-03-10T00:00:00Z").Unix()), 11*time.Hour + 29*time.Minute + 45*time.Second + time.Hour},
+		{"llm:user/team/alice/uid-alice:Minute:" + fmt.Sprint(utc("2027-03-10T12:30:00Z").Unix()), 45*time.Second + time.Hour},
+		{"llm:user/team/alice/uid-alice:Day:" + fmt.Sprint(utc("2027-03-10T00:00:00Z").Unix()), 11*time.Hour + 29*time.Minute + 45*time.Second + time.Hour},
 	} {
 		got, err := client.HGetAll(ctx, k.key).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := map[string]string{"req": "1", "in": "10", "out": "10", "rreq": "0", "rin": "0", "rout": "0"}
+		want := map[string]string{"req": "1", "in": "10", "out": "10"}
 		if fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("%s = %v, want %v", k.key, got, want)
 		}
@@ -70,13 +70,13 @@ func TestRedisKeys(t *testing.T) {
 			t.Errorf("%s expires in %s, want %s", k.key, ttl, k.ttl)
 		}
 	}
-	if n, err := client.DBSize(ctx).Result(); err != nil || n != 3 {
-		t.Errorf("DBSize = %d, %v; want the 2 window keys and the seeded marker", n, err)
+	if n, err := client.DBSize(ctx).Result(); err != nil || n != 4 {
+		t.Errorf("DBSize = %d, %v; want the 2 window keys, the leases and the seeded marker", n, err)
 	}
 
 	// A reservation whose keys are gone (expired, or Redis restarted) is
 	// released without recreating them, since they would have no expiry.
-	r := admit(t, c, []Budget{{Key: UserKey("team", "bob"), Limits: b.Limits}}, Amount{1, 1, 1})
+	r := admit(t, c, []Budget{UserBudget("team", "bob", "uid-bob", b.Limits, false)}, Amount{1, 1, 1})
 	if err := client.FlushDB(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -94,14 +94,14 @@ func TestRedisMatchesMemory(t *testing.T) {
 	addr, _ := redisserver.Start(t)
 	clock := newFakeClock(t0)
 	mem := NewMemory(clock.Now)
-	red := seeded(t, NewRedis(newRedisClient(t, addr), "diff:", clock.Now))
+	red := seeded(t, NewRedis(newRedisClient(t, addr), RedisOptions{Prefix: "diff:", Now: clock.Now}))
 
 	budgets := []Budget{
-		{Key: UserKey("team", "alice"), Limits: []Limit{{Window: minute, Tokens: ptr(300), Requests: ptr(4)}, {Window: hour, InputTokens: ptr(1000)}}},
-		{Key: UserKey("team", "bob"), Limits: []Limit{{Window: minute, OutputTokens: ptr(100)}, {Window: day, Tokens: ptr(3000)}}},
-		{Key: PoolKey("team", "shared"), Limits: []Limit{{Window: hour, Tokens: ptr(2000), Requests: ptr(30)}}},
-		{Key: PoolKey("team", "shadow"), Limits: []Limit{{Window: minute, Tokens: ptr(150)}}, DryRun: true},
-		{Key: UserKey("team", "zero"), Limits: []Limit{{Window: hour, OutputTokens: ptr(0)}}},
+		UserBudget("team", "alice", "uid-alice", []Limit{{Window: minute, Tokens: ptr(300), Requests: ptr(4)}, {Window: hour, InputTokens: ptr(1000)}}, false),
+		UserBudget("team", "bob", "uid-bob", []Limit{{Window: minute, OutputTokens: ptr(100)}, {Window: day, Tokens: ptr(3000)}}, false),
+		PoolBudget("team", "shared", "uid-shared", []Limit{{Window: hour, Tokens: ptr(2000), Requests: ptr(30)}}, false),
+		PoolBudget("team", "shadow", "uid-shadow", []Limit{{Window: minute, Tokens: ptr(150)}}, true),
+		UserBudget("team", "zero", "uid-zero", []Limit{{Window: hour, OutputTokens: ptr(0)}}, false),
 	}
 	rng := rand.New(rand.NewPCG(3, 4))
 	amount := func(n int64) Amount { return Amount{rng.Int64N(2), rng.Int64N(n), rng.Int64N(n)} }
@@ -115,6 +115,10 @@ func TestRedisMatchesMemory(t *testing.T) {
 				req.Budgets = append(req.Budgets, budgets[b])
 			}
 			req.Estimate = amount(120)
+			req.OutputStep = rng.Int64N(4)
+			if rng.IntN(3) == 0 {
+				req.Concurrency = &Concurrency{Key: req.Budgets[0].Key, Limit: rng.Int64N(4), DryRun: rng.IntN(4) == 0}
+			}
 			rm, dm, err := mem.Reserve(ctx, req)
 			if err != nil {
 				t.Fatal(err)
@@ -123,8 +127,9 @@ func TestRedisMatchesMemory(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if dm.Allowed != dr.Allowed || !sameExceeded(dm.Exceeded, dr.Exceeded) {
-				t.Fatalf("op %d: memory %v %+v, redis %v %+v", i, dm.Allowed, dm.Exceeded, dr.Allowed, dr.Exceeded)
+			if dm.Allowed != dr.Allowed || !sameExceeded(dm.Exceeded, dr.Exceeded) || dm.Granted != dr.Granted || dm.WouldGrant != dr.WouldGrant {
+				t.Fatalf("op %d: memory %v %+v granted %+v would %+v, redis %v %+v granted %+v would %+v", i,
+					dm.Allowed, dm.Exceeded, dm.Granted, dm.WouldGrant, dr.Allowed, dr.Exceeded, dr.Granted, dr.WouldGrant)
 			}
 			checkWindows(t, fmt.Sprintf("op %d redis vs memory", i), dr.Windows, dm.Windows...)
 			if rm != nil {
@@ -159,6 +164,76 @@ func TestRedisMatchesMemory(t *testing.T) {
 	}
 }
 
+// TestRedisLeases checks that the holds of a replica that stopped renewing
+// its lease (it crashed) are dropped once the lease has expired, while a live
+// replica's holds stay as long as it renews.
+func TestRedisLeases(t *testing.T) {
+	ctx := context.Background()
+	addr, _ := redisserver.Start(t)
+	client := newRedisClient(t, addr)
+	clock := newFakeClock(t0)
+	opts := func(id string) RedisOptions {
+		return RedisOptions{Prefix: "lease:", Now: clock.Now, Lease: 30 * time.Second, ReplicaID: id}
+	}
+	crashed := seeded(t, NewRedis(client, opts("crashed")))
+	alive := NewRedis(client, opts("alive"))
+	b := UserBudget("team", "alice", "uid-alice", []Limit{{Window: day, Tokens: ptr(1000)}}, false)
+	conc := &Concurrency{Key: b.Key, Limit: 2}
+	hold := func(c *Redis, est Amount) *Reservation {
+		t.Helper()
+		r, d, err := c.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: est, Concurrency: conc})
+		if err != nil || !d.Allowed {
+			t.Fatalf("Reserve(%+v): %v %+v", est, err, d.Exceeded)
+		}
+		return r
+	}
+	hold(crashed, Amount{1, 300, 300})
+	long := hold(alive, Amount{1, 100, 100})
+
+	// Within the lease both replicas' holds count: 800 held, 2 in flight.
+	clock.Step(29 * time.Second)
+	if err := alive.Renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, d, err := alive.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: Amount{1, 100, 101}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkExceeded(t, d.Exceeded, &Exceeded{Budget: b.Key, Window: day, Resource: ResourceTokens, Limit: 1000, Used: 800, ResetAt: WindowEnd(day, t0)})
+	if _, d, _ := alive.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: Amount{1, 1, 1}, Concurrency: conc}); d.Allowed {
+		t.Fatal("a third request in flight was admitted")
+	}
+
+	// The crashed replica never renews; the live one does, so its hold of
+	// a long request stays while the crashed one's goes.
+	clock.Step(2 * time.Second)
+	if err := alive.Renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkWindows(t, "after the crashed replica's lease", status(t, alive, b), window(b, 0, clock.Now(), Amount{}, Amount{1, 100, 100}))
+	r := hold(alive, Amount{1, 600, 200})
+	key := "lease:" + b.Key + ":Day:" + fmt.Sprint(WindowStart(day, t0).Unix())
+	got, err := client.HGetAll(ctx, key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The crashed replica's fields were dropped by that Reserve.
+	want := map[string]string{"q:alive": "2", "i:alive": "700", "o:alive": "300"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("%s = %v, want %v", key, got, want)
+	}
+	settle(t, alive, r, Amount{1, 600, 150})
+	settle(t, alive, long, Amount{1, 100, 90})
+	checkWindows(t, "settled", status(t, alive, b), window(b, 0, clock.Now(), Amount{2, 700, 240}, Amount{}))
+	got, _ = client.HGetAll(ctx, key).Result()
+	if want := map[string]string{"req": "2", "in": "700", "out": "240"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("%s = %v after settling, want %v", key, got, want)
+	}
+	if n, _ := client.HLen(ctx, "lease:inflight:"+b.Key).Result(); n != 0 {
+		t.Errorf("in-flight hash has %d fields after every request settled, want 0", n)
+	}
+}
+
 // TestRedisUnavailable checks that an outage is an error, not a decision,
 // and that the counter works again, empty, once Redis is back.
 func TestRedisUnavailable(t *testing.T) {
@@ -166,8 +241,8 @@ func TestRedisUnavailable(t *testing.T) {
 	srv := redisserver.New(t)
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1, DialTimeout: time.Second})
 	t.Cleanup(func() { _ = client.Close() })
-	c := seeded(t, NewRedis(client, "llm:", newFakeClock(t0).Now))
-	b := Budget{Key: UserKey("team", "alice"), Limits: []Limit{{Window: hour, Tokens: ptr(100)}}}
+	c := seeded(t, NewRedis(client, RedisOptions{Prefix: "llm:", Now: newFakeClock(t0).Now}))
+	b := UserBudget("team", "alice", "uid-alice", []Limit{{Window: hour, Tokens: ptr(100)}}, false)
 	r := admit(t, c, []Budget{b}, Amount{1, 10, 10})
 
 	srv.Stop()
@@ -199,7 +274,7 @@ func TestRedisUnavailable(t *testing.T) {
 
 func BenchmarkRedisReserveSettle(b *testing.B) {
 	addr, _ := redisserver.Start(b)
-	benchReserveSettle(b, seeded(b, NewRedis(newRedisClient(b, addr), "bench:", time.Now)))
+	benchReserveSettle(b, seeded(b, NewRedis(newRedisClient(b, addr), RedisOptions{Prefix: "bench:"})))
 }
 
 func seeded(t testing.TB, r *Redis) *Redis {

@@ -159,19 +159,19 @@ func TestChargeBuckets(t *testing.T) {
 	r := New(nil, Options{Now: clock.Now})
 	a := quota.Amount{Requests: 1, InputTokens: 7, OutputTokens: 3}
 
-	r.Charge(Charge{Namespace: "ns", User: "u", Quota: "q", Amount: quota.Amount{}})
+	r.Charge(quota.Charge{Namespace: "ns", User: "u", Quota: "q", Amount: quota.Amount{}})
 	if n := r.Pending(); n != 0 {
 		t.Fatalf("a zero charge left %d pending objects", n)
 	}
-	r.Charge(Charge{Namespace: "ns", User: "u", Quota: "q", Amount: a}) // At zero: the clock
-	r.Charge(Charge{Namespace: "ns", User: "u", Quota: "q", Amount: a, At: t0.Add(50 * time.Second)})
-	r.Charge(Charge{Namespace: "ns", User: "u", Quota: "q", Amount: a, At: t0.Add(61 * time.Second)})
-	r.Charge(Charge{Namespace: "ns", User: "u", Quota: "q", Amount: a, At: t0.Add(5 * time.Second)}) // out of order
-	r.Charge(Charge{Namespace: "ns", User: "v", Quota: "q", Shared: true, Amount: a, At: t0})
+	r.Charge(quota.Charge{Namespace: "ns", User: "u", Quota: "q", Amount: a}) // At zero: the clock
+	r.Charge(quota.Charge{Namespace: "ns", User: "u", Quota: "q", Amount: a, At: t0.Add(50 * time.Second)})
+	r.Charge(quota.Charge{Namespace: "ns", User: "u", Quota: "q", Amount: a, At: t0.Add(61 * time.Second)})
+	r.Charge(quota.Charge{Namespace: "ns", User: "u", Quota: "q", Amount: a, At: t0.Add(5 * time.Second)}) // out of order
+	r.Charge(quota.Charge{Namespace: "ns", User: "v", Quota: "q", Pool: true, Amount: a, At: t0})
 	if n := r.Pending(); n != 3 {
 		t.Errorf("Pending() = %d, want 3 (u, v and the pool q)", n)
 	}
-	d := r.pending[objKey{kindUser, "ns", "u"}]
+	d := r.pending[objKey{kindUser, "ns", "u", ""}]
 	if len(d.buckets) != 2 {
 		t.Fatalf("u has %d buckets, want 2 (10:00 and 10:01): %+v", len(d.buckets), d.buckets)
 	}
@@ -184,7 +184,7 @@ func TestChargeBuckets(t *testing.T) {
 	if !d.last.Equal(t0.Add(61 * time.Second)) {
 		t.Errorf("u last = %v, want 10:01:01", d.last)
 	}
-	if d := r.pending[objKey{kindQuota, "ns", "q"}]; d == nil || d.total() != a {
+	if d := r.pending[objKey{kindQuota, "ns", "q", ""}]; d == nil || d.total() != a {
 		t.Errorf("pool q delta = %+v, want %+v", d, a)
 	}
 }

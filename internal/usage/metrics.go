@@ -9,6 +9,9 @@ const (
 	resultError    = "error"
 	// resultDropped counts objects deleted before their usage was written.
 	resultDropped = "dropped"
+	// resultOrphaned counts objects deleted and created again under the
+	// same name before their usage was written: it belonged to the old one.
+	resultOrphaned = "orphaned"
 )
 
 // recorderMetrics are the Recorder's own metrics. Their labels are fixed
@@ -22,7 +25,7 @@ func newRecorderMetrics(reg prometheus.Registerer, pending func() int) *recorder
 	m := &recorderMetrics{
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llm_proxy_status_writes_total",
-			Help: "Usage write-backs to status, by object kind and result (success, conflict, error, dropped: the object was deleted).",
+			Help: "Usage write-backs to status, by object kind and result (success, conflict, error, dropped: the object was deleted, orphaned: it was deleted and created again, and the usage of the deleted one went nowhere).",
 		}, []string{"kind", "result"}),
 	}
 	if reg != nil {

@@ -6,9 +6,9 @@
 // the other way: it restores a [quota.Counter] from what status recorded, so
 // a restarted replica still enforces the budget already spent.
 //
-// The package does not import internal/proxy (nor does the proxy import it):
-// [Charge] has exactly the fields of proxy.Charge, so the wiring adapts one to
-// the other with a plain conversion, usage.Charge(c).
+// Usage follows objects by uid: a charge names the uid of the LLMUser (and
+// LLMQuota) it belongs to, and is written to nobody's status when that
+// object was deleted, even if another took its name.
 package usage
 
 import (
@@ -25,21 +25,6 @@ import (
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 )
-
-// Charge is what one request cost one user. It has the fields of
-// proxy.Charge, in the same order, so that usage.Charge(c) converts one.
-type Charge struct {
-	Namespace, User, Quota string
-	// Shared is true when the charge also went to the quota's shared pool;
-	// the amount is then added to the LLMQuota's status as well.
-	Shared bool
-	// Model is not recorded in status; it is kept for parity with the proxy.
-	Model  string
-	Amount quota.Amount
-	// At is when the request was charged (zero means now). It decides which
-	// windows the amount belongs to.
-	At time.Time
-}
 
 // Options configures [New]. Zero fields take defaults.
 type Options struct {
@@ -160,10 +145,11 @@ func (k kind) String() string {
 	return "LLMUser"
 }
 
-// objKey names one object with pending usage.
+// objKey names one object with pending usage, by uid: a delta is written
+// only to the object it was charged to.
 type objKey struct {
-	kind            kind
-	namespace, name string
+	kind                 kind
+	namespace, name, uid string
 }
 
 func (k objKey) namespacedName() types.NamespacedName {
@@ -267,7 +253,7 @@ func (d *delta) in(w llmv1alpha1.Window, start time.Time) quota.Amount {
 // Charge records c for the next flush. It never blocks on the API server: it
 // takes one mutex for a map update. Zero amounts, and charges to no user, are
 // ignored.
-func (r *Recorder) Charge(c Charge) {
+func (r *Recorder) Charge(c quota.Charge) {
 	if c.Amount.IsZero() || c.User == "" {
 		return
 	}
@@ -279,9 +265,9 @@ func (r *Recorder) Charge(c Charge) {
 	minute := at.Truncate(time.Minute)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.addLocked(objKey{kindUser, c.Namespace, c.User}, minute, at, c.Amount, c.Shared)
-	if c.Shared && c.Quota != "" {
-		r.addLocked(objKey{kindQuota, c.Namespace, c.Quota}, minute, at, c.Amount, true)
+	r.addLocked(objKey{kindUser, c.Namespace, c.User, c.UserUID}, minute, at, c.Amount, c.Pool)
+	if c.Pool && c.Quota != "" {
+		r.addLocked(objKey{kindQuota, c.Namespace, c.Quota, c.QuotaUID}, minute, at, c.Amount, true)
 	}
 }
 

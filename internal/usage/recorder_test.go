@@ -38,7 +38,7 @@ func TestFlushWritesEachChargedObjectOnce(t *testing.T) {
 	r := New(c, Options{Now: clock.Now, Registerer: reg})
 
 	charge := func(user string, in, out int64) {
-		r.Charge(Charge{Namespace: ns, User: user, Quota: "team", Model: "m",
+		r.Charge(quota.Charge{Namespace: ns, User: user, Quota: "team", Model: "m",
 			Amount: quota.Amount{Requests: 1, InputTokens: in, OutputTokens: out}, At: clock.Now()})
 	}
 	charge("alice", 100, 10)
@@ -145,7 +145,7 @@ func TestWindowRollOver(t *testing.T) {
 	clock := newClock(t0.Add(10 * time.Second)) // 10:00:10
 	r := New(e.Client, Options{Now: clock.Now})
 	charge := func(at time.Time, in, out int64) {
-		r.Charge(Charge{Namespace: ns, User: "u", Quota: "q", Amount: quota.Amount{Requests: 1, InputTokens: in, OutputTokens: out}, At: at})
+		r.Charge(quota.Charge{Namespace: ns, User: "u", Quota: "q", Amount: quota.Amount{Requests: 1, InputTokens: in, OutputTokens: out}, At: at})
 	}
 	flushAt := func(at time.Time) *llmv1alpha1.LLMUser {
 		t.Helper()
@@ -213,7 +213,7 @@ func TestConflictRetriedOnce(t *testing.T) {
 	a := quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 5}
 	b := quota.Amount{Requests: 2, InputTokens: 100, OutputTokens: 50}
 
-	r.Charge(Charge{Namespace: ns, User: "u", Quota: "q", Amount: a, At: clock.Now()})
+	r.Charge(quota.Charge{Namespace: ns, User: "u", Quota: "q", Amount: a, At: clock.Now()})
 	if err := r.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +239,7 @@ func TestConflictRetriedOnce(t *testing.T) {
 	}
 	c.mu.Unlock()
 
-	r.Charge(Charge{Namespace: ns, User: "u", Quota: "q", Amount: b, At: clock.Now()})
+	r.Charge(quota.Charge{Namespace: ns, User: "u", Quota: "q", Amount: b, At: clock.Now()})
 	if err := r.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +274,7 @@ func TestAPIServerErrorsKeepUsage(t *testing.T) {
 	r := New(c, Options{Now: clock.Now})
 	a := quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 1}
 	charge := func(user string) {
-		r.Charge(Charge{Namespace: ns, User: user, Quota: "q", Amount: a, At: clock.Now()})
+		r.Charge(quota.Charge{Namespace: ns, User: user, Quota: "q", Amount: a, At: clock.Now()})
 	}
 
 	// The first 3 patches fail; the first failure also sees a request of
@@ -349,7 +349,7 @@ func TestSharedQuotaPoolsUsage(t *testing.T) {
 		user string
 		a    quota.Amount
 	}{{"x", ax}, {"x", ax}, {"y", ay}} {
-		r.Charge(Charge{Namespace: ns, User: ch.user, Quota: "pool", Shared: true, Amount: ch.a, At: clock.Now()})
+		r.Charge(quota.Charge{Namespace: ns, User: ch.user, Quota: "pool", Pool: true, Amount: ch.a, At: clock.Now()})
 	}
 	if n := r.Pending(); n != 3 {
 		t.Errorf("Pending() = %d, want 3 (x, y, pool)", n)
@@ -410,18 +410,22 @@ func TestSeedFromStatusRestoresBudgets(t *testing.T) {
 	now := time.Now().UTC()
 	clock := newClock(now)
 	r := New(e.Client, Options{Now: clock.Now})
-	r.Charge(Charge{Namespace: ns, User: "spent", Quota: "solo", Amount: quota.Amount{Requests: 3, InputTokens: 600, OutputTokens: 400}, At: now})
-	r.Charge(Charge{Namespace: ns, User: "fresh", Quota: "solo", Amount: quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 10}, At: now})
-	r.Charge(Charge{Namespace: ns, User: "m1", Quota: "pool", Shared: true, Amount: quota.Amount{Requests: 1, InputTokens: 1}, At: now})
-	r.Charge(Charge{Namespace: ns, User: "m2", Quota: "pool", Shared: true, Amount: quota.Amount{Requests: 1, InputTokens: 1}, At: now})
+	r.Charge(quota.Charge{Namespace: ns, User: "spent", Quota: "solo", Amount: quota.Amount{Requests: 3, InputTokens: 600, OutputTokens: 400}, At: now})
+	r.Charge(quota.Charge{Namespace: ns, User: "fresh", Quota: "solo", Amount: quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 10}, At: now})
+	r.Charge(quota.Charge{Namespace: ns, User: "m1", Quota: "pool", Pool: true, Amount: quota.Amount{Requests: 1, InputTokens: 1}, At: now})
+	r.Charge(quota.Charge{Namespace: ns, User: "m2", Quota: "pool", Pool: true, Amount: quota.Amount{Requests: 1, InputTokens: 1}, At: now})
 	if err := r.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 
 	solo := func(user string) quota.Budget {
-		return quota.Budget{Key: quota.UserKey(ns, user), Limits: quota.LimitsFromSpec(dayTokens)}
+		return quota.UserBudget(ns, user, string(getUser(t, e.Client, ns, user).UID), quota.LimitsFromSpec(dayTokens), false)
 	}
-	pool := quota.Budget{Key: quota.PoolKey(ns, "pool"), Limits: quota.LimitsFromSpec(poolLimits)}
+	var pq llmv1alpha1.LLMQuota
+	if err := e.Client.Get(t.Context(), client.ObjectKey{Namespace: ns, Name: "pool"}, &pq); err != nil {
+		t.Fatal(err)
+	}
+	pool := quota.PoolBudget(ns, "pool", string(pq.UID), quota.LimitsFromSpec(poolLimits), false)
 	estimate := quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 10}
 	admits := func(m *quota.Memory, b quota.Budget) bool {
 		t.Helper()
@@ -479,7 +483,7 @@ func TestStartFlushesPeriodically(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- r.Start(ctx) }()
 
-	r.Charge(Charge{Namespace: ns, User: "u", Quota: "q", Amount: quota.Amount{Requests: 1, InputTokens: 3}})
+	r.Charge(quota.Charge{Namespace: ns, User: "u", Quota: "q", Amount: quota.Amount{Requests: 1, InputTokens: 3}})
 	poll.Until(t, 10*time.Second, func() error {
 		u := getUser(t, e.Client, ns, "u")
 		if u.Status.Lifetime == nil {
@@ -534,7 +538,7 @@ func TestLoadOneWritePerUser(t *testing.T) {
 	charged := time.Now()
 	for range chargesEach {
 		for i := range users {
-			r.Charge(Charge{Namespace: ns, User: name(i), Quota: "q",
+			r.Charge(quota.Charge{Namespace: ns, User: name(i), Quota: "q",
 				Amount: quota.Amount{Requests: 1, InputTokens: int64(i), OutputTokens: 1}, At: clock.Now()})
 		}
 	}

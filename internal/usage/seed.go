@@ -14,7 +14,7 @@ import (
 // SeedFromStatus restores counter from recorded usage: for every LLMUser, and
 // every Shared LLMQuota's pool, each status.usage entry of a window still
 // current at now is seeded into the user's (quota.UserKey) or the pool's
-// (quota.PoolKey) counter with [quota.Counter.Seed]. A replica that restarts
+// (quota.PoolKey) counter, named by the object's uid, with [quota.Counter.Seed]. A replica that restarts
 // therefore refuses what the budget already spent, up to the last flush
 // before it stopped. Entries of ended windows are skipped. opts narrow both
 // lists (client.InNamespace for a namespaced proxy).
@@ -25,7 +25,7 @@ func SeedFromStatus(ctx context.Context, counter quota.Counter, c client.Reader,
 	}
 	for i := range users.Items {
 		u := &users.Items[i]
-		if err := seed(ctx, counter, quota.UserKey(u.Namespace, u.Name), u.Status.Usage, now); err != nil {
+		if err := seed(ctx, counter, quota.UserKey(u.Namespace, u.Name, string(u.UID)), u.Status.Usage, now); err != nil {
 			return err
 		}
 	}
@@ -38,7 +38,7 @@ func SeedFromStatus(ctx context.Context, counter quota.Counter, c client.Reader,
 		if q.Spec.Scope != llmv1alpha1.ScopeShared {
 			continue
 		}
-		if err := seed(ctx, counter, quota.PoolKey(q.Namespace, q.Name), q.Status.Usage, now); err != nil {
+		if err := seed(ctx, counter, quota.PoolKey(q.Namespace, q.Name, string(q.UID)), q.Status.Usage, now); err != nil {
 			return err
 		}
 	}

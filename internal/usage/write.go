@@ -26,10 +26,17 @@ func (r *Recorder) write(ctx context.Context, k objKey, d *delta, lookup *quotaL
 		if err := reader.Get(ctx, k.namespacedName(), obj); err != nil {
 			if apierrors.IsNotFound(err) {
 				r.metrics.write(k.kind, resultDropped)
+				r.log.Info("Usage of a deleted object not written", "kind", k.kind.String(), "namespace", k.namespace, "name", k.name, "uid", k.uid, "amount", d.total())
 				return dropped, nil
 			}
 			r.metrics.write(k.kind, resultError)
 			return failed, err
+		}
+		if k.uid != "" && string(obj.GetUID()) != k.uid {
+			r.metrics.write(k.kind, resultOrphaned)
+			r.log.Info("Usage of a deleted object not written to the object that took its name", "kind", k.kind.String(),
+				"namespace", k.namespace, "name", k.name, "uid", k.uid, "newUID", string(obj.GetUID()), "amount", d.total())
+			return dropped, nil
 		}
 		limits, known, remaining, err := r.limitsFor(ctx, obj, d, lookup)
 		if err != nil {
@@ -55,6 +62,7 @@ func (r *Recorder) write(ctx context.Context, k objKey, d *delta, lookup *quotaL
 			reader = r.reader
 		case apierrors.IsNotFound(err):
 			r.metrics.write(k.kind, resultDropped)
+			r.log.Info("Usage of a deleted object not written", "kind", k.kind.String(), "namespace", k.namespace, "name", k.name, "uid", k.uid, "amount", d.total())
 			return dropped, nil
 		default:
 			r.metrics.write(k.kind, resultError)

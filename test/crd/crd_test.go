@@ -431,7 +431,7 @@ func testNames(t *testing.T, env *envtest.Env) {
 		{
 			crd: "llmquotas.llm.userops.dev", shortName: "llmq",
 			columns:    []string{"Scope", "Window", "Tokens", "Users", "Age"},
-			wideColumn: []string{"Enforcement", "Used"},
+			wideColumn: []string{"Enforcement", "Concurrency", "Used"},
 		},
 	} {
 		t.Run(tc.crd, func(t *testing.T) {

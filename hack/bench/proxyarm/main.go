@@ -218,10 +218,10 @@ func users(n int) (*token.Verifier, *directory, []string, error) {
 			QuotaFound: true, QuotaName: "bench",
 			Models:              []string{"bench/*"},
 			MaxTokensPerRequest: big(4096),
-			Budgets: []quota.Budget{{Key: quota.UserKey(ns, name), Limits: []quota.Limit{
+			Budgets: []quota.Budget{quota.UserBudget(ns, name, uid, []quota.Limit{
 				{Window: llmv1alpha1.WindowMinute, Tokens: big(1 << 50), Requests: big(1 << 40)},
 				{Window: llmv1alpha1.WindowDay, Tokens: big(1 << 55)},
-			}}},
+			}, false)},
 		}
 	}
 	return v, dir, tokens, nil
@@ -249,7 +249,7 @@ type countingSink struct {
 	charges, requests, input, output atomic.Int64
 }
 
-func (s *countingSink) Charge(c proxy.Charge) {
+func (s *countingSink) Charge(c quota.Charge) {
 	s.charges.Add(1)
 	s.requests.Add(c.Amount.Requests)
 	s.input.Add(c.Amount.InputTokens)

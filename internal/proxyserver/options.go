@@ -1,0 +1,170 @@
+package proxyserver
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/rest"
+
+	"github.com/llm-user-operator/llm-user-operator/internal/proxy"
+)
+
+// Options configure the proxy process. BindFlags binds every one a command
+// line sets, with its default; Validate checks them all in one place.
+type Options struct {
+	RestConfig *rest.Config
+
+	ListenAddr  string // the OpenAI API
+	MetricsAddr string // /metrics, /healthz, /readyz
+
+	Namespace     string // where the operator publishes the JWKS
+	JWKSConfigMap string
+	Issuer        string
+	Audience      string
+
+	// Upstreams are vLLM base URLs; UpstreamsFile names a file with more,
+	// one per line, re-read at every model refresh (a mounted ConfigMap is
+	// updated in place, so upstreams change without a restart).
+	Upstreams     []string
+	UpstreamsFile string
+	RefreshURL    string // the operator's /auth/refresh, proxied when set
+
+	MaxRequestBody   int64
+	MaxBodyMemory    int64
+	DefaultMaxTokens int64
+
+	BodyReadTimeout       time.Duration
+	IdleTimeout           time.Duration
+	WriteTimeout          time.Duration
+	UpstreamHeaderTimeout time.Duration
+	StreamIdleTimeout     time.Duration
+
+	// Counter is "memory" (exact for one replica) or "redis" (shared by replicas).
+	Counter       string
+	RedisAddr     string
+	RedisFailOpen bool
+	RedisLease    time.Duration
+
+	FlushInterval   time.Duration
+	StatusWriteRate float64
+	UserLabel       bool
+	ShutdownGrace   time.Duration
+	DisableQuota    bool
+	Logger          logr.Logger
+	RegisterMetric  prometheus.Registerer
+}
+
+// Defaults are the values a bare command line gets.
+func Defaults() Options {
+	return Options{
+		Upstreams:             proxy.ParseUpstreams(os.Getenv("LLM_UPSTREAMS")),
+		ListenAddr:            ":8000",
+		MetricsAddr:           ":9090",
+		Namespace:             envOr("POD_NAMESPACE", "llm-user-operator-system"),
+		JWKSConfigMap:         "llm-user-operator-jwks",
+		Issuer:                "https://llm-user-operator.llm-user-operator-system.svc",
+		Audience:              "llm-user-proxy",
+		MaxRequestBody:        10 << 20,
+		MaxBodyMemory:         256 << 20,
+		DefaultMaxTokens:      4096,
+		BodyReadTimeout:       time.Minute,
+		IdleTimeout:           2 * time.Minute,
+		WriteTimeout:          time.Minute,
+		UpstreamHeaderTimeout: 10 * time.Minute,
+		StreamIdleTimeout:     2 * time.Minute,
+		Counter:               "memory",
+		RedisLease:            30 * time.Second,
+		FlushInterval:         10 * time.Second,
+		StatusWriteRate:       50,
+		UserLabel:             true,
+		ShutdownGrace:         30 * time.Second,
+	}
+}
+
+// BindFlags binds the options a command line sets to fs, with o's values as
+// defaults (start from [Defaults]).
+func (o *Options) BindFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.ListenAddr, "listen-address", o.ListenAddr, "Address of the OpenAI-compatible API.")
+	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", o.MetricsAddr, "Address of /metrics, /healthz and /readyz.")
+	fs.Func("upstreams", "Comma-separated base URLs of the vLLM servers (their models are discovered from /v1/models). Env LLM_UPSTREAMS.", func(s string) error {
+		o.Upstreams = proxy.ParseUpstreams(s)
+		return nil
+	})
+	fs.StringVar(&o.UpstreamsFile, "upstreams-file", o.UpstreamsFile, "A file listing more upstream base URLs, one per line; re-read at every model refresh, so a mounted ConfigMap is hot-reloaded.")
+	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "The operator's namespace, where the JWKS ConfigMap is published (env POD_NAMESPACE).")
+	fs.StringVar(&o.JWKSConfigMap, "jwks-configmap", o.JWKSConfigMap, "ConfigMap holding the published public keys.")
+	fs.StringVar(&o.Issuer, "issuer", o.Issuer, "Expected iss claim.")
+	fs.StringVar(&o.Audience, "audience", o.Audience, "Expected aud claim.")
+	fs.StringVar(&o.RefreshURL, "refresh-url", o.RefreshURL, "The operator's /auth/refresh URL; when set, POST /auth/refresh is forwarded there.")
+	fs.Int64Var(&o.MaxRequestBody, "max-request-body", o.MaxRequestBody, "Largest request body accepted, in bytes (413 above).")
+	fs.Int64Var(&o.MaxBodyMemory, "max-body-memory", o.MaxBodyMemory, "Memory all request bodies in flight may hold together, in bytes (503 above).")
+	fs.Int64Var(&o.DefaultMaxTokens, "default-max-tokens", o.DefaultMaxTokens, "Output cap written into a request that sets none, when the model's context length is unknown and the quota has no maxTokensPerRequest.")
+	fs.DurationVar(&o.BodyReadTimeout, "body-read-timeout", o.BodyReadTimeout, "Longest time a request body may take to arrive (408 after).")
+	fs.DurationVar(&o.IdleTimeout, "idle-timeout", o.IdleTimeout, "How long an idle keep-alive connection is kept.")
+	fs.DurationVar(&o.WriteTimeout, "write-timeout", o.WriteTimeout, "Longest a client may take to accept one write of an answer; a client that stops reading is cut off and charged what it consumed.")
+	fs.DurationVar(&o.UpstreamHeaderTimeout, "upstream-header-timeout", o.UpstreamHeaderTimeout, "Longest wait for an upstream's response headers (a non-streamed answer sends them when generation is done).")
+	fs.DurationVar(&o.StreamIdleTimeout, "stream-idle-timeout", o.StreamIdleTimeout, "Longest gap between two reads of a streamed answer before the stream is cut.")
+	fs.StringVar(&o.Counter, "counter", o.Counter, `Quota counters: "memory" (exact with one replica) or "redis" (shared by replicas).`)
+	fs.StringVar(&o.RedisAddr, "redis-addr", o.RedisAddr, "Redis address for --counter=redis.")
+	fs.BoolVar(&o.RedisFailOpen, "redis-fail-open", o.RedisFailOpen, "Admit requests when Redis is unreachable (default: refuse with 503).")
+	fs.DurationVar(&o.RedisLease, "redis-lease", o.RedisLease, "A replica that stops renewing its lease (it crashed) loses its reservations in Redis after this long.")
+	fs.DurationVar(&o.FlushInterval, "flush-interval", o.FlushInterval, "How often usage is written to status.")
+	fs.Float64Var(&o.StatusWriteRate, "status-write-rate", o.StatusWriteRate, "Status writes per second this replica may make.")
+	fs.BoolVar(&o.UserLabel, "metrics-user-label", o.UserLabel, "Label per-user metrics with the user name (cardinality = number of LLMUsers).")
+	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", o.ShutdownGrace, "How long in-flight requests may run after SIGTERM.")
+}
+
+// Validate checks the options together and says what to fix.
+func (o *Options) Validate() error {
+	var errs []error
+	if len(o.Upstreams) == 0 && o.UpstreamsFile == "" {
+		errs = append(errs, errors.New("no upstream: set --upstreams (or LLM_UPSTREAMS) or --upstreams-file"))
+	}
+	if o.MaxRequestBody <= 0 {
+		errs = append(errs, fmt.Errorf("--max-request-body must be positive, not %d", o.MaxRequestBody))
+	}
+	if min := proxy.MinBodyMemory(o.MaxRequestBody); o.MaxBodyMemory < min {
+		errs = append(errs, fmt.Errorf("--max-body-memory (%d) must be at least %d: a body of --max-request-body (%d) and its edited copy", o.MaxBodyMemory, min, o.MaxRequestBody))
+	}
+	if o.DefaultMaxTokens <= 0 {
+		errs = append(errs, fmt.Errorf("--default-max-tokens must be positive, not %d", o.DefaultMaxTokens))
+	}
+	for name, d := range map[string]time.Duration{
+		"--body-read-timeout": o.BodyReadTimeout, "--idle-timeout": o.IdleTimeout, "--write-timeout": o.WriteTimeout,
+		"--upstream-header-timeout": o.UpstreamHeaderTimeout, "--stream-idle-timeout": o.StreamIdleTimeout,
+		"--flush-interval": o.FlushInterval, "--shutdown-grace": o.ShutdownGrace,
+	} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, not %s", name, d))
+		}
+	}
+	switch o.Counter {
+	case "memory":
+	case "redis":
+		if o.RedisAddr == "" {
+			errs = append(errs, errors.New("--counter=redis needs --redis-addr"))
+		}
+		if o.RedisLease < time.Second {
+			errs = append(errs, fmt.Errorf("--redis-lease must be at least 1s, not %s", o.RedisLease))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("unknown --counter %q: use memory or redis", o.Counter))
+	}
+	if o.StatusWriteRate <= 0 {
+		errs = append(errs, fmt.Errorf("--status-write-rate must be positive, not %g", o.StatusWriteRate))
+	}
+	return errors.Join(errs...)
+}
+
+// envOr is the environment variable key, or def when it is unset.
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
