@@ -76,10 +76,15 @@ envtest: ## Make kube-apiserver and etcd available (built from the Go module pro
 simulator: ## Build llm-d-inference-sim (the vLLM stand-in) into ./bin.
 	@hack/simulator.sh >/dev/null
 
+# Packages whose code runs concurrently: tested again under the race detector.
+RACE_PKGS := ./internal/proxy/... ./internal/quota/... ./internal/token/... ./internal/usage/... ./internal/proxyserver/...
+
 .PHONY: test
-test: manifests generate vet $(HELM) ## Run every test: unit, envtest (real API server), end-to-end.
-	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" LLM_SIM_BINARY="$$(hack/simulator.sh)" HELM="$(HELM)" \
-		go test ./... -count=1 -timeout 30m
+test: manifests generate vet $(HELM) ## Run every test: unit, envtest (real API server), end-to-end; the concurrent packages under -race; every benchmark once.
+	export KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" LLM_SIM_BINARY="$$(hack/simulator.sh)" HELM="$(HELM)"; \
+	go test ./... -count=1 -timeout 30m && \
+	go test -race -count=1 -timeout 20m $(RACE_PKGS) && \
+	go test -run '^$$' -bench . -benchtime 1x -count=1 -timeout 10m ./...
 
 .PHONY: bench
 bench: build ## Run the proxy benchmark harness (not part of make test).

@@ -228,6 +228,12 @@ func defaultHandler(w http.ResponseWriter, r *http.Request, body []byte) {
 	}
 }
 
+// testNow is the fake clock of every env: 10:00:30 UTC, half-way through a
+// minute, so that no test's Minute window rolls over while it runs.
+var testNow = time.Date(2026, 5, 1, 10, 0, 30, 0, time.UTC)
+
+func testClock() time.Time { return testNow }
+
 // env is a proxy in front of fake upstreams.
 type env struct {
 	proxy *Proxy
@@ -258,7 +264,7 @@ func newEnv(t testing.TB, mutate func(*Options), ups ...*fakeUpstream) *env {
 	e := &env{
 		dir:  &fakeDirectory{users: map[string]User{}},
 		sink: newSink(),
-		mem:  quota.NewMemory(time.Now),
+		mem:  quota.NewMemory(testClock),
 		ups:  ups,
 	}
 	e.dir.set(aliceUser())
@@ -272,7 +278,7 @@ func newEnv(t testing.TB, mutate func(*Options), ups ...*fakeUpstream) *env {
 	for _, u := range ups {
 		urls = append(urls, u.URL)
 	}
-	opts := Options{Verifier: v, Directory: e.dir, Counter: e.mem, Sink: e.sink, Upstreams: urls}
+	opts := Options{Verifier: v, Directory: e.dir, Counter: e.mem, Sink: e.sink, Upstreams: urls, Now: testClock}
 	if mutate != nil {
 		mutate(&opts)
 	}

@@ -74,7 +74,7 @@ func TestHostileRequests(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			up := newVLLMUpstream(t, "m", fakeContext)
-			audit := &auditCounter{Counter: quota.NewMemory(time.Now)}
+			audit := &auditCounter{Counter: quota.NewMemory(testClock)}
 			e := newEnv(t, func(o *Options) { o.Counter = audit }, up.fakeUpstream)
 			u := aliceUser()
 			if tc.maxPer > 0 {

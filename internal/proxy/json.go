@@ -220,6 +220,13 @@ func laxInt(raw []byte) (int64, bool) {
 	if v, ok := parseDigits(raw); ok {
 		return v, true
 	}
+	// Decimal notation only, as Python's int() and float() read strings:
+	// ParseFloat would also take hexadecimal, "Inf" and "NaN".
+	for _, c := range raw {
+		if (c < '0' || c > '9') && c != '.' && c != 'e' && c != 'E' && c != '+' && c != '-' {
+			return 0, false
+		}
+	}
 	f, err := strconv.ParseFloat(string(raw), 64)
 	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f != math.Trunc(f) {
 		return 0, false

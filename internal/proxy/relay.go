@@ -183,6 +183,6 @@ func (ex *exchange) inspect(st *streamState, ev []byte, plain bool) tapAction {
 func (ex *exchange) sawOutput(st *streamState) {
 	st.chunks++
 	if ex.ttft == 0 {
-		ex.ttft = max(ex.p.now().Sub(ex.start), time.Nanosecond)
+		ex.ttft = max(time.Since(ex.began), time.Nanosecond)
 	}
 }

@@ -25,12 +25,14 @@ type exchange struct {
 	id  string
 	log func(err error, msg string, kv ...any)
 
-	start time.Time
-	user  *User // nil with DisableAuth
-	u     User
-	bb    *bodyBuf
-	pr    parsed
-	model *modelEntry
+	// start is when the request arrived by the injected clock (its windows);
+	// began is the same on the monotonic clock (its durations).
+	start, began time.Time
+	user         *User // nil with DisableAuth
+	u            User
+	bb           *bodyBuf
+	pr           parsed
+	model        *modelEntry
 
 	// body is what goes upstream: the client's body, edited if need be.
 	body []byte
@@ -69,7 +71,7 @@ func (p *Proxy) apiHandler(ep *endpoint) http.Handler {
 }
 
 func (p *Proxy) newExchange(w http.ResponseWriter, r *http.Request, ep *endpoint) *exchange {
-	ex := &exchange{p: p, ep: ep, w: w, r: r, rc: http.NewResponseController(w), id: p.ids.next(), start: p.now()}
+	ex := &exchange{p: p, ep: ep, w: w, r: r, rc: http.NewResponseController(w), id: p.ids.next(), start: p.now(), began: time.Now()}
 	w.Header()[headerRequestID] = []string{ex.id}
 	ex.log = func(err error, msg string, kv ...any) {
 		p.log.Error(err, msg, append(kv, "requestID", ex.id, "model", ex.modelID())...)
@@ -338,7 +340,7 @@ func (ex *exchange) finish(code int, charge quota.Amount, errType string) {
 	p.metrics.ObserveRequest(metrics.Request{
 		Namespace: ns, User: name, Model: ex.modelID(), Operation: ex.ep.operation, Code: code,
 		InputTokens: charge.InputTokens, OutputTokens: charge.OutputTokens,
-		Duration: p.now().Sub(ex.start), TTFT: ex.ttft, ErrorType: errType,
+		Duration: time.Since(ex.began), TTFT: ex.ttft, ErrorType: errType,
 	})
 }
 

@@ -582,3 +582,52 @@ func TestLoadOneWritePerUser(t *testing.T) {
 		t.Errorf("%d of %d users not written exactly once with exact totals", wrong, len(list.Items))
 	}
 }
+
+// TestUsageFollowsTheUID: usage charged to an LLMUser that is deleted and
+// created again under the same name before the flush belongs to the deleted
+// one: it is written to nobody's status, and the metric says so; the new
+// user's own usage is written.
+func TestUsageFollowsTheUID(t *testing.T) {
+	e := apiServer(t)
+	ns := envtest.NewNamespace(t, e.Client, "usage")
+	createQuota(t, e.Client, ns, "team", llmv1alpha1.ScopeShared,
+		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowDay, Tokens: ptr.To[int64](10000)})
+	createUser(t, e.Client, ns, "u", "team")
+	old := getUser(t, e.Client, ns, "u")
+	var q llmv1alpha1.LLMQuota
+	if err := e.Client.Get(t.Context(), client.ObjectKey{Namespace: ns, Name: "team"}, &q); err != nil {
+		t.Fatal(err)
+	}
+
+	r := New(e.Client, Options{})
+	a := quota.Amount{Requests: 1, InputTokens: 300, OutputTokens: 30}
+	r.Charge(quota.Charge{Namespace: ns, User: "u", UserUID: string(old.UID), Quota: "team", QuotaUID: string(q.UID), Pool: true, Amount: a})
+
+	if err := e.Client.Delete(t.Context(), old); err != nil {
+		t.Fatal(err)
+	}
+	createUser(t, e.Client, ns, "u", "team")
+	fresh := getUser(t, e.Client, ns, "u")
+	if fresh.UID == old.UID {
+		t.Fatal("the recreated user has the old uid")
+	}
+	r.Charge(quota.Charge{Namespace: ns, User: "u", UserUID: string(fresh.UID), Quota: "team", QuotaUID: string(q.UID), Pool: true,
+		Amount: quota.Amount{Requests: 1, InputTokens: 5, OutputTokens: 1}})
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	u := getUser(t, e.Client, ns, "u")
+	if lt := u.Status.Lifetime; lt == nil || lt.Requests != 1 || lt.InputTokens != 5 || lt.OutputTokens != 1 {
+		t.Errorf("recreated user's lifetime = %+v, want only its own 1 request, 5 in, 1 out", lt)
+	}
+	if got := writes(r, kindUser, resultOrphaned); got != 1 {
+		t.Errorf("writes{orphaned} = %d, want 1", got)
+	}
+	// The pool is the same object throughout: it has both.
+	if err := e.Client.Get(t.Context(), client.ObjectKey{Namespace: ns, Name: "team"}, &q); err != nil {
+		t.Fatal(err)
+	}
+	if lt := q.Status.Lifetime; lt == nil || lt.Requests != 2 || lt.InputTokens != 305 {
+		t.Errorf("pool lifetime = %+v, want 2 requests, 305 in", lt)
+	}
+}
