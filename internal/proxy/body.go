@@ -40,13 +40,57 @@ func (m *memBudget) take(n int64) bool {
 
 func (m *memBudget) give(n int64) { m.used.Add(-n) }
 
+// memLease takes body memory from the process's budget and from the user's
+// share of it, so that one user cannot take all of it and refuse everyone
+// else's requests.
+type memLease struct{ all, user *memBudget }
+
+func (m memLease) take(n int64) bool {
+	if m.user != nil && !m.user.take(n) {
+		return false
+	}
+	if !m.all.take(n) {
+		if m.user != nil {
+			m.user.give(n)
+		}
+		return false
+	}
+	return true
+}
+
+func (m memLease) give(n int64) {
+	m.all.give(n)
+	if m.user != nil {
+		m.user.give(n)
+	}
+}
+
+// bodyMemory is the process's body memory budget and each user's share.
+type bodyMemory struct {
+	all       memBudget
+	perUser   int64
+	userShare sync.Map // user key → *memBudget
+}
+
+// lease is what a request of user key (or of no user, "") draws on.
+func (b *bodyMemory) lease(key string) memLease {
+	if key == "" {
+		return memLease{all: &b.all}
+	}
+	v, ok := b.userShare.Load(key)
+	if !ok {
+		v, _ = b.userShare.LoadOrStore(key, &memBudget{limit: b.perUser})
+	}
+	return memLease{all: &b.all, user: v.(*memBudget)}
+}
+
 // bodyBuf holds a request body. The transport may still be writing the body
 // after RoundTrip returns, so the buffer goes back to the pool only when
 // both the handler and every reader the transport got are done with it.
 type bodyBuf struct {
 	b, edited []byte
 	refs      atomic.Int32
-	mem       *memBudget
+	mem       memLease
 	// held is the memory taken from mem for b and edited.
 	held int64
 }
@@ -59,7 +103,7 @@ const bodyInitial = 8 << 10
 var bodyPool = sync.Pool{New: func() any { return &bodyBuf{b: make([]byte, 0, bodyInitial)} }}
 
 // getBodyBuf takes a buffer from the pool, and its capacity from mem.
-func getBodyBuf(mem *memBudget) (*bodyBuf, bool) {
+func getBodyBuf(mem memLease) (*bodyBuf, bool) {
 	if !mem.take(bodyInitial) {
 		return nil, false
 	}

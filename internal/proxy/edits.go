@@ -28,9 +28,16 @@ func applySplices(dst, body []byte, sp []splice) []byte {
 
 // setCap sets the endpoint's first cap field to v: its value is replaced
 // when the member exists (the last occurrence, the one Python reads), and
-// the member is added otherwise.
+// the member is added otherwise. Another cap field the request gave in a
+// form that is not a plain integer gets v too, so that no upstream, however
+// strictly it parses, reads anything else.
 func (pr *parsed) setCap(ep *endpoint, v int64, sp []splice) []splice {
-	text := strconv.AppendInt(make([]byte, 0, 24+len(ep.capField())), v, 10)
+	text := strconv.AppendInt(make([]byte, 0, 24), v, 10)
+	for i := 1; i < len(ep.capFields); i++ {
+		if c := pr.caps[i]; c.present && !c.canonical {
+			sp = append(sp, splice{start: c.start, end: c.end, text: text})
+		}
+	}
 	if c := pr.caps[0]; c.present {
 		return append(sp, splice{start: c.start, end: c.end, text: text})
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/llm-user-operator/llm-user-operator/internal/openaiapi"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 	"github.com/llm-user-operator/llm-user-operator/internal/testutil/poll"
+	"github.com/llm-user-operator/llm-user-operator/internal/token"
 )
 
 // TestHostileRequests sends, concurrently against a small budget, every
@@ -302,8 +303,8 @@ func TestSlowBodiesHoldLittleMemory(t *testing.T) {
 		}
 	}()
 	poll.Until(t, 5*time.Second, func() error {
-		return poll.Check(e.proxy.bodyMem.used.Load() == 10*bodyInitial,
-			fmt.Sprintf("body memory %d, want 10 buffers of %d", e.proxy.bodyMem.used.Load(), bodyInitial))
+		return poll.Check(e.proxy.bodyMem.all.used.Load() == 10*bodyInitial,
+			fmt.Sprintf("body memory %d, want 10 buffers of %d", e.proxy.bodyMem.all.used.Load(), bodyInitial))
 	})
 	for _, c := range conns {
 		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -317,7 +318,7 @@ func TestSlowBodiesHoldLittleMemory(t *testing.T) {
 		resp.Body.Close()
 	}
 	poll.Until(t, 5*time.Second, func() error {
-		return poll.Check(e.proxy.bodyMem.used.Load() == 0, fmt.Sprintf("body memory %d after the timeouts, want 0", e.proxy.bodyMem.used.Load()))
+		return poll.Check(e.proxy.bodyMem.all.used.Load() == 0, fmt.Sprintf("body memory %d after the timeouts, want 0", e.proxy.bodyMem.all.used.Load()))
 	})
 }
 
@@ -328,6 +329,7 @@ func TestBodyMemoryIsBounded(t *testing.T) {
 	e := newEnv(t, func(o *Options) {
 		o.MaxRequestBody = maxBody
 		o.MaxBodyMemory = MinBodyMemory(maxBody) // 192 KiB
+		o.MaxBodyMemoryPerUser = o.MaxBodyMemory
 	})
 	addr := strings.TrimPrefix(e.srv.URL, "http://")
 	// Three bodies of 60 KiB each, sent all but their last byte, hold
@@ -343,7 +345,7 @@ func TestBodyMemoryIsBounded(t *testing.T) {
 		fmt.Fprintf(c, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s", alice, 60<<10, strings.Repeat(" ", 60<<10-1))
 	}
 	poll.Until(t, 5*time.Second, func() error {
-		return poll.Check(e.proxy.bodyMem.used.Load() == 3*(64<<10), fmt.Sprintf("body memory %d, want 3 × 64 KiB", e.proxy.bodyMem.used.Load()))
+		return poll.Check(e.proxy.bodyMem.all.used.Load() == 3*(64<<10), fmt.Sprintf("body memory %d, want 3 × 64 KiB", e.proxy.bodyMem.all.used.Load()))
 	})
 	resp := e.do(t, "POST", "/v1/completions", `{"model":"qwen/Qwen3-8B","prompt":"hi"}`)
 	expectStatus(t, resp, http.StatusServiceUnavailable)
@@ -353,6 +355,39 @@ func TestBodyMemoryIsBounded(t *testing.T) {
 	for _, c := range conns {
 		c.Write([]byte(" "))
 	}
+}
+
+// TestBodyMemoryPerUser: one user holding their share of the body memory
+// cannot take the rest: their next body gets 503, another user's does not.
+func TestBodyMemoryPerUser(t *testing.T) {
+	const maxBody = 64 << 10
+	e := newEnv(t, func(o *Options) {
+		o.MaxRequestBody = maxBody
+		o.MaxBodyMemory = 4 * MinBodyMemory(maxBody)
+		o.MaxBodyMemoryPerUser = MinBodyMemory(maxBody) // 192 KiB
+	})
+	bob := aliceUser()
+	bob.Name, bob.UID = "bob", "uid-bob"
+	e.dir.set(bob)
+	e.verifier().claims["tok-bob"] = &token.Claims{Namespace: "team-a", Name: "bob", UID: "uid-bob", Generation: 2}
+	addr := strings.TrimPrefix(e.srv.URL, "http://")
+	for range 3 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s", alice, 60<<10, strings.Repeat(" ", 60<<10-1))
+	}
+	poll.Until(t, 5*time.Second, func() error {
+		return poll.Check(e.proxy.bodyMem.all.used.Load() == 3*(64<<10), fmt.Sprintf("body memory %d, want alice's 3 × 64 KiB", e.proxy.bodyMem.all.used.Load()))
+	})
+	resp := e.do(t, "POST", "/v1/completions", `{"model":"qwen/Qwen3-8B","prompt":"hi"}`)
+	expectStatus(t, resp, http.StatusServiceUnavailable)
+	readAll(t, resp)
+	resp = e.do(t, "POST", "/v1/completions", `{"model":"qwen/Qwen3-8B","prompt":"hi"}`, "tok-bob")
+	expectStatus(t, resp, http.StatusOK)
+	readAll(t, resp)
 }
 
 // TestNonReadingClientIsCutOff: a client that stops reading a stream is cut

@@ -336,6 +336,8 @@ func TestEditsAreSurgical(t *testing.T) {
 		{`{"model":"m","stream":true,"stream_options":{"include_usage":true}}`, `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`, 0, false, false, false},
 		{"{\"model\":\"m\",\"stream\":true}\n", "{\"model\":\"m\",\"stream\":true,\"max_completion_tokens\":64,\"stream_options\":{\"include_usage\":true,\"continuous_usage_stats\":true}}\n", 64, true, true, true},
 		{`{"model":"m","max_completion_tokens":"9","max_completion_tokens":0}`, `{"model":"m","max_completion_tokens":"9","max_completion_tokens":64}`, 64, true, false, false},
+		{`{"model":"m","max_tokens":"0","max_completion_tokens":0}`, `{"model":"m","max_tokens":64,"max_completion_tokens":64}`, 64, true, false, false},
+		{`{"model":"m","max_tokens":12}`, `{"model":"m","max_tokens":12,"max_completion_tokens":64}`, 64, true, false, false},
 	} {
 		var pr parsed
 		if err := parseRequest([]byte(tc.body), epChat, &pr); err != nil {

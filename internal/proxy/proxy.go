@@ -162,6 +162,9 @@ type Options struct {
 	// MaxBodyMemory bounds the memory all request bodies in flight hold
 	// together (default 256 MiB); a body that would go past it gets 503.
 	MaxBodyMemory int64
+	// MaxBodyMemoryPerUser bounds what one user's bodies hold (default an
+	// eighth of MaxBodyMemory, at least one body of MaxRequestBody).
+	MaxBodyMemoryPerUser int64
 	// DefaultMaxTokens is the cap per sequence the proxy writes into a
 	// request that sets none, when the model's context length is unknown
 	// (its upstream does not report max_model_len) and the quota has no
@@ -206,7 +209,7 @@ type Proxy struct {
 	upstreamsFile   string
 	refreshInterval time.Duration
 	maxBody         int64
-	bodyMem         memBudget
+	bodyMem         bodyMemory
 	defaultMax      int64
 	streamIdle      time.Duration
 	bodyTimeout     time.Duration
@@ -250,7 +253,7 @@ func New(opts Options) (*Proxy, error) {
 		transport:       opts.Transport,
 		refreshInterval: opts.ModelRefreshInterval,
 		maxBody:         opts.MaxRequestBody,
-		bodyMem:         memBudget{limit: opts.MaxBodyMemory},
+		bodyMem:         bodyMemory{all: memBudget{limit: opts.MaxBodyMemory}, perUser: opts.MaxBodyMemoryPerUser},
 		defaultMax:      opts.DefaultMaxTokens,
 		streamIdle:      opts.Timeouts.StreamIdle,
 		bodyTimeout:     opts.Timeouts.BodyRead,
@@ -271,11 +274,17 @@ func New(opts Options) (*Proxy, error) {
 	if p.maxBody <= 0 {
 		p.maxBody = 10 << 20
 	}
-	if p.bodyMem.limit <= 0 {
-		p.bodyMem.limit = 256 << 20
+	if p.bodyMem.all.limit <= 0 {
+		p.bodyMem.all.limit = 256 << 20
 	}
-	if p.bodyMem.limit < MinBodyMemory(p.maxBody) {
-		return nil, fmt.Errorf("proxy: MaxBodyMemory (%d) must be at least %d: a body of MaxRequestBody (%d) and its edited copy", p.bodyMem.limit, MinBodyMemory(p.maxBody), p.maxBody)
+	if p.bodyMem.perUser <= 0 {
+		p.bodyMem.perUser = max(p.bodyMem.all.limit/8, MinBodyMemory(p.maxBody))
+	}
+	for _, l := range []int64{p.bodyMem.all.limit, p.bodyMem.perUser} {
+		if l < MinBodyMemory(p.maxBody) {
+			return nil, fmt.Errorf("proxy: MaxBodyMemory (%d) and MaxBodyMemoryPerUser (%d) must be at least %d: a body of MaxRequestBody (%d) and its edited copy",
+				p.bodyMem.all.limit, p.bodyMem.perUser, MinBodyMemory(p.maxBody), p.maxBody)
+		}
 	}
 	if p.defaultMax <= 0 {
 		p.defaultMax = 4096

@@ -200,7 +200,7 @@ func TestMaxTokens(t *testing.T) {
 			resp := e.do(t, "POST", "/v1/chat/completions", `{"model":"qwen/Qwen3-8B","messages":[],"max_tokens":`+v+`}`)
 			expectStatus(t, resp, 200)
 			readAll(t, resp)
-			if got, want := string(e.ups[0].last(t).body), `{"model":"qwen/Qwen3-8B","messages":[],"max_tokens":`+v+`,"max_completion_tokens":512}`; got != want {
+			if got, want := string(e.ups[0].last(t).body), `{"model":"qwen/Qwen3-8B","messages":[],"max_tokens":512,"max_completion_tokens":512}`; got != want {
 				t.Errorf("upstream body = %s\nwant            %s", got, want)
 			}
 			resp = e.do(t, "POST", "/v1/completions", `{"model":"qwen/Qwen3-8B","prompt":"hi","max_tokens":`+v+`}`)

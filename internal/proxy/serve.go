@@ -128,7 +128,11 @@ func (ex *exchange) readBody() bool {
 	if ex.r.ContentLength > p.maxBody {
 		return ex.tooLarge()
 	}
-	bb, ok := getBodyBuf(&p.bodyMem)
+	key := ""
+	if ex.user != nil {
+		key = ex.user.concurrencyKey()
+	}
+	bb, ok := getBodyBuf(p.bodyMem.lease(key))
 	if !ok {
 		return ex.busy()
 	}
@@ -311,7 +315,7 @@ func (ex *exchange) tooLarge() bool {
 func (ex *exchange) busy() bool {
 	ex.w.Header()["Retry-After"] = []string{"1"}
 	return ex.refuse(http.StatusServiceUnavailable, openaiapi.TypeServer, openaiapi.CodeServerBusy, "", "",
-		"The proxy is holding as many request bodies as its memory allows; retry shortly.")
+		"The proxy is holding as many request bodies (yours, or everyone's) as its memory allows; retry shortly.")
 }
 
 // finish settles the reservation (exactly once), reports the charge and

@@ -249,27 +249,34 @@ func (t *sseTap) release() {
 	t.buf = nil
 }
 
+// makeRoom grows a full buffer up to maxTapEvent; past it, one event fills
+// the buffer, and what has arrived of it is passed on, the rest as it comes.
+func (t *sseTap) makeRoom() error {
+	if cap(t.buf) < maxTapEvent {
+		b := make([]byte, len(t.buf), min(2*cap(t.buf), maxTapEvent))
+		copy(b, t.buf)
+		t.release()
+		t.buf = b
+		return nil
+	}
+	t.oversized++
+	t.over, t.end = true, eventEnd{}
+	n, done := t.end.scan(t.buf)
+	if _, werr := t.dst.Write(t.buf[:n]); werr != nil {
+		return werr
+	}
+	t.buf = t.buf[:copy(t.buf, t.buf[n:])]
+	t.over = !done
+	return nil
+}
+
 // readFrom does one Read from r into the tap and passes on every event it
 // completes. It returns how many bytes it read, the read error, and the
 // first write error.
 func (t *sseTap) readFrom(r io.Reader) (int, error, error) {
 	if len(t.buf) == cap(t.buf) {
-		if cap(t.buf) < maxTapEvent {
-			b := make([]byte, len(t.buf), min(2*cap(t.buf), maxTapEvent))
-			copy(b, t.buf)
-			t.release()
-			t.buf = b
-		} else {
-			// One event fills the buffer: pass what has arrived and the
-			// rest of the event as it comes.
-			t.oversized++
-			t.over, t.end = true, eventEnd{}
-			n, done := t.end.scan(t.buf)
-			if _, werr := t.dst.Write(t.buf[:n]); werr != nil {
-				return 0, nil, werr
-			}
-			t.buf = t.buf[:copy(t.buf, t.buf[n:])]
-			t.over = !done
+		if werr := t.makeRoom(); werr != nil {
+			return 0, nil, werr
 		}
 	}
 	n, rerr := r.Read(t.buf[len(t.buf):cap(t.buf)])

@@ -9,6 +9,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/client-go/rest"
 
 	"github.com/llm-user-operator/llm-user-operator/internal/proxy"
@@ -34,9 +35,10 @@ type Options struct {
 	UpstreamsFile string
 	RefreshURL    string // the operator's /auth/refresh, proxied when set
 
-	MaxRequestBody   int64
-	MaxBodyMemory    int64
-	DefaultMaxTokens int64
+	MaxRequestBody       int64
+	MaxBodyMemory        int64
+	MaxBodyMemoryPerUser int64
+	DefaultMaxTokens     int64
 
 	BodyReadTimeout       time.Duration
 	IdleTimeout           time.Duration
@@ -49,6 +51,10 @@ type Options struct {
 	RedisAddr     string
 	RedisFailOpen bool
 	RedisLease    time.Duration
+
+	// MemoryLimit is the container's memory limit in bytes; 0 reads it from
+	// the cgroup. The Go runtime is given a soft limit below it.
+	MemoryLimit int64
 
 	FlushInterval   time.Duration
 	StatusWriteRate float64
@@ -103,6 +109,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.RefreshURL, "refresh-url", o.RefreshURL, "The operator's /auth/refresh URL; when set, POST /auth/refresh is forwarded there.")
 	fs.Int64Var(&o.MaxRequestBody, "max-request-body", o.MaxRequestBody, "Largest request body accepted, in bytes (413 above).")
 	fs.Int64Var(&o.MaxBodyMemory, "max-body-memory", o.MaxBodyMemory, "Memory all request bodies in flight may hold together, in bytes (503 above).")
+	fs.Int64Var(&o.MaxBodyMemoryPerUser, "max-body-memory-per-user", o.MaxBodyMemoryPerUser, "Memory one user's request bodies may hold together, in bytes (default an eighth of --max-body-memory).")
 	fs.Int64Var(&o.DefaultMaxTokens, "default-max-tokens", o.DefaultMaxTokens, "Output cap written into a request that sets none, when the model's context length is unknown and the quota has no maxTokensPerRequest.")
 	fs.DurationVar(&o.BodyReadTimeout, "body-read-timeout", o.BodyReadTimeout, "Longest time a request body may take to arrive (408 after).")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", o.IdleTimeout, "How long an idle keep-alive connection is kept.")
@@ -113,6 +120,14 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.RedisAddr, "redis-addr", o.RedisAddr, "Redis address for --counter=redis.")
 	fs.BoolVar(&o.RedisFailOpen, "redis-fail-open", o.RedisFailOpen, "Admit requests when Redis is unreachable (default: refuse with 503).")
 	fs.DurationVar(&o.RedisLease, "redis-lease", o.RedisLease, "A replica that stops renewing its lease (it crashed) loses its reservations in Redis after this long.")
+	fs.Func("memory-limit", "The container's memory limit (a quantity such as 512Mi; default: the cgroup's). The Go runtime keeps 85% of it as a soft limit, unless GOMEMLIMIT is set.", func(s string) error {
+		q, err := resource.ParseQuantity(s)
+		if err != nil {
+			return err
+		}
+		o.MemoryLimit = q.Value()
+		return nil
+	})
 	fs.DurationVar(&o.FlushInterval, "flush-interval", o.FlushInterval, "How often usage is written to status.")
 	fs.Float64Var(&o.StatusWriteRate, "status-write-rate", o.StatusWriteRate, "Status writes per second this replica may make.")
 	fs.BoolVar(&o.UserLabel, "metrics-user-label", o.UserLabel, "Label per-user metrics with the user name (cardinality = number of LLMUsers).")
@@ -127,6 +142,9 @@ func (o *Options) Validate() error {
 	}
 	if o.MaxRequestBody <= 0 {
 		errs = append(errs, fmt.Errorf("--max-request-body must be positive, not %d", o.MaxRequestBody))
+	}
+	if min := proxy.MinBodyMemory(o.MaxRequestBody); o.MaxBodyMemoryPerUser != 0 && o.MaxBodyMemoryPerUser < min {
+		errs = append(errs, fmt.Errorf("--max-body-memory-per-user (%d) must be at least %d: a body of --max-request-body (%d) and its edited copy", o.MaxBodyMemoryPerUser, min, o.MaxRequestBody))
 	}
 	if min := proxy.MinBodyMemory(o.MaxRequestBody); o.MaxBodyMemory < min {
 		errs = append(errs, fmt.Errorf("--max-body-memory (%d) must be at least %d: a body of --max-request-body (%d) and its edited copy", o.MaxBodyMemory, min, o.MaxRequestBody))

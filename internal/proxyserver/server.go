@@ -59,6 +59,9 @@ func Run(ctx context.Context, o Options) error {
 		o.Logger = ctrl.Log.WithName("proxy")
 	}
 	log := o.Logger
+	if soft := applyMemoryLimit(o.MemoryLimit); soft > 0 {
+		log.Info("Go memory limit set below the container's", "bytes", soft)
+	}
 	cfg := o.RestConfig
 	if cfg == nil {
 		var err error
@@ -132,7 +135,8 @@ func Run(ctx context.Context, o Options) error {
 	p, err := proxy.New(proxy.Options{
 		Verifier: verifier, Directory: dir, Counter: counter, Sink: rec, DryRun: notices,
 		Upstreams: o.Upstreams, UpstreamsFile: o.UpstreamsFile,
-		MaxRequestBody: o.MaxRequestBody, MaxBodyMemory: o.MaxBodyMemory, DefaultMaxTokens: o.DefaultMaxTokens,
+		MaxRequestBody: o.MaxRequestBody, MaxBodyMemory: o.MaxBodyMemory, MaxBodyMemoryPerUser: o.MaxBodyMemoryPerUser,
+		DefaultMaxTokens: o.DefaultMaxTokens,
 		Timeouts: proxy.Timeouts{
 			ResponseHeader: o.UpstreamHeaderTimeout, StreamIdle: o.StreamIdleTimeout,
 			BodyRead: o.BodyReadTimeout, Write: o.WriteTimeout,

@@ -52,6 +52,7 @@ func TestE2E(t *testing.T) {
 	t.Run("Suspend", s.testSuspend)
 	t.Run("Unauthenticated", s.testUnauthenticated)
 	t.Run("Refresh", s.testRefresh)
+	t.Run("Hostile", s.testHostile)
 }
 
 // startProxy runs a proxy serving the OpenAI API on listen, until t ends,

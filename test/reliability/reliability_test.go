@@ -46,8 +46,12 @@ func TestReliability(t *testing.T) {
 	}
 	env.StartManager(t, harness.ManagerConfig{})
 
+	// Alone, before the parallel subtests: it measures the proxy's memory.
+	t.Run("SlowClients", s.testSlowClients)
 	t.Run("Restart", s.testRestart)
 	t.Run("Replicas", s.testReplicas)
 	t.Run("APIServerOutage", s.testAPIServerOutage)
 	t.Run("RedisOutage", s.testRedisOutage)
+	t.Run("Lease", s.testLease)
+	t.Run("GraceExpiry", s.testGraceExpiry)
 }
