@@ -12,8 +12,11 @@ import (
 	"strings"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	"github.com/llm-user-operator/llm-user-operator/internal/testutil/envtest"
@@ -459,4 +462,33 @@ func kubectlBinary(t *testing.T) string {
 		t.Fatal("kubectl is needed to render config/default: put it on PATH or set KUBECTL")
 	}
 	return k
+}
+
+// testHelmInstallUninstall installs the chart with helm itself, as an admin
+// would, and uninstalls it: the release's objects go, the CRDs (and so every
+// LLMUser and LLMQuota) stay.
+func testHelmInstallUninstall(t *testing.T, env *envtest.Env) {
+	ns := envtest.NewNamespace(t, env.Client, "helm")
+	kc := []string{"--namespace", ns, "--kubeconfig", env.Kubeconfig}
+	if out, err := helm(t, append([]string{"install", "real", chartDir()}, kc...)...); err != nil {
+		t.Fatalf("helm install: %v\n%s", err, out)
+	}
+	dep := &appsv1.Deployment{}
+	if err := env.Client.Get(t.Context(), client.ObjectKey{Namespace: ns, Name: "real-operator"}, dep); err != nil {
+		t.Fatalf("after helm install: %v", err)
+	}
+	if out, err := helm(t, append([]string{"uninstall", "real"}, kc...)...); err != nil {
+		t.Fatalf("helm uninstall: %v\n%s", err, out)
+	}
+	if err := env.Client.Get(t.Context(), client.ObjectKey{Namespace: ns, Name: "real-operator"}, dep); !apierrors.IsNotFound(err) {
+		t.Errorf("the operator Deployment after helm uninstall: %v, want NotFound", err)
+	}
+	for _, crd := range []string{"llmusers.llm.userops.dev", "llmquotas.llm.userops.dev"} {
+		u := &unstructured.Unstructured{}
+		u.SetAPIVersion("apiextensions.k8s.io/v1")
+		u.SetKind("CustomResourceDefinition")
+		if err := env.Client.Get(t.Context(), client.ObjectKey{Name: crd}, u); err != nil {
+			t.Errorf("CRD %s after helm uninstall: %v, want it kept", crd, err)
+		}
+	}
 }

@@ -51,6 +51,7 @@ func TestInstall(t *testing.T) {
 	t.Run("Defaults", func(t *testing.T) { testDefaults(t, env) })
 	t.Run("HighAvailability", func(t *testing.T) { testHighAvailability(t, env) })
 	t.Run("Notes", func(t *testing.T) { testNotes(t, env) })
+	t.Run("HelmInstallUninstall", func(t *testing.T) { testHelmInstallUninstall(t, env) })
 	t.Run("Kustomize", func(t *testing.T) { testKustomize(t, env) })
 	t.Run("Release", func(t *testing.T) { testRelease(t, env) })
 	t.Run("Tenancy", func(t *testing.T) { testTenancy(t, env) })
