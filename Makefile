@@ -76,12 +76,18 @@ envtest: ## Make kube-apiserver and etcd available (built from the Go module pro
 simulator: ## Build llm-d-inference-sim (the vLLM stand-in) into ./bin.
 	@hack/simulator.sh >/dev/null
 
+.PHONY: kube-tools
+kube-tools: ## Build the pinned kube-controller-manager and kubectl (v1.37.2, as kube-apiserver) into ./bin.
+	@hack/kube-tools.sh >/dev/null
+
 # Packages whose code runs concurrently: tested again under the race detector.
 RACE_PKGS := ./internal/proxy/... ./internal/quota/... ./internal/token/... ./internal/usage/... ./internal/proxyserver/...
 
 .PHONY: test
 test: manifests generate vet $(HELM) ## Run every test: unit, envtest (real API server), end-to-end; the concurrent packages under -race; every benchmark once.
-	export KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" LLM_SIM_BINARY="$$(hack/simulator.sh)" HELM="$(HELM)"; \
+	hack/install-deps.sh
+	export KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" LLM_SIM_BINARY="$$(hack/simulator.sh)" HELM="$(HELM)" \
+		KUBE_TOOLS_DIR="$$(hack/kube-tools.sh)"; \
 	go test ./... -count=1 -timeout 30m && \
 	go test -race -count=1 -timeout 20m $(RACE_PKGS) && \
 	go test -run '^$$' -bench . -benchtime 1x -count=1 -timeout 10m ./...
@@ -98,8 +104,12 @@ build: ## Build the manager and proxy binaries into ./bin.
 	CGO_ENABLED=0 go build -trimpath -o $(BIN)/proxy ./cmd/proxy
 
 .PHONY: run
-run: build ## Run a local control plane, the operator, the proxy and a vLLM simulator on this machine.
-	hack/run-local.sh
+run: build ## Run a local control plane, the operator, the proxy it reconciles and a vLLM simulator (VLLM_URL=http://... for a real vLLM); state persists in bin/run.
+	VLLM_URL="$(VLLM_URL)" hack/run-local.sh
+
+.PHONY: run-clean
+run-clean: ## Remove make run's state (etcd data, kubeconfigs, logs) so the next make run starts fresh.
+	rm -rf $(BIN)/run
 
 .PHONY: docker-build
 docker-build: ## Build the container image (needs a Docker engine).

@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/llm-user-operator/llm-user-operator/internal/manager"
+	"github.com/llm-user-operator/llm-user-operator/internal/operatorconfig"
 )
 
 func main() {
@@ -21,14 +22,20 @@ func main() {
 	flag.StringVar(&o.Namespace, "namespace", envOr("POD_NAMESPACE", "llm-user-operator-system"), "The operator's namespace: signing keys and JWKS live here.")
 	flag.StringVar(&o.SigningKeysSecret, "signing-keys-secret", "llm-user-operator-signing-keys", "Secret holding the private signing keys.")
 	flag.StringVar(&o.JWKSConfigMap, "jwks-configmap", "llm-user-operator-jwks", "ConfigMap publishing the public keys (JWKS) for the proxy.")
-	flag.DurationVar(&o.KeyRotationPeriod, "key-rotation-period", 30*24*60*60e9, "How often a new signing key is created.")
-	flag.StringVar(&o.Issuer, "issuer", "", "iss claim of issued tokens.")
-	flag.StringVar(&o.Audience, "audience", "llm-user-proxy", "aud claim of issued tokens; the proxy checks it.")
-	flag.StringVar(&o.ProxyBaseURL, "proxy-base-url", "", "OPENAI_BASE_URL written into token Secrets (the proxy's in-cluster URL ending in /v1).")
+	config := operatorconfig.BindFlags(flag.CommandLine)
 	opts := zap.Options{Development: false}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
+
+	cfg, err := config.Load(o.Namespace, os.Getenv(operatorconfig.EnvOperatorImage))
+	if err != nil {
+		ctrl.Log.Error(err, "cannot start")
+		os.Exit(1)
+	}
+	o.Config = cfg
+	o.Issuer, o.Audience, o.KeyRotationPeriod = cfg.Issuer, cfg.Audience, cfg.KeyRotationPeriod.Duration
+	o.ProxyBaseURL = cfg.Proxy.BaseURL
 
 	if err := manager.Run(ctrl.SetupSignalHandler(), o); err != nil {
 		ctrl.Log.Error(err, "operator failed")

@@ -28,6 +28,7 @@ import (
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/controller"
+	"github.com/llm-user-operator/llm-user-operator/internal/operatorconfig"
 	"github.com/llm-user-operator/llm-user-operator/internal/refresh"
 )
 
@@ -52,6 +53,11 @@ type Options struct {
 	SkipNameValidation bool // tests start several managers in one process
 	Clock              clock.Clock
 	Scheme             *runtime.Scheme
+
+	// Config is the operator's configuration file; with it the operator
+	// runs the proxy workload it describes. Nil runs none (tests of other
+	// controllers).
+	Config *operatorconfig.OperatorConfig
 }
 
 // Defaults fills unset options.
@@ -119,11 +125,7 @@ func Run(ctx context.Context, o Options) error {
 		LeaderElectionNamespace: o.Namespace,
 		GracefulShutdownTimeout: &o.GracefulShutdown,
 		Controller:              ctrlConfig(o.SkipNameValidation),
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			// Only what we write: never cache every Secret and ConfigMap in the cluster.
-			&corev1.Secret{}:    {Label: managed},
-			&corev1.ConfigMap{}: {Label: managed, Namespaces: map[string]cache.Config{o.Namespace: {}}},
-		}},
+		Cache:                   cache.Options{ByObject: cacheByObject(o.Namespace, managed)},
 	})
 	if err != nil {
 		return fmt.Errorf("creating manager: %w", err)
@@ -155,6 +157,15 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 
+	if o.Config != nil {
+		if err := (&controller.ProxyReconciler{
+			Client: mgr.GetClient(), Namespace: o.Namespace, JWKSConfigMap: o.JWKSConfigMap, Config: o.Config,
+			Recorder: mgr.GetEventRecorder("llm-user-operator"), Clock: o.Clock,
+		}).SetupWithManager(mgr); err != nil {
+			return err
+		}
+	}
+
 	if o.RefreshAddr != "" && o.RefreshAddr != "0" {
 		h := &refresh.Handler{Users: users{mgr.GetClient()}, Keys: keys, Issuer: o.Issuer, Audience: o.Audience, Now: o.Clock.Now}
 		mux := http.NewServeMux()
@@ -170,6 +181,15 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	return mgr.Start(ctx)
+}
+
+// cacheByObject caches only what the operator writes: never every Secret,
+// ConfigMap or Deployment in the cluster.
+func cacheByObject(namespace string, managed labels.Selector) map[client.Object]cache.ByObject {
+	by := controller.ProxyCacheOptions(namespace)
+	by[&corev1.Secret{}] = cache.ByObject{Label: managed}
+	by[&corev1.ConfigMap{}] = cache.ByObject{Label: managed, Namespaces: map[string]cache.Config{namespace: {}}}
+	return by
 }
 
 // users reads LLMUsers for the refresh endpoint from the manager's cache.

@@ -44,6 +44,7 @@ type Metrics struct {
 	requests   *prometheus.CounterVec
 	tokens     *prometheus.CounterVec
 	rejections *prometheus.CounterVec
+	unsettled  prometheus.Gauge
 }
 
 // Label values of gen_ai_token_type and of llm_proxy_tokens_total's type.
@@ -99,11 +100,23 @@ func New(reg prometheus.Registerer, opts Options) *Metrics {
 			Name: "llm_proxy_rejections_total",
 			Help: "Requests refused (or, for dry_run_* reasons, that would have been refused) by policy.",
 		}, []string{"namespace", "user", "reason"}),
+		unsettled: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "llm_proxy_unsettled_requests",
+			Help: "Finished requests whose usage the quota counter store has not taken yet (it was unreachable); they are settled again every second.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.tokenUsage, m.duration, m.ttft, m.requests, m.tokens, m.rejections)
+		reg.MustRegister(m.tokenUsage, m.duration, m.ttft, m.requests, m.tokens, m.rejections, m.unsettled)
 	}
 	return m
+}
+
+// SetUnsettled reports how many finished requests wait to be settled.
+func (m *Metrics) SetUnsettled(n int) {
+	if m == nil {
+		return
+	}
+	m.unsettled.Set(float64(n))
 }
 
 // Request is one finished request, as recorded by [Metrics.ObserveRequest].

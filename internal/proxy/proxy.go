@@ -220,8 +220,9 @@ type Proxy struct {
 	disableContinuousUsage bool
 	dryRunNotifier         DryRunNotifier
 
-	ids   requestIDs
-	gates gates
+	ids       requestIDs
+	gates     gates
+	unsettled unsettled
 
 	models    atomic.Pointer[modelTable]
 	refreshMu sync.Mutex

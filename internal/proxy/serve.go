@@ -48,8 +48,10 @@ type exchange struct {
 	res *quota.Reservation
 	// gate is the local in-flight slot held, "" if none.
 	gate string
-	done bool
-	ttft time.Duration
+	// alert: the reservation crossed an alert threshold (quota.Crossed).
+	alert bool
+	done  bool
+	ttft  time.Duration
 }
 
 // apiHandler serves one endpoint as a short sequence of named phases:
@@ -226,7 +228,7 @@ func (ex *exchange) admit() bool {
 		}
 		p.dryRun(u, metrics.ReasonMaxTokens, viol.message)
 	}
-	if quotaOn && (len(u.Budgets) > 0 || u.MaxConcurrentRequests != nil) && !ex.reserve() {
+	if quotaOn && !ex.reserve() {
 		return false
 	}
 	var sp [3]splice
@@ -277,6 +279,7 @@ func (ex *exchange) reserve() bool {
 		return ex.refuseQuota(dec.Exceeded, now)
 	}
 	ex.res, ex.est = res, dec.Granted
+	ex.alert = quota.Crossed(dec.Windows, u.Budgets, dec.Granted)
 	if dec.Granted.OutputTokens < req.Estimate.OutputTokens {
 		p.metrics.Reject(u.Namespace, u.Name, metrics.ReasonShortened)
 	}
@@ -329,17 +332,18 @@ func (ex *exchange) finish(code int, charge quota.Amount, errType string) {
 	at := ex.start
 	if ex.res != nil {
 		at = ex.res.At
-		if err := p.counter.Settle(context.WithoutCancel(ex.r.Context()), ex.res, charge); err != nil {
-			ex.log(err, "Settling quota failed", "namespace", ex.user.Namespace, "user", ex.user.Name)
-		}
 	}
 	var ns, name string
+	var c quota.Charge
 	if u := ex.user; u != nil {
 		ns, name = u.Namespace, u.Name
-		if p.sink != nil && !charge.IsZero() {
-			p.sink.Charge(quota.Charge{Namespace: ns, User: name, UserUID: u.UID, Quota: u.QuotaName, QuotaUID: u.QuotaUID,
-				Pool: u.pool(), Model: ex.modelID(), Amount: charge, At: at})
-		}
+		c = quota.Charge{Namespace: ns, User: name, UserUID: u.UID, Quota: u.QuotaName, QuotaUID: u.QuotaUID,
+			Pool: u.pool(), Model: ex.modelID(), Amount: charge, At: at, Alert: ex.alert}
+	}
+	if ex.res != nil {
+		p.settle(context.WithoutCancel(ex.r.Context()), settlement{res: ex.res, actual: charge, charge: c})
+	} else {
+		p.charged(c)
 	}
 	p.metrics.ObserveRequest(metrics.Request{
 		Namespace: ns, User: name, Model: ex.modelID(), Operation: ex.ep.operation, Code: code,
@@ -354,7 +358,7 @@ func (ex *exchange) finish(code int, charge quota.Amount, errType string) {
 func (ex *exchange) close() {
 	if !ex.done && ex.res != nil {
 		ex.done = true
-		_ = ex.p.counter.Settle(context.WithoutCancel(ex.r.Context()), ex.res, quota.Amount{})
+		ex.p.settle(context.WithoutCancel(ex.r.Context()), settlement{res: ex.res})
 	}
 	if ex.gate != "" {
 		ex.p.gates.leave(ex.gate)

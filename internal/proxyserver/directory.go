@@ -57,17 +57,6 @@ func (d *Directory) Users() []proxy.User {
 	return out
 }
 
-// Limits returns a quota's limits, for status write-back.
-func (d *Directory) Limits(namespace, name string) ([]quota.Limit, bool) {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
-	q, ok := d.quotas[namespace+"/"+name]
-	if !ok {
-		return nil, false
-	}
-	return quota.LimitsFromSpec(q.Spec.Limits), true
-}
-
 // Watch registers the informer handlers and marks the directory ready once
 // they have synced.
 func (d *Directory) Watch(ctx context.Context, c cache.Cache) error {
@@ -187,13 +176,6 @@ func (d *Directory) view(u *llmv1alpha1.LLMUser) proxy.User {
 	v.MaxTokensPerRequest = q.Spec.MaxTokensPerRequest
 	v.MaxConcurrentRequests = q.Spec.MaxConcurrentRequests
 	v.DryRun = q.Spec.Enforcement == llmv1alpha1.EnforcementDryRun
-	if len(q.Spec.Limits) > 0 {
-		limits := quota.LimitsFromSpec(q.Spec.Limits)
-		if q.Spec.Scope == llmv1alpha1.ScopeShared {
-			v.Budgets = []quota.Budget{quota.PoolBudget(q.Namespace, q.Name, string(q.UID), limits, v.DryRun)}
-		} else {
-			v.Budgets = []quota.Budget{quota.UserBudget(u.Namespace, u.Name, string(u.UID), limits, v.DryRun)}
-		}
-	}
+	v.Budgets = quota.BudgetsFor(u, q)
 	return v
 }

@@ -53,11 +53,9 @@ func TestDirectoryViews(t *testing.T) {
 		t.Errorf("models: %v %v", a.Models, a.UserModels)
 	}
 	b, _ := d.User("ns", "bob")
-	if len(b.Budgets) != 1 || b.Budgets[0].Key != "quota/ns/pool/uid-pool" || b.Budgets[0].Kind != quota.BudgetPool || b.Budgets[0].DryRun {
-		t.Fatalf("shared view: %+v", b)
-	}
-	if l, ok := d.Limits("ns", "pool"); !ok || *l[0].Requests != 5 {
-		t.Errorf("limits: %v %v", l, ok)
+	if len(b.Budgets) != 2 || b.Budgets[1].Key != "quota/ns/pool/uid-pool" || b.Budgets[1].Kind != quota.BudgetPool || b.Budgets[1].DryRun ||
+		b.Budgets[0].Key != "user/ns/bob/uid-bob" || b.Budgets[0].Limits[0].Requests != nil {
+		t.Fatalf("shared view: %+v, want the user's tally and the pool", b)
 	}
 
 	// A deleted quota turns its users' views back; a deleted user disappears.
@@ -84,9 +82,11 @@ func TestFailoverModes(t *testing.T) {
 	for _, open := range []bool{false, true} {
 		reg := prometheus.NewRegistry()
 		f := newFailover(brokenCounter{}, open, nil, reg)
-		res, dec, err := f.Reserve(context.Background(), quota.Request{})
-		if open && (err != nil || !dec.Allowed || res != nil) {
-			t.Errorf("fail-open: res=%v dec=%+v err=%v, want admitted unreserved", res, dec, err)
+		b := quota.UserBudget("ns", "alice", "uid-alice", nil, false)
+		res, dec, err := f.Reserve(context.Background(), quota.Request{Budgets: []quota.Budget{b}, Estimate: quota.Amount{Requests: 1, InputTokens: 5}})
+		if open && (err != nil || !dec.Allowed || dec.Granted != (quota.Amount{Requests: 1, InputTokens: 5}) ||
+			res == nil || !res.Amount.IsZero() || len(res.Budgets) != 1 || res.Budgets[0].Key != b.Key) {
+			t.Errorf("fail-open: res=%+v dec=%+v err=%v, want admitted with a reservation of alice's budget that holds nothing", res, dec, err)
 		}
 		if !open && err == nil {
 			t.Error("fail-closed: the error must reach the proxy (503)")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -14,13 +15,15 @@ import (
 // failover applies the configured failure mode of a shared counter store
 // (Redis) and makes it visible. Fail closed (the default): a request whose
 // reservation cannot be made is refused with 503 by the proxy. Fail open:
-// it is admitted unreserved; its usage is still charged to status through the
-// usage sink, but the shared counters miss it, so replicas may overshoot a
-// budget while the store is down.
+// it is admitted with a reservation that holds nothing
+// ([quota.Unreserved]), so replicas may overshoot a budget while the store
+// is down; its usage is charged all the same once the store answers again,
+// since the proxy retries every Settle that failed.
 //
-// A store that restarted empty answers [quota.ErrUnseeded]: the first request
-// to see it seeds the store again from status (reseed), and the request is
-// retried, so a restart of Redis never hands out fresh budgets.
+// A store that restarted empty answers [quota.ErrUnseeded]: the first call
+// to see it seeds the store again from status (reseed), and the call is
+// retried, so a restart of Redis never hands out fresh budgets, and no
+// charge lands in counters that the reseed would overwrite.
 type failover struct {
 	quota.Counter
 	open      bool
@@ -37,7 +40,7 @@ func newFailover(c quota.Counter, open bool, reseed func(context.Context) error,
 		Counter: c, open: open, reseed: reseed,
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llm_proxy_counter_errors_total",
-			Help: "Quota counter store errors by operation and the action taken (admitted: fail-open; refused: fail-closed).",
+			Help: "Quota counter store errors by operation and the action taken (reserve: admitted when failing open, refused when failing closed; settle: retried).",
 		}, []string{"operation", "action"}),
 		available: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "llm_proxy_counter_available",
@@ -58,7 +61,10 @@ func (f *failover) observe(op string, err error) {
 	}
 	f.available.Set(0)
 	action := "refused"
-	if f.open || op != "reserve" {
+	switch {
+	case op != "reserve":
+		action = "retried" // the proxy settles again until the store answers
+	case f.open:
 		action = "admitted"
 	}
 	f.errors.WithLabelValues(op, action).Inc()
@@ -78,13 +84,19 @@ func (f *failover) Reserve(ctx context.Context, req quota.Request) (*quota.Reser
 	f.observe("reserve", err)
 	if err != nil && f.open {
 		// Admitted unreserved, with the estimate it would have held.
-		return nil, quota.Decision{Allowed: true, Granted: req.Estimate, WouldGrant: req.Estimate}, nil
+		return quota.Unreserved(req.Budgets, time.Now()), quota.Decision{Allowed: true, Granted: req.Estimate, WouldGrant: req.Estimate}, nil
 	}
 	return res, dec, err
 }
 
 func (f *failover) Settle(ctx context.Context, r *quota.Reservation, actual quota.Amount) error {
+	seen := f.reseeds.Load()
 	err := f.Counter.Settle(ctx, r, actual)
+	if errors.Is(err, quota.ErrUnseeded) && f.reseed != nil {
+		if err = f.seedOnce(ctx, seen); err == nil {
+			err = f.Counter.Settle(ctx, r, actual)
+		}
+	}
 	f.observe("settle", err)
 	return err
 }

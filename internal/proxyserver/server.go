@@ -125,7 +125,8 @@ func Run(ctx context.Context, o Options) error {
 	reg.MustRegister(metrics.NewBudgetCollector(budgetSource(dir, counter, fo.Available, o.UserLabel)))
 
 	rec := usage.New(writer, usage.Options{
-		FlushInterval: o.FlushInterval, Limits: dir.Limits, Registerer: reg, Logger: log.WithName("usage"),
+		Counter: counter, Reader: c, APIReader: writer,
+		FlushInterval: o.FlushInterval, WriteRate: o.StatusWriteRate, Registerer: reg, Logger: log.WithName("usage"),
 	})
 	notices, err := newDryRunEvents(cfg, scheme)
 	if err != nil {
@@ -154,6 +155,7 @@ func Run(ctx context.Context, o Options) error {
 	bg, bgCtx := errgroup.WithContext(bgCtx)
 	bg.Go(func() error { return c.Start(bgCtx) })
 	bg.Go(func() error { return p.Start(bgCtx) })
+	bg.Go(func() error { return p.RetrySettles(bgCtx) })
 	bg.Go(func() error { return rec.Start(bgCtx) })
 	bg.Go(func() error { notices.run(bgCtx); return nil })
 	if shared {
@@ -177,6 +179,9 @@ func Run(ctx context.Context, o Options) error {
 	bgErr := bg.Wait()
 	flushCtx, cancelFlush := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancelFlush()
+	if n := p.SettleKept(flushCtx); n > 0 {
+		log.Error(nil, "stopping with requests the quota store never took; their usage is lost", "requests", n)
+	}
 	if err := rec.Flush(flushCtx); err != nil {
 		log.Error(err, "final usage flush incomplete")
 		serveErr = errors.Join(serveErr, err)

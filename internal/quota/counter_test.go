@@ -554,6 +554,61 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 		checkWindows(t, "next day", status(t, c, b)[1:], window(b, 1, clock.Now(), Amount{}, Amount{}))
 	})
 
+	t.Run("lifetime counts every charge of every budget", func(t *testing.T) {
+		clock, c := setup()
+		pool := PoolBudget("team", "shared", "uid-shared", []Limit{{Window: day, Tokens: ptr(100000)}}, false)
+		free := UserBudget("team", "free", "uid-free", nil, false) // no limits: no windows, a lifetime all the same
+		charge(t, c, []Budget{alice, pool}, Amount{1, 10, 20})
+		clock.Step(48 * time.Hour) // other windows: lifetime goes on
+		charge(t, c, []Budget{alice, pool, alice}, Amount{1, 1, 2})
+		charge(t, c, []Budget{free}, Amount{1, 5, 5})
+		r := admit(t, c, []Budget{alice}, Amount{1, 100, 100})
+		settle(t, c, r, Amount{}) // released, never charged
+		for _, tc := range []struct {
+			key  string
+			want Amount
+		}{
+			{alice.Key, Amount{2, 11, 22}},
+			{pool.Key, Amount{2, 11, 22}},
+			{free.Key, Amount{1, 5, 5}},
+			{UserKey("team", "nobody", "uid-nobody"), Amount{}},
+		} {
+			got, err := c.Lifetime(ctx, tc.key)
+			if err != nil || got != tc.want {
+				t.Errorf("Lifetime(%s) = %+v, %v; want %+v", tc.key, got, err, tc.want)
+			}
+		}
+		if err := c.SeedLifetime(ctx, alice.Key, Amount{1, 50, 3}); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := c.Lifetime(ctx, alice.Key); got != (Amount{2, 50, 22}) {
+			t.Errorf("Lifetime after seeding = %+v, want each field raised, never lowered", got)
+		}
+	})
+
+	t.Run("settling again changes nothing", func(t *testing.T) {
+		_, c := setup()
+		r := admit(t, c, []Budget{alice}, Amount{1, 100, 100})
+		other := admit(t, c, []Budget{alice}, Amount{1, 50, 50})
+		settle(t, c, r, Amount{1, 10, 20})
+		settle(t, c, r, Amount{1, 10, 20}) // a retry whose first try landed
+		// The retry neither charges again nor releases the other hold.
+		checkWindows(t, "status", status(t, c, alice), window(alice, 0, t0, Amount{1, 10, 20}, Amount{1, 50, 50}))
+		if got, _ := c.Lifetime(ctx, alice.Key); got != (Amount{1, 10, 20}) {
+			t.Errorf("Lifetime = %+v, want one charge", got)
+		}
+		settle(t, c, other, Amount{})
+		// A reservation admitted without the counter (a store that failed
+		// open) charges the windows current when it was made.
+		u := Unreserved([]Budget{alice}, t0)
+		if u.Amount != (Amount{}) || u.ID == r.ID || u.ID == other.ID {
+			t.Errorf("Unreserved = %+v: want no hold and an id of its own", u)
+		}
+		settle(t, c, u, Amount{1, 5, 5})
+		settle(t, c, u, Amount{1, 5, 5})
+		checkWindows(t, "status after an unreserved charge", status(t, c, alice), window(alice, 0, t0, Amount{2, 15, 25}, Amount{}))
+	})
+
 	t.Run("status and remaining", func(t *testing.T) {
 		_, c := setup()
 		b := UserBudget("team", "kim", "uid-kim", []Limit{

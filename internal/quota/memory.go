@@ -4,7 +4,6 @@ import (
 	"context"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
@@ -18,12 +17,13 @@ import (
 // ordering. Holding it costs a few map lookups per request.
 type Memory struct {
 	now func() time.Time
-	ids atomic.Uint64
 
 	mu      sync.Mutex
 	budgets map[string]map[llmv1alpha1.Window]*windowCounter
 	// inflight counts each concurrency key's requests in flight.
 	inflight map[string]int64
+	// lifetime is what each budget was charged since it began or was seeded.
+	lifetime map[string]Amount
 	// nextSweep is when ended windows are next dropped.
 	nextSweep time.Time
 }
@@ -46,7 +46,7 @@ var _ Counter = (*Memory)(nil)
 
 // NewMemory returns an empty in-process counter reading time from now.
 func NewMemory(now func() time.Time) *Memory {
-	return &Memory{now: now, budgets: make(map[string]map[llmv1alpha1.Window]*windowCounter), inflight: make(map[string]int64)}
+	return &Memory{now: now, budgets: make(map[string]map[llmv1alpha1.Window]*windowCounter), inflight: make(map[string]int64), lifetime: make(map[string]Amount)}
 }
 
 // peek returns s's counts without creating or resetting anything: a counter
@@ -128,7 +128,7 @@ func (m *Memory) Reserve(_ context.Context, req Request) (*Reservation, Decision
 		c.reserved = c.reserved.Add(v.grant)
 		state[i].reserved = c.reserved
 	}
-	r := &Reservation{Budgets: slices.Clone(req.Budgets), Amount: v.grant, At: now, ID: m.ids.Add(1)}
+	r := &Reservation{Budgets: slices.Clone(req.Budgets), Amount: v.grant, At: now, ID: reservationIDs.Add(1)}
 	if c := req.Concurrency; c != nil {
 		m.inflight[c.Key]++
 		r.concurrency = c.Key
@@ -152,6 +152,10 @@ func (m *Memory) Settle(_ context.Context, r *Reservation, actual Amount) error 
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if r.settled {
+		return nil
+	}
+	r.settled = true
 	for _, s := range p.slots {
 		c := m.budgets[s.key][s.window]
 		if c == nil || !c.start.Equal(s.start) {
@@ -159,6 +163,11 @@ func (m *Memory) Settle(_ context.Context, r *Reservation, actual Amount) error 
 		}
 		c.reserved = subFloor(c.reserved, held)
 		c.used = c.used.Add(actual)
+	}
+	if !actual.IsZero() {
+		for _, k := range keys(r.Budgets) {
+			m.lifetime[k] = m.lifetime[k].Add(actual)
+		}
 	}
 	if k := r.concurrency; k != "" {
 		if n := m.inflight[k] - 1; n > 0 {
@@ -195,11 +204,22 @@ func (m *Memory) Seed(_ context.Context, budget string, w llmv1alpha1.Window, st
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	c := m.counter(s)
-	c.used = Amount{
-		Requests:     max(c.used.Requests, used.Requests),
-		InputTokens:  max(c.used.InputTokens, used.InputTokens),
-		OutputTokens: max(c.used.OutputTokens, used.OutputTokens),
-	}
+	c.used = raise(c.used, used)
+	return nil
+}
+
+// Lifetime implements [Counter].
+func (m *Memory) Lifetime(_ context.Context, budget string) (Amount, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lifetime[budget], nil
+}
+
+// SeedLifetime implements [Counter].
+func (m *Memory) SeedLifetime(_ context.Context, budget string, used Amount) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.lifetime[budget] = raise(m.lifetime[budget], nonNegative(used))
 	return nil
 }
 
@@ -209,4 +229,5 @@ func (m *Memory) Forget(budgetKey string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(m.budgets, budgetKey)
+	delete(m.lifetime, budgetKey)
 }

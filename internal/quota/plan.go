@@ -85,19 +85,20 @@ func usedOf(r Resource, held Amount) int64 {
 	}
 }
 
-func capOf(r Resource, l Limit) int64 {
-	var c *int64
+func capOf(r Resource, l Limit) int64 { return *capPtr(r, l) }
+
+// capPtr is l's cap of resource r, nil when uncapped.
+func capPtr(r Resource, l Limit) *int64 {
 	switch r {
 	case ResourceTokens:
-		c = l.Tokens
+		return l.Tokens
 	case ResourceInputTokens:
-		c = l.InputTokens
+		return l.InputTokens
 	case ResourceOutputTokens:
-		c = l.OutputTokens
+		return l.OutputTokens
 	default:
-		c = l.Requests
+		return l.Requests
 	}
-	return *c
 }
 
 // slot is one counter that a request touches: one budget's current window.

@@ -8,6 +8,8 @@ package quota
 
 import (
 	"context"
+	"slices"
+	"sync/atomic"
 	"time"
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
@@ -97,6 +99,9 @@ type Budget struct {
 	Limits               []Limit
 	// DryRun budgets never refuse; the Decision still says what would have been refused.
 	DryRun bool
+	// Thresholds are the percentages of a limit whose crossing is worth
+	// telling at once (alerts); 100 is always one.
+	Thresholds []int32
 }
 
 // UserBudget is the budget of an LLMUser's own counters.
@@ -201,6 +206,19 @@ type Reservation struct {
 	ID uint64
 	// concurrency is the in-flight counter held, "" if none.
 	concurrency string
+	// settled is set by the Memory counter once it settled r.
+	settled bool
+}
+
+// reservationIDs numbers every reservation of the process, whichever
+// counter made it.
+var reservationIDs atomic.Uint64
+
+// Unreserved returns a reservation that holds nothing, for a request admitted
+// without the counter (a shared store that failed open). Settling it charges
+// the budgets' windows current at at, like any reservation made then.
+func Unreserved(budgets []Budget, at time.Time) *Reservation {
+	return &Reservation{Budgets: slices.Clone(budgets), At: at, ID: reservationIDs.Add(1)}
 }
 
 // Counter keeps budgets. Implementations are safe for concurrent use.
@@ -217,6 +235,8 @@ type Counter interface {
 	Reserve(ctx context.Context, req Request) (*Reservation, Decision, error)
 	// Settle releases r and charges actual to the windows r was made in. A
 	// zero actual releases the reservation without charging anything.
+	// Settling r again changes nothing, so a Settle that failed, or whose
+	// reply was lost, may be retried.
 	Settle(ctx context.Context, r *Reservation, actual Amount) error
 	// Status returns the budget's windows as of now, without changing them.
 	Status(ctx context.Context, b Budget) ([]WindowStatus, error)
@@ -224,6 +244,27 @@ type Counter interface {
 	// to at least used (per field). Counts already higher are kept. It restores
 	// what status recorded before a restart; a window that has ended is ignored.
 	Seed(ctx context.Context, budget string, w llmv1alpha1.Window, start time.Time, used Amount) error
+	// Lifetime returns everything charged to a budget (by its key), in every
+	// window, since its counters began or were seeded.
+	Lifetime(ctx context.Context, budget string) (Amount, error)
+	// SeedLifetime raises a budget's lifetime to at least used (per field).
+	SeedLifetime(ctx context.Context, budget string, used Amount) error
+}
+
+// keys returns the distinct keys of budgets, in order.
+func keys(budgets []Budget) []string {
+	out := make([]string, 0, len(budgets))
+	for _, b := range budgets {
+		if !slices.Contains(out, b.Key) {
+			out = append(out, b.Key)
+		}
+	}
+	return out
+}
+
+// raise returns a with each field raised to at least b's.
+func raise(a, b Amount) Amount {
+	return Amount{max(a.Requests, b.Requests), max(a.InputTokens, b.InputTokens), max(a.OutputTokens, b.OutputTokens)}
 }
 
 // Charge is what one settled request cost: what the proxy reports to the
@@ -242,6 +283,10 @@ type Charge struct {
 	// At is when the request was admitted: its usage counts in the windows
 	// current then. Zero means now.
 	At time.Time
+	// Alert: admitting the request took one of its windows across an alert
+	// threshold or to its limit (see [Crossed]), so its status is worth
+	// writing before others'.
+	Alert bool
 }
 
 // Remaining returns what is left under the limit's tightest token cap and its

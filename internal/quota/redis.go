@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -50,7 +49,6 @@ type Redis struct {
 	now     func() time.Time
 	lease   time.Duration
 	replica string
-	ids     atomic.Uint64
 }
 
 var _ Counter = (*Redis)(nil)
@@ -73,6 +71,12 @@ type RedisOptions struct {
 // keyGrace is how long a window's key outlives the window, so that a Settle
 // arriving just after the end still finds it.
 const keyGrace = time.Hour
+
+// settledTTL is how long Redis remembers that a reservation was settled, so
+// that a retried Settle (after an error, or a reply that was lost) is not
+// charged twice. A retry comes within seconds once Redis answers again; the
+// cost is one small key per request for this long.
+const settledTTL = 5 * time.Minute
 
 // inflightTTL bounds how long a user's in-flight hash outlives its last
 // request when every replica that held it is gone.
@@ -100,6 +104,16 @@ var ErrUnseeded = errors.New("quota: the shared counters are not seeded")
 
 func (r *Redis) marker() string { return r.prefix + "seeded" }
 func (r *Redis) leases() string { return r.prefix + "leases" }
+
+// settledKey marks a reservation settled; the replica id makes the
+// process-wide reservation id unique across replicas.
+func (r *Redis) settledKey(res *Reservation) string {
+	return r.prefix + "settled:" + r.replica + ":" + strconv.FormatUint(res.ID, 36)
+}
+
+// lifetimeKey is the hash of a budget's lifetime usage. It never expires:
+// it is one small hash per user, and status restores it after a loss.
+func (r *Redis) lifetimeKey(budget string) string { return r.prefix + budget + ":lifetime" }
 
 // inflightKey is the hash counting a concurrency key's requests in flight.
 func (r *Redis) inflightKey(k string) string { return r.prefix + "inflight:" + k }
@@ -255,22 +269,29 @@ return reply
 `)
 
 // settleScript releases this replica's hold and charges the actual usage,
-// both in the windows the reservation was made in.
+// both in the windows the reservation was made in, and adds it to each
+// budget's lifetime. It runs at most once per reservation: its first run
+// sets the reservation's settled key, and a retry that finds it does
+// nothing. It refuses (-1) while the counters are not seeded, so a charge
+// never lands in counters that a reseed would then overwrite.
 //
 //	KEYS:  one per distinct budget window of the reservation, then the
-//	       in-flight hash if ARGV[8] is 1
+//	       in-flight hash if ARGV[9] is 1, then one lifetime hash per
+//	       budget, then the seeded marker and the reservation's settled key
 //	ARGV:  replica id, held req, in, out, actual req, in, out,
-//	       1 if an in-flight slot is held, then per window: ttl (ms)
+//	       number of windows, 1 if an in-flight slot is held,
+//	       the settled key's ttl (ms), then per window: ttl (ms)
+//	reply: 1 settled, 0 already settled, -1 not seeded
 //
-// A window key that no longer exists (expired, or Redis restarted) has
-// nothing to release; an actual charge recreates it with its expiry.
+// A window key that no longer exists (expired) has nothing to release; an
+// actual charge recreates it with its expiry.
 var settleScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[#KEYS - 1]) == 0 then return -1 end
+if not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'PX', ARGV[10]) then return 0 end
 local id = ARGV[1]
 local held = {tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])}
 local actual = {tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])}
-local hasConc = ARGV[8] == '1'
-local nwin = #KEYS
-if hasConc then nwin = nwin - 1 end
+local nwin, hasConc = tonumber(ARGV[8]), ARGV[9] == '1'
 local hf = {'q:' .. id, 'i:' .. id, 'o:' .. id}
 local uf = {'req', 'in', 'out'}
 local charge = actual[1] ~= 0 or actual[2] ~= 0 or actual[3] ~= 0
@@ -279,16 +300,26 @@ local function release(key, field, d)
   local cur = tonumber(redis.call('HGET', key, field) or '0')
   if cur <= d then redis.call('HDEL', key, field) else redis.call('HINCRBY', key, field, -d) end
 end
+local function add(key)
+  for j = 1, 3 do
+    if actual[j] ~= 0 then redis.call('HINCRBY', key, uf[j], actual[j]) end
+  end
+end
 for i = 1, nwin do
   for j = 1, 3 do release(KEYS[i], hf[j], held[j]) end
   if charge then
-    for j = 1, 3 do
-      if actual[j] ~= 0 then redis.call('HINCRBY', KEYS[i], uf[j], actual[j]) end
-    end
-    redis.call('PEXPIRE', KEYS[i], ARGV[8 + i])
+    add(KEYS[i])
+    redis.call('PEXPIRE', KEYS[i], ARGV[10 + i])
   end
 end
-if hasConc then release(KEYS[#KEYS], id, 1) end
+local life = nwin + 1
+if hasConc then
+  release(KEYS[nwin + 1], id, 1)
+  life = nwin + 2
+end
+if charge then
+  for i = life, #KEYS - 2 do add(KEYS[i]) end
+end
 return 1
 `)
 
@@ -351,15 +382,15 @@ func (r *Redis) Reserve(ctx context.Context, req Request) (*Reservation, Decisio
 	req.Estimate = nonNegative(req.Estimate)
 	est := req.Estimate
 	n := len(p.slots)
-	keys := make([]string, 0, n+3)
+	ks := make([]string, 0, n+3)
 	args := make([]any, 0, 11+n+5*len(p.checks))
 	args = append(args, r.replica, now.UnixMilli(), r.lease.Milliseconds(), max(req.OutputStep, 0),
 		est.Requests, est.InputTokens, est.OutputTokens, n)
 	for _, s := range p.slots {
-		keys = append(keys, r.key(s))
+		ks = append(ks, r.key(s))
 	}
 	if c := req.Concurrency; c != nil {
-		keys = append(keys, r.inflightKey(c.Key))
+		ks = append(ks, r.inflightKey(c.Key))
 		args = append(args, 1, c.Limit, boolArg(c.DryRun))
 	} else {
 		args = append(args, 0, -1, 0)
@@ -374,8 +405,8 @@ func (r *Redis) Reserve(ctx context.Context, req Request) (*Reservation, Decisio
 		l := c.limit
 		args = append(args, c.slot+1, capArg(l.Tokens), capArg(l.InputTokens), capArg(l.OutputTokens), capArg(l.Requests))
 	}
-	keys = append(keys, r.leases(), r.marker())
-	reply, err := reserveScript.Run(ctx, r.client, keys, args...).Int64Slice()
+	ks = append(ks, r.leases(), r.marker())
+	reply, err := reserveScript.Run(ctx, r.client, ks, args...).Int64Slice()
 	if err != nil {
 		return nil, Decision{}, fmt.Errorf("quota: reserve in redis: %w", err)
 	}
@@ -407,7 +438,7 @@ func (r *Redis) Reserve(ctx context.Context, req Request) (*Reservation, Decisio
 		state[i].reserved = state[i].reserved.Add(d.Granted)
 	}
 	d.Windows = p.windows(state)
-	res := &Reservation{Budgets: slices.Clone(req.Budgets), Amount: d.Granted, At: now, ID: r.ids.Add(1)}
+	res := &Reservation{Budgets: slices.Clone(req.Budgets), Amount: d.Granted, At: now, ID: reservationIDs.Add(1)}
 	if c := req.Concurrency; c != nil {
 		res.concurrency = c.Key
 	}
@@ -431,24 +462,33 @@ func (r *Redis) Settle(ctx context.Context, res *Reservation, actual Amount) err
 	if err != nil {
 		return err
 	}
-	if len(p.slots) == 0 && res.concurrency == "" {
-		return nil
-	}
 	held := nonNegative(res.Amount)
 	actual = nonNegative(actual)
-	keys := make([]string, 0, len(p.slots)+1)
-	args := make([]any, 0, 8+len(p.slots))
+	budgets := keys(res.Budgets)
+	if len(p.slots) == 0 && res.concurrency == "" && (actual.IsZero() || len(budgets) == 0) {
+		return nil
+	}
+	ks := make([]string, 0, len(p.slots)+3+len(budgets))
+	args := make([]any, 0, 10+len(p.slots))
 	args = append(args, r.replica, held.Requests, held.InputTokens, held.OutputTokens, actual.Requests, actual.InputTokens, actual.OutputTokens,
-		boolArg(res.concurrency != ""))
+		len(p.slots), boolArg(res.concurrency != ""), settledTTL.Milliseconds())
 	for _, s := range p.slots {
-		keys = append(keys, r.key(s))
+		ks = append(ks, r.key(s))
 		args = append(args, ttl(s, now))
 	}
 	if res.concurrency != "" {
-		keys = append(keys, r.inflightKey(res.concurrency))
+		ks = append(ks, r.inflightKey(res.concurrency))
 	}
-	if err := settleScript.Run(ctx, r.client, keys, args...).Err(); err != nil {
+	for _, b := range budgets {
+		ks = append(ks, r.lifetimeKey(b))
+	}
+	ks = append(ks, r.marker(), r.settledKey(res))
+	n, err := settleScript.Run(ctx, r.client, ks, args...).Int64()
+	if err != nil {
 		return fmt.Errorf("quota: settle in redis: %w", err)
+	}
+	if n < 0 {
+		return ErrUnseeded
 	}
 	return nil
 }
@@ -497,6 +537,49 @@ func (r *Redis) Seed(ctx context.Context, budget string, w llmv1alpha1.Window, s
 	}
 	return nil
 }
+
+// Lifetime implements [Counter].
+func (r *Redis) Lifetime(ctx context.Context, budget string) (Amount, error) {
+	v, err := r.client.HMGet(ctx, r.lifetimeKey(budget), "req", "in", "out").Result()
+	if err != nil {
+		return Amount{}, fmt.Errorf("quota: lifetime from redis: %w", err)
+	}
+	var a [3]int64
+	for i, f := range v {
+		if s, ok := f.(string); ok {
+			if a[i], err = strconv.ParseInt(s, 10, 64); err != nil {
+				return Amount{}, fmt.Errorf("quota: lifetime from redis: %s field %d is %q", r.lifetimeKey(budget), i, s)
+			}
+		}
+	}
+	return Amount{a[0], a[1], a[2]}, nil
+}
+
+// SeedLifetime implements [Counter].
+func (r *Redis) SeedLifetime(ctx context.Context, budget string, used Amount) error {
+	used = nonNegative(used)
+	if used.IsZero() {
+		return nil
+	}
+	if err := seedLifetimeScript.Run(ctx, r.client, []string{r.lifetimeKey(budget)}, used.Requests, used.InputTokens, used.OutputTokens).Err(); err != nil {
+		return fmt.Errorf("quota: seed lifetime in redis: %w", err)
+	}
+	return nil
+}
+
+// seedLifetimeScript raises each field of a lifetime hash to at least the
+// given value.
+//
+//	KEYS: the lifetime hash
+//	ARGV: req, in, out
+var seedLifetimeScript = redis.NewScript(`
+local f = {'req', 'in', 'out'}
+local cur = redis.call('HMGET', KEYS[1], 'req', 'in', 'out')
+for j = 1, 3 do
+  if tonumber(ARGV[j]) > (tonumber(cur[j]) or 0) then redis.call('HSET', KEYS[1], f[j], ARGV[j]) end
+end
+return 1
+`)
 
 // Renew renews this replica's lease now.
 func (r *Redis) Renew(ctx context.Context) error {

@@ -70,19 +70,40 @@ func TestRedisKeys(t *testing.T) {
 			t.Errorf("%s expires in %s, want %s", k.key, ttl, k.ttl)
 		}
 	}
-	if n, err := client.DBSize(ctx).Result(); err != nil || n != 4 {
-		t.Errorf("DBSize = %d, %v; want the 2 window keys, the leases and the seeded marker", n, err)
+	if n, err := client.DBSize(ctx).Result(); err != nil || n != 6 {
+		t.Errorf("DBSize = %d, %v; want the 2 window keys, the lifetime, the leases, the seeded marker and the settled key", n, err)
+	}
+	settled, err := client.Keys(ctx, "llm:settled:*").Result()
+	if err != nil || len(settled) != 1 {
+		t.Fatalf("settled keys %v, %v; want one", settled, err)
+	}
+	if ttl, err := client.PTTL(ctx, settled[0]).Result(); err != nil || ttl > 5*time.Minute || ttl < 4*time.Minute {
+		t.Errorf("%s expires in %s, %v; want 5m", settled[0], ttl, err)
 	}
 
-	// A reservation whose keys are gone (expired, or Redis restarted) is
-	// released without recreating them, since they would have no expiry.
+	// A reservation whose window keys expired is released without
+	// recreating them, since they would have no expiry.
 	r := admit(t, c, []Budget{UserBudget("team", "bob", "uid-bob", b.Limits, false)}, Amount{1, 1, 1})
-	if err := client.FlushDB(ctx).Err(); err != nil {
+	if err := client.Del(ctx, "llm:user/team/bob/uid-bob:Minute:"+fmt.Sprint(utc("2027-03-10T12:30:00Z").Unix()),
+		"llm:user/team/bob/uid-bob:Day:"+fmt.Sprint(utc("2027-03-10T00:00:00Z").Unix())).Err(); err != nil {
 		t.Fatal(err)
 	}
 	settle(t, c, r, Amount{})
+	if n, err := client.Exists(ctx, "llm:user/team/bob/uid-bob:Minute:"+fmt.Sprint(utc("2027-03-10T12:30:00Z").Unix())).Result(); err != nil || n != 0 {
+		t.Errorf("releasing into an expired window recreated it (%d, %v)", n, err)
+	}
+
+	// A Redis that lost everything (a restart) takes no charge until it is
+	// seeded again: a reseed would overwrite it.
+	r = admit(t, c, []Budget{UserBudget("team", "carol", "uid-carol", b.Limits, false)}, Amount{1, 1, 1})
+	if err := client.FlushDB(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Settle(ctx, r, Amount{0, 1, 1}); !errors.Is(err, ErrUnseeded) {
+		t.Errorf("Settle into an emptied Redis: %v, want ErrUnseeded", err)
+	}
 	if n, err := client.DBSize(ctx).Result(); err != nil || n != 0 {
-		t.Errorf("DBSize = %d, %v after releasing into an empty Redis; want 0", n, err)
+		t.Errorf("DBSize = %d, %v after settling into an emptied Redis; want 0", n, err)
 	}
 }
 
@@ -161,6 +182,11 @@ func TestRedisMatchesMemory(t *testing.T) {
 	}
 	for _, b := range budgets {
 		checkWindows(t, "final redis vs memory "+b.Key, status(t, red, b), status(t, mem, b)...)
+		lr, _ := red.Lifetime(ctx, b.Key)
+		lm, _ := mem.Lifetime(ctx, b.Key)
+		if lr != lm {
+			t.Errorf("lifetime of %s: redis %+v, memory %+v", b.Key, lr, lm)
+		}
 	}
 }
 

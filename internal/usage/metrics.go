@@ -1,12 +1,19 @@
 package usage
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Values of the result label of llm_proxy_status_writes_total.
 const (
-	resultSuccess  = "success"
-	resultConflict = "conflict"
-	resultError    = "error"
+	resultSuccess = "success"
+	// resultUnchanged counts objects whose status already showed what the
+	// counters hold: no write was made.
+	resultUnchanged = "unchanged"
+	resultConflict  = "conflict"
+	resultError     = "error"
 	// resultDropped counts objects deleted before their usage was written.
 	resultDropped = "dropped"
 	// resultOrphaned counts objects deleted and created again under the
@@ -21,11 +28,11 @@ type recorderMetrics struct {
 	writes *prometheus.CounterVec
 }
 
-func newRecorderMetrics(reg prometheus.Registerer, pending func() int) *recorderMetrics {
+func newRecorderMetrics(reg prometheus.Registerer, pending func() int, lag func() time.Duration) *recorderMetrics {
 	m := &recorderMetrics{
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llm_proxy_status_writes_total",
-			Help: "Usage write-backs to status, by object kind and result (success, conflict, error, dropped: the object was deleted, orphaned: it was deleted and created again, and the usage of the deleted one went nowhere).",
+			Help: "Usage write-backs to status, by object kind and result (success, unchanged, conflict, error, dropped: the object was deleted, orphaned: it was deleted and created again, and the usage of the deleted one went nowhere).",
 		}, []string{"kind", "result"}),
 	}
 	if reg != nil {
@@ -34,7 +41,11 @@ func newRecorderMetrics(reg prometheus.Registerer, pending func() int) *recorder
 			Name: "llm_proxy_status_pending_objects",
 			Help: "Objects whose usage is counted but not yet written to status.",
 		}, func() float64 { return float64(pending()) })
-		reg.MustRegister(m.writes, pendingObjects)
+		lagSeconds := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "llm_proxy_status_lag_seconds",
+			Help: "How long the oldest usage not yet written to status has waited.",
+		}, func() float64 { return lag().Seconds() })
+		reg.MustRegister(m.writes, pendingObjects, lagSeconds)
 	}
 	return m
 }

@@ -1,10 +1,21 @@
-// Package usage owns usage accumulation and the batched write-back to status:
-// the proxy charges every settled request to a [Recorder] in memory, and the
-// Recorder folds what accumulated into status.usage, status.lifetime and
-// status.lastRequestAt of the LLMUser (and, for Shared quotas, of the
-// LLMQuota) at most once per object per flush interval. [SeedFromStatus] goes
-// the other way: it restores a [quota.Counter] from what status recorded, so
-// a restarted replica still enforces the budget already spent.
+// Package usage owns the write-back of usage to status: it writes what the
+// quota counters hold into status.usage, status.lifetime and
+// status.lastRequestAt of the LLMUsers (and, for Shared quotas, the LLMQuotas)
+// whose requests the proxy settled. [SeedFromStatus] goes the other way: it
+// restores a [quota.Counter] from what status recorded, so that a restarted
+// replica still enforces the budget already spent.
+//
+// Status is written as absolute values read from the counter that owns them
+// (the in-process counter with one replica, Redis with several), never as
+// deltas: a write that is retried, because its answer was lost after the API
+// server applied it, writes the same values again. Nothing is counted twice,
+// whoever writes, however often.
+//
+// Writes are rationed: at most WriteRate per second per replica, spent first
+// on the objects whose last request crossed an alert threshold or exhausted a
+// window, then on those whose status is the most out of date; an object is
+// written at most once per FlushInterval (once a second when alerting), so
+// its status is at most a flush interval stale while the rate allows.
 //
 // Usage follows objects by uid: a charge names the uid of the LLMUser (and
 // LLMQuota) it belongs to, and is written to nobody's status when that
@@ -12,13 +23,16 @@
 package usage
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -28,25 +42,27 @@ import (
 
 // Options configures [New]. Zero fields take defaults.
 type Options struct {
-	// FlushInterval is how often [Recorder.Start] writes status (default 10s).
+	// Counter holds the usage to write: the counter admission uses. Required.
+	Counter quota.Counter
+	// Reader reads the objects to write (an informer cache in production;
+	// default: the client). A conflict re-reads through APIReader.
+	Reader client.Reader
+	// APIReader re-reads an object after a write conflict (default: the
+	// client), so that the retry sees the write that won.
+	APIReader client.Reader
+	// FlushInterval is how stale an object's status may be while the write
+	// rate allows, and how often at most it is written (default 10s).
 	FlushInterval time.Duration
-	// MaxConcurrentWrites bounds the status writes in flight (default 8).
-	MaxConcurrentWrites int
-	// Now is the clock that places charges and flushes in windows (default time.Now).
+	// WriteRate bounds this replica's status writes per second (default 50).
+	WriteRate float64
+	// Workers bounds the status writes in flight (default 8).
+	Workers int
+	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// FieldOwner is the field manager of the status writes (default "llm-user-proxy").
 	FieldOwner string
-	// Logger receives flush failures (default: discard).
+	// Logger receives write failures (default: discard).
 	Logger logr.Logger
-	// Limits returns a quota's limits, in spec order, so that a user's
-	// windows and remaining budget can be written without reading the
-	// LLMQuota; ok=false (or a nil func) falls back to reading it with the
-	// client, once per quota per flush.
-	Limits func(namespace, quotaName string) (limits []quota.Limit, ok bool)
-	// APIReader re-reads an object after a write conflict (default: the
-	// client). With a cache-backed client, pass the manager's API reader so
-	// that the retry sees the write that won.
-	APIReader client.Reader
 	// Registerer receives the Recorder's metrics; nil registers none. New
 	// panics if they are registered already, like prometheus.MustRegister.
 	Registerer prometheus.Registerer
@@ -55,43 +71,38 @@ type Options struct {
 // DefaultFieldOwner is the field manager of the proxy's status writes.
 const DefaultFieldOwner = "llm-user-proxy"
 
-// maxAttempts bounds the writes of one object in one flush: the first and its
-// retries after conflicts. Past it the delta waits for the next flush.
+// maxAttempts bounds the writes of one object in one turn: the first and its
+// retries after conflicts. Past it the object waits for its next turn.
 const maxAttempts = 4
 
-// Recorder accumulates charges in memory and writes them to status in
-// batches: one status write per charged object per flush (plus one more for
-// each write conflict), none for idle objects, at most MaxConcurrentWrites in
-// flight. A charge is not lost to a failed write: its delta waits for the
-// next flush. It is not counted twice: each write carries the
-// resourceVersion it was computed from, and a conflict recomputes from the
-// fresh object. The one exception is a write that fails ambiguously (the
-// connection drops after the API server applied it): its delta is retried
-// and counts twice in status, never in the quota counter.
-//
-// Recorder is a controller-runtime manager.Runnable that needs no leader
-// election: every proxy replica writes its own deltas. It is safe for
+// alertInterval is how often at most an alerting object is written.
+const alertInterval = time.Second
+
+// tick is how often the Recorder looks for objects due.
+const tick = 100 * time.Millisecond
+
+// Recorder writes usage to status. The proxy tells it, with [Recorder.Charge],
+// which objects a settled request changed; [Recorder.Start] writes them, and
+// any object whose status still shows a window that has ended, at the write
+// rate. It is a controller-runtime manager.Runnable that needs no leader
+// election: every replica writes the objects it charged. It is safe for
 // concurrent use.
 type Recorder struct {
 	client     client.Client
 	reader     client.Reader
+	apiReader  client.Reader
+	counter    quota.Counter
 	interval   time.Duration
 	workers    int
+	limiter    *rate.Limiter
 	now        func() time.Time
 	fieldOwner string
 	log        logr.Logger
-	limits     func(namespace, quotaName string) ([]quota.Limit, bool)
 	metrics    *recorderMetrics
 
-	// flushMu serializes flushes, so that an object is written by one of
-	// them at a time and a flush sees every earlier flush's leftovers.
-	flushMu sync.Mutex
-
 	mu sync.Mutex
-	// pending holds the deltas not yet taken by a flush.
-	pending map[objKey]*delta
-	// inflight is the batch of the running flush, until each write is done.
-	inflight map[objKey]*delta
+	// objects are those with something to write, or written lately.
+	objects map[objKey]*objState
 }
 
 // New returns a Recorder that writes status through c. Start it (or call
@@ -99,17 +110,21 @@ type Recorder struct {
 func New(c client.Client, opts Options) *Recorder {
 	r := &Recorder{
 		client:     c,
-		reader:     opts.APIReader,
+		reader:     opts.Reader,
+		apiReader:  opts.APIReader,
+		counter:    opts.Counter,
 		interval:   opts.FlushInterval,
-		workers:    opts.MaxConcurrentWrites,
+		workers:    opts.Workers,
 		now:        opts.Now,
 		fieldOwner: opts.FieldOwner,
 		log:        opts.Logger,
-		limits:     opts.Limits,
-		pending:    make(map[objKey]*delta),
+		objects:    make(map[objKey]*objState),
 	}
 	if r.reader == nil {
 		r.reader = c
+	}
+	if r.apiReader == nil {
+		r.apiReader = c
 	}
 	if r.interval <= 0 {
 		r.interval = 10 * time.Second
@@ -117,6 +132,11 @@ func New(c client.Client, opts Options) *Recorder {
 	if r.workers <= 0 {
 		r.workers = 8
 	}
+	writeRate := opts.WriteRate
+	if writeRate <= 0 {
+		writeRate = 50
+	}
+	r.limiter = rate.NewLimiter(rate.Limit(writeRate), max(1, int(writeRate)))
 	if r.now == nil {
 		r.now = time.Now
 	}
@@ -126,11 +146,11 @@ func New(c client.Client, opts Options) *Recorder {
 	if r.log.GetSink() == nil {
 		r.log = logr.Discard()
 	}
-	r.metrics = newRecorderMetrics(opts.Registerer, r.Pending)
+	r.metrics = newRecorderMetrics(opts.Registerer, r.Pending, r.Lag)
 	return r
 }
 
-// kind says which object a delta is written to.
+// kind says which object is written.
 type kind uint8
 
 const (
@@ -145,8 +165,8 @@ func (k kind) String() string {
 	return "LLMUser"
 }
 
-// objKey names one object with pending usage, by uid: a delta is written
-// only to the object it was charged to.
+// objKey names one object, by uid: usage is written only to the object it
+// was charged to. An empty uid matches any.
 type objKey struct {
 	kind                 kind
 	namespace, name, uid string
@@ -163,96 +183,27 @@ func (k objKey) newObject() client.Object {
 	return &llmv1alpha1.LLMUser{}
 }
 
-// bucket is what was charged in one minute. Every window starts on a whole
-// UTC minute, so a minute lies in exactly one instance of each window and
-// the per-window sums computed from buckets are exact.
-type bucket struct {
-	minute time.Time
-	amount quota.Amount
-}
-
-// delta is one object's usage not yet in its status.
-type delta struct {
-	// buckets are per minute, almost always in order: charges arrive with
-	// the clock, so the last bucket is the one a charge adds to.
-	buckets []bucket
-	// last is the time of the latest charge.
+// objState is what the Recorder knows of one object.
+type objState struct {
+	// dirty: charged since its last write; since is when it first was.
+	dirty bool
+	since time.Time
+	// alert: a charge since its last write crossed an alert threshold.
+	alert bool
+	// last is the time of its latest charge, for lastRequestAt.
 	last time.Time
-	// shared is whether the latest charge to a user also went to a Shared
-	// pool; the user's own entries then carry no remaining, which only the
-	// pool's entries can tell.
-	shared bool
+	// seq counts the charges, so that a write knows whether one came in
+	// while it was being made.
+	seq uint64
+	// written is when it was last written (or found up to date).
+	written time.Time
+	// busy: a write of it is in flight.
+	busy bool
 }
 
-func (d *delta) add(minute time.Time, a quota.Amount) {
-	for i := len(d.buckets) - 1; i >= 0; i-- {
-		if d.buckets[i].minute.Equal(minute) {
-			d.buckets[i].amount = d.buckets[i].amount.Add(a)
-			return
-		}
-	}
-	d.buckets = append(d.buckets, bucket{minute: minute, amount: a})
-}
-
-// merge adds o into d; o is older than d when both exist.
-func (d *delta) merge(o *delta) {
-	for _, b := range o.buckets {
-		d.add(b.minute, b.amount)
-	}
-	if o.last.After(d.last) {
-		d.last = o.last
-	}
-}
-
-// compact folds the buckets too old to count in any window current at now
-// into one, which then counts in lifetime only. It bounds the memory of a
-// delta that keeps failing to be written (a long outage, missing RBAC) to
-// the minutes of the current week and month.
-func (d *delta) compact(now time.Time) {
-	horizon := quota.WindowStart(llmv1alpha1.WindowMonth, now)
-	if w := quota.WindowStart(llmv1alpha1.WindowWeek, now); w.Before(horizon) {
-		horizon = w
-	}
-	old := -1
-	kept := d.buckets[:0]
-	for _, b := range d.buckets {
-		switch {
-		case !b.minute.Before(horizon):
-			kept = append(kept, b)
-		case old < 0:
-			old = len(kept)
-			kept = append(kept, b)
-		default:
-			kept[old].amount = kept[old].amount.Add(b.amount)
-		}
-	}
-	clear(d.buckets[len(kept):])
-	d.buckets = kept
-}
-
-// total is everything the delta counts: what lifetime grows by.
-func (d *delta) total() quota.Amount {
-	var t quota.Amount
-	for _, b := range d.buckets {
-		t = t.Add(b.amount)
-	}
-	return t
-}
-
-// in is what the delta counts in the window w that started at start.
-func (d *delta) in(w llmv1alpha1.Window, start time.Time) quota.Amount {
-	var t quota.Amount
-	for _, b := range d.buckets {
-		if quota.WindowStart(w, b.minute).Equal(start) {
-			t = t.Add(b.amount)
-		}
-	}
-	return t
-}
-
-// Charge records c for the next flush. It never blocks on the API server: it
-// takes one mutex for a map update. Zero amounts, and charges to no user, are
-// ignored.
+// Charge records that c changed the usage of its user (and, for a Shared
+// quota, its pool). It never blocks on the API server: it takes one mutex
+// for a map update. Zero amounts, and charges to no user, are ignored.
 func (r *Recorder) Charge(c quota.Charge) {
 	if c.Amount.IsZero() || c.User == "" {
 		return
@@ -261,155 +212,284 @@ func (r *Recorder) Charge(c quota.Charge) {
 	if at.IsZero() {
 		at = r.now()
 	}
-	at = at.UTC()
-	minute := at.Truncate(time.Minute)
+	now := r.now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.addLocked(objKey{kindUser, c.Namespace, c.User, c.UserUID}, minute, at, c.Amount, c.Pool)
+	r.markLocked(objKey{kindUser, c.Namespace, c.User, c.UserUID}, now, at, c.Alert)
 	if c.Pool && c.Quota != "" {
-		r.addLocked(objKey{kindQuota, c.Namespace, c.Quota, c.QuotaUID}, minute, at, c.Amount, true)
+		r.markLocked(objKey{kindQuota, c.Namespace, c.Quota, c.QuotaUID}, now, at, c.Alert)
 	}
 }
 
-func (r *Recorder) addLocked(k objKey, minute, at time.Time, a quota.Amount, shared bool) {
-	d := r.pending[k]
-	if d == nil {
-		d = &delta{}
-		r.pending[k] = d
+func (r *Recorder) markLocked(k objKey, now, at time.Time, alert bool) {
+	s := r.objects[k]
+	if s == nil {
+		s = &objState{}
+		r.objects[k] = s
 	}
-	d.add(minute, a)
-	if at.After(d.last) {
-		d.last = at
+	if !s.dirty {
+		s.dirty, s.since = true, now
 	}
-	d.shared = shared
+	s.alert = s.alert || alert
+	if at.After(s.last) {
+		s.last = at
+	}
+	s.seq++
 }
 
-// Pending returns the number of objects with usage not yet written to status,
-// including those a running flush is writing.
+// Pending returns the number of objects with usage not yet written to status.
 func (r *Recorder) Pending() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	n := len(r.pending)
-	for k := range r.inflight {
-		if _, ok := r.pending[k]; !ok {
+	n := 0
+	for _, s := range r.objects {
+		if s.dirty {
 			n++
 		}
 	}
 	return n
 }
 
-// Start flushes every FlushInterval until ctx is done, implementing
-// controller-runtime's manager.Runnable. It does not flush on the way out:
-// requests still in flight would charge after it. The owner drains the
-// proxy first and then calls [Recorder.Flush] with a fresh context.
+// Lag returns how long the oldest unwritten change has waited.
+func (r *Recorder) Lag() time.Duration {
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var lag time.Duration
+	for _, s := range r.objects {
+		if s.dirty {
+			lag = max(lag, now.Sub(s.since))
+		}
+	}
+	return lag
+}
+
+// due returns the objects to write now, in the order to write them:
+// alerting ones first, then the longest waiting. With all, every dirty
+// object is due.
+func (r *Recorder) due(now time.Time, all bool) []objKey {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	type cand struct {
+		k     objKey
+		alert bool
+		since time.Time
+	}
+	var cs []cand
+	for k, s := range r.objects {
+		if !s.dirty || s.busy {
+			continue
+		}
+		wait := r.interval
+		if s.alert {
+			wait = alertInterval
+		}
+		if all || now.Sub(s.written) >= wait {
+			cs = append(cs, cand{k, s.alert, s.since})
+		}
+	}
+	slices.SortFunc(cs, func(a, b cand) int {
+		if a.alert != b.alert {
+			if a.alert {
+				return -1
+			}
+			return 1
+		}
+		return a.since.Compare(b.since)
+	})
+	out := make([]objKey, len(cs))
+	for i, c := range cs {
+		out[i] = c.k
+	}
+	return out
+}
+
+// take marks k busy for a write and returns its charge sequence and latest
+// charge time; ok is false when it is already being written.
+func (r *Recorder) take(k objKey) (seq uint64, last time.Time, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.objects[k]
+	if s == nil || s.busy {
+		return 0, time.Time{}, false
+	}
+	s.busy = true
+	return s.seq, s.last, true
+}
+
+// done records the end of a write of k that saw the charges up to seq.
+func (r *Recorder) done(k objKey, seq uint64, out outcome) {
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.objects[k]
+	s.busy = false
+	switch out {
+	case dropped:
+		delete(r.objects, k)
+	case written:
+		s.written = now
+		if s.seq == seq {
+			s.dirty, s.alert = false, false
+		}
+	case failed:
+		// Kept dirty: the next turn retries. written moves so that a failing
+		// object waits its interval instead of spinning.
+		s.written = now
+	}
+}
+
+// markStale marks dirty the objects whose status shows a window that has
+// ended: the proxy owns status.usage, so it rolls windows over. They wait
+// behind every object that was charged.
+func (r *Recorder) markStale(keys []objKey) {
+	if len(keys) == 0 {
+		return
+	}
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, k := range keys {
+		if s := r.objects[k]; s != nil && s.dirty {
+			continue
+		}
+		s := r.objects[k]
+		if s == nil {
+			s = &objState{}
+			r.objects[k] = s
+		}
+		// A turn behind every charged object: written when the rate allows.
+		s.dirty, s.since, s.written = true, now, time.Time{}
+		s.seq++
+	}
+}
+
+// forgetQuiet drops the state of objects that have nothing to write and
+// were last written more than an interval ago, so that memory is bounded
+// by the objects in use.
+func (r *Recorder) forgetQuiet(now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, s := range r.objects {
+		if !s.dirty && !s.busy && now.Sub(s.written) > 2*r.interval {
+			delete(r.objects, k)
+		}
+	}
+}
+
+// Start writes due objects at the write rate until ctx is done, and marks
+// for roll-over, every interval, the objects whose status shows an ended
+// window. It implements controller-runtime's manager.Runnable. It does not
+// write on the way out: requests still in flight would charge after it. The
+// owner drains the proxy first and then calls [Recorder.Flush].
 func (r *Recorder) Start(ctx context.Context) error {
-	t := time.NewTicker(r.interval)
+	t := time.NewTicker(tick)
 	defer t.Stop()
+	work := make(chan objKey)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer close(work)
+	for range r.workers {
+		wg.Go(func() {
+			for k := range work {
+				// A failed write stays dirty and comes round again; writeOne
+				// logged it.
+				_ = r.writeOne(ctx, k)
+			}
+		})
+	}
+	nextScan := r.now()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			if err := r.Flush(ctx); err != nil && ctx.Err() == nil {
-				r.log.Error(err, "Writing usage to status failed; retrying at the next flush")
-			}
+		}
+		now := r.now()
+		if !now.Before(nextScan) {
+			nextScan = now.Add(r.interval)
+			r.markStale(r.stale(ctx, now))
+			r.forgetQuiet(now)
+		}
+		if !r.turn(ctx, now, work) {
+			return nil
 		}
 	}
 }
 
-// NeedLeaderElection returns false: every replica writes the usage it counted.
+// turn hands the workers the objects due now, as many as the write rate
+// allows; it returns false when ctx ended.
+func (r *Recorder) turn(ctx context.Context, now time.Time, work chan<- objKey) bool {
+	for _, k := range r.due(now, false) {
+		if !r.limiter.AllowN(now, 1) {
+			return true
+		}
+		select {
+		case work <- k:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
+}
+
+// NeedLeaderElection returns false: every replica writes what it charged.
 func (r *Recorder) NeedLeaderElection() bool { return false }
+
+// Flush writes every object with something to write now, without waiting
+// for its interval or the write rate, and waits for the writes: the final
+// flush on the way out, and tests. It returns an error when some could not
+// be written; they stay dirty, so calling Flush again retries them.
+func (r *Recorder) Flush(ctx context.Context) error {
+	keys := r.due(r.now(), true)
+	work := make(chan objKey)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	failures := 0
+	for range min(r.workers, len(keys)) {
+		wg.Go(func() {
+			for k := range work {
+				if err := r.writeOne(ctx, k); err != nil {
+					mu.Lock()
+					failures++
+					firstErr = cmp.Or(firstErr, err)
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	for _, k := range keys {
+		work <- k
+	}
+	close(work)
+	wg.Wait()
+	if failures > 0 {
+		return fmt.Errorf("usage: %d of %d status writes failed, they are retried: %w", failures, len(keys), firstErr)
+	}
+	return nil
+}
 
 // outcome is how the write of one object ended.
 type outcome uint8
 
 const (
 	written outcome = iota
-	// dropped: the object is gone, and its usage with it.
+	// dropped: the object is gone (or was replaced), and its usage with it.
 	dropped
 	failed
 )
 
-// Flush writes every pending delta now and waits for the writes. It returns
-// an error when some could not be written; their deltas are kept for the next
-// flush, so calling Flush again retries them.
-func (r *Recorder) Flush(ctx context.Context) error {
-	r.flushMu.Lock()
-	defer r.flushMu.Unlock()
-
-	r.mu.Lock()
-	batch := r.pending
-	if len(batch) == 0 {
-		r.mu.Unlock()
+// writeOne writes k's status and records how it went.
+func (r *Recorder) writeOne(ctx context.Context, k objKey) error {
+	seq, last, ok := r.take(k)
+	if !ok {
 		return nil
 	}
-	r.pending = make(map[objKey]*delta, len(batch))
-	// Workers take their deltas from items: batch itself becomes inflight,
-	// which they shrink under mu.
-	items := make([]item, 0, len(batch))
-	for k, d := range batch {
-		items = append(items, item{k, d})
+	out, err := r.write(ctx, k, last)
+	r.done(k, seq, out)
+	if out == failed {
+		r.log.V(1).Info("Usage write failed", "kind", k.kind.String(), "namespace", k.namespace, "name", k.name, "error", err.Error())
 	}
-	r.inflight = batch
-	r.mu.Unlock()
-
-	started := time.Now()
-	lookup := &quotaLookup{reader: r.client, entries: make(map[types.NamespacedName]*quotaEntry)}
-	work := make(chan item)
-	var (
-		wg       sync.WaitGroup
-		errMu    sync.Mutex
-		firstErr error
-		nFailed  int
-	)
-	for range min(r.workers, len(items)) {
-		wg.Go(func() {
-			for it := range work {
-				k, d := it.key, it.delta
-				out, err := r.write(ctx, k, d, lookup)
-				if out == failed {
-					d.compact(r.now())
-				}
-				r.mu.Lock()
-				if out == failed {
-					if p := r.pending[k]; p != nil {
-						p.merge(d)
-					} else {
-						r.pending[k] = d
-					}
-				}
-				delete(r.inflight, k)
-				r.mu.Unlock()
-				if out == failed {
-					r.log.V(1).Info("Usage write failed", "kind", k.kind.String(), "namespace", k.namespace, "name", k.name, "error", err.Error())
-					errMu.Lock()
-					nFailed++
-					if firstErr == nil {
-						firstErr = err
-					}
-					errMu.Unlock()
-				}
-			}
-		})
-	}
-	for _, it := range items {
-		work <- it
-	}
-	close(work)
-	wg.Wait()
-
-	r.mu.Lock()
-	r.inflight = nil
-	r.mu.Unlock()
-	r.log.V(1).Info("Flushed usage", "objects", len(items), "failed", nFailed, "duration", time.Since(started))
-	if nFailed > 0 {
-		return fmt.Errorf("usage: %d of %d status writes failed, their usage is kept for the next flush: %w", nFailed, len(items), firstErr)
-	}
-	return nil
-}
-
-// item is one object's delta taken by a flush.
-type item struct {
-	key   objKey
-	delta *delta
+	return err
 }

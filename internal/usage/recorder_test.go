@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -35,11 +38,16 @@ func TestFlushWritesEachChargedObjectOnce(t *testing.T) {
 	clock := newClock(time.Now().UTC().Truncate(time.Minute).Add(5 * time.Second))
 	c := newHookClient(e.Client)
 	reg := prometheus.NewPedanticRegistry()
-	r := New(c, Options{Now: clock.Now, Registerer: reg})
+	counter := quota.NewMemory(clock.Now)
+	r := New(c, Options{Now: clock.Now, Registerer: reg, Counter: counter})
+	s := &spender{t: t, c: e.Client, counter: counter, r: r, now: clock.Now}
 
 	charge := func(user string, in, out int64) {
-		r.Charge(quota.Charge{Namespace: ns, User: user, Quota: "team", Model: "m",
-			Amount: quota.Amount{Requests: 1, InputTokens: in, OutputTokens: out}, At: clock.Now()})
+		if user == "ghost" {
+			r.Charge(quota.Charge{Namespace: ns, User: user, Quota: "team", Amount: quota.Amount{Requests: 1, InputTokens: in, OutputTokens: out}})
+			return
+		}
+		s.spend(ns, user, quota.Amount{Requests: 1, InputTokens: in, OutputTokens: out})
 	}
 	charge("alice", 100, 10)
 	charge("alice", 200, 20)
@@ -78,13 +86,14 @@ func TestFlushWritesEachChargedObjectOnce(t *testing.T) {
 	}
 
 	now := clock.Now()
+	charged := now.Add(-10 * time.Second)
 	for user, want := range map[string]quota.Amount{
 		"alice": {Requests: 3, InputTokens: 600, OutputTokens: 60},
 		"bob":   {Requests: 2, InputTokens: 90, OutputTokens: 9},
 		"carol": {Requests: 1, InputTokens: 7},
 	} {
 		u := getUser(t, e.Client, ns, user)
-		if got := lifetime(t, u.Status.Lifetime); got != totalsOf(want) {
+		if got := lifetimeOf(t, u.Status.Lifetime); got != totalsOf(want) {
 			t.Errorf("%s lifetime = %+v, want %+v", user, got, totalsOf(want))
 		}
 		if len(u.Status.Usage) != 2 || u.Status.Usage[0].Window != llmv1alpha1.WindowDay || u.Status.Usage[1].Window != llmv1alpha1.WindowMinute {
@@ -104,8 +113,8 @@ func TestFlushWritesEachChargedObjectOnce(t *testing.T) {
 		if minute.RemainingRequests != nil {
 			t.Errorf("%s minute remainingRequests = %d, want none: the limit caps tokens only", user, *minute.RemainingRequests)
 		}
-		if u.Status.LastRequestAt == nil || !u.Status.LastRequestAt.Time.Equal(now.Add(-10*time.Second)) {
-			t.Errorf("%s lastRequestAt = %v, want %v", user, u.Status.LastRequestAt, now.Add(-10*time.Second))
+		if u.Status.LastRequestAt == nil || !u.Status.LastRequestAt.Time.Equal(charged.Truncate(time.Second)) {
+			t.Errorf("%s lastRequestAt = %v, want %v", user, u.Status.LastRequestAt, charged)
 		}
 	}
 
@@ -143,9 +152,12 @@ func TestWindowRollOver(t *testing.T) {
 	createUser(t, e.Client, ns, "u", "q")
 
 	clock := newClock(t0.Add(10 * time.Second)) // 10:00:10
-	r := New(e.Client, Options{Now: clock.Now})
+	counter := quota.NewMemory(clock.Now)
+	r := New(e.Client, Options{Now: clock.Now, Counter: counter})
+	sp := &spender{t: t, c: e.Client, counter: counter, r: r, now: clock.Now}
 	charge := func(at time.Time, in, out int64) {
-		r.Charge(quota.Charge{Namespace: ns, User: "u", Quota: "q", Amount: quota.Amount{Requests: 1, InputTokens: in, OutputTokens: out}, At: at})
+		clock.SetTime(at)
+		sp.spend(ns, "u", quota.Amount{Requests: 1, InputTokens: in, OutputTokens: out})
 	}
 	flushAt := func(at time.Time) *llmv1alpha1.LLMUser {
 		t.Helper()
@@ -173,7 +185,7 @@ func TestWindowRollOver(t *testing.T) {
 		if !h.WindowStart.Time.Equal(t0) || amountOf(h) != hour {
 			t.Errorf("%s: hour %v %+v, want %v %+v", step, h.WindowStart.UTC(), amountOf(h), t0, hour)
 		}
-		if got := lifetime(t, u.Status.Lifetime); got != totalsOf(life) {
+		if got := lifetimeOf(t, u.Status.Lifetime); got != totalsOf(life) {
 			t.Errorf("%s: lifetime %+v, want %+v", step, got, totalsOf(life))
 		}
 	}
@@ -198,6 +210,34 @@ func TestWindowRollOver(t *testing.T) {
 	if got := u.Status.LastRequestAt; got == nil || !got.Time.Equal(t0.Add(118*time.Second)) {
 		t.Errorf("lastRequestAt = %v, want 10:01:58", got)
 	}
+
+	// A new charge at 10:02:10, then nothing: at 10:03:20 the status still
+	// shows 10:02's minute, until the roll-over scan marks it and it is
+	// written with the current minute's zero.
+	charge(t0.Add(130*time.Second), 5, 5)
+	u = flushAt(t0.Add(140 * time.Second))
+	check("10:02:20", u, t0.Add(2*time.Minute), c, a.Add(b).Add(c).Add(c), a.Add(b).Add(c).Add(c))
+	clock.SetTime(t0.Add(200 * time.Second))
+	// The API server is shared with other tests: look at this one's namespace.
+	staleHere := func() []objKey {
+		var out []objKey
+		for _, k := range r.stale(t.Context(), clock.Now()) {
+			if k.namespace == ns {
+				out = append(out, k)
+			}
+		}
+		return out
+	}
+	stale := staleHere()
+	if len(stale) != 1 || stale[0].name != "u" {
+		t.Fatalf("stale objects %+v, want u", stale)
+	}
+	r.markStale(stale)
+	u = flushAt(t0.Add(200 * time.Second))
+	check("10:03:20", u, t0.Add(3*time.Minute), quota.Amount{}, a.Add(b).Add(c).Add(c), a.Add(b).Add(c).Add(c))
+	if stale := staleHere(); len(stale) != 0 {
+		t.Errorf("stale objects %+v after the roll-over, want none", stale)
+	}
 }
 
 func TestConflictRetriedOnce(t *testing.T) {
@@ -209,11 +249,13 @@ func TestConflictRetriedOnce(t *testing.T) {
 
 	clock := newClock(time.Now().UTC())
 	c := newHookClient(e.Client)
-	r := New(c, Options{Now: clock.Now})
+	counter := quota.NewMemory(clock.Now)
+	r := New(c, Options{Now: clock.Now, Counter: counter})
+	sp := &spender{t: t, c: e.Client, counter: counter, r: r, now: clock.Now}
 	a := quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 5}
 	b := quota.Amount{Requests: 2, InputTokens: 100, OutputTokens: 50}
 
-	r.Charge(quota.Charge{Namespace: ns, User: "u", Quota: "q", Amount: a, At: clock.Now()})
+	sp.spend(ns, "u", a)
 	if err := r.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +281,7 @@ func TestConflictRetriedOnce(t *testing.T) {
 	}
 	c.mu.Unlock()
 
-	r.Charge(quota.Charge{Namespace: ns, User: "u", Quota: "q", Amount: b, At: clock.Now()})
+	sp.spend(ns, "u", b)
 	if err := r.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -250,8 +292,8 @@ func TestConflictRetriedOnce(t *testing.T) {
 		t.Errorf("%d successful writes, want 2 (one per flush)", got)
 	}
 	u := getUser(t, e.Client, ns, "u")
-	if got, want := lifetime(t, u.Status.Lifetime), totalsOf(a.Add(b)); got != want {
-		t.Errorf("lifetime = %+v, want %+v: the delta must land exactly once", got, want)
+	if got, want := lifetimeOf(t, u.Status.Lifetime), totalsOf(a.Add(b)); got != want {
+		t.Errorf("lifetime = %+v, want %+v: the usage must land exactly once", got, want)
 	}
 	if got := amountOf(u.Status.Usage[0]); got != a.Add(b) {
 		t.Errorf("day usage = %+v, want %+v", got, a.Add(b))
@@ -271,11 +313,11 @@ func TestAPIServerErrorsKeepUsage(t *testing.T) {
 
 	clock := newClock(time.Now().UTC())
 	c := newHookClient(e.Client)
-	r := New(c, Options{Now: clock.Now})
+	counter := quota.NewMemory(clock.Now)
+	r := New(c, Options{Now: clock.Now, Counter: counter})
+	sp := &spender{t: t, c: e.Client, counter: counter, r: r, now: clock.Now}
 	a := quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 1}
-	charge := func(user string) {
-		r.Charge(quota.Charge{Namespace: ns, User: user, Quota: "q", Amount: a, At: clock.Now()})
-	}
+	charge := func(user string) { sp.spend(ns, user, a) }
 
 	// The first 3 patches fail; the first failure also sees a request of
 	// u1 settle while the flush is running.
@@ -320,7 +362,7 @@ func TestAPIServerErrorsKeepUsage(t *testing.T) {
 	for user, n := range map[string]int64{"u1": 3, "u2": 2} {
 		u := getUser(t, e.Client, ns, user)
 		want := quota.Amount{Requests: n, InputTokens: 10 * n, OutputTokens: n}
-		if got := lifetime(t, u.Status.Lifetime); got != totalsOf(want) {
+		if got := lifetimeOf(t, u.Status.Lifetime); got != totalsOf(want) {
 			t.Errorf("%s lifetime = %+v, want %+v", user, got, totalsOf(want))
 		}
 		if got := amountOf(u.Status.Usage[0]); got != want {
@@ -342,14 +384,16 @@ func TestSharedQuotaPoolsUsage(t *testing.T) {
 
 	clock := newClock(time.Now().UTC())
 	c := newHookClient(e.Client)
-	r := New(c, Options{Now: clock.Now})
+	counter := quota.NewMemory(clock.Now)
+	r := New(c, Options{Now: clock.Now, Counter: counter})
+	sp := &spender{t: t, c: e.Client, counter: counter, r: r, now: clock.Now}
 	ax := quota.Amount{Requests: 1, InputTokens: 100, OutputTokens: 50}
 	ay := quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 5}
 	for _, ch := range []struct {
 		user string
 		a    quota.Amount
 	}{{"x", ax}, {"x", ax}, {"y", ay}} {
-		r.Charge(quota.Charge{Namespace: ns, User: ch.user, Quota: "pool", Pool: true, Amount: ch.a, At: clock.Now()})
+		sp.spend(ns, ch.user, ch.a)
 	}
 	if n := r.Pending(); n != 3 {
 		t.Errorf("Pending() = %d, want 3 (x, y, pool)", n)
@@ -366,7 +410,7 @@ func TestSharedQuotaPoolsUsage(t *testing.T) {
 	if got := q.Status.Usage[0]; ptr.Deref(got.Remaining, -1) != 1000-sum.Total() || ptr.Deref(got.RemainingRequests, -1) != 50-sum.Requests {
 		t.Errorf("pool remaining = %d tokens %d requests, want %d and %d", ptr.Deref(got.Remaining, -1), ptr.Deref(got.RemainingRequests, -1), 1000-sum.Total(), 50-sum.Requests)
 	}
-	if got := lifetime(t, q.Status.Lifetime); got != totalsOf(sum) {
+	if got := lifetimeOf(t, q.Status.Lifetime); got != totalsOf(sum) {
 		t.Errorf("pool lifetime = %+v, want %+v", got, totalsOf(sum))
 	}
 	if q.Status.LastRequestAt == nil {
@@ -381,7 +425,7 @@ func TestSharedQuotaPoolsUsage(t *testing.T) {
 		if rem := u.Status.Usage[0].Remaining; rem != nil {
 			t.Errorf("%s remaining = %d, want none: what is left belongs to the pool", user, *rem)
 		}
-		if got := lifetime(t, u.Status.Lifetime); got != totalsOf(want) {
+		if got := lifetimeOf(t, u.Status.Lifetime); got != totalsOf(want) {
 			t.Errorf("%s lifetime = %+v, want %+v", user, got, totalsOf(want))
 		}
 	}
@@ -409,11 +453,13 @@ func TestSeedFromStatusRestoresBudgets(t *testing.T) {
 
 	now := time.Now().UTC()
 	clock := newClock(now)
-	r := New(e.Client, Options{Now: clock.Now})
-	r.Charge(quota.Charge{Namespace: ns, User: "spent", Quota: "solo", Amount: quota.Amount{Requests: 3, InputTokens: 600, OutputTokens: 400}, At: now})
-	r.Charge(quota.Charge{Namespace: ns, User: "fresh", Quota: "solo", Amount: quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 10}, At: now})
-	r.Charge(quota.Charge{Namespace: ns, User: "m1", Quota: "pool", Pool: true, Amount: quota.Amount{Requests: 1, InputTokens: 1}, At: now})
-	r.Charge(quota.Charge{Namespace: ns, User: "m2", Quota: "pool", Pool: true, Amount: quota.Amount{Requests: 1, InputTokens: 1}, At: now})
+	spentCounter := quota.NewMemory(clock.Now)
+	r := New(e.Client, Options{Now: clock.Now, Counter: spentCounter})
+	sp := &spender{t: t, c: e.Client, counter: spentCounter, r: r, now: clock.Now}
+	sp.spend(ns, "spent", quota.Amount{Requests: 3, InputTokens: 600, OutputTokens: 400})
+	sp.spend(ns, "fresh", quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 10})
+	sp.spend(ns, "m1", quota.Amount{Requests: 1, InputTokens: 1})
+	sp.spend(ns, "m2", quota.Amount{Requests: 1, InputTokens: 1})
 	if err := r.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -457,6 +503,9 @@ func TestSeedFromStatusRestoresBudgets(t *testing.T) {
 	if want := (quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 10}); st[0].Used != want {
 		t.Errorf("fresh seeded with %+v, want %+v", st[0].Used, want)
 	}
+	if got, _ := m.Lifetime(t.Context(), solo("spent").Key); got != (quota.Amount{Requests: 3, InputTokens: 600, OutputTokens: 400}) {
+		t.Errorf("spent's lifetime seeded with %+v, want 3/600/400", got)
+	}
 
 	// A replica restarted the next day: the recorded windows have ended.
 	tomorrow := quota.WindowEnd(llmv1alpha1.WindowDay, now).Add(time.Hour)
@@ -475,7 +524,9 @@ func TestStartFlushesPeriodically(t *testing.T) {
 	createQuota(t, e.Client, ns, "q", llmv1alpha1.ScopePerUser)
 	createUser(t, e.Client, ns, "u", "q")
 
-	r := New(e.Client, Options{FlushInterval: 20 * time.Millisecond})
+	counter := quota.NewMemory(time.Now)
+	r := New(e.Client, Options{FlushInterval: 20 * time.Millisecond, Counter: counter})
+	sp := &spender{t: t, c: e.Client, counter: counter, r: r, now: time.Now}
 	if r.NeedLeaderElection() {
 		t.Error("NeedLeaderElection() = true: every replica must write its own usage")
 	}
@@ -483,7 +534,7 @@ func TestStartFlushesPeriodically(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- r.Start(ctx) }()
 
-	r.Charge(quota.Charge{Namespace: ns, User: "u", Quota: "q", Amount: quota.Amount{Requests: 1, InputTokens: 3}})
+	sp.spend(ns, "u", quota.Amount{Requests: 1, InputTokens: 3})
 	poll.Until(t, 10*time.Second, func() error {
 		u := getUser(t, e.Client, ns, "u")
 		if u.Status.Lifetime == nil {
@@ -534,12 +585,28 @@ func TestLoadOneWritePerUser(t *testing.T) {
 
 	clock := newClock(time.Now().UTC())
 	c := newHookClient(e.Client)
-	r := New(c, Options{Now: clock.Now})
+	counter := quota.NewMemory(clock.Now)
+	r := New(c, Options{Now: clock.Now, Counter: counter})
+	var list0 llmv1alpha1.LLMUserList
+	if err := e.Client.List(t.Context(), &list0, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	q := getQuota(t, e.Client, ns, "q")
 	charged := time.Now()
 	for range chargesEach {
-		for i := range users {
-			r.Charge(quota.Charge{Namespace: ns, User: name(i), Quota: "q",
-				Amount: quota.Amount{Requests: 1, InputTokens: int64(i), OutputTokens: 1}, At: clock.Now()})
+		for i := range list0.Items {
+			u := &list0.Items[i]
+			var idx int
+			if _, err := fmt.Sscanf(u.Name, "user-%04d", &idx); err != nil {
+				t.Fatal(err)
+			}
+			a := quota.Amount{Requests: 1, InputTokens: int64(idx), OutputTokens: 1}
+			res, _, err := counter.Reserve(t.Context(), quota.Request{Budgets: quota.BudgetsFor(u, q), Estimate: a})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = counter.Settle(t.Context(), res, a)
+			r.Charge(quota.Charge{Namespace: ns, User: u.Name, UserUID: string(u.UID), Quota: "q", Amount: a, At: clock.Now()})
 		}
 	}
 	chargeTook := time.Since(charged)
@@ -552,7 +619,7 @@ func TestLoadOneWritePerUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	took := time.Since(started)
-	t.Logf("%d charges took %v (%v each); one flush wrote %d objects in %v with %d concurrent writes",
+	t.Logf("%d charges (with their counter updates) took %v (%v each); one flush wrote %d objects in %v with %d concurrent writes",
 		users*chargesEach, chargeTook.Round(time.Microsecond), chargeTook/(users*chargesEach), c.total(), took.Round(time.Millisecond), 8)
 
 	if got := c.total(); got != users {
@@ -574,7 +641,7 @@ func TestLoadOneWritePerUser(t *testing.T) {
 			continue
 		}
 		want := quota.Amount{Requests: chargesEach, InputTokens: chargesEach * int64(idx), OutputTokens: chargesEach}
-		if lifetime(t, u.Status.Lifetime) != totalsOf(want) || len(u.Status.Usage) != 2 || amountOf(u.Status.Usage[0]) != want {
+		if lifetimeOf(t, u.Status.Lifetime) != totalsOf(want) || len(u.Status.Usage) != 2 || amountOf(u.Status.Usage[0]) != want {
 			wrong++
 		}
 	}
@@ -599,9 +666,10 @@ func TestUsageFollowsTheUID(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	r := New(e.Client, Options{})
-	a := quota.Amount{Requests: 1, InputTokens: 300, OutputTokens: 30}
-	r.Charge(quota.Charge{Namespace: ns, User: "u", UserUID: string(old.UID), Quota: "team", QuotaUID: string(q.UID), Pool: true, Amount: a})
+	counter := quota.NewMemory(time.Now)
+	r := New(e.Client, Options{Counter: counter})
+	sp := &spender{t: t, c: e.Client, counter: counter, r: r, now: time.Now}
+	sp.spend(ns, "u", quota.Amount{Requests: 1, InputTokens: 300, OutputTokens: 30})
 
 	if err := e.Client.Delete(t.Context(), old); err != nil {
 		t.Fatal(err)
@@ -611,8 +679,7 @@ func TestUsageFollowsTheUID(t *testing.T) {
 	if fresh.UID == old.UID {
 		t.Fatal("the recreated user has the old uid")
 	}
-	r.Charge(quota.Charge{Namespace: ns, User: "u", UserUID: string(fresh.UID), Quota: "team", QuotaUID: string(q.UID), Pool: true,
-		Amount: quota.Amount{Requests: 1, InputTokens: 5, OutputTokens: 1}})
+	sp.spend(ns, "u", quota.Amount{Requests: 1, InputTokens: 5, OutputTokens: 1})
 	if err := r.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -629,5 +696,131 @@ func TestUsageFollowsTheUID(t *testing.T) {
 	}
 	if lt := q.Status.Lifetime; lt == nil || lt.Requests != 2 || lt.InputTokens != 305 {
 		t.Errorf("pool lifetime = %+v, want 2 requests, 305 in", lt)
+	}
+}
+
+// lostReply is an interposer between a client and the API server that lets
+// the first status patch through to the API server and then loses its
+// reply, as a connection that drops after the server applied the write.
+type lostReply struct {
+	next http.RoundTripper
+	mu   sync.Mutex
+	lost int
+}
+
+func (l *lostReply) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := l.next.RoundTrip(req)
+	if err != nil || req.Method != http.MethodPatch || !strings.HasSuffix(req.URL.Path, "/status") {
+		return resp, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lost > 0 {
+		return resp, nil
+	}
+	l.lost++
+	_ = resp.Body.Close()
+	return nil, fmt.Errorf("read tcp: connection reset by peer (after the API server applied %s)", req.URL.Path)
+}
+
+// TestLostReplyCountedOnce: a status write that the API server applied but
+// whose reply was lost is retried, and the usage is in status exactly once.
+func TestLostReplyCountedOnce(t *testing.T) {
+	e := apiServer(t)
+	ns := envtest.NewNamespace(t, e.Client, "usage")
+	createQuota(t, e.Client, ns, "q", llmv1alpha1.ScopePerUser,
+		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowDay, Tokens: ptr.To[int64](100000)})
+	createUser(t, e.Client, ns, "u", "q")
+
+	cfg := rest.CopyConfig(e.Config)
+	interposer := &lostReply{}
+	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { interposer.next = rt; return interposer }
+	c, err := client.New(cfg, client.Options{Scheme: e.Client.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := newClock(time.Now().UTC())
+	counter := quota.NewMemory(clock.Now)
+	r := New(c, Options{Now: clock.Now, Counter: counter})
+	sp := &spender{t: t, c: e.Client, counter: counter, r: r, now: clock.Now}
+	a := quota.Amount{Requests: 1, InputTokens: 120, OutputTokens: 30}
+	sp.spend(ns, "u", a)
+
+	if err := r.Flush(t.Context()); err == nil {
+		t.Fatal("the flush whose reply was lost reported success")
+	}
+	// The API server applied it all the same.
+	if got := lifetimeOf(t, getUser(t, e.Client, ns, "u").Status.Lifetime); got != totalsOf(a) {
+		t.Fatalf("lifetime after the lost reply = %+v, want %+v applied", got, totalsOf(a))
+	}
+	if n := r.Pending(); n != 1 {
+		t.Fatalf("Pending() = %d, want 1: the write must be retried", n)
+	}
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	u := getUser(t, e.Client, ns, "u")
+	if got := lifetimeOf(t, u.Status.Lifetime); got != totalsOf(a) {
+		t.Errorf("lifetime after the retry = %+v, want %+v: counted once", got, totalsOf(a))
+	}
+	if got := amountOf(u.Status.Usage[0]); got != a {
+		t.Errorf("day usage after the retry = %+v, want %+v", got, a)
+	}
+	if interposer.lost != 1 {
+		t.Errorf("%d replies lost, want 1", interposer.lost)
+	}
+}
+
+// TestWriteRateAndOrder: writes are handed out no faster than the rate
+// allows, alerting objects first, then the longest waiting; an object is
+// not due again within its interval.
+func TestWriteRateAndOrder(t *testing.T) {
+	clock := newClock(t0)
+	r := New(nil, Options{Now: clock.Now, WriteRate: 3, FlushInterval: 10 * time.Second})
+	charge := func(name string, alert bool) {
+		r.Charge(quota.Charge{Namespace: "ns", User: name, UserUID: "uid-" + name, Amount: quota.Amount{Requests: 1}, Alert: alert})
+		clock.Step(time.Millisecond)
+	}
+	for _, n := range []string{"a", "b", "c", "d", "e"} {
+		charge(n, false)
+	}
+	charge("f", true)
+	charge("g", true)
+
+	handed := func() []string {
+		work := make(chan objKey, 100)
+		r.turn(t.Context(), clock.Now(), work)
+		close(work)
+		var names []string
+		for k := range work {
+			names = append(names, k.name)
+			r.done(k, r.objects[k].seq, written)
+		}
+		return names
+	}
+	if got := handed(); strings.Join(got, ",") != "f,g,a" {
+		t.Errorf("first turn wrote %v, want the alerting f and g, then the oldest a: 3, the burst of the rate", got)
+	}
+	if got := handed(); len(got) != 0 {
+		t.Errorf("a turn in the same instant wrote %v, want nothing: the rate is spent", got)
+	}
+	clock.Step(time.Second)
+	if got := handed(); strings.Join(got, ",") != "b,c,d" {
+		t.Errorf("a second later wrote %v, want the next 3 oldest", got)
+	}
+	// f is charged again at once: written objects wait their interval, an
+	// alerting one a second.
+	charge("f", true)
+	charge("a", false)
+	clock.Step(time.Second)
+	if got := handed(); strings.Join(got, ",") != "f,e" {
+		t.Errorf("wrote %v, want f (alerting, a second after its write) and e; not a, written under 10s ago", got)
+	}
+	clock.Step(10 * time.Second)
+	if got := handed(); strings.Join(got, ",") != "a" {
+		t.Errorf("wrote %v, want a once its interval passed", got)
+	}
+	if r.Pending() != 0 {
+		t.Errorf("Pending() = %d, want 0", r.Pending())
 	}
 }

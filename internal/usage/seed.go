@@ -12,8 +12,8 @@ import (
 )
 
 // SeedFromStatus restores counter from recorded usage: for every LLMUser, and
-// every Shared LLMQuota's pool, each status.usage entry of a window still
-// current at now is seeded into the user's (quota.UserKey) or the pool's
+// every Shared LLMQuota's pool, the lifetime, and each status.usage entry of
+// a window still current at now, is seeded into the user's (quota.UserKey) or the pool's
 // (quota.PoolKey) counter, named by the object's uid, with [quota.Counter.Seed]. A replica that restarts
 // therefore refuses what the budget already spent, up to the last flush
 // before it stopped. Entries of ended windows are skipped. opts narrow both
@@ -25,7 +25,7 @@ func SeedFromStatus(ctx context.Context, counter quota.Counter, c client.Reader,
 	}
 	for i := range users.Items {
 		u := &users.Items[i]
-		if err := seed(ctx, counter, quota.UserKey(u.Namespace, u.Name, string(u.UID)), u.Status.Usage, now); err != nil {
+		if err := seed(ctx, counter, quota.UserKey(u.Namespace, u.Name, string(u.UID)), u.Status.Usage, u.Status.Lifetime, now); err != nil {
 			return err
 		}
 	}
@@ -38,14 +38,19 @@ func SeedFromStatus(ctx context.Context, counter quota.Counter, c client.Reader,
 		if q.Spec.Scope != llmv1alpha1.ScopeShared {
 			continue
 		}
-		if err := seed(ctx, counter, quota.PoolKey(q.Namespace, q.Name, string(q.UID)), q.Status.Usage, now); err != nil {
+		if err := seed(ctx, counter, quota.PoolKey(q.Namespace, q.Name, string(q.UID)), q.Status.Usage, q.Status.Lifetime, now); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func seed(ctx context.Context, counter quota.Counter, key string, entries []llmv1alpha1.WindowUsage, now time.Time) error {
+func seed(ctx context.Context, counter quota.Counter, key string, entries []llmv1alpha1.WindowUsage, lt *llmv1alpha1.UsageTotals, now time.Time) error {
+	if lt != nil {
+		if err := counter.SeedLifetime(ctx, key, quota.Amount{Requests: lt.Requests, InputTokens: lt.InputTokens, OutputTokens: lt.OutputTokens}); err != nil {
+			return fmt.Errorf("usage: seeding the lifetime of %s: %w", key, err)
+		}
+	}
 	for _, e := range entries {
 		if !quota.ValidWindow(e.Window) {
 			continue

@@ -168,10 +168,39 @@ func totalsOf(a quota.Amount) llmv1alpha1.UsageTotals {
 	return llmv1alpha1.UsageTotals{Requests: a.Requests, InputTokens: a.InputTokens, OutputTokens: a.OutputTokens, TotalTokens: a.Total()}
 }
 
-func lifetime(t *testing.T, lt *llmv1alpha1.UsageTotals) llmv1alpha1.UsageTotals {
+func lifetimeOf(t *testing.T, lt *llmv1alpha1.UsageTotals) llmv1alpha1.UsageTotals {
 	t.Helper()
 	if lt == nil {
 		return llmv1alpha1.UsageTotals{}
 	}
 	return *lt
+}
+
+// spender spends usage the way the proxy does: it reserves and settles each
+// request in the user's budgets of a counter, and tells the recorder.
+type spender struct {
+	t       *testing.T
+	c       client.Client
+	counter quota.Counter
+	r       *Recorder
+	now     func() time.Time
+}
+
+// spend charges a to user ns/name and returns the charge.
+func (s *spender) spend(ns, name string, a quota.Amount) quota.Charge {
+	s.t.Helper()
+	u := getUser(s.t, s.c, ns, name)
+	q := getQuota(s.t, s.c, ns, u.Spec.QuotaRef.Name)
+	budgets := quota.BudgetsFor(u, q)
+	res, d, err := s.counter.Reserve(s.t.Context(), quota.Request{Budgets: budgets, Estimate: a})
+	if err != nil || !d.Allowed {
+		s.t.Fatalf("reserving %+v for %s: %v %+v", a, name, err, d.Exceeded)
+	}
+	if err := s.counter.Settle(s.t.Context(), res, a); err != nil {
+		s.t.Fatal(err)
+	}
+	ch := quota.Charge{Namespace: ns, User: name, UserUID: string(u.UID), Quota: q.Name, QuotaUID: string(q.UID),
+		Pool: q.Spec.Scope == llmv1alpha1.ScopeShared, Amount: a, At: s.now()}
+	s.r.Charge(ch)
+	return ch
 }

@@ -2,51 +2,51 @@ package usage
 
 import (
 	"context"
-	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 )
 
-// write folds d into the status of the object k names, retrying from a fresh
+// write makes k's status show what the counters hold, retrying from a fresh
 // read after a conflict. The merge patch carries the resourceVersion it was
-// computed from, so d lands exactly once or not at all; and it names only the
-// fields the proxy owns (usage, lifetime, lastRequestAt), so a concurrent
-// writer's conditions or token survive.
-func (r *Recorder) write(ctx context.Context, k objKey, d *delta, lookup *quotaLookup) (outcome, error) {
-	var reader client.Reader = r.client
+// computed from and names only the fields the proxy owns (usage, lifetime,
+// lastRequestAt), so a concurrent writer's conditions or token survive; the
+// values are absolute, so a write applied twice is applied once. last is
+// the latest charge's time, for lastRequestAt.
+func (r *Recorder) write(ctx context.Context, k objKey, last time.Time) (outcome, error) {
+	reader := r.reader
 	for attempt := 1; ; attempt++ {
 		obj := k.newObject()
 		if err := reader.Get(ctx, k.namespacedName(), obj); err != nil {
 			if apierrors.IsNotFound(err) {
-				r.metrics.write(k.kind, resultDropped)
-				r.log.Info("Usage of a deleted object not written", "kind", k.kind.String(), "namespace", k.namespace, "name", k.name, "uid", k.uid, "amount", d.total())
+				r.gone(k, resultDropped, "")
 				return dropped, nil
 			}
 			r.metrics.write(k.kind, resultError)
 			return failed, err
 		}
 		if k.uid != "" && string(obj.GetUID()) != k.uid {
-			r.metrics.write(k.kind, resultOrphaned)
-			r.log.Info("Usage of a deleted object not written to the object that took its name", "kind", k.kind.String(),
-				"namespace", k.namespace, "name", k.name, "uid", k.uid, "newUID", string(obj.GetUID()), "amount", d.total())
+			r.gone(k, resultOrphaned, string(obj.GetUID()))
 			return dropped, nil
 		}
-		limits, known, remaining, err := r.limitsFor(ctx, obj, d, lookup)
+		orig := obj.DeepCopyObject().(client.Object)
+		st := statusOf(obj)
+		next, err := r.desired(ctx, reader, obj, st.get(), last)
 		if err != nil {
 			r.metrics.write(k.kind, resultError)
 			return failed, err
 		}
-		orig := obj.DeepCopyObject().(client.Object)
-		s := statusOf(obj)
-		s.set(fold(s.get(), d, limits, known, remaining, r.now()))
-
+		if equality.Semantic.DeepEqual(next, st.get()) {
+			r.metrics.write(k.kind, resultUnchanged)
+			return written, nil
+		}
+		st.set(next)
 		err = r.client.Status().Patch(ctx, obj,
 			client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}),
 			client.FieldOwner(r.fieldOwner))
@@ -59,10 +59,9 @@ func (r *Recorder) write(ctx context.Context, k objKey, d *delta, lookup *quotaL
 			if attempt == maxAttempts {
 				return failed, err
 			}
-			reader = r.reader
+			reader = r.apiReader
 		case apierrors.IsNotFound(err):
-			r.metrics.write(k.kind, resultDropped)
-			r.log.Info("Usage of a deleted object not written", "kind", k.kind.String(), "namespace", k.namespace, "name", k.name, "uid", k.uid, "amount", d.total())
+			r.gone(k, resultDropped, "")
 			return dropped, nil
 		default:
 			r.metrics.write(k.kind, resultError)
@@ -71,63 +70,144 @@ func (r *Recorder) write(ctx context.Context, k objKey, d *delta, lookup *quotaL
 	}
 }
 
-// limitsFor returns the windows to report for obj, whether they are known at
-// all (a user whose quota is gone keeps the entries it has), and whether the
-// entries carry the remaining budget.
-func (r *Recorder) limitsFor(ctx context.Context, obj client.Object, d *delta, lookup *quotaLookup) (limits []quota.Limit, known, remaining bool, err error) {
+// gone records usage that no status will show: its object was deleted, or
+// deleted and created again (newUID) since it was charged.
+func (r *Recorder) gone(k objKey, result, newUID string) {
+	r.metrics.write(k.kind, result)
+	kv := []any{"kind", k.kind.String(), "namespace", k.namespace, "name", k.name, "uid", k.uid}
+	if newUID != "" {
+		kv = append(kv, "newUID", newUID)
+		r.log.Info("Usage of a deleted object not written to the object that took its name", kv...)
+		return
+	}
+	r.log.Info("Usage of a deleted object not written", kv...)
+}
+
+// desired is the status obj should have: the windows of its budget as the
+// counter has them, what is left of them, the lifetime and the latest
+// request. A value is never lowered within a window: the counters are
+// seeded from status, and a counter that lost its counts (Redis restarted
+// empty, not yet seeded) must not erase what status recorded.
+func (r *Recorder) desired(ctx context.Context, reader client.Reader, obj client.Object, cur usageStatus, last time.Time) (usageStatus, error) {
+	b, limits, remaining, ok, err := r.budgetOf(ctx, reader, obj)
+	if err != nil {
+		return usageStatus{}, err
+	}
+	out := usageStatus{Usage: cur.Usage, Lifetime: cur.Lifetime, LastRequestAt: cur.LastRequestAt}
+	if ok {
+		ws, err := r.counter.Status(ctx, b)
+		if err != nil {
+			return usageStatus{}, err
+		}
+		out.Usage = windows(cur.Usage, ws, limits, remaining, r.now())
+		lt, err := r.counter.Lifetime(ctx, b.Key)
+		if err != nil {
+			return usageStatus{}, err
+		}
+		out.Lifetime = lifetime(cur.Lifetime, lt)
+	}
+	if !last.IsZero() {
+		// Status keeps whole seconds; comparing at that precision keeps a
+		// later charge within the same second from rewriting the same value.
+		at := last.UTC().Truncate(time.Second)
+		if cur.LastRequestAt == nil || at.After(cur.LastRequestAt.Time) {
+			out.LastRequestAt = &metav1.Time{Time: at}
+		}
+	}
+	return out, nil
+}
+
+// budgetOf returns the budget whose counters obj's status shows, the limits
+// to report in spec order, and whether the entries carry what is left; ok is
+// false for a user whose quota is gone (its entries are kept as they are).
+func (r *Recorder) budgetOf(ctx context.Context, reader client.Reader, obj client.Object) (b quota.Budget, limits []quota.Limit, remaining, ok bool, err error) {
 	switch o := obj.(type) {
 	case *llmv1alpha1.LLMQuota:
-		return quota.LimitsFromSpec(o.Spec.Limits), true, true, nil
+		bs := quota.BudgetsFor(&llmv1alpha1.LLMUser{}, o)
+		return bs[len(bs)-1], quota.LimitsFromSpec(o.Spec.Limits), true, true, nil
 	case *llmv1alpha1.LLMUser:
-		name := o.Spec.QuotaRef.Name
-		// A user's share of a pool says nothing of what the pool has left.
-		remaining = !d.shared
-		if r.limits != nil {
-			if l, ok := r.limits(o.Namespace, name); ok {
-				return l, true, remaining, nil
+		var q llmv1alpha1.LLMQuota
+		if err := reader.Get(ctx, client.ObjectKey{Namespace: o.Namespace, Name: o.Spec.QuotaRef.Name}, &q); err != nil {
+			if apierrors.IsNotFound(err) {
+				return quota.Budget{}, nil, false, false, nil
 			}
+			return quota.Budget{}, nil, false, false, err
 		}
-		l, known, err := lookup.get(ctx, types.NamespacedName{Namespace: o.Namespace, Name: name})
-		return l, known, remaining, err
+		// A user's share of a pool says nothing of what the pool has left.
+		return quota.BudgetsFor(o, &q)[0], quota.LimitsFromSpec(q.Spec.Limits), q.Spec.Scope != llmv1alpha1.ScopeShared, true, nil
 	default:
 		panic("usage: unexpected object type")
 	}
 }
 
-// quotaLookup reads each quota a flush needs once, however many of its users
-// are written.
-type quotaLookup struct {
-	reader client.Reader
-
-	mu      sync.Mutex
-	entries map[types.NamespacedName]*quotaEntry
-}
-
-type quotaEntry struct {
-	once   sync.Once
-	limits []quota.Limit
-	found  bool
-	err    error
-}
-
-func (l *quotaLookup) get(ctx context.Context, key types.NamespacedName) ([]quota.Limit, bool, error) {
-	l.mu.Lock()
-	e := l.entries[key]
-	if e == nil {
-		e = &quotaEntry{}
-		l.entries[key] = e
+// windows returns one entry per window of limits, in their order, with the
+// counter's usage of the window current now: an entry of the same window
+// keeps whatever of its counts is higher, an entry of an ended window starts
+// again from the counter's. With remaining, entries carry what is left.
+func windows(old []llmv1alpha1.WindowUsage, ws []quota.WindowStatus, limits []quota.Limit, remaining bool, now time.Time) []llmv1alpha1.WindowUsage {
+	if len(limits) == 0 {
+		return nil
 	}
-	l.mu.Unlock()
-	e.once.Do(func() {
-		var q llmv1alpha1.LLMQuota
-		switch err := l.reader.Get(ctx, key, &q); {
-		case err == nil:
-			e.limits, e.found = quota.LimitsFromSpec(q.Spec.Limits), true
-		case !apierrors.IsNotFound(err):
-			e.err = err
+	out := make([]llmv1alpha1.WindowUsage, 0, len(limits))
+	for i, l := range limits {
+		if !quota.ValidWindow(l.Window) || find(out, l.Window) != nil || i >= len(ws) {
+			continue
 		}
-	})
-	return e.limits, e.found, e.err
+		start := quota.WindowStart(l.Window, now)
+		used := ws[i].Used
+		if e := find(old, l.Window); e != nil {
+			switch s := e.WindowStart.Time; {
+			case s.Equal(start):
+				used = quota.Amount{
+					Requests:     max(used.Requests, e.Requests),
+					InputTokens:  max(used.InputTokens, e.InputTokens),
+					OutputTokens: max(used.OutputTokens, e.OutputTokens),
+				}
+			case s.After(start):
+				// A replica whose clock runs ahead has already begun the next
+				// window: going back would lose its counts.
+				out = append(out, *e.DeepCopy())
+				continue
+			}
+		}
+		w := llmv1alpha1.WindowUsage{
+			Window:       l.Window,
+			WindowStart:  metav1.NewTime(start),
+			ResetAt:      metav1.NewTime(quota.WindowEnd(l.Window, now)),
+			Requests:     used.Requests,
+			InputTokens:  used.InputTokens,
+			OutputTokens: used.OutputTokens,
+			TotalTokens:  used.Total(),
+		}
+		if remaining {
+			// The same arithmetic as the proxy's rate-limit headers and
+			// budget gauges: the tightest token cap, and the requests cap.
+			w.Remaining, w.RemainingRequests = quota.WindowStatus{Limit: l, Used: used}.Remaining()
+		}
+		out = append(out, w)
+	}
+	return out
+}
+
+// lifetime is the counter's lifetime, never below what status recorded.
+func lifetime(cur *llmv1alpha1.UsageTotals, c quota.Amount) *llmv1alpha1.UsageTotals {
+	lt := llmv1alpha1.UsageTotals{Requests: c.Requests, InputTokens: c.InputTokens, OutputTokens: c.OutputTokens}
+	if cur != nil {
+		lt.Requests = max(lt.Requests, cur.Requests)
+		lt.InputTokens = max(lt.InputTokens, cur.InputTokens)
+		lt.OutputTokens = max(lt.OutputTokens, cur.OutputTokens)
+	}
+	lt.TotalTokens = lt.InputTokens + lt.OutputTokens
+	return &lt
+}
+
+func find(entries []llmv1alpha1.WindowUsage, w llmv1alpha1.Window) *llmv1alpha1.WindowUsage {
+	for i := range entries {
+		if entries[i].Window == w {
+			return &entries[i]
+		}
+	}
+	return nil
 }
 
 // usageStatus is the part of an LLMUser's or LLMQuota's status the proxy owns.
@@ -163,87 +243,37 @@ func (f statusFields) set(s usageStatus) {
 	*f.usage, *f.lifetime, *f.last = s.Usage, s.Lifetime, s.LastRequestAt
 }
 
-// fold returns s with d added as of now. Lifetime grows by all of d and
-// lastRequestAt moves to d's latest charge if that is later. When known, the
-// entries become one per window of limits, in their order: an entry of the
-// window current now keeps its counts and adds the part of d charged in that
-// window; an entry of an ended window starts again from that part alone;
-// entries of windows no longer limited go. When not known, the entries are
-// kept as they are. With remaining, entries carry what is left of the limits.
-func fold(s usageStatus, d *delta, limits []quota.Limit, known, remaining bool, now time.Time) usageStatus {
-	out := usageStatus{Usage: s.Usage, LastRequestAt: s.LastRequestAt}
-	if known {
-		out.Usage = windows(s.Usage, d, limits, remaining, now)
-	}
-	var lt llmv1alpha1.UsageTotals
-	if s.Lifetime != nil {
-		lt = *s.Lifetime
-	}
-	t := d.total()
-	lt.Requests += t.Requests
-	lt.InputTokens += t.InputTokens
-	lt.OutputTokens += t.OutputTokens
-	lt.TotalTokens = lt.InputTokens + lt.OutputTokens
-	out.Lifetime = &lt
-	if !d.last.IsZero() {
-		// Status keeps whole seconds; comparing at that precision keeps a
-		// later charge within the same second from rewriting the same value.
-		last := d.last.UTC().Truncate(time.Second)
-		if s.LastRequestAt == nil || last.After(s.LastRequestAt.Time) {
-			out.LastRequestAt = &metav1.Time{Time: last}
-		}
-	}
-	return out
-}
-
-func windows(old []llmv1alpha1.WindowUsage, d *delta, limits []quota.Limit, remaining bool, now time.Time) []llmv1alpha1.WindowUsage {
-	if len(limits) == 0 {
-		return nil
-	}
-	out := make([]llmv1alpha1.WindowUsage, 0, len(limits))
-	for _, l := range limits {
-		if !quota.ValidWindow(l.Window) || find(out, l.Window) != nil {
-			continue
-		}
-		start := quota.WindowStart(l.Window, now)
-		var used quota.Amount
-		if e := find(old, l.Window); e != nil {
-			switch s := e.WindowStart.Time; {
-			case s.Equal(start):
-				used = quota.Amount{Requests: e.Requests, InputTokens: e.InputTokens, OutputTokens: e.OutputTokens}
-			case s.After(start):
-				// A replica whose clock runs ahead has already begun the next
-				// window: going back would lose its counts. What this replica
-				// charged to the window it still sees counts in lifetime only.
-				out = append(out, *e.DeepCopy())
-				continue
+// stale returns the objects whose status shows a window that has ended with
+// usage in it: their entries must start again from zero.
+func (r *Recorder) stale(ctx context.Context, now time.Time) []objKey {
+	var out []objKey
+	var users llmv1alpha1.LLMUserList
+	if err := r.reader.List(ctx, &users, client.UnsafeDisableDeepCopy); err == nil {
+		for i := range users.Items {
+			u := &users.Items[i]
+			if ended(u.Status.Usage, now) {
+				out = append(out, objKey{kindUser, u.Namespace, u.Name, string(u.UID)})
 			}
 		}
-		used = used.Add(d.in(l.Window, start))
-		w := llmv1alpha1.WindowUsage{
-			Window:       l.Window,
-			WindowStart:  metav1.NewTime(start),
-			ResetAt:      metav1.NewTime(quota.WindowEnd(l.Window, now)),
-			Requests:     used.Requests,
-			InputTokens:  used.InputTokens,
-			OutputTokens: used.OutputTokens,
-			TotalTokens:  used.Total(),
+	}
+	var quotas llmv1alpha1.LLMQuotaList
+	if err := r.reader.List(ctx, &quotas, client.UnsafeDisableDeepCopy); err == nil {
+		for i := range quotas.Items {
+			q := &quotas.Items[i]
+			if q.Spec.Scope == llmv1alpha1.ScopeShared && ended(q.Status.Usage, now) {
+				out = append(out, objKey{kindQuota, q.Namespace, q.Name, string(q.UID)})
+			}
 		}
-		if remaining {
-			// The same arithmetic as the proxy's rate-limit headers and
-			// budget gauges: the tightest token cap, and the requests cap.
-			w.Remaining, w.RemainingRequests = quota.WindowStatus{Limit: l, Used: used}.Remaining()
-		}
-		out = append(out, w)
 	}
 	return out
 }
 
-func find(entries []llmv1alpha1.WindowUsage, w llmv1alpha1.Window) *llmv1alpha1.WindowUsage {
-	for i := range entries {
-		if entries[i].Window == w {
-			return &entries[i]
+// ended reports whether an entry shows usage in a window that has ended.
+func ended(entries []llmv1alpha1.WindowUsage, now time.Time) bool {
+	for _, e := range entries {
+		if !now.Before(e.ResetAt.Time) && (e.Requests > 0 || e.TotalTokens > 0) {
+			return true
 		}
 	}
-	return nil
+	return false
 }

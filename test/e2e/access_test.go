@@ -158,7 +158,7 @@ func (s *suite) testQuotaSurvivesProxyRestart(t *testing.T) {
 	}
 	s.WaitRequests(t, a, 2)
 
-	fresh := s.startProxy(t, "proxy-2", harness.FreeAddr(t))
+	fresh := s.startProxy(t, "proxy-2")
 	c := harness.NewClient(fresh.BaseURL, a.Env["OPENAI_API_KEY"])
 	if _, err := c.Chat.Completions.New(t.Context(), chatParams("Hello")); err != nil {
 		t.Fatalf("request 3 of 3 through the fresh proxy: %v", err)

@@ -1,10 +1,20 @@
 // Package harness runs the product as shipped, for the tests under test/
 // that drive it from outside: it builds the manager and proxy binaries from
 // ./cmd, starts a real kube-apiserver and etcd (internal/testutil/envtest),
-// llm-d-inference-sim standing in for vLLM, the operator and proxies as
-// separate processes, and gives the tests accounts (an LLMQuota and an
-// LLMUser with its token Secret) to reach them with the official OpenAI Go
-// SDK. Everything it starts is stopped when the test that started it ends.
+// optionally kube-controller-manager beside them, llm-d-inference-sim
+// standing in for vLLM, the operator and proxies as separate processes, and
+// gives the tests accounts (an LLMQuota and an LLMUser with its token
+// Secret) to reach them with the official OpenAI Go SDK. Everything it
+// starts is stopped when the test that started it ends.
+//
+// The processes run with the identities they would have in a cluster, not
+// the admin one: the operator as its ServiceAccount with what config/rbac
+// grants it, the proxies as theirs with the RBAC the operator reconciled
+// ([Env.ServiceAccountKubeconfig] stands in for the mounted token, passed as
+// --kubeconfig or KUBECONFIG). A proxy is either started from the operator's
+// reconciled Deployment ([Env.StartReconciledProxy], see package podtemplate
+// for what the harness does in the kubelet's place) or with flags of the
+// test's choosing ([Env.StartProxy]).
 //
 // It holds no assertions about the product beyond the few shared checkers
 // ([CheckCharged], [ErrorShape], [RequireAPIError]); those belong to the
@@ -15,6 +25,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -50,6 +61,9 @@ type Options struct {
 	// can write it: its flush interval, API-server latency, and slack for
 	// a loaded machine.
 	FlushWait time.Duration
+	// ControllerManager runs kube-controller-manager beside the API server
+	// ([Env.StartControllerManager]).
+	ControllerManager bool
 }
 
 // Env is a running API server with the operator's namespace, and the
@@ -63,6 +77,14 @@ type Env struct {
 	Kubeconfig string
 	// ManagerBin and ProxyBin are the binaries built from ./cmd.
 	ManagerBin, ProxyBin string
+
+	api          *envtest.Env
+	managerOnce  sync.Once
+	managerKC    string
+	podsMu       sync.Mutex
+	simulators   []string        // base URLs of the simulators started
+	proxyRBAC    bool            // a manager reconciled the proxy's RBAC
+	templatesRun map[string]bool // templates (namespace/name/generation) a pod was started from
 }
 
 // Start builds the manager and the proxy while it starts an API server,
@@ -86,14 +108,20 @@ func Start(t testing.TB, o Options) *Env {
 	if err := env.Client.Create(t.Context(), ns); err != nil {
 		t.Fatalf("creating namespace %s: %v", OperatorNamespace, err)
 	}
-	return &Env{
-		Options:    o,
-		Client:     env.Client,
-		RestConfig: env.Config,
-		Kubeconfig: env.Kubeconfig,
-		ManagerBin: filepath.Join(bin, "manager"),
-		ProxyBin:   filepath.Join(bin, "proxy"),
+	e := &Env{
+		Options:      o,
+		Client:       env.Client,
+		RestConfig:   env.Config,
+		Kubeconfig:   env.Kubeconfig,
+		ManagerBin:   filepath.Join(bin, "manager"),
+		ProxyBin:     filepath.Join(bin, "proxy"),
+		api:          env,
+		templatesRun: map[string]bool{},
 	}
+	if o.ControllerManager {
+		e.StartControllerManager(t)
+	}
+	return e
 }
 
 // Build compiles the manager and the proxy exactly as shipped into dir, as

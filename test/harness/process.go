@@ -75,8 +75,16 @@ type Process struct {
 // t failed, its output is logged.
 func StartProcess(t testing.TB, name, bin string, args ...string) *Process {
 	t.Helper()
+	return StartProcessEnv(t, name, bin, nil, args...)
+}
+
+// StartProcessEnv is [StartProcess] with exactly the environment env (nil:
+// this process's).
+func StartProcessEnv(t testing.TB, name, bin string, env []string, args ...string) *Process {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = env
 	p := &Process{name: name, cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	cmd.SysProcAttr = sysProcAttr()

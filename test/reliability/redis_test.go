@@ -131,9 +131,13 @@ func (ld *load) count(since time.Time) (ended, ok int) {
 	return ended, ok
 }
 
+// redisOutage: Redis becomes unreachable under load and comes back with its
+// data (it persists, as the chart's Redis does). Every answered request is
+// charged exactly once: the settles that failed during the outage are
+// settled again once it is back.
 func (s *suite) redisOutage(t *testing.T, failOpen bool) {
 	a := s.NewAccount(t, harness.DayTokens(1_000_000))
-	rs := redisserver.New(t)
+	rs := redisserver.New(t, redisserver.Durable())
 	p := s.StartProxy(t, "proxy", harness.ProxyConfig{Upstream: s.fast.URL, Flags: []string{
 		"--counter=redis", "--redis-addr", rs.Addr(), "--redis-fail-open=" + strconv.FormatBool(failOpen),
 		"--flush-interval", "1s",

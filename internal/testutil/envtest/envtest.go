@@ -110,6 +110,31 @@ func New() (*Env, error) {
 	return e, nil
 }
 
+// AddUser writes a kubeconfig for a user of the API server with the given
+// name and groups, authorized only by RBAC (unlike the admin one), and
+// returns its path. A ServiceAccount's identity is the user
+// system:serviceaccount:<namespace>:<name> in the groups
+// system:serviceaccounts and system:serviceaccounts:<namespace>.
+func (e *Env) AddUser(name string, groups ...string) (string, error) {
+	user, err := e.env.AddUser(envtest.User{Name: name, Groups: groups}, nil)
+	if err != nil {
+		return "", err
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		return "", err
+	}
+	f, err := os.CreateTemp(e.dir, "kubeconfig-*")
+	if err != nil {
+		return "", err
+	}
+	if _, err := f.Write(kc); err != nil {
+		_ = f.Close()
+		return "", err
+	}
+	return f.Name(), f.Close()
+}
+
 // Stop stops the API server and etcd.
 func (e *Env) Stop() {
 	_ = e.env.Stop()

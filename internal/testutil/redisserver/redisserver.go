@@ -38,12 +38,14 @@ const (
 const startTimeout = 15 * time.Second
 
 // Server is a redis-server process owned by one test. It listens on a
-// loopback port and keeps nothing on disk, so every start is empty.
+// loopback port and, unless started [Durable], keeps nothing on disk, so
+// every start is empty.
 type Server struct {
-	t    testing.TB
-	bin  string
-	dir  string
-	addr string
+	t       testing.TB
+	bin     string
+	dir     string
+	addr    string
+	durable bool
 
 	mu   sync.Mutex
 	proc *process
@@ -63,11 +65,23 @@ func Start(t testing.TB) (addr string, stop func()) {
 	return s.Addr(), s.Stop
 }
 
+// Option configures [New].
+type Option func(*Server)
+
+// Durable makes the server write every command to its append-only file
+// before answering (appendfsync always), so that a [Server.Restart] comes
+// back with everything it had, as a Redis with persistence does after an
+// outage.
+func Durable() Option { return func(s *Server) { s.durable = true } }
+
 // New runs a server for t on a free loopback port and waits until it answers
 // PING. It is stopped when t ends.
-func New(t testing.TB) *Server {
+func New(t testing.TB, opts ...Option) *Server {
 	t.Helper()
 	s := &Server{t: t, bin: binary(t), dir: t.TempDir()}
+	for _, o := range opts {
+		o(s)
+	}
 	// Registered after TempDir so that it runs first: the server goes before
 	// its directory does.
 	t.Cleanup(s.Stop)
@@ -102,8 +116,8 @@ func (s *Server) Stop() {
 	}
 }
 
-// Restart stops the server if it runs and starts an empty one on the same
-// address. Like [testing.T.Fatal], call it from the test's goroutine.
+// Restart stops the server if it runs and starts it again on the same
+// address: empty, unless it is [Durable]. Like [testing.T.Fatal], call it from the test's goroutine.
 func (s *Server) Restart() {
 	s.t.Helper()
 	s.Stop()
@@ -149,14 +163,17 @@ func freePort() (int, error) {
 
 func (s *Server) start() error {
 	_, port, _ := net.SplitHostPort(s.addr)
-	cmd := exec.Command(s.bin,
+	appendOnly := []string{"--appendonly", "no"}
+	if s.durable {
+		appendOnly = []string{"--appendonly", "yes", "--appendfsync", "always"}
+	}
+	cmd := exec.Command(s.bin, append([]string{
 		"--port", port,
 		"--bind", "127.0.0.1",
 		"--save", "",
-		"--appendonly", "no",
 		"--dir", s.dir,
 		"--daemonize", "no",
-	)
+	}, appendOnly...)...)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = sysProcAttr()

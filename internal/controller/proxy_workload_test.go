@@ -1,0 +1,177 @@
+package controller
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/llm-user-operator/llm-user-operator/internal/operatorconfig"
+)
+
+func defaulted(edit func(p *operatorconfig.Proxy)) *operatorconfig.OperatorConfig {
+	c := &operatorconfig.OperatorConfig{Proxy: operatorconfig.Proxy{Upstreams: []string{"http://vllm:8000"}}}
+	if edit != nil {
+		edit(&c.Proxy)
+	}
+	c.Default("ops", "img:1")
+	return c
+}
+
+func TestProxyArgs(t *testing.T) {
+	cases := []struct {
+		name string
+		edit func(p *operatorconfig.Proxy)
+		want []string
+	}{
+		{"defaults", nil, []string{
+			"--listen-address=:8000",
+			"--metrics-bind-address=:9090",
+			"--upstreams-file=/etc/llm-user-proxy/upstreams/upstreams",
+			"--jwks-configmap=jwks",
+			"--issuer=https://llm-user-operator.ops.svc",
+			"--audience=llm-user-proxy",
+			"--refresh-url=http://llm-user-operator.ops.svc:8082/auth/refresh",
+			"--counter=memory",
+			"--flush-interval=10s",
+			"--status-write-rate=50",
+			"--shutdown-grace=30s",
+			"--metrics-user-label=true",
+			"--max-request-body=10485760",
+			"--max-body-memory=268435456",
+			"--default-max-tokens=4096",
+			"--body-read-timeout=1m0s",
+			"--idle-timeout=2m0s",
+			"--write-timeout=1m0s",
+			"--upstream-header-timeout=10m0s",
+			"--stream-idle-timeout=2m0s",
+		}},
+		{"redis, ports and extra args", func(p *operatorconfig.Proxy) {
+			p.Port, p.MetricsPort = 18000, 19090
+			p.Counter = operatorconfig.Counter{Store: operatorconfig.CounterRedis,
+				Redis: operatorconfig.Redis{Address: "redis:6379", FailOpen: true, Lease: metav1.Duration{Duration: 45 * time.Second}}}
+			p.Metrics.UserLabel = ptr.To(false)
+			p.ExtraArgs = []string{"--zap-log-level=debug"}
+		}, []string{
+			"--listen-address=:18000",
+			"--metrics-bind-address=:19090",
+			"--upstreams-file=/etc/llm-user-proxy/upstreams/upstreams",
+			"--jwks-configmap=jwks",
+			"--issuer=https://llm-user-operator.ops.svc",
+			"--audience=llm-user-proxy",
+			"--refresh-url=http://llm-user-operator.ops.svc:8082/auth/refresh",
+			"--counter=redis",
+			"--redis-addr=redis:6379",
+			"--redis-fail-open=true",
+			"--redis-lease=45s",
+			"--flush-interval=10s",
+			"--status-write-rate=50",
+			"--shutdown-grace=30s",
+			"--metrics-user-label=false",
+			"--max-request-body=10485760",
+			"--max-body-memory=268435456",
+			"--default-max-tokens=4096",
+			"--body-read-timeout=1m0s",
+			"--idle-timeout=2m0s",
+			"--write-timeout=1m0s",
+			"--upstream-header-timeout=10m0s",
+			"--stream-idle-timeout=2m0s",
+			"--zap-log-level=debug",
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := proxyArgs(workloadInput{Namespace: "ops", JWKSConfigMap: "jwks", Config: defaulted(tc.edit)})
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("args\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+		})
+	}
+}
+
+func TestTerminationGracePeriod(t *testing.T) {
+	for grace, want := range map[float64]int64{30: 50, 0.5: 21, 120: 140} {
+		if got := terminationGracePeriod(grace); got != want {
+			t.Errorf("shutdown grace %gs: terminationGracePeriodSeconds %d, want %d", grace, got, want)
+		}
+	}
+}
+
+func TestRenderProxyOptionalObjects(t *testing.T) {
+	cases := []struct {
+		name                    string
+		replicas                int32
+		monitor, networkOff     bool
+		wantPDB, wantNP, wantSM bool
+	}{
+		{"one replica", 1, false, false, false, true, false},
+		{"two replicas", 2, false, false, true, true, false},
+		{"monitor and no network policy", 1, true, true, false, false, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := defaulted(func(p *operatorconfig.Proxy) { p.NetworkPolicy.Enabled = ptr.To(!tc.networkOff) })
+			w := renderProxy(workloadInput{Namespace: "ops", JWKSConfigMap: "jwks", Config: c, Replicas: tc.replicas, ServiceMonitor: tc.monitor})
+			if (w.podDisruptionBudget != nil) != tc.wantPDB || (w.networkPolicy != nil) != tc.wantNP || (w.serviceMonitor != nil) != tc.wantSM {
+				t.Errorf("PDB %v NetworkPolicy %v ServiceMonitor %v, want %v %v %v",
+					w.podDisruptionBudget != nil, w.networkPolicy != nil, w.serviceMonitor != nil, tc.wantPDB, tc.wantNP, tc.wantSM)
+			}
+			var kinds []string
+			for _, o := range w.objects() {
+				kinds = append(kinds, *o.GetKind()+"/"+*o.GetName())
+			}
+			if kinds[0] != "ServiceAccount/llm-user-proxy" || !slices.Contains(kinds, "ClusterRole/ops:llm-user-proxy") ||
+				!slices.Contains(kinds, "Service/llm-user-proxy-metrics") || !slices.Contains(kinds, "ConfigMap/llm-user-proxy-upstreams") {
+				t.Errorf("objects %v", kinds)
+			}
+		})
+	}
+}
+
+func TestParseProxyRules(t *testing.T) {
+	const generated = `---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: proxy-role
+rules:
+- apiGroups: [llm.userops.dev]
+  resources: [llmusers]
+  verbs: [get, list, watch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: proxy-role
+  namespace: system
+rules:
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get]
+`
+	r, err := parseProxyRules([]byte(generated))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.cluster) != 2 || len(r.namespaced) != 1 {
+		t.Fatalf("%d cluster and %d namespaced rules, want 2 and 1", len(r.cluster), len(r.namespaced))
+	}
+	if r.cluster[1].Resources[0] != "events" || !slices.Equal(r.cluster[1].Verbs, []string{"create", "patch"}) {
+		t.Errorf("second cluster rule %v %v", r.cluster[1].Resources, r.cluster[1].Verbs)
+	}
+	if _, err := parseProxyRules([]byte("")); err == nil || !strings.Contains(err.Error(), "run make manifests") {
+		t.Errorf("empty file: %v", err)
+	}
+	if _, err := parseProxyRules([]byte("kind: Deployment\n")); err == nil || !strings.Contains(err.Error(), `unexpected kind "Deployment"`) {
+		t.Errorf("wrong kind: %v", err)
+	}
+	if _, err := loadProxyRules(); err != nil {
+		t.Errorf("the embedded config/rbac/proxy/role.yaml: %v", err)
+	}
+}

@@ -1,0 +1,167 @@
+package operatorconfig
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+)
+
+// Validate checks a defaulted configuration and returns every problem at
+// once, each naming its field and what to set, or nil.
+func (c *OperatorConfig) Validate() error {
+	var errs field.ErrorList
+	if c.APIVersion != APIVersion {
+		errs = append(errs, field.NotSupported(field.NewPath("apiVersion"), c.APIVersion, []string{APIVersion}))
+	}
+	if c.Kind != Kind {
+		errs = append(errs, field.NotSupported(field.NewPath("kind"), c.Kind, []string{Kind}))
+	}
+	if c.Audience == "" {
+		errs = append(errs, field.Required(field.NewPath("audience"), "the aud claim the proxy checks, e.g. llm-user-proxy"))
+	}
+	if c.KeyRotationPeriod.Duration <= 0 {
+		errs = append(errs, field.Invalid(field.NewPath("keyRotationPeriod"), c.KeyRotationPeriod.Duration.String(), "must be positive, e.g. 720h"))
+	}
+	for _, msg := range validation.IsDNS1035Label(c.OperatorService) {
+		errs = append(errs, field.Invalid(field.NewPath("operatorService"), c.OperatorService, "must be a Service name: "+msg))
+	}
+	errs = append(errs, c.Proxy.validate(field.NewPath("proxy"))...)
+	if len(errs) == 0 {
+		return nil
+	}
+	return errs.ToAggregate()
+}
+
+func (p *Proxy) validate(path *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	add := func(e *field.Error) { errs = append(errs, e) }
+	for _, msg := range validation.IsDNS1035Label(p.Name) {
+		add(field.Invalid(path.Child("name"), p.Name, "must be a Service name: "+msg))
+	}
+	// The metrics Service is <name>-metrics.
+	if len(p.Name) > validation.DNS1035LabelMaxLength-len("-metrics") {
+		add(field.TooLong(path.Child("name"), p.Name, validation.DNS1035LabelMaxLength-len("-metrics")))
+	}
+	if !*p.Enabled {
+		return errs
+	}
+	if p.Image == "" {
+		add(field.Required(path.Child("image"), "set proxy.image, or "+EnvOperatorImage+" to the operator's image (the chart does), which ships /proxy"))
+	}
+	switch p.ImagePullPolicy {
+	case corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
+	default:
+		add(field.NotSupported(path.Child("imagePullPolicy"), p.ImagePullPolicy, []corev1.PullPolicy{corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever}))
+	}
+	if *p.Replicas < 1 {
+		add(field.Invalid(path.Child("replicas"), *p.Replicas, "must be at least 1; set proxy.enabled: false to run no proxy"))
+	}
+	if len(p.Upstreams) == 0 {
+		add(field.Required(path.Child("upstreams"), "list the base URLs of your vLLM servers, e.g. [http://vllm.vllm.svc:8000]"))
+	}
+	for i, u := range p.Upstreams {
+		if msg := httpURL(u); msg != "" {
+			add(field.Invalid(path.Child("upstreams").Index(i), u, msg+", e.g. http://vllm.vllm.svc:8000"))
+		}
+	}
+	if msg := httpURL(p.BaseURL); msg != "" {
+		add(field.Invalid(path.Child("baseURL"), p.BaseURL, msg+", e.g. https://llm.example.com/v1"))
+	}
+	if msg := httpURL(p.RefreshURL); msg != "" {
+		add(field.Invalid(path.Child("refreshURL"), p.RefreshURL, msg))
+	}
+	for _, port := range []struct {
+		name string
+		v    int32
+	}{{"port", p.Port}, {"metricsPort", p.MetricsPort}} {
+		for _, msg := range validation.IsValidPortNum(int(port.v)) {
+			add(field.Invalid(path.Child(port.name), port.v, msg))
+		}
+	}
+	if p.Port == p.MetricsPort {
+		add(field.Duplicate(path.Child("metricsPort"), p.MetricsPort))
+	}
+	positive := func(p *field.Path, d metav1.Duration) {
+		if d.Duration <= 0 {
+			add(field.Invalid(p, d.Duration.String(), "must be a positive duration, e.g. 30s"))
+		}
+	}
+	positive(path.Child("flushInterval"), p.FlushInterval)
+	positive(path.Child("shutdownGrace"), p.ShutdownGrace)
+	if p.StatusWriteRate < 1 {
+		add(field.Invalid(path.Child("statusWriteRate"), p.StatusWriteRate, "must be at least 1 write per second"))
+	}
+
+	counter := path.Child("counter")
+	switch p.Counter.Store {
+	case CounterMemory:
+	case CounterRedis:
+		if p.Counter.Redis.Address == "" {
+			add(field.Required(counter.Child("redis", "address"), "counter.store redis needs the Redis address, host:port"))
+		} else if _, _, err := net.SplitHostPort(p.Counter.Redis.Address); err != nil {
+			add(field.Invalid(counter.Child("redis", "address"), p.Counter.Redis.Address, "must be host:port, e.g. redis.llm-user-operator-system.svc:6379"))
+		}
+	default:
+		add(field.NotSupported(counter.Child("store"), p.Counter.Store, []CounterStore{CounterMemory, CounterRedis}))
+	}
+	positive(counter.Child("redis", "lease"), p.Counter.Redis.Lease)
+
+	limits := path.Child("limits")
+	for _, l := range []struct {
+		name string
+		v    int64
+	}{{"maxRequestBody", p.Limits.MaxRequestBody}, {"maxBodyMemory", p.Limits.MaxBodyMemory}, {"defaultMaxTokens", p.Limits.DefaultMaxTokens}} {
+		if l.v < 1 {
+			add(field.Invalid(limits.Child(l.name), l.v, "must be at least 1"))
+		}
+	}
+	if p.Limits.MaxBodyMemory < p.Limits.MaxRequestBody {
+		add(field.Invalid(limits.Child("maxBodyMemory"), p.Limits.MaxBodyMemory,
+			fmt.Sprintf("must be at least limits.maxRequestBody (%d): one request could never be read", p.Limits.MaxRequestBody)))
+	}
+	timeouts := path.Child("timeouts")
+	positive(timeouts.Child("bodyRead"), p.Timeouts.BodyRead)
+	positive(timeouts.Child("idle"), p.Timeouts.Idle)
+	positive(timeouts.Child("write"), p.Timeouts.Write)
+	positive(timeouts.Child("upstreamHeader"), p.Timeouts.UpstreamHeader)
+	positive(timeouts.Child("streamIdle"), p.Timeouts.StreamIdle)
+
+	for name, req := range p.Resources.Requests {
+		if lim, ok := p.Resources.Limits[name]; ok && req.Cmp(lim) > 0 {
+			add(field.Invalid(path.Child("resources", "requests").Key(string(name)), req.String(),
+				"must not exceed resources.limits."+string(name)+" ("+lim.String()+")"))
+		}
+	}
+	np := path.Child("networkPolicy")
+	for name, sel := range map[string]*metav1.LabelSelector{
+		"clientNamespaceSelector":     p.NetworkPolicy.ClientNamespaceSelector,
+		"prometheusNamespaceSelector": p.NetworkPolicy.PrometheusNamespaceSelector,
+		"prometheusPodSelector":       p.NetworkPolicy.PrometheusPodSelector,
+	} {
+		if _, err := metav1.LabelSelectorAsSelector(sel); err != nil {
+			add(field.Invalid(np.Child(name), sel, err.Error()))
+		}
+	}
+	return errs
+}
+
+// httpURL says what is wrong with u as an absolute http(s) URL, or "".
+func httpURL(u string) string {
+	if strings.ContainsAny(u, " \t\r\n,") {
+		return "must be one URL, without spaces or commas"
+	}
+	parsed, err := url.Parse(u)
+	if err != nil {
+		return "must be a URL: " + err.Error()
+	}
+	if (parsed.Scheme != "http" && parsed.Scheme != "https") || parsed.Host == "" {
+		return "must be an absolute http:// or https:// URL"
+	}
+	return ""
+}

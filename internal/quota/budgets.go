@@ -1,0 +1,67 @@
+package quota
+
+import llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+
+// DefaultAlertThresholds are the alert thresholds of a quota that sets none
+// (the API's default).
+var DefaultAlertThresholds = []int32{80, 95}
+
+// BudgetsFor returns the budgets a user's requests draw on, given the quota
+// it refers to. The first is always the user's own: with the quota's limits
+// for a PerUser quota; for a Shared quota, a tally of the same windows with
+// no caps, which refuses nothing and counts the user's share of the pool for
+// status; and without limits, a lifetime alone. A Shared quota's pool comes
+// second.
+func BudgetsFor(u *llmv1alpha1.LLMUser, q *llmv1alpha1.LLMQuota) []Budget {
+	dry := q.Spec.Enforcement == llmv1alpha1.EnforcementDryRun
+	limits := LimitsFromSpec(q.Spec.Limits)
+	thresholds := q.Spec.AlertThresholds
+	if thresholds == nil {
+		thresholds = DefaultAlertThresholds
+	}
+	if q.Spec.Scope != llmv1alpha1.ScopeShared {
+		b := UserBudget(u.Namespace, u.Name, string(u.UID), limits, dry)
+		b.Thresholds = thresholds
+		return []Budget{b}
+	}
+	tally := make([]Limit, 0, len(limits))
+	for _, l := range limits {
+		tally = append(tally, Limit{Window: l.Window})
+	}
+	pool := PoolBudget(q.Namespace, q.Name, string(q.UID), limits, dry)
+	pool.Thresholds = thresholds
+	return []Budget{UserBudget(u.Namespace, u.Name, string(u.UID), tally, dry), pool}
+}
+
+// Crossed reports whether a reservation of granted, after which the windows
+// stand as ws, took one of them across one of its budget's alert thresholds
+// or to its limit: a change in status worth writing before others.
+func Crossed(ws []WindowStatus, budgets []Budget, granted Amount) bool {
+	for _, w := range ws {
+		var thresholds []int32
+		for _, b := range budgets {
+			if b.Key == w.Budget {
+				thresholds = b.Thresholds
+				break
+			}
+		}
+		after := w.Used.Add(w.Reserved)
+		before := nonNegative(after.Sub(granted))
+		for _, r := range resources {
+			c := capPtr(r, w.Limit)
+			if c == nil || *c <= 0 {
+				continue
+			}
+			was, is := usedOf(r, before)*100 / *c, usedOf(r, after)*100 / *c
+			if is >= 100 && was < 100 {
+				return true
+			}
+			for _, t := range thresholds {
+				if was < int64(t) && is >= int64(t) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}

@@ -1,0 +1,70 @@
+package quota
+
+import (
+	"reflect"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+)
+
+func TestBudgetsFor(t *testing.T) {
+	u := &llmv1alpha1.LLMUser{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "alice", UID: "u1"}}
+	quotaOf := func(scope llmv1alpha1.QuotaScope, enf llmv1alpha1.Enforcement, thresholds []int32, limits ...llmv1alpha1.QuotaLimit) *llmv1alpha1.LLMQuota {
+		return &llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "q", UID: "q1"},
+			Spec: llmv1alpha1.LLMQuotaSpec{Scope: scope, Enforcement: enf, AlertThresholds: thresholds, Limits: limits}}
+	}
+	day := llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowDay, Tokens: ptr(100)}
+	for _, tc := range []struct {
+		name string
+		q    *llmv1alpha1.LLMQuota
+		want []Budget
+	}{
+		{"per user", quotaOf(llmv1alpha1.ScopePerUser, "", []int32{50}, day), []Budget{
+			{Key: "user/ns/alice/u1", Kind: BudgetUser, Namespace: "ns", Name: "alice", UID: "u1", Limits: []Limit{{Window: llmv1alpha1.WindowDay, Tokens: ptr(100)}}, Thresholds: []int32{50}},
+		}},
+		{"no limits: a lifetime", quotaOf(llmv1alpha1.ScopePerUser, "", nil), []Budget{
+			{Key: "user/ns/alice/u1", Kind: BudgetUser, Namespace: "ns", Name: "alice", UID: "u1", Limits: []Limit{}, Thresholds: []int32{80, 95}},
+		}},
+		{"shared, dry run", quotaOf(llmv1alpha1.ScopeShared, llmv1alpha1.EnforcementDryRun, nil, day), []Budget{
+			{Key: "user/ns/alice/u1", Kind: BudgetUser, Namespace: "ns", Name: "alice", UID: "u1", Limits: []Limit{{Window: llmv1alpha1.WindowDay}}, DryRun: true},
+			{Key: "quota/ns/q/q1", Kind: BudgetPool, Namespace: "ns", Name: "q", UID: "q1", Limits: []Limit{{Window: llmv1alpha1.WindowDay, Tokens: ptr(100)}}, DryRun: true, Thresholds: []int32{80, 95}},
+		}},
+	} {
+		if got := BudgetsFor(u, tc.q); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s:\n got %+v\nwant %+v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestCrossed(t *testing.T) {
+	b := UserBudget("ns", "a", "u", []Limit{{Window: llmv1alpha1.WindowDay, Tokens: ptr(1000), Requests: ptr(10)}}, false)
+	b.Thresholds = []int32{80, 95}
+	w := func(used, reserved Amount) []WindowStatus {
+		return []WindowStatus{{Budget: b.Key, Limit: b.Limits[0], Used: used, Reserved: reserved}}
+	}
+	for _, tc := range []struct {
+		name           string
+		used, reserved Amount
+		granted        Amount
+		want           bool
+	}{
+		{"under every threshold", Amount{1, 100, 100}, Amount{1, 50, 50}, Amount{1, 50, 50}, false},
+		{"to 80% of tokens", Amount{1, 300, 400}, Amount{1, 50, 50}, Amount{1, 50, 50}, true},     // 700 -> 800
+		{"already past 80%", Amount{1, 400, 400}, Amount{1, 10, 10}, Amount{1, 10, 10}, false},    // 800 -> 820
+		{"to 95%", Amount{1, 450, 450}, Amount{1, 30, 30}, Amount{1, 30, 30}, true},               // 900 -> 960
+		{"to the limit", Amount{1, 480, 480}, Amount{1, 20, 20}, Amount{1, 20, 20}, true},         // 960 -> 1000
+		{"to 80% of requests", Amount{7, 1, 1}, Amount{1, 0, 0}, Amount{1, 0, 0}, true},           // 7 -> 8 of 10
+		{"a tally window has no caps", Amount{}, Amount{1, 999, 999}, Amount{1, 999, 999}, false}, // see below
+	} {
+		ws := w(tc.used, tc.reserved)
+		budgets := []Budget{b}
+		if tc.name == "a tally window has no caps" {
+			ws[0].Limit = Limit{Window: llmv1alpha1.WindowDay}
+		}
+		if got := Crossed(ws, budgets, tc.granted); got != tc.want {
+			t.Errorf("%s: Crossed = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

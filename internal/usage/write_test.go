@@ -1,0 +1,130 @@
+package usage
+
+import (
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/internal/quota"
+)
+
+var t0 = time.Date(2030, time.January, 7, 10, 0, 0, 0, time.UTC) // a Monday
+
+func mt(t time.Time) metav1.Time { return metav1.NewTime(t) }
+
+func entry(w llmv1alpha1.Window, start time.Time, a quota.Amount) llmv1alpha1.WindowUsage {
+	return llmv1alpha1.WindowUsage{
+		Window: w, WindowStart: mt(quota.WindowStart(w, start)), ResetAt: mt(quota.WindowEnd(w, start)),
+		Requests: a.Requests, InputTokens: a.InputTokens, OutputTokens: a.OutputTokens, TotalTokens: a.Total(),
+	}
+}
+
+func withRemaining(e llmv1alpha1.WindowUsage, tokens, requests *int64) llmv1alpha1.WindowUsage {
+	e.Remaining, e.RemainingRequests = tokens, requests
+	return e
+}
+
+// TestWindows is the status an object gets from what the counters hold:
+// expected entries are written out by hand.
+func TestWindows(t *testing.T) {
+	now := t0.Add(90 * time.Second) // 10:01:30
+	minute := quota.Limit{Window: llmv1alpha1.WindowMinute, Tokens: ptr.To[int64](1000), Requests: ptr.To[int64](10)}
+	day := quota.Limit{Window: llmv1alpha1.WindowDay, OutputTokens: ptr.To[int64](500)}
+	a := quota.Amount{Requests: 2, InputTokens: 100, OutputTokens: 50}
+	b := quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 5}
+	counted := func(l quota.Limit, used quota.Amount) quota.WindowStatus {
+		return quota.WindowStatus{Limit: l, Used: used}
+	}
+	for _, tc := range []struct {
+		name      string
+		old       []llmv1alpha1.WindowUsage
+		ws        []quota.WindowStatus
+		limits    []quota.Limit
+		remaining bool
+		want      []llmv1alpha1.WindowUsage
+	}{
+		{
+			name: "from nothing, with what is left", ws: []quota.WindowStatus{counted(minute, a), counted(day, a)},
+			limits: []quota.Limit{minute, day}, remaining: true,
+			want: []llmv1alpha1.WindowUsage{
+				withRemaining(entry(llmv1alpha1.WindowMinute, now, a), ptr.To[int64](850), ptr.To[int64](8)),
+				withRemaining(entry(llmv1alpha1.WindowDay, now, a), ptr.To[int64](450), nil),
+			},
+		},
+		{
+			name: "a share of a pool carries nothing left", ws: []quota.WindowStatus{counted(minute, a)},
+			limits: []quota.Limit{minute},
+			want:   []llmv1alpha1.WindowUsage{entry(llmv1alpha1.WindowMinute, now, a)},
+		},
+		{
+			name: "the same window never goes down", old: []llmv1alpha1.WindowUsage{entry(llmv1alpha1.WindowDay, now, a)},
+			ws: []quota.WindowStatus{counted(day, b)}, limits: []quota.Limit{day},
+			want: []llmv1alpha1.WindowUsage{entry(llmv1alpha1.WindowDay, now, a)},
+		},
+		{
+			name: "the same window goes up", old: []llmv1alpha1.WindowUsage{entry(llmv1alpha1.WindowDay, now, b)},
+			ws: []quota.WindowStatus{counted(day, a.Add(b))}, limits: []quota.Limit{day},
+			want: []llmv1alpha1.WindowUsage{entry(llmv1alpha1.WindowDay, now, a.Add(b))},
+		},
+		{
+			name: "an ended window starts again from the counter's", old: []llmv1alpha1.WindowUsage{entry(llmv1alpha1.WindowMinute, t0, a)},
+			ws: []quota.WindowStatus{counted(minute, b)}, limits: []quota.Limit{minute},
+			want: []llmv1alpha1.WindowUsage{entry(llmv1alpha1.WindowMinute, now, b)},
+		},
+		{
+			name: "a window ahead (another replica's clock) is kept", old: []llmv1alpha1.WindowUsage{entry(llmv1alpha1.WindowMinute, now.Add(time.Minute), a)},
+			ws: []quota.WindowStatus{counted(minute, b)}, limits: []quota.Limit{minute},
+			want: []llmv1alpha1.WindowUsage{entry(llmv1alpha1.WindowMinute, now.Add(time.Minute), a)},
+		},
+		{
+			name: "a window no longer limited goes", old: []llmv1alpha1.WindowUsage{entry(llmv1alpha1.WindowMinute, now, a), entry(llmv1alpha1.WindowDay, now, a)},
+			ws: []quota.WindowStatus{counted(day, a)}, limits: []quota.Limit{day},
+			want: []llmv1alpha1.WindowUsage{entry(llmv1alpha1.WindowDay, now, a)},
+		},
+		{name: "no limits, no windows", old: []llmv1alpha1.WindowUsage{entry(llmv1alpha1.WindowDay, now, a)}},
+	} {
+		got := windows(tc.old, tc.ws, tc.limits, tc.remaining, now)
+		if !equality.Semantic.DeepEqual(got, tc.want) {
+			t.Errorf("%s:\n got %+v\nwant %+v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestLifetime(t *testing.T) {
+	for _, tc := range []struct {
+		cur     *llmv1alpha1.UsageTotals
+		counter quota.Amount
+		want    llmv1alpha1.UsageTotals
+	}{
+		{nil, quota.Amount{Requests: 2, InputTokens: 10, OutputTokens: 5}, llmv1alpha1.UsageTotals{Requests: 2, InputTokens: 10, OutputTokens: 5, TotalTokens: 15}},
+		{&llmv1alpha1.UsageTotals{Requests: 3, InputTokens: 4, OutputTokens: 9, TotalTokens: 13}, quota.Amount{Requests: 2, InputTokens: 10, OutputTokens: 5},
+			llmv1alpha1.UsageTotals{Requests: 3, InputTokens: 10, OutputTokens: 9, TotalTokens: 19}},
+	} {
+		if got := lifetime(tc.cur, tc.counter); *got != tc.want {
+			t.Errorf("lifetime(%+v, %+v) = %+v, want %+v", tc.cur, tc.counter, *got, tc.want)
+		}
+	}
+}
+
+func TestEnded(t *testing.T) {
+	now := t0.Add(90 * time.Second)
+	a := quota.Amount{Requests: 1, InputTokens: 1}
+	for _, tc := range []struct {
+		name    string
+		entries []llmv1alpha1.WindowUsage
+		want    bool
+	}{
+		{"current", []llmv1alpha1.WindowUsage{entry(llmv1alpha1.WindowMinute, now, a)}, false},
+		{"ended with usage", []llmv1alpha1.WindowUsage{entry(llmv1alpha1.WindowMinute, t0, a)}, true},
+		{"ended empty", []llmv1alpha1.WindowUsage{entry(llmv1alpha1.WindowMinute, t0, quota.Amount{})}, false},
+		{"none", nil, false},
+	} {
+		if got := ended(tc.entries, now); got != tc.want {
+			t.Errorf("%s: ended = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
