@@ -124,7 +124,8 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null | sed 's/^v/
 IMG_REPO ?= ghcr.io/llm-user-operator/llm-user-operator
 CHART_REPO ?= oci://ghcr.io/llm-user-operator/charts
 RELEASE_DIR ?= $(BIN)/release
-KUBECTL ?= kubectl
+# The pinned kubectl (hack/kube-tools.sh), built only when a release target needs it.
+KUBECTL ?= $(shell hack/kube-tools.sh)/kubectl
 
 .PHONY: release-chart
 release-chart: $(HELM) ## Package the chart as VERSION, its image IMG_REPO:VERSION, into RELEASE_DIR.

@@ -14,6 +14,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/llm-user-operator/llm-user-operator/internal/testutil/envtest"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/poll"
+	"github.com/llm-user-operator/llm-user-operator/test/harness"
 )
 
 // access is one question to the API server's authorizer and the answer the
@@ -65,10 +67,10 @@ func checkAccess(t *testing.T, env *envtest.Env, user string, groups []string, c
 }
 
 // testTenancy checks the aggregated tenant roles the chart installs
-// (testDefaults applied them as release "llm"). envtest runs no
-// clusterrole-aggregation controller, so the built-in admin/edit/view roles
-// stay empty here: the test binds our roles directly and checks separately
-// that their labels are the ones the built-in roles aggregate.
+// (testDefaults applied them as release "llm"): bound directly, for exactly
+// what they grant, and through the built-in admin/edit/view roles that
+// namespace owners are really bound to, aggregated by kube-controller-manager's
+// clusterrole-aggregation controller (envtest runs none, so the test starts one).
 func testTenancy(t *testing.T, env *envtest.Env) {
 	ctx := t.Context()
 	editor, viewer := "llm-tenant-editor", "llm-tenant-viewer"
@@ -143,6 +145,8 @@ func testTenancy(t *testing.T, env *envtest.Env) {
 		})
 	})
 
+	t.Run("ThroughBuiltinRoles", func(t *testing.T) { testBuiltinRoles(t, env) })
+
 	t.Run("Viewer", func(t *testing.T) {
 		checkAccess(t, env, "victor", nil, []access{
 			{verb: "get", resource: "llmusers", namespace: team, allowed: true},
@@ -156,6 +160,50 @@ func testTenancy(t *testing.T, env *envtest.Env) {
 			{verb: "update", resource: "llmquotas", namespace: team},
 			{verb: "get", resource: "secrets", namespace: team, name: "alice-llm-token"},
 		})
+	})
+}
+
+// testBuiltinRoles binds namespace owners to the built-in admin, edit and
+// view ClusterRoles, runs the clusterrole-aggregation controller, and checks
+// what the tenant roles' labels added to them.
+func testBuiltinRoles(t *testing.T, env *envtest.Env) {
+	harness.StartProcess(t, "kube-controller-manager", filepath.Join(harness.KubeTools(t), "kube-controller-manager"),
+		"--kubeconfig", env.Kubeconfig,
+		"--controllers", "clusterrole-aggregation-controller",
+		"--leader-elect=false",
+		"--bind-address", "127.0.0.1",
+		"--secure-port", harness.Port(harness.FreeAddr(t)),
+		"--cert-dir", t.TempDir(),
+	)
+	team := envtest.NewNamespace(t, env.Client, "owners")
+	for user, role := range map[string]string{"ada": "admin", "eddie": "edit", "vera": "view"} {
+		bind(t, env, team, user, "ClusterRole", role, rbacv1.Subject{Kind: rbacv1.UserKind, Name: user})
+	}
+	// The controller aggregates once it has synced: wait for its effect.
+	poll.Until(t, harness.StartTimeout, func() error {
+		sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User: "vera", ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Namespace: team, Verb: "list", Group: group("llmquotas"), Resource: "llmquotas"}}}
+		if err := env.Client.Create(t.Context(), sar); err != nil {
+			return err
+		}
+		return poll.Check(sar.Status.Allowed, "view does not aggregate the tenant viewer role yet")
+	})
+	for _, user := range []string{"ada", "eddie"} {
+		checkAccess(t, env, user, nil, []access{
+			{verb: "create", resource: "llmusers", namespace: team, allowed: true},
+			{verb: "delete", resource: "llmusers", namespace: team, allowed: true},
+			{verb: "get", resource: "llmquotas", namespace: team, allowed: true},
+			{verb: "create", resource: "llmquotas", namespace: team},
+			{verb: "update", resource: "llmquotas", namespace: team},
+			{verb: "patch", resource: "llmusers", subresource: "status", namespace: team},
+		})
+	}
+	checkAccess(t, env, "vera", nil, []access{
+		{verb: "get", resource: "llmusers", namespace: team, allowed: true},
+		{verb: "watch", resource: "llmquotas", namespace: team, allowed: true},
+		{verb: "create", resource: "llmusers", namespace: team},
+		{verb: "delete", resource: "llmquotas", namespace: team},
 	})
 }
 

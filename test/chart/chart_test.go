@@ -19,7 +19,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
+	"github.com/llm-user-operator/llm-user-operator/internal/operatorconfig"
 	"github.com/llm-user-operator/llm-user-operator/internal/testutil/envtest"
+	"github.com/llm-user-operator/llm-user-operator/test/harness"
 )
 
 // The image the chart runs by default: the repository and the chart's
@@ -133,7 +135,7 @@ func testDefaults(t *testing.T, env *envtest.Env) {
 		t.Errorf("operator mounts = %+v, want the config at /etc/llm-user-operator", c.VolumeMounts)
 	}
 
-	cfg, raw := operatorConfig(t, find(t, objs, "ConfigMap", "llm-operator-config"))
+	cfg, raw, oc := operatorConfig(t, find(t, objs, "ConfigMap", "llm-operator-config"))
 	for path, want := range map[string]any{
 		"apiVersion":                                  "config.llm.userops.dev/v1alpha1",
 		"kind":                                        "OperatorConfig",
@@ -154,6 +156,11 @@ func testDefaults(t *testing.T, env *envtest.Env) {
 		if got := lookup(cfg, path); !reflect.DeepEqual(got, want) {
 			t.Errorf("config %s = %#v, want %#v", path, got, want)
 		}
+	}
+	// The proxies reach /auth/refresh and the issuer through the Service the
+	// chart creates.
+	if want := "http://llm-operator.llm.svc:8082/auth/refresh"; oc.Proxy.RefreshURL != want {
+		t.Errorf("the operator would send the proxy's refreshes to %q, want the chart's Service %q", oc.Proxy.RefreshURL, want)
 	}
 	// Large integers must stay integers for the operator's strict decoding.
 	if !strings.Contains(raw, "maxBodyMemory: 268435456\n") {
@@ -193,7 +200,7 @@ func testDefaults(t *testing.T, env *envtest.Env) {
 // every monitoring object enabled, and applies it beside the default release.
 func testHighAvailability(t *testing.T, env *envtest.Env) {
 	objs := mustRender(t, "llm-ha", "llm-ha", []string{"ha-redis.yaml"})
-	cfg, _ := operatorConfig(t, find(t, objs, "ConfigMap", "llm-ha-operator-config"))
+	cfg, _, _ := operatorConfig(t, find(t, objs, "ConfigMap", "llm-ha-operator-config"))
 	for path, want := range map[string]any{
 		"proxy.replicas":              int64(3),
 		"proxy.counter.store":         "redis",
@@ -291,7 +298,7 @@ func testKustomize(t *testing.T, env *envtest.Env) {
 	if cm == nil {
 		t.Fatalf("no operator config ConfigMap: %s", names(objs))
 	}
-	cfg, _ := operatorConfig(t, cm)
+	cfg, _, _ := operatorConfig(t, cm)
 	if got, want := lookup(cfg, "issuer"), "https://llm-user-operator-operator.llm-user-operator-system.svc"; got != want {
 		t.Errorf("issuer = %v, want %v: the operator Service's name", got, want)
 	}
@@ -341,18 +348,31 @@ func envValue(c corev1.Container, name string) string {
 	return ""
 }
 
-// operatorConfig parses the config.yaml of the operator's ConfigMap.
-func operatorConfig(t *testing.T, cm *unstructured.Unstructured) (map[string]any, string) {
+// operatorConfig parses the config.yaml of the operator's ConfigMap, first
+// as the operator does (strictly: an unknown field is an error; then
+// defaulted and validated), then as plain YAML for the tests to read.
+func operatorConfig(t *testing.T, cm *unstructured.Unstructured) (map[string]any, string, *operatorconfig.OperatorConfig) {
 	t.Helper()
 	raw, ok, _ := unstructured.NestedString(cm.Object, "data", "config.yaml")
 	if !ok {
 		t.Fatalf("ConfigMap %s has no config.yaml", cm.GetName())
 	}
+	oc, err := operatorconfig.Parse([]byte(raw))
+	if err != nil {
+		t.Fatalf("the operator would refuse %s's config.yaml: %v\n%s", cm.GetName(), err, raw)
+	}
+	oc.Default(cm.GetNamespace(), defaultImage)
+	if err := oc.Validate(); err != nil {
+		t.Errorf("the operator would refuse %s's config.yaml: %v\n%s", cm.GetName(), err, raw)
+	}
+	if problem := oc.Proxy.SharedCounterProblem(); problem != "" {
+		t.Errorf("%s: %s", cm.GetName(), problem)
+	}
 	var cfg map[string]any
 	if err := yaml.Unmarshal([]byte(raw), &cfg); err != nil {
 		t.Fatalf("config.yaml: %v\n%s", err, raw)
 	}
-	return normalize(cfg).(map[string]any), raw
+	return normalize(cfg).(map[string]any), raw, oc
 }
 
 // normalize turns the float64 numbers of JSON-decoded YAML into int64 where
@@ -451,17 +471,11 @@ func readFile(t *testing.T, path string) string {
 	return string(data)
 }
 
-// kubectlBinary is KUBECTL, or kubectl on PATH.
+// kubectlBinary is the pinned kubectl (hack/kube-tools.sh), never the
+// system's: Debian's is 1.20 and its kustomize knows no replacements.
 func kubectlBinary(t *testing.T) string {
 	t.Helper()
-	if k := os.Getenv("KUBECTL"); k != "" {
-		return k
-	}
-	k, err := exec.LookPath("kubectl")
-	if err != nil {
-		t.Fatal("kubectl is needed to render config/default: put it on PATH or set KUBECTL")
-	}
-	return k
+	return filepath.Join(harness.KubeTools(t), "kubectl")
 }
 
 // testHelmInstallUninstall installs the chart with helm itself, as an admin
