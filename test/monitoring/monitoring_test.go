@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"net/http"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -14,13 +13,13 @@ import (
 	"github.com/openai/openai-go/v3"
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/internal/operatorconfig"
 	"github.com/llm-user-operator/llm-user-operator/internal/testutil/poll"
 	"github.com/llm-user-operator/llm-user-operator/internal/testutil/redisserver"
 	"github.com/llm-user-operator/llm-user-operator/test/harness"
@@ -108,22 +107,28 @@ func limits(tokens, requests int64) []llmv1alpha1.QuotaLimit {
 // a state an alert is about, has a real Prometheus scrape them, and checks
 // every panel query and every alert expression of the chart's files.
 //
-//	main           healthy; users at 90% and 96% of their requests, a user
+//	main           the proxy Deployment's pod, as the operator reconciled it;
+//	               healthy; users at 90% and 96% of their requests, a user
 //	               and a Shared quota spent, refusals for max_tokens
 //	upstream-down  its simulator is stopped: every request gets 502
 //	redis          shared counters on a Redis that is then stopped: 503
 //	readonly       an identity that may not write status: usage flushes fail
 func TestDashboardsAndAlerts(t *testing.T) {
-	env := harness.Start(t, harness.Options{Issuer: "https://monitoring", Model: modelID, NamespacePrefix: "mon", FlushWait: 10 * time.Second})
+	env := harness.Start(t, harness.Options{Issuer: "https://monitoring", Model: modelID, NamespacePrefix: "mon",
+		FlushWait: 10 * time.Second, ControllerManager: true})
 	sim := env.StartSimulator(t, "simulator", "--mode", "random")
 	doomed := env.StartSimulator(t, "simulator-doomed", "--mode", "random")
 	redis := redisserver.New(t)
-	listen := harness.FreeAddr(t)
-	env.StartManager(t, harness.ManagerConfig{ProxyBaseURL: "http://" + listen + "/v1"})
+	// The operator reconciles the proxy workload; "main" is its Deployment's
+	// pod, the others run with the RBAC it reconciled for the proxy.
+	mgr := env.StartManager(t, harness.ManagerConfig{Proxy: func(p *operatorconfig.Proxy) {
+		p.Upstreams = []string{sim.URL}
+		p.FlushInterval = metav1.Duration{Duration: time.Second}
+	}})
 
 	flush := []string{"--flush-interval=1s"}
 	proxies := map[string]harness.Proxy{
-		"main":          env.StartProxy(t, "proxy-main", harness.ProxyConfig{Listen: listen, Upstream: sim.URL, Flags: flush}),
+		"main":          env.StartReconciledProxy(t, "proxy-main", mgr),
 		"upstream-down": env.StartProxy(t, "proxy-upstream-down", harness.ProxyConfig{Upstream: doomed.URL, Flags: flush}),
 		"redis": env.StartProxy(t, "proxy-redis", harness.ProxyConfig{Upstream: sim.URL,
 			Flags: append([]string{"--counter=redis", "--redis-addr=" + redis.Addr()}, flush...)}),
@@ -373,42 +378,23 @@ func TestDashboardsAndAlerts(t *testing.T) {
 	})
 }
 
-// readOnlyKubeconfig is a kubeconfig that impersonates an identity allowed
+// readOnlyKubeconfig is the identity of a ServiceAccount allowed
 // everything the proxy needs except writing status, so that its usage
 // flushes fail the way they would with broken RBAC.
 func readOnlyKubeconfig(t *testing.T, env *harness.Env) string {
 	t.Helper()
-	const identity = "monitoring:readonly-proxy"
-	for _, obj := range []struct {
-		role    *rbacv1.ClusterRole
-		binding *rbacv1.ClusterRoleBinding
-	}{{
-		role: &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "monitoring-readonly-proxy"}, Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{llmv1alpha1.GroupVersion.Group}, Resources: []string{"llmusers", "llmquotas"}, Verbs: []string{"get", "list", "watch"}},
-			{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "list", "watch"}},
-			{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
-		}},
-		binding: &rbacv1.ClusterRoleBinding{
-			ObjectMeta: metav1.ObjectMeta{Name: "monitoring-readonly-proxy"},
-			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "monitoring-readonly-proxy"},
-			Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, Name: identity}},
-		},
-	}} {
-		env.MustCreate(t, obj.role)
-		env.MustCreate(t, obj.binding)
-	}
-	cfg, err := clientcmd.LoadFromFile(env.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ai := range cfg.AuthInfos {
-		ai.Impersonate = identity
-	}
-	file := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := clientcmd.WriteToFile(*cfg, file); err != nil {
-		t.Fatal(err)
-	}
-	return file
+	const name = "monitoring-readonly-proxy"
+	env.MustCreate(t, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: []rbacv1.PolicyRule{
+		{APIGroups: []string{llmv1alpha1.GroupVersion.Group}, Resources: []string{"llmusers", "llmquotas"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+	}})
+	env.MustCreate(t, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: name, Namespace: harness.OperatorNamespace}},
+	})
+	return env.ServiceAccountKubeconfig(t, harness.OperatorNamespace, name)
 }
 
 // check is what a query's result must satisfy.
