@@ -308,6 +308,7 @@ func proxyArgs(in workloadInput) []string {
 		"--status-write-rate="+strconv.Itoa(int(p.StatusWriteRate)),
 		dur("shutdown-grace", p.ShutdownGrace.Duration),
 		"--metrics-user-label="+strconv.FormatBool(*p.Metrics.UserLabel),
+		"--metrics-user-budgets="+p.Metrics.UserBudgets,
 		"--max-request-body="+strconv.FormatInt(p.Limits.MaxRequestBody, 10),
 		"--max-body-memory="+strconv.FormatInt(p.Limits.MaxBodyMemory, 10),
 		"--default-max-tokens="+strconv.FormatInt(p.Limits.DefaultMaxTokens, 10),
@@ -317,6 +318,11 @@ func proxyArgs(in workloadInput) []string {
 		dur("upstream-header-timeout", p.Timeouts.UpstreamHeader.Duration),
 		dur("stream-idle-timeout", p.Timeouts.StreamIdle.Duration),
 	)
+	// The proxy reads its limit from the cgroup too; saying it keeps the Go
+	// runtime's soft limit right where the cgroup is not mounted as usual.
+	if m, ok := p.Resources.Limits[corev1.ResourceMemory]; ok {
+		args = append(args, "--memory-limit="+m.String())
+	}
 	return append(args, p.ExtraArgs...)
 }
 

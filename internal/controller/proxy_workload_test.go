@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
@@ -40,6 +42,7 @@ func TestProxyArgs(t *testing.T) {
 			"--status-write-rate=50",
 			"--shutdown-grace=30s",
 			"--metrics-user-label=true",
+			"--metrics-user-budgets=alerting",
 			"--max-request-body=10485760",
 			"--max-body-memory=268435456",
 			"--default-max-tokens=4096",
@@ -48,6 +51,7 @@ func TestProxyArgs(t *testing.T) {
 			"--write-timeout=1m0s",
 			"--upstream-header-timeout=10m0s",
 			"--stream-idle-timeout=2m0s",
+			"--memory-limit=512Mi",
 		}},
 		{"redis, ports and extra args", func(p *operatorconfig.Proxy) {
 			p.Port, p.MetricsPort = 18000, 19090
@@ -55,6 +59,7 @@ func TestProxyArgs(t *testing.T) {
 				Redis: operatorconfig.Redis{Address: "redis:6379", FailOpen: true, Lease: metav1.Duration{Duration: 45 * time.Second}}}
 			p.Metrics.UserLabel = ptr.To(false)
 			p.ExtraArgs = []string{"--zap-log-level=debug"}
+			p.Resources = &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("2Gi")}}
 		}, []string{
 			"--listen-address=:18000",
 			"--metrics-bind-address=:19090",
@@ -71,6 +76,7 @@ func TestProxyArgs(t *testing.T) {
 			"--status-write-rate=50",
 			"--shutdown-grace=30s",
 			"--metrics-user-label=false",
+			"--metrics-user-budgets=alerting",
 			"--max-request-body=10485760",
 			"--max-body-memory=268435456",
 			"--default-max-tokens=4096",
@@ -79,6 +85,7 @@ func TestProxyArgs(t *testing.T) {
 			"--write-timeout=1m0s",
 			"--upstream-header-timeout=10m0s",
 			"--stream-idle-timeout=2m0s",
+			"--memory-limit=2Gi",
 			"--zap-log-level=debug",
 		}},
 	}

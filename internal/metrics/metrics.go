@@ -13,9 +13,15 @@
 //     always "" so series grow with namespaces, not users;
 //   - code is an HTTP status code and reason, type and window are fixed sets.
 //
+// A user who made requests has three series by default, per model:
+// llm_proxy_requests_total and llm_proxy_tokens_total's input and output.
+// Status codes are counted per namespace and model (llm_proxy_responses_total),
+// a refused user adds a llm_proxy_rejections_total series per reason, and a
+// user's budget gauges are exported once a window passes its first alert
+// threshold ([BudgetsAlerting], the default of [Options.UserBudgets]).
+//
 // Per-user series of a deleted user are dropped with [Metrics.ForgetUser];
-// remaining-budget gauges are not stored at all but computed at scrape time by
-// the collector from [NewBudgetCollector], so they cannot outlive their user.
+// budget gauges also vanish when their window ends.
 package metrics
 
 import (
@@ -31,6 +37,11 @@ type Options struct {
 	// label is kept (so dashboards need not change) but always "", bounding
 	// the number of series by namespaces × models × codes.
 	UserLabel bool
+	// UserBudgets chooses which users' budget windows have gauges (default
+	// BudgetsAlerting); Shared pools always have theirs.
+	UserBudgets BudgetMode
+	// Now is the clock that ends budget windows (default time.Now).
+	Now func() time.Time
 }
 
 // Metrics are the proxy's metrics. A nil *Metrics records nothing, so callers
@@ -42,9 +53,11 @@ type Metrics struct {
 	duration   *prometheus.HistogramVec
 	ttft       *prometheus.HistogramVec
 	requests   *prometheus.CounterVec
+	responses  *prometheus.CounterVec
 	tokens     *prometheus.CounterVec
 	rejections *prometheus.CounterVec
 	unsettled  prometheus.Gauge
+	budgets    *budgetBoard
 }
 
 // Label values of gen_ai_token_type and of llm_proxy_tokens_total's type.
@@ -71,8 +84,20 @@ var (
 // register nothing, for tests). It panics if a metric is already registered,
 // like [prometheus.MustRegister].
 func New(reg prometheus.Registerer, opts Options) *Metrics {
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	mode := opts.UserBudgets
+	if mode == "" {
+		mode = BudgetsAlerting
+	}
+	if !opts.UserLabel {
+		mode = BudgetsNone // a user's gauges would collide with its pool's
+	}
 	m := &Metrics{
 		userLabel: opts.UserLabel,
+		budgets:   newBudgetBoard(mode, now),
 		tokenUsage: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "gen_ai_client_token_usage",
 			Help:    "Tokens used per request, by token type (input or output), as reported by the upstream.",
@@ -90,8 +115,12 @@ func New(reg prometheus.Registerer, opts Options) *Metrics {
 		}, []string{"gen_ai_request_model", "gen_ai_operation_name"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llm_proxy_requests_total",
-			Help: "Requests answered by the proxy, by user, model (\"\" when unknown) and HTTP status code.",
-		}, []string{"namespace", "user", "model", "code"}),
+			Help: "Requests answered by the proxy, by user and model (\"\" when unknown); llm_proxy_responses_total has their status codes.",
+		}, []string{"namespace", "user", "model"}),
+		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llm_proxy_responses_total",
+			Help: "Requests answered by the proxy, by namespace, model (\"\" when unknown) and HTTP status code.",
+		}, []string{"namespace", "model", "code"}),
 		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llm_proxy_tokens_total",
 			Help: "Tokens charged, by user, model and type (input or output).",
@@ -106,7 +135,7 @@ func New(reg prometheus.Registerer, opts Options) *Metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.tokenUsage, m.duration, m.ttft, m.requests, m.tokens, m.rejections, m.unsettled)
+		reg.MustRegister(m.tokenUsage, m.duration, m.ttft, m.requests, m.responses, m.tokens, m.rejections, m.unsettled, m.budgets)
 	}
 	return m
 }
@@ -146,7 +175,8 @@ func (m *Metrics) ObserveRequest(r Request) {
 		return
 	}
 	user := m.user(r.User)
-	m.requests.WithLabelValues(r.Namespace, user, r.Model, codeString(r.Code)).Inc()
+	m.requests.WithLabelValues(r.Namespace, user, r.Model).Inc()
+	m.responses.WithLabelValues(r.Namespace, r.Model, codeString(r.Code)).Inc()
 	if r.Model == "" || r.Operation == "" {
 		return
 	}
@@ -206,6 +236,7 @@ func (m *Metrics) ForgetUser(namespace, user string) {
 	m.requests.DeletePartialMatch(l)
 	m.tokens.DeletePartialMatch(l)
 	m.rejections.DeletePartialMatch(l)
+	m.budgets.forget(namespace, user)
 }
 
 func (m *Metrics) user(u string) string {

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -44,7 +45,7 @@ func TestUserLabelOff(t *testing.T) {
 	m := New(nil, Options{})
 	m.ObserveRequest(Request{Namespace: "ns", User: "alice", Model: "m", Operation: OperationChat, Code: 200, InputTokens: 1, OutputTokens: 1})
 	m.ObserveRequest(Request{Namespace: "ns", User: "bob", Model: "m", Operation: OperationChat, Code: 200, InputTokens: 1, OutputTokens: 1})
-	if got := testutil.ToFloat64(m.requests.WithLabelValues("ns", "", "m", "200")); got != 2 {
+	if got := testutil.ToFloat64(m.requests.WithLabelValues("ns", "", "m")); got != 2 {
 		t.Errorf("aggregated requests = %v, want 2", got)
 	}
 }
@@ -56,21 +57,106 @@ func TestNilMetricsIsNoop(t *testing.T) {
 	m.ForgetUser("a", "b")
 }
 
-func TestBudgetCollector(t *testing.T) {
+// TestSeriesPerActiveUser: a user who made requests, within budget, adds
+// three series (requests, input and output tokens) per model, whatever
+// status codes they got; a budget window adds its gauges once it passes the
+// first alert threshold.
+func TestSeriesPerActiveUser(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := New(reg, Options{UserLabel: true})
+	count := func() int {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, mf := range mfs {
+			for _, mt := range mf.GetMetric() {
+				for _, l := range mt.GetLabel() {
+					if l.GetName() == "user" && l.GetValue() != "" {
+						n++
+					}
+				}
+			}
+		}
+		return n
+	}
+	reset := time.Now().Add(time.Hour)
+	limit, left := int64(1000), int64(900)
+	for i := range 100 {
+		user := fmt.Sprintf("user-%d", i)
+		for _, code := range []int{200, 200, 400, 502} {
+			m.ObserveRequest(Request{Namespace: "ns", User: user, Model: "m", Operation: OperationChat, Code: code, InputTokens: 3, OutputTokens: 2})
+		}
+		m.ObserveBudget(BudgetSample{Namespace: "ns", Quota: "q", User: user, Window: "Day", ResetAt: reset, LimitTokens: &limit, RemainingTokens: &left}, false)
+	}
+	if n := count(); n != 300 {
+		t.Errorf("%d per-user series for 100 active users, want 300", n)
+	}
+	m.ObserveBudget(BudgetSample{Namespace: "ns", Quota: "q", User: "user-1", Window: "Day", ResetAt: reset, LimitTokens: &limit, RemainingTokens: &left}, true)
+	if n := count(); n != 302 {
+		t.Errorf("%d per-user series with one user alerting, want 302 (its remaining and limit gauges)", n)
+	}
+}
+
+func TestBudgetModes(t *testing.T) {
 	ten, three := int64(10), int64(3)
-	samples := []BudgetSample{{Namespace: "ns", User: "alice", Quota: "q", Window: "Minute", LimitTokens: &ten, RemainingTokens: &three}}
-	c := NewBudgetCollector(func() []BudgetSample { return samples })
-	want := `
-# HELP llm_proxy_budget_remaining_tokens Tokens left in the window under its tightest token cap, including reservations of requests in flight.
-# TYPE llm_proxy_budget_remaining_tokens gauge
-llm_proxy_budget_remaining_tokens{namespace="ns",quota="q",user="alice",window="Minute"} 3
-`
-	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "llm_proxy_budget_remaining_tokens"); err != nil {
-		t.Fatal(err)
+	now := time.Date(2026, 5, 1, 10, 0, 30, 0, time.UTC)
+	sample := func(user string) BudgetSample {
+		return BudgetSample{Namespace: "ns", Quota: "q", User: user, Window: "Minute", ResetAt: now.Add(30 * time.Second),
+			LimitTokens: &ten, RemainingTokens: &three}
 	}
-	// The user is deleted: the next scrape has no series for it.
-	samples = nil
-	if n := testutil.CollectAndCount(c); n != 0 {
-		t.Errorf("series after deletion = %d, want 0", n)
+	for _, tc := range []struct {
+		mode BudgetMode
+		want string
+	}{
+		{BudgetsAlerting, `
+llm_proxy_budget_remaining_tokens{namespace="ns",quota="q",user="",window="Minute"} 3
+llm_proxy_budget_remaining_tokens{namespace="ns",quota="q",user="carol",window="Minute"} 3
+`},
+		{BudgetsAll, `
+llm_proxy_budget_remaining_tokens{namespace="ns",quota="q",user="",window="Minute"} 3
+llm_proxy_budget_remaining_tokens{namespace="ns",quota="q",user="bob",window="Minute"} 3
+llm_proxy_budget_remaining_tokens{namespace="ns",quota="q",user="carol",window="Minute"} 3
+`},
+		{BudgetsNone, `
+llm_proxy_budget_remaining_tokens{namespace="ns",quota="q",user="",window="Minute"} 3
+`},
+	} {
+		b := newBudgetBoard(tc.mode, func() time.Time { return now })
+		b.observe(sample(""), false)     // a pool: always
+		b.observe(sample("bob"), false)  // a user below the threshold
+		b.observe(sample("carol"), true) // past it
+		want := "# HELP llm_proxy_budget_remaining_tokens " + descHelp(descRemainingTokens) + "\n# TYPE llm_proxy_budget_remaining_tokens gauge" + tc.want
+		if err := testutil.CollectAndCompare(b, strings.NewReader(want), "llm_proxy_budget_remaining_tokens"); err != nil {
+			t.Errorf("mode %s: %v", tc.mode, err)
+		}
+		b.forget("ns", "carol")
+		if n := testutil.CollectAndCount(b, "llm_proxy_budget_limit_tokens"); n != len(strings.Split(strings.TrimSpace(tc.want), "\n"))-boolInt(tc.mode != BudgetsNone) {
+			t.Errorf("mode %s: %d limit series after carol was deleted", tc.mode, n)
+		}
+		// The window ends: its gauges go.
+		now = now.Add(30 * time.Second)
+		if n := testutil.CollectAndCount(b); n != 0 {
+			t.Errorf("mode %s: %d series after the window ended, want 0", tc.mode, n)
+		}
+		now = now.Add(-30 * time.Second)
 	}
+	if _, err := ParseBudgetMode("some"); err == nil {
+		t.Error(`ParseBudgetMode("some") accepted`)
+	}
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// descHelp is the help text of a Desc, as its String method prints it.
+func descHelp(d *prometheus.Desc) string {
+	s := d.String()
+	i := strings.Index(s, `help: "`) + len(`help: "`)
+	return s[i : i+strings.Index(s[i:], `"`)]
 }

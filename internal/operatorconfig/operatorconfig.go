@@ -160,6 +160,10 @@ type Redis struct {
 type Metrics struct {
 	// UserLabel labels per-user series with the user's name. Default true.
 	UserLabel *bool `json:"userLabel,omitempty"`
+	// UserBudgets chooses which users' budget windows have gauges:
+	// alerting (once past the quota's first alert threshold), all, or none.
+	// Default alerting.
+	UserBudgets string `json:"userBudgets,omitempty"`
 }
 
 // Limits bound request bodies and generated output.
@@ -280,6 +284,9 @@ func (c *OperatorConfig) Default(namespace, operatorImage string) {
 		p.Counter.Store = CounterMemory
 	}
 	defDuration(&p.Counter.Redis.Lease, 30*time.Second)
+	if p.Metrics.UserBudgets == "" {
+		p.Metrics.UserBudgets = "alerting"
+	}
 	if p.Metrics.UserLabel == nil {
 		p.Metrics.UserLabel = ptr.To(true)
 	}

@@ -126,6 +126,7 @@ func TestDefault(t *testing.T) {
 		{"proxy.counter.store", p.Counter.Store, CounterMemory},
 		{"proxy.counter.redis.lease", p.Counter.Redis.Lease.Duration, 30 * time.Second},
 		{"proxy.metrics.userLabel", *p.Metrics.UserLabel, true},
+		{"proxy.metrics.userBudgets", p.Metrics.UserBudgets, "alerting"},
 		{"proxy.limits.maxRequestBody", p.Limits.MaxRequestBody, int64(10485760)},
 		{"proxy.limits.maxBodyMemory", p.Limits.MaxBodyMemory, int64(268435456)},
 		{"proxy.limits.defaultMaxTokens", p.Limits.DefaultMaxTokens, int64(4096)},
@@ -225,6 +226,7 @@ func TestValidate(t *testing.T) {
 		{"same ports", func(c *OperatorConfig) { c.Proxy.MetricsPort = c.Proxy.Port }, []string{"proxy.metricsPort: Duplicate value: 8000"}},
 		{"zero grace", func(c *OperatorConfig) { c.Proxy.ShutdownGrace = metav1.Duration{Duration: -1} }, []string{"proxy.shutdownGrace", "positive duration"}},
 		{"status write rate", func(c *OperatorConfig) { c.Proxy.StatusWriteRate = -5 }, []string{"proxy.statusWriteRate", "at least 1"}},
+		{"user budgets", func(c *OperatorConfig) { c.Proxy.Metrics.UserBudgets = "some" }, []string{"proxy.metrics.userBudgets: Unsupported value", `"alerting"`}},
 		{"unknown store", func(c *OperatorConfig) { c.Proxy.Counter.Store = "etcd" }, []string{"proxy.counter.store: Unsupported value", `"redis"`}},
 		{"redis without address", func(c *OperatorConfig) { c.Proxy.Counter.Store = CounterRedis }, []string{"proxy.counter.redis.address: Required value", "host:port"}},
 		{"redis address without port", func(c *OperatorConfig) {

@@ -98,6 +98,10 @@ func (p *Proxy) validate(path *field.Path) field.ErrorList {
 		add(field.Invalid(path.Child("statusWriteRate"), p.StatusWriteRate, "must be at least 1 write per second"))
 	}
 
+	if ub := p.Metrics.UserBudgets; ub != "alerting" && ub != "all" && ub != "none" {
+		add(field.NotSupported(path.Child("metrics", "userBudgets"), ub, []string{"alerting", "all", "none"}))
+	}
+
 	counter := path.Child("counter")
 	switch p.Counter.Store {
 	case CounterMemory:

@@ -5,6 +5,7 @@ import (
 	"math/bits"
 	"strconv"
 
+	"github.com/llm-user-operator/llm-user-operator/internal/metrics"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 )
 
@@ -139,4 +140,36 @@ func mulSat(a, b int64) int64 {
 		return math.MaxInt64
 	}
 	return int64(lo)
+}
+
+// observeBudgets hands the windows an admission found to the budget gauges.
+func (p *Proxy) observeBudgets(u *User, ws []quota.WindowStatus) {
+	if p.metrics == nil {
+		return
+	}
+	for _, w := range ws {
+		for i := range u.Budgets {
+			if b := &u.Budgets[i]; b.Key == w.Budget {
+				ObserveWindow(p.metrics, b, u.QuotaName, w)
+				break
+			}
+		}
+	}
+}
+
+// ObserveWindow hands one window of budget b, of the quota named quotaName,
+// to the budget gauges: at each admission, and whenever the usage recorder
+// reads the counters to write status, so that the gauges also show what
+// settled after a user's last request.
+func ObserveWindow(m *metrics.Metrics, b *quota.Budget, quotaName string, w quota.WindowStatus) {
+	s := metrics.BudgetSample{Namespace: b.Namespace, Quota: quotaName, Window: string(w.Limit.Window), ResetAt: w.ResetAt,
+		LimitTokens: w.Limit.TightestTokens(), LimitRequests: w.Limit.Requests}
+	if b.Kind == quota.BudgetUser {
+		s.User = b.Name
+	}
+	if s.LimitTokens == nil && s.LimitRequests == nil {
+		return // a Shared quota's tally of the user: no caps to show
+	}
+	s.RemainingTokens, s.RemainingRequests = w.Remaining()
+	m.ObserveBudget(s, quota.Alerting(w, b.Thresholds))
 }

@@ -34,6 +34,8 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, want map[s
 			switch {
 			case m.Counter != nil:
 				sum += m.Counter.GetValue()
+			case m.Gauge != nil:
+				sum += m.Gauge.GetValue()
 			case m.Histogram != nil:
 				sum += float64(m.Histogram.GetSampleCount())
 			}
@@ -53,7 +55,7 @@ func hasLabel(m *dto.Metric, k, v string) bool {
 
 func TestProxyMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	e := newEnv(t, func(o *Options) { o.Metrics = metrics.New(reg, metrics.Options{UserLabel: true}) }, newUpstream(t, "m"))
+	e := newEnv(t, func(o *Options) { o.Metrics = metrics.New(reg, metrics.Options{UserLabel: true, Now: testClock}) }, newUpstream(t, "m"))
 	u := aliceUser()
 	u.Budgets = []quota.Budget{quota.UserBudget("team-a", "alice", "uid-alice", []quota.Limit{
 		{Window: llmv1alpha1.WindowMinute, Requests: ptr[int64](2)},
@@ -86,12 +88,18 @@ func TestProxyMetrics(t *testing.T) {
 		labels map[string]string
 		want   float64
 	}{
-		{"llm_proxy_requests_total", with("model", "m", "code", "200"), 2},
-		{"llm_proxy_requests_total", with("model", "m", "code", "429"), 1},
-		{"llm_proxy_requests_total", with("model", "", "code", "404"), 1}, // the unknown name is not a label
+		{"llm_proxy_requests_total", with("model", "m"), 3},
+		{"llm_proxy_requests_total", with("model", ""), 1}, // the unknown name is not a label
+		{"llm_proxy_responses_total", map[string]string{"namespace": "team-a", "model": "m", "code": "200"}, 2},
+		{"llm_proxy_responses_total", map[string]string{"namespace": "team-a", "model": "m", "code": "429"}, 1},
+		{"llm_proxy_responses_total", map[string]string{"namespace": "team-a", "model": "", "code": "404"}, 1},
 		{"llm_proxy_tokens_total", with("model", "m", "type", "input"), 11 + 12},
 		{"llm_proxy_tokens_total", with("model", "m", "type", "output"), 7 + 4},
 		{"llm_proxy_rejections_total", with("reason", "rate_limit"), 1},
+		// The second request took the Minute's requests past the first alert
+		// threshold: the window has gauges now, with nothing left.
+		{"llm_proxy_budget_remaining_requests", with("quota", "gold", "window", "Minute"), 0},
+		{"llm_proxy_budget_limit_requests", with("quota", "gold", "window", "Minute"), 2},
 		{"gen_ai_client_token_usage", map[string]string{"gen_ai_token_type": "output", "gen_ai_request_model": "m", "gen_ai_operation_name": "chat"}, 2},
 		{"gen_ai_server_time_to_first_token_seconds", map[string]string{"gen_ai_request_model": "m"}, 1},
 		{"gen_ai_client_operation_duration_seconds", map[string]string{"gen_ai_request_model": "m", "error_type": ""}, 2},

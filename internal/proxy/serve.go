@@ -272,6 +272,7 @@ func (ex *exchange) reserve() bool {
 	}
 	now := p.now()
 	setRateLimitHeaders(ex.w.Header(), dec.Windows, now)
+	p.observeBudgets(u, dec.Windows)
 	if !dec.Allowed {
 		if e := dec.Exceeded; e != nil && e.Resource == quota.ResourceConcurrency {
 			return ex.refuseConcurrency(e)

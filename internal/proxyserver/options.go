@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/client-go/rest"
 
+	"github.com/llm-user-operator/llm-user-operator/internal/metrics"
 	"github.com/llm-user-operator/llm-user-operator/internal/proxy"
 )
 
@@ -59,6 +60,7 @@ type Options struct {
 	FlushInterval   time.Duration
 	StatusWriteRate float64
 	UserLabel       bool
+	UserBudgets     string
 	ShutdownGrace   time.Duration
 	DisableQuota    bool
 	Logger          logr.Logger
@@ -88,6 +90,7 @@ func Defaults() Options {
 		FlushInterval:         10 * time.Second,
 		StatusWriteRate:       50,
 		UserLabel:             true,
+		UserBudgets:           string(metrics.BudgetsAlerting),
 		ShutdownGrace:         30 * time.Second,
 	}
 }
@@ -131,6 +134,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.FlushInterval, "flush-interval", o.FlushInterval, "How often usage is written to status.")
 	fs.Float64Var(&o.StatusWriteRate, "status-write-rate", o.StatusWriteRate, "Status writes per second this replica may make.")
 	fs.BoolVar(&o.UserLabel, "metrics-user-label", o.UserLabel, "Label per-user metrics with the user name (cardinality = number of LLMUsers).")
+	fs.StringVar(&o.UserBudgets, "metrics-user-budgets", o.UserBudgets, `Which users' budget windows have llm_proxy_budget_* gauges: "alerting" (once past the quota's first alert threshold), "all" (every window a user made a request in) or "none". Shared pools always have theirs.`)
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", o.ShutdownGrace, "How long in-flight requests may run after SIGTERM.")
 }
 
@@ -172,6 +176,9 @@ func (o *Options) Validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("unknown --counter %q: use memory or redis", o.Counter))
+	}
+	if _, err := metrics.ParseBudgetMode(o.UserBudgets); err != nil {
+		errs = append(errs, fmt.Errorf("--metrics-user-budgets: %w", err))
 	}
 	if o.StatusWriteRate <= 0 {
 		errs = append(errs, fmt.Errorf("--status-write-rate must be positive, not %g", o.StatusWriteRate))

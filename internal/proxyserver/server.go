@@ -92,7 +92,7 @@ func Run(ctx context.Context, o Options) error {
 		r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		reg = r
 	}
-	m := metrics.New(reg, metrics.Options{UserLabel: o.UserLabel})
+	m := metrics.New(reg, metrics.Options{UserLabel: o.UserLabel, UserBudgets: metrics.BudgetMode(o.UserBudgets)})
 
 	store, closeCounter, err := newCounter(o)
 	if err != nil {
@@ -122,11 +122,15 @@ func Run(ctx context.Context, o Options) error {
 	if err := dir.Watch(ctx, c); err != nil {
 		return err
 	}
-	reg.MustRegister(metrics.NewBudgetCollector(budgetSource(dir, counter, fo.Available, o.UserLabel)))
 
 	rec := usage.New(writer, usage.Options{
 		Counter: counter, Reader: c, APIReader: writer,
 		FlushInterval: o.FlushInterval, WriteRate: o.StatusWriteRate, Registerer: reg, Logger: log.WithName("usage"),
+		Observe: func(b *quota.Budget, quotaName string, ws []quota.WindowStatus) {
+			for _, w := range ws {
+				proxy.ObserveWindow(m, b, quotaName, w)
+			}
+		},
 	})
 	notices, err := newDryRunEvents(cfg, scheme)
 	if err != nil {
@@ -363,53 +367,4 @@ func watchJWKS(ctx context.Context, c cache.Cache, o Options, v *token.Verifier,
 		UpdateFunc: func(_, n any) { set(n) },
 	})
 	return err
-}
-
-// budgetSource reports each user's own budget and each Shared pool at scrape time.
-func budgetSource(dir *Directory, counter quota.Counter, available func() bool, userLabel bool) func() []metrics.BudgetSample {
-	return func() []metrics.BudgetSample {
-		if !available() {
-			return nil // a scrape must not wait on a store that is down
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		var out []metrics.BudgetSample
-		seen := map[string]bool{}
-		for _, u := range dir.Users() {
-			for _, b := range u.Budgets {
-				user := u.Name
-				if b.Kind == quota.BudgetPool {
-					user = ""
-				} else if !userLabel {
-					continue
-				}
-				if seen[b.Key] {
-					continue
-				}
-				seen[b.Key] = true
-				ws, err := counter.Status(ctx, b)
-				if err != nil {
-					continue
-				}
-				for _, w := range ws {
-					s := metrics.BudgetSample{Namespace: u.Namespace, Quota: u.QuotaName, User: user, Window: string(w.Limit.Window)}
-					s.RemainingTokens, s.RemainingRequests = w.Remaining()
-					s.LimitTokens = tightest(w.Limit)
-					s.LimitRequests = w.Limit.Requests
-					out = append(out, s)
-				}
-			}
-		}
-		return out
-	}
-}
-
-func tightest(l quota.Limit) *int64 {
-	var t *int64
-	for _, v := range []*int64{l.Tokens, l.InputTokens, l.OutputTokens} {
-		if v != nil && (t == nil || *v < *t) {
-			t = v
-		}
-	}
-	return t
 }

@@ -65,3 +65,23 @@ func Crossed(ws []WindowStatus, budgets []Budget, granted Amount) bool {
 	}
 	return false
 }
+
+// Alerting reports whether a window stands at or past its budget's lowest
+// alert threshold (or its limit, with no thresholds) in any resource it caps.
+func Alerting(w WindowStatus, thresholds []int32) bool {
+	lowest := int64(100)
+	for _, t := range thresholds {
+		lowest = min(lowest, int64(t))
+	}
+	held := w.Used.Add(w.Reserved)
+	for _, r := range resources {
+		c := capPtr(r, w.Limit)
+		if c == nil {
+			continue
+		}
+		if *c <= 0 || usedOf(r, held)*100 / *c >= lowest {
+			return true
+		}
+	}
+	return false
+}

@@ -68,3 +68,29 @@ func TestCrossed(t *testing.T) {
 		}
 	}
 }
+
+func TestAlerting(t *testing.T) {
+	limit := Limit{Window: llmv1alpha1.WindowDay, Tokens: ptr(1000), Requests: ptr(10)}
+	for _, tc := range []struct {
+		name       string
+		used       Amount
+		reserved   Amount
+		thresholds []int32
+		want       bool
+	}{
+		{"below the first threshold", Amount{1, 300, 400}, Amount{}, []int32{80, 95}, false},
+		{"at the first threshold", Amount{1, 300, 500}, Amount{}, []int32{95, 80}, true},
+		{"reservations count", Amount{1, 300, 400}, Amount{0, 0, 100}, []int32{80}, true},
+		{"requests count", Amount{8, 1, 1}, Amount{}, []int32{80}, true},
+		{"no thresholds: only exhaustion", Amount{9, 900, 99}, Amount{}, nil, false},
+		{"no thresholds, exhausted", Amount{10, 1, 1}, Amount{}, nil, true},
+	} {
+		w := WindowStatus{Limit: limit, Used: tc.used, Reserved: tc.reserved}
+		if got := Alerting(w, tc.thresholds); got != tc.want {
+			t.Errorf("%s: Alerting = %t, want %t", tc.name, got, tc.want)
+		}
+	}
+	if Alerting(WindowStatus{Limit: Limit{Window: llmv1alpha1.WindowDay}, Used: Amount{100, 100, 100}}, []int32{1}) {
+		t.Error("a window with no caps is never alerting")
+	}
+}

@@ -312,3 +312,15 @@ func (s WindowStatus) Remaining() (tokens, requests *int64) {
 	}
 	return t, requests
 }
+
+// TightestTokens is the lowest of the limit's token caps (total, input,
+// output), nil when it caps no tokens.
+func (l Limit) TightestTokens() *int64 {
+	var t *int64
+	for _, v := range []*int64{l.Tokens, l.InputTokens, l.OutputTokens} {
+		if v != nil && (t == nil || *v < *t) {
+			t = v
+		}
+	}
+	return t
+}

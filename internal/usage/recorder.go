@@ -59,6 +59,9 @@ type Options struct {
 	Workers int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Observe, when set, hears the windows of every budget read to write
+	// status (the budget gauges), with the name of the budget's quota.
+	Observe func(b *quota.Budget, quotaName string, ws []quota.WindowStatus)
 	// FieldOwner is the field manager of the status writes (default "llm-user-proxy").
 	FieldOwner string
 	// Logger receives write failures (default: discard).
@@ -92,6 +95,7 @@ type Recorder struct {
 	reader     client.Reader
 	apiReader  client.Reader
 	counter    quota.Counter
+	observe    func(b *quota.Budget, quotaName string, ws []quota.WindowStatus)
 	interval   time.Duration
 	workers    int
 	limiter    *rate.Limiter
@@ -113,6 +117,7 @@ func New(c client.Client, opts Options) *Recorder {
 		reader:     opts.Reader,
 		apiReader:  opts.APIReader,
 		counter:    opts.Counter,
+		observe:    opts.Observe,
 		interval:   opts.FlushInterval,
 		workers:    opts.Workers,
 		now:        opts.Now,

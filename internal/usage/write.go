@@ -99,6 +99,9 @@ func (r *Recorder) desired(ctx context.Context, reader client.Reader, obj client
 		if err != nil {
 			return usageStatus{}, err
 		}
+		if r.observe != nil {
+			r.observe(&b, quotaNameOf(obj), ws)
+		}
 		out.Usage = windows(cur.Usage, ws, limits, remaining, r.now())
 		lt, err := r.counter.Lifetime(ctx, b.Key)
 		if err != nil {
@@ -115,6 +118,13 @@ func (r *Recorder) desired(ctx context.Context, reader client.Reader, obj client
 		}
 	}
 	return out, nil
+}
+
+func quotaNameOf(obj client.Object) string {
+	if u, ok := obj.(*llmv1alpha1.LLMUser); ok {
+		return u.Spec.QuotaRef.Name
+	}
+	return obj.GetName()
 }
 
 // budgetOf returns the budget whose counters obj's status shows, the limits

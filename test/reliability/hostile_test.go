@@ -157,7 +157,8 @@ func (s *suite) testSlowClients(t *testing.T) {
 	attacker := s.NewAccount(t, harness.DayTokens(budget))
 	victim := s.NewAccount(t, harness.DayTokens(budget))
 	p := s.StartProxy(t, "proxy-slow-clients", harness.ProxyConfig{Upstream: s.fast.URL,
-		Flags: []string{"--memory-limit", "512Mi", "--body-read-timeout", "20s", "--write-timeout", "3s", "--flush-interval", "1s"}})
+		Flags: []string{"--memory-limit", "512Mi", "--body-read-timeout", "20s", "--write-timeout", "3s", "--flush-interval", "1s",
+			"--metrics-user-budgets", "all"}}) // the attacker's budget is far from its thresholds
 
 	var conns []net.Conn
 	defer func() {
