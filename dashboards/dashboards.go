@@ -107,9 +107,9 @@ func admin() *dashboardBuilder {
 		WithPanel(graph("Token rate per model", "Tokens per second by model and type (input or output).", "short", 12, 8,
 			series(qTokenRatePerModel, "{{model}} {{type}}"))).
 		WithRow(dashboard.NewRowBuilder("Budgets")).
-		WithPanel(bars("Remaining tokens per user", "Tokens left in each window of each user's own budget (PerUser quotas).", "short", 8, 9,
+		WithPanel(bars("Remaining tokens per user", "Tokens left in each window of each user's own budget (PerUser quotas), for the windows past their first alert threshold (the proxy's --metrics-user-budgets=alerting).", "short", 8, 9,
 			instant(qRemainingUserTokens, "{{namespace}}/{{user}} {{window}}"))).
-		WithPanel(bars("Remaining requests per user", "Requests left in each window of each user's own budget (PerUser quotas).", "short", 8, 9,
+		WithPanel(bars("Remaining requests per user", "Requests left in each window of each user's own budget (PerUser quotas), for the windows past their first alert threshold.", "short", 8, 9,
 			instant(qRemainingUserReqs, "{{namespace}}/{{user}} {{window}}"))).
 		WithPanel(bars("Remaining budget per Shared quota", "Tokens and requests left in each window of each Shared quota's pool.", "short", 8, 9,
 			instant(qRemainingPoolTokens, "{{namespace}}/{{quota}} {{window}} tokens"),
@@ -156,8 +156,8 @@ func myUsage() *dashboardBuilder {
 			instant(qMyTokensPerModel, "{{model}}"))).
 		WithPanel(graph("Token rate per model", "Tokens per second by model and type.", "short", 8, 8,
 			series(qMyTokenRate, "{{model}} {{type}}"))).
-		WithPanel(graph("Requests by status", "Requests per second by HTTP status code.", "reqps", 8, 8,
-			series(qMyRequestRate, "{{code}}"))).
+		WithPanel(graph("Requests per model", "Requests per second by model.", "reqps", 8, 8,
+			series(qMyRequestRate, "{{model}}"))).
 		WithPanel(graph("Rejections by reason", "Requests refused per second, by reason.", "reqps", 8, 8,
 			series(qMyRejections, "{{reason}}")))
 }

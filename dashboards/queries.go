@@ -14,7 +14,8 @@ import (
 // The proxy's metrics (internal/metrics, internal/usage, internal/proxyserver).
 const (
 	mTokens          = "llm_proxy_tokens_total"
-	mRequests        = "llm_proxy_requests_total"
+	mRequests        = "llm_proxy_requests_total"  // per user and model
+	mResponses       = "llm_proxy_responses_total" // per namespace, model and status code
 	mRejections      = "llm_proxy_rejections_total"
 	mRemainingTokens = "llm_proxy_budget_remaining_tokens"
 	mLimitTokens     = "llm_proxy_budget_limit_tokens"
@@ -117,12 +118,12 @@ var (
 	qRemainingPoolTokens = remaining(mRemainingTokens, selAdmin, `user=""`)
 	qRemainingPoolReqs   = remaining(mRemainingReqs, selAdmin, `user=""`)
 	qRejectionsByReason  = fmt.Sprintf("sum by (reason) (%s)", rate(mRejections, selAdmin))
-	qRequestRateByModel  = fmt.Sprintf("sum by (model, code) (%s)", rate(mRequests, selAdmin))
+	qRequestRateByModel  = fmt.Sprintf("sum by (model, code) (%s)", rate(mResponses, selAdmin))
 	qLatencyP50          = quantile(0.5, mDuration, "gen_ai_request_model")
 	qLatencyP95          = quantile(0.95, mDuration, "gen_ai_request_model")
 	qTTFTP50             = quantile(0.5, mTTFT, "gen_ai_request_model")
 	qTTFTP95             = quantile(0.95, mTTFT, "gen_ai_request_model")
-	qUpstreamErrors      = fmt.Sprintf("sum by (model, code) (%s)", rate(mRequests, upstreamCodes))
+	qUpstreamErrors      = fmt.Sprintf("sum by (model, code) (%s)", rate(mResponses, upstreamCodes))
 	qStatusWrites        = fmt.Sprintf("sum by (kind, result) (%s)", rate(mStatusWrites))
 	qPending             = fmt.Sprintf("sum by (instance) (%s)", mPending)
 	qCounterAvailable    = fmt.Sprintf("min by (instance) (%s)", mCounterUp)
@@ -138,7 +139,7 @@ var (
 	qMyUsedPercent     = fmt.Sprintf("100 * (1 - min by (window) (%s) / max by (window) (%s))", sel(mRemainingTokens, selUser), sel(mLimitTokens, selUser))
 	qMyUntilReset      = untilReset(selUser)
 	qMyTokenRate       = fmt.Sprintf("sum by (model, type) (%s)", rate(mTokens, selUser))
-	qMyRequestRate     = fmt.Sprintf("sum by (code) (%s)", rate(mRequests, selUser))
+	qMyRequestRate     = fmt.Sprintf("sum by (model) (%s)", rate(mRequests, selUser))
 	qMyRejections      = fmt.Sprintf("sum by (reason) (%s)", rate(mRejections, selUser))
 )
 
@@ -156,9 +157,9 @@ var (
 		return remaining(rem, `user=""`) + " <= 0"
 	})
 	aErrorRate = fmt.Sprintf(`sum by (job) (rate(%s[5m])) / sum by (job) (rate(%s[5m])) > 0.05`,
-		sel(mRequests, `code=~"5.."`), mRequests)
+		sel(mResponses, `code=~"5.."`), mResponses)
 	aUpstreamDown = fmt.Sprintf(`sum by (job, model) (rate(%s[5m])) > 0 unless on (job, model) sum by (job, model) (rate(%s[5m])) > 0`,
-		sel(mRequests, upstreamCodes), sel(mRequests, `code=~"2.."`))
+		sel(mResponses, upstreamCodes), sel(mResponses, `code=~"2.."`))
 	aCounterDown  = fmt.Sprintf("max by (job, instance) (%s) == 0", mCounterUp)
 	aFlushFailing = fmt.Sprintf(`sum by (job, instance) (rate(%s[5m])) > 0`, sel(mStatusWrites, `result="error"`))
 	aFlushLagging = fmt.Sprintf(`max by (job, instance) (%s) > 0 unless on (job, instance) sum by (job, instance) (increase(%s[10m])) > 0`, mPending, sel(mStatusWrites, `result="success"`))
