@@ -108,7 +108,10 @@ const (
 	// ConditionTokenIssued is true when the user's Secret holds a valid token.
 	ConditionTokenIssued = "TokenIssued"
 	// ConditionQuotaExceeded is true while a window of the user's (or the shared)
-	// budget is exhausted; its message names the window and the reset time.
+	// budget is exhausted: what is left admits not even the smallest request
+	// (fewer than 9 tokens under a tokens or inputTokens limit, no output token,
+	// no request). Its message says how much is left, in which window, and when
+	// it resets. It appears with the user's first usage.
 	ConditionQuotaExceeded = "QuotaExceeded"
 
 	// ReasonIssued means a token was issued and is valid.
@@ -117,8 +120,10 @@ const (
 	ReasonQuotaNotFound = "QuotaNotFound"
 	// ReasonSuspended means spec.suspended is true: every token of the user is refused.
 	ReasonSuspended = "Suspended"
-	// ReasonSigningKeyUnavailable means the operator has no signing key yet.
-	ReasonSigningKeyUnavailable = "SigningKeyUnavailable"
+	// ReasonSecretConflict means spec.token.secretName names a Secret that is
+	// not this user's (another owner's, nobody's, or the operator's signing
+	// keys): the operator neither overwrites nor adopts it.
+	ReasonSecretConflict = "SecretConflict"
 	// ReasonWithinLimits means no window is exhausted.
 	ReasonWithinLimits = "WithinLimits"
 	// ReasonLimitReached means a window is exhausted until its reset.

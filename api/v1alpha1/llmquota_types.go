@@ -178,7 +178,9 @@ type LLMQuota struct {
 	// +required
 	Spec LLMQuotaSpec `json:"spec"`
 
-	// status is written by the operator and, for Shared quotas, by the proxy.
+	// status has one writer per field: the operator writes conditions,
+	// observedGeneration, users and alerts; for Shared quotas the proxy writes
+	// usage.
 	// +optional
 	Status LLMQuotaStatus `json:"status,omitempty"`
 }

@@ -16,7 +16,9 @@ type QuotaReference struct {
 // TokenSpec configures the user's token.
 type TokenSpec struct {
 	// ttl is the lifetime of each issued token, between 10m and 720h (30 days).
-	// The operator renews the token at 80% of it.
+	// The operator renews the token between 80% and 90% of it, at a point
+	// derived from the user's uid (the same for every token of the user), so
+	// that users created together do not all renew at the same moment.
 	// +kubebuilder:default="24h"
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) >= duration('10m') && duration(self) <= duration('720h')",message="must be a duration between 10m and 720h (30 days), such as 90m or 24h (units: h, m, s)"
@@ -94,7 +96,8 @@ type TokenStatus struct {
 	// +optional
 	ExpiresAt *metav1.Time `json:"expiresAt,omitempty"`
 
-	// renewAt is when the operator will replace the token (80% of its lifetime).
+	// renewAt is when the operator will replace the token (between 80% and 90%
+	// of its lifetime, fixed per user).
 	// +optional
 	RenewAt *metav1.Time `json:"renewAt,omitempty"`
 
@@ -140,11 +143,12 @@ type LLMUserStatus struct {
 	// +optional
 	Alerts []AlertStatus `json:"alerts,omitempty"`
 
-	// lifetime is the user's usage since it was created.
+	// lifetime is the user's usage since it was created. Written by the proxy.
 	// +optional
 	Lifetime *UsageTotals `json:"lifetime,omitempty"`
 
-	// lastRequestAt is when a request was last charged to this user.
+	// lastRequestAt is when a request was last charged to this user. Written
+	// by the proxy.
 	// +optional
 	LastRequestAt *metav1.Time `json:"lastRequestAt,omitempty"`
 }
@@ -173,7 +177,9 @@ type LLMUser struct {
 	// +required
 	Spec LLMUserSpec `json:"spec"`
 
-	// status is written by the operator (conditions, token) and the proxy (usage).
+	// status has one writer per field: the operator writes conditions,
+	// observedGeneration, token and alerts; the proxy writes usage, lifetime
+	// and lastRequestAt.
 	// +optional
 	Status LLMUserStatus `json:"status,omitempty"`
 }

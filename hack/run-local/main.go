@@ -34,8 +34,8 @@ import (
 	crenvtest "sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
+	apischeme "github.com/llm-user-operator/llm-user-operator/api/scheme"
 	"github.com/llm-user-operator/llm-user-operator/internal/controller"
-	"github.com/llm-user-operator/llm-user-operator/internal/manager"
 	"github.com/llm-user-operator/llm-user-operator/internal/operatorconfig"
 	"github.com/llm-user-operator/llm-user-operator/internal/testutil/envtest"
 	"github.com/llm-user-operator/llm-user-operator/test/harness/podtemplate"
@@ -95,7 +95,7 @@ func run(o options) error {
 		return fmt.Errorf("starting the control plane: %w", err)
 	}
 	defer func() { _ = env.Stop() }()
-	c, err := client.New(cfg, client.Options{Scheme: manager.NewScheme()})
+	c, err := client.New(cfg, client.Options{Scheme: apischeme.New()})
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -130,7 +131,20 @@ func (r *ProxyReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (r
 	if err := r.report(ctx, cond); err != nil {
 		return reconcile.Result{}, errors.Join(applyErr, err)
 	}
+	if applyErr == nil && !monitor && p.ServiceMonitor == operatorconfig.SwitchAuto && r.serviceMonitorCRDExists(ctx) {
+		// The CRD is there but discovery does not serve its kind yet (it is
+		// not established): look again shortly rather than at the next event.
+		return reconcile.Result{RequeueAfter: 2 * time.Second}, nil
+	}
 	return reconcile.Result{}, applyErr
+}
+
+// serviceMonitorCRDExists reads the ServiceMonitor CRD's metadata from the
+// cache.
+func (r *ProxyReconciler) serviceMonitorCRDExists(ctx context.Context) bool {
+	crd := &metav1.PartialObjectMetadata{}
+	crd.SetGroupVersionKind(crdGVK)
+	return r.Client.Get(ctx, client.ObjectKey{Name: serviceMonitorCRD}, crd) == nil
 }
 
 // apply server-side applies every desired object, forcing ownership so that

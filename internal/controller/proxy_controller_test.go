@@ -31,9 +31,9 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/yaml"
 
+	apischeme "github.com/llm-user-operator/llm-user-operator/api/scheme"
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/controller"
-	"github.com/llm-user-operator/llm-user-operator/internal/manager"
 	"github.com/llm-user-operator/llm-user-operator/internal/operatorconfig"
 	"github.com/llm-user-operator/llm-user-operator/internal/testutil/envtest"
 	"github.com/llm-user-operator/llm-user-operator/internal/testutil/poll"
@@ -75,7 +75,7 @@ func runProxyReconciler(t *testing.T, ns string, cfg *operatorconfig.OperatorCon
 	byObject := controller.ProxyCacheOptions(ns)
 	byObject[&corev1.ConfigMap{}] = cache.ByObject{Label: managed, Namespaces: map[string]cache.Config{ns: {}}}
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
-		Scheme:                 manager.NewScheme(),
+		Scheme:                 apischeme.New(),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
@@ -520,7 +520,7 @@ func TestProxyServiceMonitorWithItsCRD(t *testing.T) {
 		p.ServiceMonitorLabels = map[string]string{"release": "kube-prometheus-stack"}
 	}))
 	waitDeployment(t, ns, reconciled(corev1.ConditionTrue, controller.ReasonApplied))
-	scheme := manager.NewScheme()
+	scheme := apischeme.New()
 	if err := apiextensionsv1.AddToScheme(scheme); err != nil {
 		t.Fatal(err)
 	}

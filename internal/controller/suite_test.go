@@ -6,10 +6,12 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
@@ -42,24 +44,35 @@ func TestMain(m *testing.M) {
 // startOperator runs the whole operator against env until the test ends and
 // returns the address of its refresh endpoint.
 func startOperator(t *testing.T) string {
+	addr, _ := runOperator(t, env.Config)
+	return addr
+}
+
+// runOperator runs the whole operator against cfg until stop is called or
+// the test ends, and returns the address of its refresh endpoint.
+func runOperator(t *testing.T, cfg *rest.Config) (addr string, stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	addr := freeAddr(t)
+	addr = freeAddr(t)
 	done := make(chan error, 1)
 	go func() {
 		done <- manager.Run(ctx, manager.Options{
-			RestConfig: env.Config, MetricsAddr: "0", ProbeAddr: "0", RefreshAddr: addr,
+			RestConfig: cfg, MetricsAddr: "0", ProbeAddr: "0", RefreshAddr: addr,
 			Namespace: opNamespace, Issuer: issuer, Audience: audience, ProxyBaseURL: baseURL,
 			SkipNameValidation: true,
 		})
 	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("operator: %v", err)
-		}
-	})
-	return addr
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("operator: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return addr, stop
 }
 
 func freeAddr(t testing.TB) string {

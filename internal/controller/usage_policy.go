@@ -11,44 +11,52 @@ import (
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 )
 
-// windowState is one usage window judged against its limit.
-type windowState struct {
-	Window   llmv1alpha1.Window
-	Start    time.Time
-	ResetAt  time.Time
-	Percent  int64 // of the most used cap, floor
-	Resource string
+// capUse is one capped resource of a window: its limit and what was used.
+type capUse struct {
+	Resource string // as an admin reads it: tokens, input tokens, output tokens, requests
 	Used     int64
 	Limit    int64
 }
 
-// Exhausted reports whether a cap is fully used.
-func (w windowState) Exhausted() bool { return w.Limit >= 0 && w.Used >= w.Limit && w.Resource != "" }
+// Remaining is what is left of the cap, never negative.
+func (c capUse) Remaining() int64 { return max(c.Limit-c.Used, 0) }
 
-// rollOver replaces entries whose window has ended and that still count
-// something by a zeroed entry for the current window, so status never shows
-// an old window's usage as current. Entries already zero are left alone: an
-// idle user costs no writes.
-func rollOver(entries []llmv1alpha1.WindowUsage, limits []llmv1alpha1.QuotaLimit, now time.Time) []llmv1alpha1.WindowUsage {
-	out := slices.Clone(entries)
-	for i, e := range out {
-		if now.Before(e.ResetAt.Time) || (e.Requests == 0 && e.TotalTokens == 0) || !quota.ValidWindow(e.Window) {
-			continue
-		}
-		fresh := llmv1alpha1.WindowUsage{
-			Window:      e.Window,
-			WindowStart: metav1.NewTime(quota.WindowStart(e.Window, now)),
-			ResetAt:     metav1.NewTime(quota.WindowEnd(e.Window, now)),
-		}
-		for _, l := range limits {
-			if l.Window == e.Window {
-				st := quota.WindowStatus{Limit: quota.LimitsFromSpec([]llmv1alpha1.QuotaLimit{l})[0]}
-				fresh.Remaining, fresh.RemainingRequests = st.Remaining()
-			}
-		}
-		out[i] = fresh
+// smallestRequest is the least of a resource that any admitted request
+// takes: a prompt estimate plus one output token under a cap that counts
+// input ([quota.MinRequestTokens]), one output token, one request.
+func smallestRequest(resource string) int64 {
+	if resource == "tokens" || resource == "input tokens" {
+		return quota.MinRequestTokens
 	}
-	return out
+	return 1
+}
+
+// Exhausted reports whether what is left admits not even the smallest
+// request: the proxy refuses everything until the window resets, however
+// small, so the admin and the user must see it although the cap is not
+// literally used up.
+func (c capUse) Exhausted() bool { return c.Remaining() < smallestRequest(c.Resource) }
+
+// windowState is one usage window judged against its limit.
+type windowState struct {
+	Window  llmv1alpha1.Window
+	Start   time.Time
+	ResetAt time.Time
+	// Top is the most used cap, by percentage; Percent its share, floored.
+	Top     capUse
+	Percent int64
+	// Exhausted is the first cap (tokens, input tokens, output tokens,
+	// requests) with no room for the smallest request; nil while one fits.
+	Exhausted *capUse
+}
+
+// level is the alert level the window has reached: its percentage, or 100
+// once exhausted (exhaustion always alerts, also at 98%).
+func (w windowState) level() int64 {
+	if w.Exhausted != nil {
+		return max(w.Percent, 100)
+	}
+	return w.Percent
 }
 
 // judge compares each current usage entry with its window's limit.
@@ -58,29 +66,40 @@ func judge(entries []llmv1alpha1.WindowUsage, limits []llmv1alpha1.QuotaLimit, n
 		if !now.Before(e.ResetAt.Time) {
 			continue // ended: its usage no longer counts
 		}
-		ws := windowState{Window: e.Window, Start: e.WindowStart.Time, ResetAt: e.ResetAt.Time, Limit: -1}
+		ws := windowState{Window: e.Window, Start: e.WindowStart.Time, ResetAt: e.ResetAt.Time}
+		seen := false
 		for _, l := range limits {
 			if l.Window != e.Window {
 				continue
 			}
-			consider := func(res string, capv *int64, used int64) {
-				if capv == nil {
-					return
+			for _, c := range []struct {
+				res  string
+				capv *int64
+				used int64
+			}{
+				{"tokens", l.Tokens, e.TotalTokens},
+				{"input tokens", l.InputTokens, e.InputTokens},
+				{"output tokens", l.OutputTokens, e.OutputTokens},
+				{"requests", l.Requests, e.Requests},
+			} {
+				if c.capv == nil {
+					continue
 				}
+				cu := capUse{Resource: c.res, Used: c.used, Limit: *c.capv}
 				var pct int64 = 100
-				if *capv > 0 {
-					pct = used * 100 / *capv
+				if cu.Limit > 0 {
+					pct = cu.Used * 100 / cu.Limit
 				}
-				if ws.Resource == "" || pct > ws.Percent {
-					ws.Percent, ws.Resource, ws.Used, ws.Limit = pct, res, used, *capv
+				if !seen || pct > ws.Percent {
+					ws.Top, ws.Percent = cu, pct
+				}
+				seen = true
+				if ws.Exhausted == nil && cu.Exhausted() {
+					ws.Exhausted = &cu
 				}
 			}
-			consider("tokens", l.Tokens, e.TotalTokens)
-			consider("input tokens", l.InputTokens, e.InputTokens)
-			consider("output tokens", l.OutputTokens, e.OutputTokens)
-			consider("requests", l.Requests, e.Requests)
 		}
-		if ws.Resource != "" {
+		if seen {
 			out = append(out, ws)
 		}
 	}
@@ -112,7 +131,7 @@ func newAlerts(states []windowState, thresholds []int32, prev []llmv1alpha1.Aler
 		}
 		top := already
 		for _, t := range levels {
-			if int64(t) <= s.Percent && t > already {
+			if int64(t) <= s.level() && t > already {
 				fired = append(fired, alert{State: s, Threshold: t})
 				top = max(top, t)
 			}
@@ -124,7 +143,9 @@ func newAlerts(states []windowState, thresholds []int32, prev []llmv1alpha1.Aler
 	return fired, keep
 }
 
-// exceededCondition summarises the exhausted windows.
+// exceededCondition is True while a window is exhausted (see
+// [capUse.Exhausted]), naming the one that resets last: only then are
+// requests admitted again.
 func exceededCondition(states []windowState, generation int64, now time.Time) (metav1.Condition, time.Time) {
 	c := metav1.Condition{
 		Type: llmv1alpha1.ConditionQuotaExceeded, Status: metav1.ConditionFalse,
@@ -133,17 +154,29 @@ func exceededCondition(states []windowState, generation int64, now time.Time) (m
 	}
 	var until time.Time
 	for _, s := range states {
-		if !s.Exhausted() {
+		if s.Exhausted == nil {
 			continue
 		}
 		if until.IsZero() || s.ResetAt.After(until) {
 			until = s.ResetAt
 			c.Status, c.Reason = metav1.ConditionTrue, llmv1alpha1.ReasonLimitReached
-			c.Message = fmt.Sprintf("%s window exhausted: %d of %d %s used; resets at %s",
-				s.Window, s.Used, s.Limit, s.Resource, s.ResetAt.UTC().Format(time.RFC3339))
+			c.Message = exhaustedMessage(s)
 		}
 	}
 	return c, until
+}
+
+// exhaustedMessage says how much of which window is left, why that admits
+// nothing, and when it resets.
+func exhaustedMessage(s windowState) string {
+	x := s.Exhausted
+	reset := s.ResetAt.UTC().Format(time.RFC3339)
+	if x.Remaining() == 0 {
+		return fmt.Sprintf("%s window exhausted: %d of %d %s used, none left; requests are refused until it resets at %s",
+			s.Window, x.Used, x.Limit, x.Resource, reset)
+	}
+	return fmt.Sprintf("%s window exhausted: %d of %d %s left, fewer than the %d the smallest request needs; requests are refused until it resets at %s",
+		s.Window, x.Remaining(), x.Limit, x.Resource, smallestRequest(x.Resource), reset)
 }
 
 // nextDeadline is the earliest reset of a window that still counts something.

@@ -1,6 +1,7 @@
 // Package manager runs the operator: a controller-runtime manager with the
-// signing-key, token and quota controllers, health probes, metrics, leader
-// election and the /auth/refresh endpoint.
+// signing-key, token, quota and usage controllers, health probes, metrics,
+// leader election and the /auth/refresh endpoint (on every replica). Its
+// options, their defaults, flags and validation live in options.go.
 package manager
 
 import (
@@ -12,12 +13,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
-	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -26,94 +23,36 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	apischeme "github.com/llm-user-operator/llm-user-operator/api/scheme"
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/controller"
-	"github.com/llm-user-operator/llm-user-operator/internal/operatorconfig"
 	"github.com/llm-user-operator/llm-user-operator/internal/refresh"
+	"github.com/llm-user-operator/llm-user-operator/internal/token"
 )
 
-// Options configure the operator.
-type Options struct {
-	// RestConfig reaches the API server; nil loads the usual kubeconfig chain.
-	RestConfig *rest.Config
-
-	MetricsAddr        string // "0" disables
-	ProbeAddr          string
-	RefreshAddr        string // serves POST /auth/refresh; "" or "0" disables
-	LeaderElection     bool
-	LeaderElectionID   string
-	Namespace          string // the operator's own namespace: keys Secret and JWKS ConfigMap
-	SigningKeysSecret  string
-	JWKSConfigMap      string
-	KeyRotationPeriod  time.Duration
-	Issuer             string
-	Audience           string
-	ProxyBaseURL       string // OPENAI_BASE_URL written into every token Secret
-	GracefulShutdown   time.Duration
-	SkipNameValidation bool // tests start several managers in one process
-	Clock              clock.Clock
-	Scheme             *runtime.Scheme
-
-	// Config is the operator's configuration file; with it the operator
-	// runs the proxy workload it describes. Nil runs none (tests of other
-	// controllers).
-	Config *operatorconfig.OperatorConfig
-}
-
-// Defaults fills unset options.
-func (o *Options) Defaults() {
-	def := func(s *string, v string) {
-		if *s == "" {
-			*s = v
-		}
-	}
-	def(&o.MetricsAddr, ":8080")
-	def(&o.ProbeAddr, ":8081")
-	def(&o.LeaderElectionID, "llm-user-operator.llm.userops.dev")
-	def(&o.Namespace, "llm-user-operator-system")
-	def(&o.SigningKeysSecret, "llm-user-operator-signing-keys")
-	def(&o.JWKSConfigMap, "llm-user-operator-jwks")
-	def(&o.Issuer, "https://llm-user-operator.llm-user-operator-system.svc")
-	def(&o.Audience, "llm-user-proxy")
-	def(&o.ProxyBaseURL, "http://llm-user-proxy.llm-user-operator-system.svc:8000/v1")
-	if o.KeyRotationPeriod == 0 {
-		o.KeyRotationPeriod = 30 * 24 * time.Hour
-	}
-	if o.GracefulShutdown == 0 {
-		o.GracefulShutdown = 30 * time.Second
-	}
-	if o.Clock == nil {
-		o.Clock = clock.RealClock{}
-	}
-	if o.Scheme == nil {
-		o.Scheme = NewScheme()
-	}
-}
-
-// NewScheme registers the built-in and llm.userops.dev types.
-func NewScheme() *runtime.Scheme {
-	s := runtime.NewScheme()
-	utilruntime.Must(clientgoscheme.AddToScheme(s))
-	utilruntime.Must(llmv1alpha1.AddToScheme(s))
-	return s
-}
-
-// +kubebuilder:rbac:groups=llm.userops.dev,resources=llmusers;llmquotas,verbs=get;list;watch
-// +kubebuilder:rbac:groups=llm.userops.dev,resources=llmusers/status;llmquotas/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch
-// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// Leader election; each reconciler carries the markers of what it touches.
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete
 
 // Run starts the operator and blocks until ctx is done or it fails.
 func Run(ctx context.Context, o Options) error {
-	o.Defaults()
+	if err := o.loadConfig(); err != nil {
+		return err
+	}
+	o.complete()
+	if err := o.Validate(); err != nil {
+		return err
+	}
 	cfg := o.RestConfig
 	if cfg == nil {
 		var err error
 		if cfg, err = ctrl.GetConfig(); err != nil {
 			return fmt.Errorf("no Kubernetes API to talk to: %w", err)
 		}
+	}
+	cfg = rest.CopyConfig(cfg)
+	cfg.QPS, cfg.Burst = float32(o.KubeAPIQPS), o.KubeAPIBurst
+	if o.Scheme == nil {
+		o.Scheme = apischeme.New()
 	}
 	managed := labels.SelectorFromSet(labels.Set{llmv1alpha1.LabelManagedBy: llmv1alpha1.ManagedByValue})
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
@@ -123,51 +62,52 @@ func Run(ctx context.Context, o Options) error {
 		LeaderElection:          o.LeaderElection,
 		LeaderElectionID:        o.LeaderElectionID,
 		LeaderElectionNamespace: o.Namespace,
-		GracefulShutdownTimeout: &o.GracefulShutdown,
-		Controller:              ctrlConfig(o.SkipNameValidation),
-		Cache:                   cache.Options{ByObject: cacheByObject(o.Namespace, managed)},
+		// Run returns only after every runnable stopped, and the process exits
+		// right after: handing the lease over at once lets a follower take over
+		// in one retry period instead of a whole lease duration.
+		LeaderElectionReleaseOnCancel: true,
+		GracefulShutdownTimeout:       &o.GracefulShutdown,
+		Controller: config.Controller{
+			SkipNameValidation:      &o.SkipNameValidation,
+			MaxConcurrentReconciles: o.MaxConcurrentReconciles,
+		},
+		Cache: cache.Options{ByObject: cacheByObject(o.Namespace, managed)},
 	})
 	if err != nil {
 		return fmt.Errorf("creating manager: %w", err)
 	}
-	if err := controller.IndexQuotaRef(ctx, mgr); err != nil {
-		return err
-	}
 
-	keys := controller.NewKeyStore(o.Issuer, o.Audience, o.Clock.Now)
-	// Controllers: one per concern, each owning its own status fields.
-	if err := (&controller.SigningKeyReconciler{
-		Client: mgr.GetClient(), Namespace: o.Namespace, SecretName: o.SigningKeysSecret,
-		ConfigMapName: o.JWKSConfigMap, RotationPeriod: o.KeyRotationPeriod, Clock: o.Clock, Store: keys,
-	}).SetupWithManager(mgr); err != nil {
-		return err
+	keys := token.NewKeyStore(o.Issuer, o.Audience, o.Clock.Now)
+	recorder := mgr.GetEventRecorder("llm-user-operator")
+	keysSecret := types.NamespacedName{Namespace: o.Namespace, Name: o.SigningKeysSecret}
+	// One reconciler per concern, each owning its own status fields.
+	reconcilers := []interface{ SetupWithManager(ctrl.Manager) error }{
+		&controller.SigningKeyReconciler{
+			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Namespace: o.Namespace, SecretName: o.SigningKeysSecret,
+			ConfigMapName: o.JWKSConfigMap, RotationPeriod: o.KeyRotationPeriod, Clock: o.Clock,
+		},
+		&controller.SigningKeyLoader{Client: mgr.GetClient(), Secret: keysSecret, Store: keys},
+		&controller.TokenReconciler{
+			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clock: o.Clock, Keys: keys,
+			BaseURL: o.ProxyBaseURL, Recorder: recorder, ReservedSecrets: []types.NamespacedName{keysSecret},
+		},
+		&controller.QuotaReconciler{Client: mgr.GetClient(), Clock: o.Clock},
+		&controller.UsageReconciler{Client: mgr.GetClient(), Clock: o.Clock, Recorder: recorder},
 	}
-	if err := (&controller.TokenReconciler{
-		Client: mgr.GetClient(), Clock: o.Clock, Keys: keys, Issuer: o.Issuer, Audience: o.Audience,
-		BaseURL: o.ProxyBaseURL, Recorder: mgr.GetEventRecorder("llm-user-operator"),
-	}).SetupWithManager(mgr); err != nil {
-		return err
-	}
-	if err := (&controller.QuotaReconciler{Client: mgr.GetClient(), Clock: o.Clock}).SetupWithManager(mgr); err != nil {
-		return err
-	}
-	if err := (&controller.UsageReconciler{
-		Client: mgr.GetClient(), Clock: o.Clock, Recorder: mgr.GetEventRecorder("llm-user-operator"),
-	}).SetupWithManager(mgr); err != nil {
-		return err
-	}
-
 	if o.Config != nil {
-		if err := (&controller.ProxyReconciler{
+		reconcilers = append(reconcilers, &controller.ProxyReconciler{
 			Client: mgr.GetClient(), Namespace: o.Namespace, JWKSConfigMap: o.JWKSConfigMap, Config: o.Config,
-			Recorder: mgr.GetEventRecorder("llm-user-operator"), Clock: o.Clock,
-		}).SetupWithManager(mgr); err != nil {
+			Recorder: recorder, Clock: o.Clock,
+		})
+	}
+	for _, r := range reconcilers {
+		if err := r.SetupWithManager(mgr); err != nil {
 			return err
 		}
 	}
 
 	if o.RefreshAddr != "" && o.RefreshAddr != "0" {
-		h := &refresh.Handler{Users: users{mgr.GetClient()}, Keys: keys, Issuer: o.Issuer, Audience: o.Audience, Now: o.Clock.Now}
+		h := &refresh.Handler{Users: users{mgr.GetClient()}, Keys: keys}
 		mux := http.NewServeMux()
 		mux.Handle("/auth/refresh", h)
 		if err := mgr.Add(&httpServer{addr: o.RefreshAddr, handler: mux}); err != nil {
@@ -177,7 +117,16 @@ func Run(ctx context.Context, o Options) error {
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err
 	}
-	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+	// A replica is ready once it holds the signing keys: only then can it
+	// serve /auth/refresh, whether it leads or not.
+	if err := mgr.AddReadyzCheck("signing-keys", func(*http.Request) error {
+		select {
+		case <-keys.Ready():
+			return nil
+		default:
+			return errors.New("no signing key loaded yet")
+		}
+	}); err != nil {
 		return err
 	}
 	return mgr.Start(ctx)
@@ -240,7 +189,3 @@ func (s *httpServer) Start(ctx context.Context) error {
 }
 
 var _ manager.Runnable = (*httpServer)(nil)
-
-func ctrlConfig(skip bool) config.Controller {
-	return config.Controller{SkipNameValidation: &skip}
-}

@@ -86,7 +86,7 @@ type Proxy struct {
 	MetricsPort int32 `json:"metricsPort,omitempty"`
 	// FlushInterval is how often usage is written to status. Default 10s.
 	FlushInterval metav1.Duration `json:"flushInterval,omitempty"`
-	// StatusWriteRate caps status writes per second per replica. Default 50.
+	// StatusWriteRate caps status writes per second per replica. Default 200.
 	StatusWriteRate int32 `json:"statusWriteRate,omitempty"`
 	// ShutdownGrace is how long in-flight requests may run after SIGTERM.
 	// The pod's terminationGracePeriodSeconds leaves room for it and the
@@ -277,7 +277,7 @@ func (c *OperatorConfig) Default(namespace, operatorImage string) {
 	def(&p.RefreshURL, "http://"+c.OperatorService+"."+namespace+".svc:"+strconv.Itoa(RefreshPort)+"/auth/refresh")
 	defDuration(&p.FlushInterval, 10*time.Second)
 	if p.StatusWriteRate == 0 {
-		p.StatusWriteRate = 50
+		p.StatusWriteRate = 200
 	}
 	defDuration(&p.ShutdownGrace, 30*time.Second)
 	if p.Counter.Store == "" {

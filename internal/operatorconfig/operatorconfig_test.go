@@ -121,7 +121,7 @@ func TestDefault(t *testing.T) {
 		{"proxy.port", p.Port, int32(8000)},
 		{"proxy.metricsPort", p.MetricsPort, int32(9090)},
 		{"proxy.flushInterval", p.FlushInterval.Duration, 10 * time.Second},
-		{"proxy.statusWriteRate", p.StatusWriteRate, int32(50)},
+		{"proxy.statusWriteRate", p.StatusWriteRate, int32(200)},
 		{"proxy.shutdownGrace", p.ShutdownGrace.Duration, 30 * time.Second},
 		{"proxy.counter.store", p.Counter.Store, CounterMemory},
 		{"proxy.counter.redis.lease", p.Counter.Redis.Lease.Duration, 30 * time.Second},

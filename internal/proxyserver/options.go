@@ -88,7 +88,7 @@ func Defaults() Options {
 		Counter:               "memory",
 		RedisLease:            30 * time.Second,
 		FlushInterval:         10 * time.Second,
-		StatusWriteRate:       50,
+		StatusWriteRate:       200,
 		UserLabel:             true,
 		UserBudgets:           string(metrics.BudgetsAlerting),
 		ShutdownGrace:         30 * time.Second,

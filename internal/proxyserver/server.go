@@ -24,15 +24,12 @@ import (
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	toolscache "k8s.io/client-go/tools/cache"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	apischeme "github.com/llm-user-operator/llm-user-operator/api/scheme"
 	"github.com/llm-user-operator/llm-user-operator/internal/metrics"
 	"github.com/llm-user-operator/llm-user-operator/internal/proxy"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
@@ -43,9 +40,6 @@ import (
 // +kubebuilder:rbac:groups=llm.userops.dev,resources=llmusers;llmquotas,verbs=get;list;watch
 // +kubebuilder:rbac:groups=llm.userops.dev,resources=llmusers/status;llmquotas/status,verbs=get;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
-
-// JWKSKey is the ConfigMap key holding the published keys (the operator writes it).
-const JWKSKey = "jwks.json"
 
 // Run serves until ctx is done, then drains in-flight requests for up to
 // ShutdownGrace, charges what they produced and flushes usage before
@@ -69,9 +63,7 @@ func Run(ctx context.Context, o Options) error {
 			return fmt.Errorf("no Kubernetes API to talk to: %w", err)
 		}
 	}
-	scheme := runtime.NewScheme()
-	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
-	utilruntime.Must(llmv1alpha1.AddToScheme(scheme))
+	scheme := apischeme.New()
 	c, err := cache.New(cfg, cache.Options{Scheme: scheme, ByObject: map[client.Object]cache.ByObject{
 		&corev1.ConfigMap{}: {
 			Namespaces: map[string]cache.Config{o.Namespace: {}},
@@ -351,7 +343,7 @@ func watchJWKS(ctx context.Context, c cache.Cache, o Options, v *token.Verifier,
 		if !ok || cm.Name != o.JWKSConfigMap {
 			return
 		}
-		keys, err := token.ParseJWKS([]byte(cm.Data[JWKSKey]))
+		keys, err := token.ParseJWKS([]byte(cm.Data[token.JWKSKey]))
 		if err != nil {
 			log.Error(err, "ignoring unreadable JWKS; keeping the previous keys", "configmap", cm.Name)
 			return

@@ -8,9 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"strings"
 	"time"
 
+	"github.com/llm-user-operator/llm-user-operator/internal/openaiapi"
 	"github.com/llm-user-operator/llm-user-operator/internal/token"
 )
 
@@ -28,19 +28,17 @@ type Users interface {
 	User(ctx context.Context, namespace, name string) (u User, ok bool, err error)
 }
 
-// Keys gives the current signing key and a verifier for every published key.
+// Keys gives the issuer of the current signing key and a verifier for every
+// published key; a [token.KeyStore] does.
 type Keys interface {
-	Active() (token.Key, bool)
+	Signer() (*token.Issuer, bool)
 	Verifier() *token.Verifier
 }
 
 // Handler serves POST /auth/refresh.
 type Handler struct {
-	Users    Users
-	Keys     Keys
-	Issuer   string
-	Audience string
-	Now      func() time.Time
+	Users Users
+	Keys  Keys
 }
 
 // Response is the OpenAI-style body of a successful refresh.
@@ -53,17 +51,21 @@ type Response struct {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		writeError(w, http.StatusMethodNotAllowed, "invalid_request_error", "method_not_allowed", "use POST /auth/refresh with the token in the Authorization header")
+		refuse(w, http.StatusMethodNotAllowed, openaiapi.CodeMethodNotAllowed, "use POST /auth/refresh with the token in the Authorization header")
 		return
 	}
-	raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || raw == "" {
-		writeError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", "missing bearer token: send Authorization: Bearer <token>")
+	raw, present, ok := openaiapi.BearerToken(r.Header)
+	switch {
+	case !present:
+		refuse(w, http.StatusUnauthorized, openaiapi.CodeInvalidAPIKey, "missing API key: send the header 'Authorization: Bearer <token>' with the token to refresh")
+		return
+	case !ok:
+		refuse(w, http.StatusUnauthorized, openaiapi.CodeInvalidAPIKey, "malformed Authorization header: expected 'Bearer <token>'")
 		return
 	}
-	active, ok := h.Keys.Active()
+	signer, ok := h.Keys.Signer()
 	if !ok {
-		writeError(w, http.StatusServiceUnavailable, "server_error", "unavailable", "no signing key loaded yet; retry shortly")
+		refuse(w, http.StatusServiceUnavailable, openaiapi.CodeUnavailable, "no signing key loaded yet; retry shortly")
 		return
 	}
 	claims, err := h.Keys.Verifier().Verify(raw)
@@ -73,35 +75,34 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if errors.As(err, &te) {
 			msg = te.Error()
 		}
-		writeError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", msg)
+		refuse(w, http.StatusUnauthorized, openaiapi.CodeInvalidAPIKey, msg)
 		return
 	}
 	u, found, err := h.Users.User(r.Context(), claims.Namespace, claims.Name)
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, "server_error", "unavailable", "cannot look up the user: "+err.Error())
+		refuse(w, http.StatusServiceUnavailable, openaiapi.CodeUnavailable, "cannot look up the user: "+err.Error())
 		return
 	}
 	switch {
 	case !found || u.UID != claims.UID:
-		writeError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", "token revoked: the user no longer exists")
+		refuse(w, http.StatusUnauthorized, openaiapi.CodeInvalidAPIKey, "token revoked: the user no longer exists")
 		return
 	case u.Suspended:
-		writeError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", "token revoked: the user is suspended")
+		refuse(w, http.StatusUnauthorized, openaiapi.CodeInvalidAPIKey, "token revoked: the user is suspended")
 		return
 	case claims.Generation < u.TokenGeneration:
-		writeError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", "token revoked: a newer token generation was issued")
+		refuse(w, http.StatusUnauthorized, openaiapi.CodeInvalidAPIKey, "token revoked: a newer token generation was issued")
 		return
 	case !u.AllowRefresh:
-		writeError(w, http.StatusForbidden, "invalid_request_error", "refresh_not_allowed", "refresh is disabled for this user (spec.token.allowRefresh is false)")
+		refuse(w, http.StatusForbidden, openaiapi.CodeRefreshNotAllowed, "refresh is disabled for this user (spec.token.allowRefresh is false)")
 		return
 	}
-	issuer := &token.Issuer{Key: active, Issuer: h.Issuer, Audience: h.Audience, Now: h.Now}
-	fresh, c, err := issuer.Issue(token.IssueRequest{
+	fresh, c, err := signer.Issue(token.IssueRequest{
 		Namespace: claims.Namespace, Name: claims.Name, UID: claims.UID,
 		Generation: max(claims.Generation, u.TokenGeneration), TTL: u.TTL,
 	})
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "server_error", "internal_error", "cannot issue a token")
+		refuse(w, http.StatusInternalServerError, openaiapi.CodeInternal, "cannot issue a token")
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -112,10 +113,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func writeError(w http.ResponseWriter, status int, typ, code, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{
-		"message": msg, "type": typ, "param": nil, "code": code,
-	}})
+// refuse answers in OpenAI's error shape, like the proxy in front of this
+// endpoint, so a client handles a refused refresh as any other API error.
+func refuse(w http.ResponseWriter, status int, code, msg string) {
+	typ := openaiapi.TypeInvalidRequest
+	if status >= 500 {
+		typ = openaiapi.TypeServer
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	openaiapi.WriteError(w, status, typ, code, "", msg)
 }

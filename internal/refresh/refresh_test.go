@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"testing"
 	"time"
 
@@ -19,13 +20,12 @@ func (f fakeUsers) User(_ context.Context, ns, name string) (User, bool, error) 
 }
 
 type fakeKeys struct {
-	key token.Key
-	ok  bool
-	v   *token.Verifier
+	issuer *token.Issuer
+	v      *token.Verifier
 }
 
-func (k fakeKeys) Active() (token.Key, bool) { return k.key, k.ok }
-func (k fakeKeys) Verifier() *token.Verifier { return k.v }
+func (k fakeKeys) Signer() (*token.Issuer, bool) { return k.issuer, k.issuer != nil }
+func (k fakeKeys) Verifier() *token.Verifier     { return k.v }
 
 func TestRefresh(t *testing.T) {
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
@@ -51,7 +51,7 @@ func TestRefresh(t *testing.T) {
 		"ns/norefresh": {UID: "uid-norefresh", TokenGeneration: 1, AllowRefresh: false, TTL: time.Hour},
 		"ns/recreated": {UID: "a-different-uid", TokenGeneration: 1, AllowRefresh: true, TTL: time.Hour},
 	}
-	h := &Handler{Users: users, Keys: fakeKeys{key, true, v}, Issuer: "iss", Audience: "aud", Now: clock}
+	h := &Handler{Users: users, Keys: fakeKeys{&token.Issuer{Key: key, Issuer: "iss", Audience: "aud", Now: clock}, v}}
 
 	expired := func() string {
 		iss := &token.Issuer{Key: key, Issuer: "iss", Audience: "aud", Now: func() time.Time { return now.Add(-3 * time.Hour) }}
@@ -66,6 +66,11 @@ func TestRefresh(t *testing.T) {
 		code               string
 	}{
 		{"fresh token", http.MethodPost, "Bearer " + issue("alice", 2, time.Hour), h, 200, ""},
+		{"scheme in lower case", http.MethodPost, "bearer " + issue("alice", 2, time.Hour), h, 200, ""},
+		{"scheme in upper case", http.MethodPost, "BEARER " + issue("alice", 2, time.Hour), h, 200, ""},
+		{"blanks around the token", http.MethodPost, "Bearer   " + issue("alice", 2, time.Hour) + " ", h, 200, ""},
+		{"scheme without token", http.MethodPost, "Bearer ", h, 401, "invalid_api_key"},
+		{"token without scheme", http.MethodPost, issue("alice", 2, time.Hour), h, 401, "invalid_api_key"},
 		{"GET", http.MethodGet, "Bearer " + issue("alice", 2, time.Hour), h, 405, "method_not_allowed"},
 		{"no header", http.MethodPost, "", h, 401, "invalid_api_key"},
 		{"not bearer", http.MethodPost, "Basic abc", h, 401, "invalid_api_key"},
@@ -77,7 +82,7 @@ func TestRefresh(t *testing.T) {
 		{"recreated user (new uid)", http.MethodPost, "Bearer " + issue("recreated", 1, time.Hour), h, 401, "invalid_api_key"},
 		{"refresh disabled", http.MethodPost, "Bearer " + issue("norefresh", 1, time.Hour), h, 403, "refresh_not_allowed"},
 		{"no signing key", http.MethodPost, "Bearer " + issue("alice", 2, time.Hour),
-			&Handler{Users: users, Keys: fakeKeys{ok: false, v: v}, Issuer: "iss", Audience: "aud", Now: clock}, 503, "unavailable"},
+			&Handler{Users: users, Keys: fakeKeys{v: v}}, 503, "unavailable"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -118,5 +123,34 @@ func TestRefresh(t *testing.T) {
 				t.Errorf("refreshed claims %+v (%v)", c, err)
 			}
 		})
+	}
+}
+
+// TestRefusalShape pins the exact bytes of refusals: the OpenAI error shape
+// the proxy writes, with the message that says what to send.
+func TestRefusalShape(t *testing.T) {
+	h := &Handler{Keys: fakeKeys{}}
+	tests := []struct {
+		auth   string
+		status int
+		body   string
+	}{
+		{"", 401, `{"error":{"message":"missing API key: send the header 'Authorization: Bearer <token>' with the token to refresh","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}`},
+		{"Basic dXNlcjpwYXNz", 401, `{"error":{"message":"malformed Authorization header: expected 'Bearer <token>'","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}`},
+		{"bearer x", 503, `{"error":{"message":"no signing key loaded yet; retry shortly","type":"server_error","param":null,"code":"unavailable"}}`},
+	}
+	for _, tc := range tests {
+		req := httptest.NewRequest(http.MethodPost, "/auth/refresh", nil)
+		if tc.auth != "" {
+			req.Header.Set("Authorization", tc.auth)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != tc.status || rec.Body.String() != tc.body {
+			t.Errorf("Authorization %q: %d %s\nwant %d %s", tc.auth, rec.Code, rec.Body, tc.status, tc.body)
+		}
+		if rec.Header().Get("Content-Length") != strconv.Itoa(len(tc.body)) || rec.Header().Get("Cache-Control") != "no-store" {
+			t.Errorf("Authorization %q: headers %v", tc.auth, rec.Header())
+		}
 	}
 }

@@ -1,10 +1,13 @@
 package token
 
 import (
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -31,9 +34,11 @@ type Claims struct {
 // Subject returns the sub claim value for a user: "<namespace>/<name>".
 func Subject(namespace, name string) string { return namespace + "/" + name }
 
-// Issuer signs user tokens with one key.
+// Issuer signs user tokens with one key. Build one per key and keep it (as
+// [KeyStore] does): the key is checked and the JOSE header encoded once, on
+// first use, not for every token. It is safe for concurrent use.
 type Issuer struct {
-	// Key is the active signing key; Private must be set.
+	// Key is the signing key; Private must be set.
 	Key Key
 	// Issuer is the iss claim.
 	Issuer string
@@ -41,6 +46,10 @@ type Issuer struct {
 	Audience string
 	// Now is the clock; nil means [time.Now].
 	Now func() time.Time
+
+	prepare sync.Once
+	header  []byte // base64url JOSE header and the dot that follows it
+	keyErr  error
 }
 
 // IssueRequest describes the token to issue.
@@ -59,8 +68,9 @@ type IssueRequest struct {
 // the one-second precision of JWT NumericDate (truncated), so the returned
 // claims are exactly what a verifier will see.
 func (i *Issuer) Issue(r IssueRequest) (string, *Claims, error) {
-	if err := checkKey(i.Key, true); err != nil {
-		return "", nil, fmt.Errorf("issuer key: %w", err)
+	i.prepare.Do(i.prep)
+	if i.keyErr != nil {
+		return "", nil, i.keyErr
 	}
 	if r.Namespace == "" || r.Name == "" || r.UID == "" {
 		return "", nil, errors.New("issue request needs namespace, name and uid")
@@ -94,11 +104,35 @@ func (i *Issuer) Issue(r IssueRequest) (string, *Claims, error) {
 	if i.Audience != "" {
 		c.Audience = jwt.ClaimStrings{i.Audience}
 	}
-	tok := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c)
-	tok.Header["kid"] = i.Key.ID
-	s, err := tok.SignedString(i.Key.Private)
+	payload, err := json.Marshal(c)
 	if err != nil {
-		return "", nil, fmt.Errorf("signing token: %w", err)
+		return "", nil, fmt.Errorf("encoding claims: %w", err)
 	}
-	return s, c, nil
+	// A compact JWS (RFC 7515): header.payload.signature, each base64url.
+	enc := base64.RawURLEncoding
+	tok := make([]byte, 0, len(i.header)+enc.EncodedLen(len(payload))+1+enc.EncodedLen(ed25519.SignatureSize))
+	tok = append(tok, i.header...)
+	tok = enc.AppendEncode(tok, payload)
+	sig := ed25519.Sign(i.Key.Private, tok)
+	tok = append(tok, '.')
+	tok = enc.AppendEncode(tok, sig)
+	return string(tok), c, nil
+}
+
+// prep checks the key and encodes the header every token of this key shares.
+func (i *Issuer) prep() {
+	if err := checkKey(i.Key, true); err != nil {
+		i.keyErr = fmt.Errorf("issuer key: %w", err)
+		return
+	}
+	h, err := json.Marshal(struct {
+		Alg string `json:"alg"`
+		Kid string `json:"kid"`
+		Typ string `json:"typ"`
+	}{jwt.SigningMethodEdDSA.Alg(), i.Key.ID, "JWT"})
+	if err != nil {
+		i.keyErr = fmt.Errorf("encoding the JOSE header: %w", err)
+		return
+	}
+	i.header = append(base64.RawURLEncoding.AppendEncode(nil, h), '.')
 }

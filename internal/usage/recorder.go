@@ -53,7 +53,7 @@ type Options struct {
 	// FlushInterval is how stale an object's status may be while the write
 	// rate allows, and how often at most it is written (default 10s).
 	FlushInterval time.Duration
-	// WriteRate bounds this replica's status writes per second (default 50).
+	// WriteRate bounds this replica's status writes per second (default 200).
 	WriteRate float64
 	// Workers bounds the status writes in flight (default 8).
 	Workers int
@@ -139,7 +139,7 @@ func New(c client.Client, opts Options) *Recorder {
 	}
 	writeRate := opts.WriteRate
 	if writeRate <= 0 {
-		writeRate = 50
+		writeRate = 200
 	}
 	r.limiter = rate.NewLimiter(rate.Limit(writeRate), max(1, int(writeRate)))
 	if r.now == nil {

@@ -21,7 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/llm-user-operator/llm-user-operator/internal/manager"
+	"github.com/llm-user-operator/llm-user-operator/api/scheme"
 )
 
 // Env is a running API server.
@@ -87,7 +87,7 @@ func New() (*Env, error) {
 		e.Stop()
 		return nil, err
 	}
-	if e.Client, err = client.New(cfg, client.Options{Scheme: manager.NewScheme()}); err != nil {
+	if e.Client, err = client.New(cfg, client.Options{Scheme: scheme.New()}); err != nil {
 		return fail(err)
 	}
 	user, err := env.AddUser(envtest.User{Name: "admin", Groups: []string{"system:masters"}}, nil)

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"fmt"
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -20,9 +21,12 @@ import (
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 )
 
+// quotaRefIndex indexes LLMUsers by spec.quotaRef.name.
+const quotaRefIndex = "spec.quotaRef.name"
+
 // QuotaReconciler keeps an LLMQuota's Ready condition, observedGeneration and
 // the number of users bound to it. Pooled usage of Shared quotas is written by
-// the proxy.
+// the proxy; alerts and QuotaExceeded by the [UsageReconciler].
 type QuotaReconciler struct {
 	Client client.Client
 	Clock  clock.Clock
@@ -36,7 +40,7 @@ func (r *QuotaReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 	}
 	orig := q.DeepCopy()
 	var users llmv1alpha1.LLMUserList
-	if err := r.Client.List(ctx, &users, client.InNamespace(q.Namespace), client.MatchingFields{QuotaRefIndex: q.Name}); err != nil {
+	if err := r.Client.List(ctx, &users, client.InNamespace(q.Namespace), client.MatchingFields{quotaRefIndex: q.Name}, client.UnsafeDisableDeepCopy); err != nil {
 		return reconcile.Result{}, err
 	}
 	q.Status.Users = int32(len(users.Items))
@@ -57,9 +61,20 @@ func (r *QuotaReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 	return reconcile.Result{}, nil
 }
 
+// +kubebuilder:rbac:groups=llm.userops.dev,resources=llmquotas,verbs=get;list;watch
+// +kubebuilder:rbac:groups=llm.userops.dev,resources=llmquotas/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=llm.userops.dev,resources=llmusers,verbs=get;list;watch
+
 // SetupWithManager watches quotas (spec changes only) and users (creation,
-// deletion and a changed quotaRef move the count of both quotas involved).
+// deletion and a changed quotaRef move the count of both quotas involved),
+// and indexes users by quota to count them.
 func (r *QuotaReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	const name = "llmquota"
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &llmv1alpha1.LLMUser{}, quotaRefIndex, func(o client.Object) []string {
+		return []string{o.(*llmv1alpha1.LLMUser).Spec.QuotaRef.Name}
+	}); err != nil {
+		return fmt.Errorf("setting up the %s controller: indexing users by quota: %w", name, err)
+	}
 	quotaOf := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
 		u := o.(*llmv1alpha1.LLMUser)
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: u.Namespace, Name: u.Spec.QuotaRef.Name}}}
@@ -71,10 +86,14 @@ func (r *QuotaReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		u := e.ObjectOld.(*llmv1alpha1.LLMUser)
 		q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: u.Namespace, Name: u.Spec.QuotaRef.Name}})
 	}}
-	return ctrl.NewControllerManagedBy(mgr).
-		Named("llmquota").
+	err := ctrl.NewControllerManagedBy(mgr).
+		Named(name).
 		For(&llmv1alpha1.LLMQuota{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&llmv1alpha1.LLMUser{}, quotaOf, builder.WithPredicates(refChanged)).
 		Watches(&llmv1alpha1.LLMUser{}, oldQuotaOf, builder.WithPredicates(refChanged)).
 		Complete(r)
+	if err != nil {
+		return fmt.Errorf("setting up the %s controller: %w", name, err)
+	}
+	return nil
 }

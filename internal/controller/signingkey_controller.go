@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -28,8 +27,6 @@ import (
 )
 
 const (
-	// JWKSKey is the ConfigMap key that holds the published JWKS document.
-	JWKSKey = "jwks.json"
 	// AnnotationRotateKeys on the signing-keys Secret forces a new signing key
 	// when its value differs from the last value acted on.
 	AnnotationRotateKeys = "llm.userops.dev/rotate-keys"
@@ -41,64 +38,24 @@ const (
 	keySkew     = time.Minute
 )
 
-// KeyStore holds the signing keys the operator loaded, for the token
-// reconciler and the refresh endpoint. It is safe for concurrent use.
-type KeyStore struct {
-	mu       sync.RWMutex
-	keys     []token.Key
-	now      func() time.Time
-	verifier *token.Verifier
-	ready    chan struct{}
-	once     sync.Once
-}
-
-// NewKeyStore returns an empty store whose verifier checks iss and aud.
-func NewKeyStore(issuer, audience string, now func() time.Time) *KeyStore {
-	return &KeyStore{
-		now:      now,
-		verifier: token.NewVerifier(token.VerifierOptions{Issuer: issuer, Audience: audience, Now: now}),
-		ready:    make(chan struct{}),
-	}
-}
-
-// Set replaces the keys (newest first).
-func (s *KeyStore) Set(keys []token.Key) {
-	s.mu.Lock()
-	s.keys = keys
-	s.mu.Unlock()
-	s.verifier.SetKeys(keys)
-	if len(keys) > 0 {
-		s.once.Do(func() { close(s.ready) })
-	}
-}
-
-// Active returns the key that signs new tokens now: a new key only once it
-// has been published for [token.ActivationDelay].
-func (s *KeyStore) Active() (token.Key, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return token.SigningKey(s.keys, s.now())
-}
-
-// Verifier verifies tokens against every published key.
-func (s *KeyStore) Verifier() *token.Verifier { return s.verifier }
-
-// Ready is closed once the first key is loaded.
-func (s *KeyStore) Ready() <-chan struct{} { return s.ready }
-
 // SigningKeyReconciler keeps the signing keys in a Secret of the operator's
 // namespace (created if missing), publishes their public halves as a JWKS in a
 // ConfigMap the proxy reads, and rotates them: a new key every RotationPeriod
 // or when AnnotationRotateKeys changes; a retired key is dropped only once
-// every token it signed has expired.
+// every token it signed has expired. It runs on the leader only: the one
+// writer of the keys. Every replica reads them through [SigningKeyLoader].
 type SigningKeyReconciler struct {
-	Client         client.Client
+	Client client.Client
+	// APIReader reads the Secret and the ConfigMap live: they may exist
+	// without our label (created by hand or by an older release), and then
+	// the label-filtered cache cannot see them, while overwriting them blindly
+	// would lose every key.
+	APIReader      client.Reader
 	Namespace      string
 	SecretName     string
 	ConfigMapName  string
 	RotationPeriod time.Duration
 	Clock          clock.Clock
-	Store          *KeyStore
 }
 
 func (r *SigningKeyReconciler) key() types.NamespacedName {
@@ -112,7 +69,7 @@ func (r *SigningKeyReconciler) Reconcile(ctx context.Context, _ reconcile.Reques
 	now := r.Clock.Now()
 
 	secret := &corev1.Secret{}
-	err := r.Client.Get(ctx, r.key(), secret)
+	err := r.APIReader.Get(ctx, r.key(), secret)
 	exists := err == nil
 	if err != nil && !apierrors.IsNotFound(err) {
 		return reconcile.Result{}, err
@@ -173,7 +130,6 @@ func (r *SigningKeyReconciler) Reconcile(ctx context.Context, _ reconcile.Reques
 			return reconcile.Result{}, err
 		}
 	}
-	r.Store.Set(keys)
 
 	if plan.NextCheck.IsZero() {
 		return reconcile.Result{}, nil
@@ -183,23 +139,23 @@ func (r *SigningKeyReconciler) Reconcile(ctx context.Context, _ reconcile.Reques
 
 func (r *SigningKeyReconciler) publish(ctx context.Context, jwks []byte) error {
 	cm := &corev1.ConfigMap{}
-	err := r.Client.Get(ctx, types.NamespacedName{Namespace: r.Namespace, Name: r.ConfigMapName}, cm)
+	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: r.Namespace, Name: r.ConfigMapName}, cm)
 	switch {
 	case apierrors.IsNotFound(err):
 		cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{
 			Namespace: r.Namespace, Name: r.ConfigMapName,
 			Labels: map[string]string{llmv1alpha1.LabelManagedBy: llmv1alpha1.ManagedByValue},
-		}, Data: map[string]string{JWKSKey: string(jwks)}}
+		}, Data: map[string]string{token.JWKSKey: string(jwks)}}
 		return r.Client.Create(ctx, cm)
 	case err != nil:
 		return err
-	case cm.Data[JWKSKey] == string(jwks):
+	case cm.Data[token.JWKSKey] == string(jwks):
 		return nil
 	}
 	if cm.Data == nil {
 		cm.Data = map[string]string{}
 	}
-	cm.Data[JWKSKey] = string(jwks)
+	cm.Data[token.JWKSKey] = string(jwks)
 	return r.Client.Update(ctx, cm)
 }
 
@@ -215,9 +171,13 @@ func equalData(a, b map[string][]byte) bool {
 	return true
 }
 
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch
+
 // SetupWithManager watches the keys Secret and the JWKS ConfigMap (so edits and
 // deletions are repaired) and enqueues one request at start, when neither exists yet.
 func (r *SigningKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	const name = "signingkeys"
 	req := reconcile.Request{NamespacedName: r.key()}
 	toKeys := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{req}
@@ -227,8 +187,8 @@ func (r *SigningKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return o.GetNamespace() == r.Namespace && o.GetName() == name
 		})
 	}
-	return ctrl.NewControllerManagedBy(mgr).
-		Named("signingkeys").
+	err := ctrl.NewControllerManagedBy(mgr).
+		Named(name).
 		WatchesRawSource(source.Func(func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
 			q.Add(req)
 			return nil
@@ -240,4 +200,8 @@ func (r *SigningKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			CreateFunc: func(event.CreateEvent) bool { return false },
 		})).
 		Complete(r)
+	if err != nil {
+		return fmt.Errorf("setting up the %s controller: %w", name, err)
+	}
+	return nil
 }

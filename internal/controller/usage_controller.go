@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -24,19 +25,25 @@ import (
 
 // UsageReconciler turns the usage the proxy writes into what an admin acts
 // on: an Event the first time each alert threshold is crossed in a window,
-// the QuotaExceeded condition (true with the window and reset time, false
-// again after the reset, scheduled for that exact moment), and the roll-over
-// of ended windows in status. It handles LLMUsers and, for Shared quotas, the
-// pooled usage in LLMQuota status.
+// and the QuotaExceeded condition (true with what is left, the window and
+// its reset time, false again after the reset, scheduled for that exact
+// moment). It handles LLMUsers and, for Shared quotas, the pooled usage in
+// LLMQuota status.
+//
+// It reads status.usage, status.lifetime and status.lastRequestAt and never
+// writes them: the proxy is their one writer (it also starts a new window at
+// zero), so no two writers race on a counter. It writes status.alerts and
+// the QuotaExceeded condition.
 type UsageReconciler struct {
 	Client   client.Client
 	Clock    clock.Clock
 	Recorder events.EventRecorder
 }
 
-// usageView is the part of a status this reconciler reads and writes.
+// usageView is the part of a status this reconciler reads (usage) and writes
+// (alerts, conditions).
 type usageView struct {
-	usage      *[]llmv1alpha1.WindowUsage
+	usage      []llmv1alpha1.WindowUsage
 	alerts     *[]llmv1alpha1.AlertStatus
 	conditions *[]metav1.Condition
 }
@@ -44,8 +51,7 @@ type usageView struct {
 // judgeUsage updates the view and returns when to look again (zero: no deadline).
 func (r *UsageReconciler) judgeUsage(obj client.Object, v usageView, spec *llmv1alpha1.LLMQuotaSpec, what string) time.Time {
 	now := r.Clock.Now()
-	*v.usage = rollOver(*v.usage, spec.Limits, now)
-	states := judge(*v.usage, spec.Limits, now)
+	states := judge(v.usage, spec.Limits, now)
 	thresholds := spec.AlertThresholds
 	if thresholds == nil {
 		thresholds = []int32{80, 95}
@@ -53,19 +59,25 @@ func (r *UsageReconciler) judgeUsage(obj client.Object, v usageView, spec *llmv1
 	fired, keep := newAlerts(states, thresholds, *v.alerts)
 	*v.alerts = keep
 	for _, a := range fired {
-		typ, reason := corev1.EventTypeNormal, llmv1alpha1.ReasonThresholdCrossed
-		if a.Threshold >= 100 || a.State.Exhausted() {
-			typ, reason = corev1.EventTypeWarning, llmv1alpha1.ReasonLimitReached
+		if a.Threshold >= 100 && a.State.Exhausted != nil {
+			r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, llmv1alpha1.ReasonLimitReached, "Alert", "%s: %s", what, exhaustedMessage(a.State))
+			continue
 		}
-		r.Recorder.Eventf(obj, nil, typ, reason, "Alert", "%s used %d%% of its %s %s limit (%d of %d; threshold %d%%); resets at %s",
-			what, a.State.Percent, a.State.Window, a.State.Resource, a.State.Used, a.State.Limit, a.Threshold,
+		r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, llmv1alpha1.ReasonThresholdCrossed, "Alert", "%s used %d%% of its %s %s limit (%d of %d; threshold %d%%); resets at %s",
+			what, a.State.Percent, a.State.Window, a.State.Top.Resource, a.State.Top.Used, a.State.Top.Limit, a.Threshold,
 			a.State.ResetAt.UTC().Format(time.RFC3339))
 	}
 	cond, _ := exceededCondition(states, obj.GetGeneration(), now)
-	if prev := meta.FindStatusCondition(*v.conditions, cond.Type); prev == nil || prev.Status != cond.Status || prev.Message != cond.Message {
+	prev := meta.FindStatusCondition(*v.conditions, cond.Type)
+	// Nothing used yet, nothing to say: the condition appears with the first
+	// usage, so that onboarding a user costs no status write of ours.
+	if prev == nil && len(v.usage) == 0 {
+		return time.Time{}
+	}
+	if prev == nil || prev.Status != cond.Status || prev.Message != cond.Message {
 		meta.SetStatusCondition(v.conditions, cond)
 	}
-	return nextDeadline(*v.usage, now)
+	return nextDeadline(v.usage, now)
 }
 
 // Reconcile handles one LLMUser; requests for Shared quotas are told apart by the quota prefix.
@@ -79,7 +91,7 @@ func (r *UsageReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	orig := user.DeepCopy()
-	next := r.judgeUsage(user, usageView{&user.Status.Usage, &user.Status.Alerts, &user.Status.Conditions}, &q.Spec, "user "+user.Name)
+	next := r.judgeUsage(user, usageView{user.Status.Usage, &user.Status.Alerts, &user.Status.Conditions}, &q.Spec, "user "+user.Name)
 	return r.finish(ctx, orig, user, next, equality.Semantic.DeepEqual(orig.Status, user.Status))
 }
 
@@ -100,29 +112,46 @@ func (r *UsageReconciler) finish(ctx context.Context, orig, obj client.Object, n
 	return res, nil
 }
 
-// usageChanged passes updates whose status.usage changed: the proxy's writes.
+// usageChanged passes updates whose status.usage changed (the proxy's
+// writes) and, at start, objects that have usage to judge (a window may have
+// reset meanwhile).
 func usageChanged[T client.Object](get func(T) []llmv1alpha1.WindowUsage) predicate.Predicate {
-	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
-		o, ok1 := e.ObjectOld.(T)
-		n, ok2 := e.ObjectNew.(T)
-		return ok1 && ok2 && !equality.Semantic.DeepEqual(get(o), get(n))
-	}}
+	return predicate.Funcs{
+		CreateFunc: func(e event.CreateEvent) bool {
+			o, ok := e.Object.(T)
+			return ok && len(get(o)) > 0
+		},
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			o, ok1 := e.ObjectOld.(T)
+			n, ok2 := e.ObjectNew.(T)
+			return ok1 && ok2 && !equality.Semantic.DeepEqual(get(o), get(n))
+		},
+	}
 }
+
+// +kubebuilder:rbac:groups=llm.userops.dev,resources=llmusers;llmquotas,verbs=get;list;watch
+// +kubebuilder:rbac:groups=llm.userops.dev,resources=llmusers/status;llmquotas/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // SetupWithManager watches usage written by the proxy.
 func (r *UsageReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	if err := ctrl.NewControllerManagedBy(mgr).
+	err := ctrl.NewControllerManagedBy(mgr).
 		Named("llmuser-usage").
 		For(&llmv1alpha1.LLMUser{}, builder.WithPredicates(usageChanged(func(u *llmv1alpha1.LLMUser) []llmv1alpha1.WindowUsage { return u.Status.Usage }))).
-		Complete(r); err != nil {
-		return err
+		Complete(r)
+	if err != nil {
+		return fmt.Errorf("setting up the llmuser-usage controller: %w", err)
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	err = ctrl.NewControllerManagedBy(mgr).
 		Named("llmquota-usage").
 		For(&llmv1alpha1.LLMQuota{}, builder.WithPredicates(predicate.Or[client.Object](
 			predicate.GenerationChangedPredicate{},
 			usageChanged(func(q *llmv1alpha1.LLMQuota) []llmv1alpha1.WindowUsage { return q.Status.Usage })))).
 		Complete(reconcile.Func(r.reconcilePool))
+	if err != nil {
+		return fmt.Errorf("setting up the llmquota-usage controller: %w", err)
+	}
+	return nil
 }
 
 // reconcilePool handles the pooled usage of a Shared quota.
@@ -135,6 +164,6 @@ func (r *UsageReconciler) reconcilePool(ctx context.Context, req reconcile.Reque
 		return reconcile.Result{}, nil
 	}
 	orig := q.DeepCopy()
-	next := r.judgeUsage(q, usageView{&q.Status.Usage, &q.Status.Alerts, &q.Status.Conditions}, &q.Spec, "shared quota "+q.Name)
+	next := r.judgeUsage(q, usageView{q.Status.Usage, &q.Status.Alerts, &q.Status.Conditions}, &q.Spec, "shared quota "+q.Name)
 	return r.finish(ctx, orig, q, next, equality.Semantic.DeepEqual(orig.Status, q.Status))
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
@@ -18,11 +19,11 @@ import (
 	"github.com/llm-user-operator/llm-user-operator/internal/testutil/envtest"
 )
 
-// TestUsageThresholdsAndRollOver plays the proxy (writing usage into status)
+// TestUsageThresholdsAndReset plays the proxy (writing usage into status)
 // against the usage reconciler on a fake clock: each threshold fires one
 // Event per window, QuotaExceeded flips on exhaustion and back at the exact
-// reset, and the ended window's usage rolls over to zero.
-func TestUsageThresholdsAndRollOver(t *testing.T) {
+// reset, and status.usage is never written by the operator.
+func TestUsageThresholdsAndReset(t *testing.T) {
 	ctx := context.Background()
 	ns := envtest.NewNamespace(t, env.Client, "ctrl")
 	start := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
@@ -71,8 +72,17 @@ func TestUsageThresholdsAndRollOver(t *testing.T) {
 		}
 	}
 
+	// No usage yet: nothing to judge, nothing written.
+	rv := getUser(t, ns, "u").ResourceVersion
+	if res := pass(); res.RequeueAfter != 0 || getUser(t, ns, "u").ResourceVersion != rv || condition(getUser(t, ns, "u"), llmv1alpha1.ConditionQuotaExceeded) != nil {
+		t.Fatalf("a user without usage: requeue %v, status written %v", res.RequeueAfter, getUser(t, ns, "u").ResourceVersion != rv)
+	}
+
 	writeUsage(500, start)
 	pass()
+	if err := wantCondition(getUser(t, ns, "u"), llmv1alpha1.ConditionQuotaExceeded, metav1.ConditionFalse, llmv1alpha1.ReasonWithinLimits); err != nil {
+		t.Fatal(err)
+	}
 	if ev := drain(); len(ev) != 0 {
 		t.Fatalf("events below every threshold: %v", ev)
 	}
@@ -82,33 +92,37 @@ func TestUsageThresholdsAndRollOver(t *testing.T) {
 	if ev := drain(); len(ev) != 1 || !strings.Contains(ev[0], "threshold 80%") {
 		t.Fatalf("events at 85%%: %v", ev)
 	}
-	writeUsage(1000, start)
+	// 5 tokens left: not even the smallest request fits, the window is exhausted.
+	writeUsage(995, start)
 	res := pass()
 	ev := drain()
-	if len(ev) != 2 || !strings.Contains(ev[0], "threshold 95%") || !strings.Contains(ev[1], "LimitReached") {
-		t.Fatalf("events at 100%%: %v", ev)
+	if len(ev) != 2 || !strings.Contains(ev[0], "threshold 95%") ||
+		ev[1] != "Warning LimitReached user u: Minute window exhausted: 5 of 1000 tokens left, fewer than the 9 the smallest request needs; requests are refused until it resets at 2026-11-25T10:01:00Z" {
+		t.Fatalf("events at 99.5%%: %q", ev)
 	}
 	u := getUser(t, ns, "u")
 	if err := wantCondition(u, llmv1alpha1.ConditionQuotaExceeded, metav1.ConditionTrue, llmv1alpha1.ReasonLimitReached); err != nil {
 		t.Fatal(err)
 	}
-	if c := condition(u, llmv1alpha1.ConditionQuotaExceeded); !strings.Contains(c.Message, "Minute window exhausted: 1000 of 1000 tokens used; resets at 2026-11-25T10:01:00Z") {
+	if c := condition(u, llmv1alpha1.ConditionQuotaExceeded); c.Message != "Minute window exhausted: 5 of 1000 tokens left, fewer than the 9 the smallest request needs; requests are refused until it resets at 2026-11-25T10:01:00Z" {
 		t.Errorf("message %q", c.Message)
 	}
 	if res.RequeueAfter != 50*time.Second {
 		t.Errorf("requeue after %v, want the 50s left until the reset", res.RequeueAfter)
 	}
 
-	// At the reset: usage rolls over to zero, the condition clears, no event.
+	// At the reset the condition clears, with no event. The usage stays as
+	// the proxy wrote it: the proxy alone writes usage (and starts the new
+	// window at zero when it next writes).
+	written := u.Status.Usage
 	clk.Step(res.RequeueAfter)
 	res = pass()
 	u = getUser(t, ns, "u")
 	if err := wantCondition(u, llmv1alpha1.ConditionQuotaExceeded, metav1.ConditionFalse, llmv1alpha1.ReasonWithinLimits); err != nil {
 		t.Fatal(err)
 	}
-	got := u.Status.Usage[0]
-	if got.TotalTokens != 0 || !got.WindowStart.Time.Equal(start.Add(time.Minute)) || !got.ResetAt.Time.Equal(start.Add(2*time.Minute)) || got.Remaining == nil || *got.Remaining != 1000 {
-		t.Errorf("rolled-over usage = %+v", got)
+	if !equality.Semantic.DeepEqual(u.Status.Usage, written) || u.Status.Usage[0].TotalTokens != 995 {
+		t.Errorf("the operator rewrote status.usage: %+v", u.Status.Usage)
 	}
 	if res.RequeueAfter != 0 {
 		t.Errorf("an idle user must not be requeued, got %v", res.RequeueAfter)
