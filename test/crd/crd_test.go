@@ -44,8 +44,6 @@ func TestCRDs(t *testing.T) {
 	t.Run("StatusSubresource", func(t *testing.T) { testStatusSubresource(t, env) })
 	t.Run("Names", func(t *testing.T) { testNames(t, env) })
 	t.Run("Kubectl", func(t *testing.T) { testKubectl(t, env) })
-	t.Run("KustomizeDefault", func(t *testing.T) { testKustomizeDefault(t, env) })
-	t.Run("HelmChart", func(t *testing.T) { testHelmChart(t, env) })
 }
 
 func samplesDir() string {
@@ -628,108 +626,4 @@ func tableRow(out, name string) []string {
 		}
 	}
 	return nil
-}
-
-// testKustomizeDefault renders config/default and has the API server accept
-// every object of it (server-side dry run): the install manifests stay valid.
-func testKustomizeDefault(t *testing.T, env *envtest.Env) {
-	if _, err := exec.LookPath("kubectl"); err != nil {
-		t.Skip("kubectl is not on PATH")
-	}
-	cacheDir := t.TempDir()
-	rendered, err := runKubectl(t.Context(), env.Kubeconfig, cacheDir, "kustomize", filepath.Join(envtest.RepoRoot(), "config", "default"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, kind := range []string{"CustomResourceDefinition", "Deployment", "ClusterRole", "Service"} {
-		if !strings.Contains(rendered, "kind: "+kind+"\n") {
-			t.Errorf("config/default renders no %s", kind)
-		}
-	}
-	if n := strings.Count(rendered, "kind: Deployment\n"); n != 2 {
-		t.Errorf("config/default renders %d Deployments, want the operator and the proxy", n)
-	}
-	file := filepath.Join(t.TempDir(), "install.yaml")
-	if err := os.WriteFile(file, []byte(rendered), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	// A dry-run Namespace is not created, so the objects in it need a real one.
-	if err := env.Client.Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "llm-user-operator-system"}}); client.IgnoreAlreadyExists(err) != nil {
-		t.Fatal(err)
-	}
-	if out, err := runKubectl(t.Context(), env.Kubeconfig, cacheDir, "apply", "--dry-run=server", "-f", file); err != nil {
-		t.Fatalf("the API server refused config/default: %v\n%s", err, out)
-	}
-}
-
-// helmBinary is the pinned helm that `make test` builds (HELM), or ./bin/helm.
-func helmBinary(t *testing.T) string {
-	t.Helper()
-	h := os.Getenv("HELM")
-	if h == "" {
-		h = filepath.Join(envtest.RepoRoot(), "bin", "helm")
-	}
-	if _, err := os.Stat(h); err != nil {
-		t.Fatalf("helm not found at %s: run `make test` (it builds the pinned helm into ./bin) or set HELM", h)
-	}
-	return h
-}
-
-func helmTemplate(t *testing.T, helm string, set ...string) (string, error) {
-	t.Helper()
-	args := []string{"template", "llm", filepath.Join(envtest.RepoRoot(), "charts", "llm-user-operator"),
-		"--namespace", "llm-chart", "--include-crds", "--kube-version", "1.37.2"}
-	for _, s := range set {
-		args = append(args, "--set", s)
-	}
-	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(t.Context(), helm, args...)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("%w: %s", err, stderr.String())
-	}
-	return stdout.String(), nil
-}
-
-// testHelmChart renders the chart with the pinned helm and has the API server
-// accept every object (server-side dry run); the chart's CRDs must be the
-// generated ones, and a Redis counter without an address must be refused.
-func testHelmChart(t *testing.T, env *envtest.Env) {
-	if _, err := exec.LookPath("kubectl"); err != nil {
-		t.Skip("kubectl is not on PATH")
-	}
-	helm := helmBinary(t)
-	rendered, err := helmTemplate(t, helm, "proxy.counter=redis", "proxy.redis.addr=redis:6379")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{"--counter=redis", "--redis-addr=redis:6379", "command: [/proxy]", "command: [/manager]"} {
-		if !strings.Contains(rendered, want) {
-			t.Errorf("rendered chart lacks %q", want)
-		}
-	}
-	for _, f := range []string{"llm.userops.dev_llmusers.yaml", "llm.userops.dev_llmquotas.yaml"} {
-		gen, err := os.ReadFile(filepath.Join(envtest.RepoRoot(), "config", "crd", "bases", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		chart, err := os.ReadFile(filepath.Join(envtest.RepoRoot(), "charts", "llm-user-operator", "crds", f))
-		if err != nil || !bytes.Equal(gen, chart) {
-			t.Errorf("charts/llm-user-operator/crds/%s differs from config/crd/bases (run make manifests): %v", f, err)
-		}
-	}
-	file := filepath.Join(t.TempDir(), "chart.yaml")
-	if err := os.WriteFile(file, []byte(rendered), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := env.Client.Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "llm-chart"}}); client.IgnoreAlreadyExists(err) != nil {
-		t.Fatal(err)
-	}
-	if out, err := runKubectl(t.Context(), env.Kubeconfig, t.TempDir(), "apply", "--dry-run=server", "-n", "llm-chart", "-f", file); err != nil {
-		t.Fatalf("the API server refused the chart: %v\n%s", err, out)
-	}
-
-	if _, err := helmTemplate(t, helm, "proxy.counter=redis"); err == nil || !strings.Contains(err.Error(), "proxy.redis.addr is required with counter: redis") {
-		t.Errorf("counter=redis without an address: %v, want a clear refusal", err)
-	}
 }
