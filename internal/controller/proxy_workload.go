@@ -414,7 +414,7 @@ func renderServiceMonitor(ns, name string, labels, extra map[string]string) *uns
 		"kind":       "ServiceMonitor",
 		"metadata":   map[string]any{"name": name, "namespace": ns, "labels": all},
 		"spec": map[string]any{
-			"selector":  map[string]any{"matchLabels": match},
+			"selector": map[string]any{"matchLabels": match},
 			// honorLabels keeps the proxy's namespace and user labels (the
 			// user's namespace), which Prometheus would otherwise rename to
 			// exported_namespace in favour of the proxy pod's namespace.

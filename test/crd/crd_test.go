@@ -31,6 +31,7 @@ import (
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/testutil/envtest"
+	"github.com/llm-user-operator/llm-user-operator/test/harness"
 )
 
 // TestCRDs starts one API server and runs every check against it: starting
@@ -469,14 +470,12 @@ func testNames(t *testing.T, env *envtest.Env) {
 // testKubectl applies the samples the way their kustomization.yaml says and
 // reads them back through kubectl, as a user would.
 func testKubectl(t *testing.T, env *envtest.Env) {
-	if _, err := exec.LookPath("kubectl"); err != nil {
-		t.Skip("kubectl is not on PATH")
-	}
+	bin := filepath.Join(harness.KubeTools(t), "kubectl")
 	ns := envtest.NewNamespace(t, env.Client, "kubectl")
 	cacheDir := t.TempDir()
 	kubectl := func(t *testing.T, args ...string) string {
 		t.Helper()
-		out, err := runKubectl(t.Context(), env.Kubeconfig, cacheDir, args...)
+		out, err := runKubectl(t.Context(), bin, env.Kubeconfig, cacheDir, args...)
 		if err != nil {
 			t.Fatalf("kubectl %s: %v", strings.Join(args, " "), err)
 		}
@@ -550,7 +549,7 @@ func testKubectl(t *testing.T, env *envtest.Env) {
 			{"llmuser.status.usage", []string{"windowStart", "resetAt"}},
 			{"llmquota.spec", []string{"limits", "maxTokensPerRequest", "models", "scope", "enforcement", "alertThresholds"}},
 		} {
-			out := explain(t, env.Kubeconfig, cacheDir, tc.path)
+			out := explain(t, bin, env.Kubeconfig, cacheDir, tc.path)
 			listed := explainFields(out)
 			for _, f := range tc.fields {
 				if !slices.Contains(listed, f) {
@@ -561,10 +560,12 @@ func testKubectl(t *testing.T, env *envtest.Env) {
 	})
 }
 
-func runKubectl(ctx context.Context, kubeconfig, cacheDir string, args ...string) (string, error) {
+// runKubectl runs the pinned kubectl (hack/kube-tools.sh, the API server's
+// version), never whatever kubectl is on PATH.
+func runKubectl(ctx context.Context, bin, kubeconfig, cacheDir string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig", kubeconfig, "--cache-dir", cacheDir}, args...)...)
+	cmd := exec.CommandContext(ctx, bin, append([]string{"--kubeconfig", kubeconfig, "--cache-dir", cacheDir}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -576,11 +577,11 @@ func runKubectl(ctx context.Context, kubeconfig, cacheDir string, args ...string
 // explain runs kubectl explain, retrying while the CRD's OpenAPI document is
 // not yet published: the API server builds it asynchronously after the CRD is
 // established.
-func explain(t *testing.T, kubeconfig, cacheDir, path string) string {
+func explain(t *testing.T, bin, kubeconfig, cacheDir, path string) string {
 	t.Helper()
 	var lastErr error
 	for range 60 {
-		out, err := runKubectl(t.Context(), kubeconfig, cacheDir, "explain", path)
+		out, err := runKubectl(t.Context(), bin, kubeconfig, cacheDir, "explain", path)
 		if err == nil {
 			return out
 		}
