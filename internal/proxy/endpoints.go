@@ -70,7 +70,8 @@ var (
 )
 
 // routes registers the proxy's paths on a mux: each endpoint of the table,
-// the model listing, and an OpenAI-shaped 404 for everything else.
+// the model listing, the caller's usage, and an OpenAI-shaped 404 for
+// everything else.
 func (p *Proxy) routes() http.Handler {
 	mux := http.NewServeMux()
 	paths := make([]string, 0, len(endpoints)+1)
@@ -88,7 +89,14 @@ func (p *Proxy) routes() http.Handler {
 			p.serveModels(w, r, r.PathValue("id"))
 		}
 	})
-	paths = append(paths, "/v1/models")
+	// The caller's own usage: not an upstream endpoint, neither charged nor
+	// counted (selfusage.go).
+	mux.HandleFunc("/v1/usage", func(w http.ResponseWriter, r *http.Request) {
+		if methodIs(w, r, http.MethodGet) {
+			p.serveUsage(w, r)
+		}
+	})
+	paths = append(paths, "/v1/models", "/v1/usage")
 	unknown := "Unknown path %s. This proxy serves " + strings.Join(paths, ", ") + "."
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		openaiapi.WriteError(w, http.StatusNotFound, openaiapi.TypeInvalidRequest, openaiapi.CodeNotFound, "",

@@ -67,7 +67,11 @@ type User struct {
 	Namespace, Name, UID string
 	// TokenGeneration revokes tokens issued with a lower generation.
 	TokenGeneration int64
-	Suspended       bool
+	// AllowRefresh is the user's spec.token.allowRefresh: whether the
+	// operator's POST /auth/refresh exchanges their token (GET /v1/usage
+	// tells them).
+	AllowRefresh bool
+	Suspended    bool
 	// QuotaFound is false when the referenced quota does not exist; every
 	// request is then refused with 403.
 	QuotaFound bool

@@ -94,7 +94,7 @@ func (ex *exchange) authenticate() bool {
 	if ex.p.disableAuth {
 		return true
 	}
-	u, ok := ex.p.authenticate(ex.w, ex.r)
+	u, _, ok := ex.p.authenticate(ex.w, ex.r)
 	if !ok {
 		return false
 	}

@@ -162,6 +162,7 @@ func (d *Directory) view(u *llmv1alpha1.LLMUser) proxy.User {
 	v := proxy.User{
 		Namespace: u.Namespace, Name: u.Name, UID: string(u.UID),
 		Suspended: u.Spec.Suspended, QuotaName: u.Spec.QuotaRef.Name, UserModels: u.Spec.Models,
+		AllowRefresh: u.Spec.Token.AllowRefresh == nil || *u.Spec.Token.AllowRefresh,
 	}
 	if u.Status.Token != nil {
 		v.TokenGeneration = u.Status.Token.Generation
