@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,9 +15,33 @@ import (
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/openapi"
 )
 
-// getUsage answers GET /v1/usage for alice (or tok), requiring 200.
+// usageDoc is the OpenAPI document every reply of GET /v1/usage is
+// validated against.
+var usageDoc = sync.OnceValues(openapi.Load)
+
+// documented reads resp and fails t unless the OpenAPI document describes
+// it (status, content type, headers, body).
+func documented(t *testing.T, method, path string, resp *http.Response) []byte {
+	t.Helper()
+	d, err := usageDoc()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := openapi.Read(resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Validate(method, path, r); err != nil {
+		t.Error(err)
+	}
+	return r.Body
+}
+
+// getUsage answers GET /v1/usage for alice (or tok), requiring 200 and a
+// reply as documented.
 func (e *env) getUsage(t *testing.T, tok ...string) (Usage, http.Header, []byte) {
 	t.Helper()
 	resp := e.do(t, http.MethodGet, "/v1/usage", "", tok...)
@@ -27,7 +52,7 @@ func (e *env) getUsage(t *testing.T, tok ...string) (Usage, http.Header, []byte)
 	if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
 		t.Errorf("Cache-Control = %q, want no-store: the reply is one user's", cc)
 	}
-	b := readAll(t, resp)
+	b := documented(t, http.MethodGet, "/v1/usage", resp)
 	var u Usage
 	if err := json.Unmarshal(b, &u); err != nil {
 		t.Fatalf("GET /v1/usage: %v: %s", err, b)
@@ -278,28 +303,35 @@ func TestUsageWithoutQuota(t *testing.T) {
 // answers only GET, in OpenAI's error shape.
 func TestUsageRefusals(t *testing.T) {
 	e := newEnv(t, nil)
-	resp := e.do(t, http.MethodGet, "/v1/usage", "", "")
-	expectStatus(t, resp, http.StatusUnauthorized)
-	if ae := readErr(t, resp); str(ae.Error.Code) != "invalid_api_key" {
-		t.Errorf("no token: %+v", ae.Error)
+	for _, tc := range []struct {
+		name, method, tok string
+		suspend           bool
+		status            int
+		code              string
+	}{
+		{"no token", http.MethodGet, "", false, http.StatusUnauthorized, "invalid_api_key"},
+		{"unknown token", http.MethodGet, "tok-unknown", false, http.StatusUnauthorized, "invalid_api_key"},
+		{"suspended", http.MethodGet, alice, true, http.StatusUnauthorized, "invalid_api_key"},
+		{"POST", http.MethodPost, alice, false, http.StatusMethodNotAllowed, "method_not_allowed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := aliceUser()
+			u.Suspended = tc.suspend
+			e.dir.set(u)
+			resp := e.do(t, tc.method, "/v1/usage", "", tc.tok)
+			if resp.StatusCode != tc.status {
+				t.Errorf("status %d, want %d", resp.StatusCode, tc.status)
+			}
+			if tc.status == http.StatusMethodNotAllowed && resp.Header.Get("Allow") != "GET" {
+				t.Errorf("Allow = %q, want GET", resp.Header.Get("Allow"))
+			}
+			var ae apiErr
+			// The document describes every refusal, under the GET it refuses.
+			if err := json.Unmarshal(documented(t, http.MethodGet, "/v1/usage", resp), &ae); err != nil || str(ae.Error.Code) != tc.code {
+				t.Errorf("error %+v (%v), want code %s", ae.Error, err, tc.code)
+			}
+		})
 	}
-	resp = e.do(t, http.MethodGet, "/v1/usage", "", "tok-unknown")
-	expectStatus(t, resp, http.StatusUnauthorized)
-	readErr(t, resp)
-	resp = e.do(t, http.MethodPost, "/v1/usage", "{}")
-	expectStatus(t, resp, http.StatusMethodNotAllowed)
-	if got := resp.Header.Get("Allow"); got != "GET" {
-		t.Errorf("Allow = %q, want GET", got)
-	}
-	if ae := readErr(t, resp); str(ae.Error.Code) != "method_not_allowed" {
-		t.Errorf("POST: %+v", ae.Error)
-	}
-	u := aliceUser()
-	u.Suspended = true
-	e.dir.set(u)
-	resp = e.do(t, http.MethodGet, "/v1/usage", "")
-	expectStatus(t, resp, http.StatusUnauthorized)
-	readErr(t, resp)
 }
 
 // failingCounter fails every Status.
@@ -315,12 +347,23 @@ func TestUsageStoreDown(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.Counter = failingCounter{quota.NewMemory(testClock)} })
 	resp := e.do(t, http.MethodGet, "/v1/usage", "")
 	expectStatus(t, resp, http.StatusServiceUnavailable)
-	if ae := readErr(t, resp); str(ae.Error.Code) != "quota_unavailable" || ae.Error.Type != "server_error" {
-		t.Errorf("error %+v, want server_error quota_unavailable", ae.Error)
+	var ae apiErr
+	if err := json.Unmarshal(documented(t, http.MethodGet, "/v1/usage", resp), &ae); err != nil ||
+		str(ae.Error.Code) != "quota_unavailable" || ae.Error.Type != "server_error" {
+		t.Errorf("error %+v (%v), want server_error quota_unavailable", ae.Error, err)
 	}
 }
 
 func toJSON(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
+}
+
+// TestUsageWithoutAuth: the benchmark arm without identity has no caller to
+// report on.
+func TestUsageWithoutAuth(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.DisableAuth = true })
+	resp := e.do(t, http.MethodGet, "/v1/usage", "", "")
+	expectStatus(t, resp, http.StatusNotFound)
+	documented(t, http.MethodGet, "/v1/usage", resp)
 }

@@ -31,6 +31,7 @@ import (
 
 	apischeme "github.com/llm-user-operator/llm-user-operator/api/scheme"
 	"github.com/llm-user-operator/llm-user-operator/internal/metrics"
+	"github.com/llm-user-operator/llm-user-operator/internal/openaiapi"
 	"github.com/llm-user-operator/llm-user-operator/internal/proxy"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 	"github.com/llm-user-operator/llm-user-operator/internal/token"
@@ -233,6 +234,12 @@ func newServers(o Options, p *proxy.Proxy, dir *Directory, keysLoaded chan struc
 		rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
 			r.SetURL(u)
 			r.Out.URL.Path = u.Path
+		}, ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+			// In OpenAI's shape, as every other answer of the proxy, not
+			// the reverse proxy's empty 502.
+			log.Error(err, "Forwarding POST /auth/refresh to the operator failed", "url", o.RefreshURL)
+			openaiapi.WriteError(w, http.StatusBadGateway, openaiapi.TypeServer, openaiapi.CodeUpstreamUnavailable, "",
+				"The operator, which issues tokens, could not be reached; retry shortly.")
 		}}
 		api.Handle("/auth/refresh", rp)
 	}
