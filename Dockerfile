@@ -1,6 +1,8 @@
 # One image carrying both binaries, so the proxy Deployment defaults to the
 # operator's own image and version.
-FROM golang:1.26 AS build
+# The build stage runs on the builder's own platform and cross-compiles, so a
+# multi-arch build (make docker-buildx) needs no emulation.
+FROM --platform=$BUILDPLATFORM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download

@@ -189,7 +189,8 @@ const (
 	// budget is exhausted: what is left admits not even the smallest request
 	// (fewer than 9 tokens under a tokens or inputTokens limit, no output token,
 	// no request). Its message says how much is left, in which window, and when
-	// it resets. It appears with the user's first usage.
+	// it resets. It appears the first time a window is exhausted (absent: never
+	// was), so that a user who starts using the proxy costs the operator no write.
 	ConditionQuotaExceeded = "QuotaExceeded"
 
 	// ReasonIssued means a token was issued and is valid.

@@ -147,8 +147,8 @@ func TestConvergedOperatorWritesNothing(t *testing.T) {
 				return fmt.Errorf("%s: %w", u.Name, err)
 			}
 		}
-		if condition(getUser(t, ns, "user-02"), llmv1alpha1.ConditionQuotaExceeded) == nil {
-			return fmt.Errorf("usage not judged yet")
+		if len(getUser(t, ns, "user-02").Status.Alerts) == 0 {
+			return fmt.Errorf("usage not judged yet: no alert for 85%% of the Day")
 		}
 		return nil
 	}
@@ -159,7 +159,7 @@ func TestConvergedOperatorWritesNothing(t *testing.T) {
 		path := fmt.Sprintf("PATCH /apis/llm.userops.dev/v1alpha1/namespaces/%s/llmusers/user-%02d/status 200", ns, i)
 		want := 1
 		if i == 2 {
-			want = 2 // and the usage judged: QuotaExceeded
+			want = 2 // and the usage judged: the 80% alert
 		}
 		if got := count(first.list(), path); got != want {
 			t.Errorf("user-%02d: %d status writes, want %d: %v", i, got, want, first.list())

@@ -546,8 +546,8 @@ func TestProxyServiceMonitorWithItsCRD(t *testing.T) {
 		t.Errorf("ServiceMonitor labels %v, want the configured release label", sm.GetLabels())
 	}
 	endpoints, _, _ := unstructured.NestedSlice(sm.Object, "spec", "endpoints")
-	if len(endpoints) != 1 || endpoints[0].(map[string]any)["port"] != "metrics" {
-		t.Errorf("ServiceMonitor endpoints %v, want the metrics port", endpoints)
+	if len(endpoints) != 1 || endpoints[0].(map[string]any)["port"] != "metrics" || endpoints[0].(map[string]any)["honorLabels"] != true {
+		t.Errorf("ServiceMonitor endpoints %v, want the metrics port with honorLabels (the user's namespace label kept)", endpoints)
 	}
 	match, _, _ := unstructured.NestedStringMap(sm.Object, "spec", "selector", "matchLabels")
 	var metrics corev1.Service

@@ -414,8 +414,11 @@ func renderServiceMonitor(ns, name string, labels, extra map[string]string) *uns
 		"kind":       "ServiceMonitor",
 		"metadata":   map[string]any{"name": name, "namespace": ns, "labels": all},
 		"spec": map[string]any{
-			"selector":  map[string]any{"matchLabels": match},
-			"endpoints": []any{map[string]any{"port": "metrics", "path": "/metrics"}},
+			"selector": map[string]any{"matchLabels": match},
+			// honorLabels keeps the proxy's namespace and user labels (the
+			// user's namespace), which Prometheus would otherwise rename to
+			// exported_namespace in favour of the proxy pod's namespace.
+			"endpoints": []any{map[string]any{"port": "metrics", "path": "/metrics", "honorLabels": true}},
 		},
 	}}
 }

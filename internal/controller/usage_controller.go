@@ -69,10 +69,12 @@ func (r *UsageReconciler) judgeUsage(obj client.Object, v usageView, spec *llmv1
 	}
 	cond, _ := exceededCondition(states, obj.GetGeneration(), now)
 	prev := meta.FindStatusCondition(*v.conditions, cond.Type)
-	// Nothing used yet, nothing to say: the condition appears with the first
-	// usage, so that onboarding a user costs no status write of ours.
-	if prev == nil && len(v.usage) == 0 {
-		return time.Time{}
+	// The condition appears the first time a window is exhausted: until
+	// then there is nothing to say, and saying it would cost a status write
+	// for every user who starts using the proxy (10,000 writes competing
+	// with the proxy's own for 10,000 new users).
+	if prev == nil && cond.Status == metav1.ConditionFalse {
+		return nextDeadline(v.usage, now)
 	}
 	if prev == nil || prev.Status != cond.Status || prev.Message != cond.Message {
 		meta.SetStatusCondition(v.conditions, cond)

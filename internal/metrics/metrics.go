@@ -52,9 +52,8 @@ type Metrics struct {
 	tokenUsage *prometheus.HistogramVec
 	duration   *prometheus.HistogramVec
 	ttft       *prometheus.HistogramVec
-	requests   *prometheus.CounterVec
+	users      *userCounters
 	responses  *prometheus.CounterVec
-	tokens     *prometheus.CounterVec
 	rejections *prometheus.CounterVec
 	unsettled  prometheus.Gauge
 	budgets    *budgetBoard
@@ -113,18 +112,11 @@ func New(reg prometheus.Registerer, opts Options) *Metrics {
 			Help:    "Time from the request reaching the proxy to the first generated chunk of a streamed response.",
 			Buckets: ttftBuckets,
 		}, []string{"gen_ai_request_model", "gen_ai_operation_name"}),
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "llm_proxy_requests_total",
-			Help: "Requests answered by the proxy, by user and model (\"\" when unknown); llm_proxy_responses_total has their status codes.",
-		}, []string{"namespace", "user", "model"}),
+		users: newUserCounters(),
 		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llm_proxy_responses_total",
 			Help: "Requests answered by the proxy, by namespace, model (\"\" when unknown) and HTTP status code.",
 		}, []string{"namespace", "model", "code"}),
-		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "llm_proxy_tokens_total",
-			Help: "Tokens charged, by user, model and type (input or output).",
-		}, []string{"namespace", "user", "model", "type"}),
 		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llm_proxy_rejections_total",
 			Help: "Requests refused (or, for dry_run_* reasons, that would have been refused) by policy.",
@@ -135,7 +127,7 @@ func New(reg prometheus.Registerer, opts Options) *Metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.tokenUsage, m.duration, m.ttft, m.requests, m.responses, m.tokens, m.rejections, m.unsettled, m.budgets)
+		reg.MustRegister(m.tokenUsage, m.duration, m.ttft, m.users, m.responses, m.rejections, m.unsettled, m.budgets)
 	}
 	return m
 }
@@ -175,17 +167,20 @@ func (m *Metrics) ObserveRequest(r Request) {
 		return
 	}
 	user := m.user(r.User)
-	m.requests.WithLabelValues(r.Namespace, user, r.Model).Inc()
+	c := m.users.get(userKey{model: r.Model, namespace: r.Namespace, user: user})
+	c.requests.Add(1)
 	m.responses.WithLabelValues(r.Namespace, r.Model, codeString(r.Code)).Inc()
 	if r.Model == "" || r.Operation == "" {
 		return
 	}
 	if r.InputTokens > 0 || r.OutputTokens > 0 {
 		m.tokenUsage.WithLabelValues(TokenTypeInput, r.Model, r.Operation).Observe(float64(r.InputTokens))
-		m.tokens.WithLabelValues(r.Namespace, user, r.Model, TokenTypeInput).Add(float64(r.InputTokens))
+		c.tokens.Store(true)
+		c.input.Add(uint64(max(r.InputTokens, 0)))
 		if r.Operation != OperationEmbeddings {
 			m.tokenUsage.WithLabelValues(TokenTypeOutput, r.Model, r.Operation).Observe(float64(r.OutputTokens))
-			m.tokens.WithLabelValues(r.Namespace, user, r.Model, TokenTypeOutput).Add(float64(r.OutputTokens))
+			c.generates.Store(true)
+			c.output.Add(uint64(max(r.OutputTokens, 0)))
 		}
 	}
 	if r.Duration > 0 {
@@ -233,8 +228,7 @@ func (m *Metrics) ForgetUser(namespace, user string) {
 		return
 	}
 	l := prometheus.Labels{"namespace": namespace, "user": user}
-	m.requests.DeletePartialMatch(l)
-	m.tokens.DeletePartialMatch(l)
+	m.users.forget(namespace, user)
 	m.rejections.DeletePartialMatch(l)
 	m.budgets.forget(namespace, user)
 }

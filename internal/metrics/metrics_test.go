@@ -19,18 +19,23 @@ func TestObserveRequestAndForgetUser(t *testing.T) {
 		Code: 200, InputTokens: 7, Duration: time.Second})
 	m.Reject("team-a", "alice", ReasonRateLimit)
 
-	if got := testutil.ToFloat64(m.tokens.WithLabelValues("team-a", "alice", "llama", "output")); got != 5 {
-		t.Errorf("alice output tokens = %v, want 5", got)
-	}
-	if n := testutil.CollectAndCount(m.tokens); n != 3 { // alice in+out, bob in only
-		t.Errorf("token series = %d, want 3", n)
+	want := `
+# HELP llm_proxy_tokens_total Tokens charged, by user, model and type (input or output).
+# TYPE llm_proxy_tokens_total counter
+llm_proxy_tokens_total{model="llama",namespace="team-a",type="input",user="alice"} 10
+llm_proxy_tokens_total{model="llama",namespace="team-a",type="input",user="bob"} 7
+llm_proxy_tokens_total{model="llama",namespace="team-a",type="output",user="alice"} 5
+`
+	// bob's embeddings have no output series.
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "llm_proxy_tokens_total"); err != nil {
+		t.Error(err)
 	}
 	if n := testutil.CollectAndCount(m.ttft); n != 1 {
 		t.Errorf("ttft series = %d, want 1", n)
 	}
 
 	m.ForgetUser("team-a", "alice")
-	if n := testutil.CollectAndCount(m.requests); n != 1 {
+	if n := testutil.CollectAndCount(m.users, "llm_proxy_requests_total"); n != 1 {
 		t.Errorf("requests series after forgetting alice = %d, want 1 (bob)", n)
 	}
 	if n := testutil.CollectAndCount(m.rejections); n != 0 {
@@ -45,8 +50,13 @@ func TestUserLabelOff(t *testing.T) {
 	m := New(nil, Options{})
 	m.ObserveRequest(Request{Namespace: "ns", User: "alice", Model: "m", Operation: OperationChat, Code: 200, InputTokens: 1, OutputTokens: 1})
 	m.ObserveRequest(Request{Namespace: "ns", User: "bob", Model: "m", Operation: OperationChat, Code: 200, InputTokens: 1, OutputTokens: 1})
-	if got := testutil.ToFloat64(m.requests.WithLabelValues("ns", "", "m")); got != 2 {
-		t.Errorf("aggregated requests = %v, want 2", got)
+	want := `
+# HELP llm_proxy_requests_total Requests answered by the proxy, by user and model ("" when unknown); llm_proxy_responses_total has their status codes.
+# TYPE llm_proxy_requests_total counter
+llm_proxy_requests_total{model="m",namespace="ns",user=""} 2
+`
+	if err := testutil.CollectAndCompare(m.users, strings.NewReader(want), "llm_proxy_requests_total"); err != nil {
+		t.Error(err)
 	}
 }
 

@@ -31,6 +31,7 @@ import (
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/testutil/envtest"
+	"github.com/llm-user-operator/llm-user-operator/test/harness"
 )
 
 // TestCRDs starts one API server and runs every check against it: starting
@@ -44,8 +45,6 @@ func TestCRDs(t *testing.T) {
 	t.Run("StatusSubresource", func(t *testing.T) { testStatusSubresource(t, env) })
 	t.Run("Names", func(t *testing.T) { testNames(t, env) })
 	t.Run("Kubectl", func(t *testing.T) { testKubectl(t, env) })
-	t.Run("KustomizeDefault", func(t *testing.T) { testKustomizeDefault(t, env) })
-	t.Run("HelmChart", func(t *testing.T) { testHelmChart(t, env) })
 }
 
 func samplesDir() string {
@@ -471,14 +470,12 @@ func testNames(t *testing.T, env *envtest.Env) {
 // testKubectl applies the samples the way their kustomization.yaml says and
 // reads them back through kubectl, as a user would.
 func testKubectl(t *testing.T, env *envtest.Env) {
-	if _, err := exec.LookPath("kubectl"); err != nil {
-		t.Skip("kubectl is not on PATH")
-	}
+	bin := filepath.Join(harness.KubeTools(t), "kubectl")
 	ns := envtest.NewNamespace(t, env.Client, "kubectl")
 	cacheDir := t.TempDir()
 	kubectl := func(t *testing.T, args ...string) string {
 		t.Helper()
-		out, err := runKubectl(t.Context(), env.Kubeconfig, cacheDir, args...)
+		out, err := runKubectl(t.Context(), bin, env.Kubeconfig, cacheDir, args...)
 		if err != nil {
 			t.Fatalf("kubectl %s: %v", strings.Join(args, " "), err)
 		}
@@ -552,7 +549,7 @@ func testKubectl(t *testing.T, env *envtest.Env) {
 			{"llmuser.status.usage", []string{"windowStart", "resetAt"}},
 			{"llmquota.spec", []string{"limits", "maxTokensPerRequest", "models", "scope", "enforcement", "alertThresholds"}},
 		} {
-			out := explain(t, env.Kubeconfig, cacheDir, tc.path)
+			out := explain(t, bin, env.Kubeconfig, cacheDir, tc.path)
 			listed := explainFields(out)
 			for _, f := range tc.fields {
 				if !slices.Contains(listed, f) {
@@ -563,10 +560,12 @@ func testKubectl(t *testing.T, env *envtest.Env) {
 	})
 }
 
-func runKubectl(ctx context.Context, kubeconfig, cacheDir string, args ...string) (string, error) {
+// runKubectl runs the pinned kubectl (hack/kube-tools.sh, the API server's
+// version), never whatever kubectl is on PATH.
+func runKubectl(ctx context.Context, bin, kubeconfig, cacheDir string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig", kubeconfig, "--cache-dir", cacheDir}, args...)...)
+	cmd := exec.CommandContext(ctx, bin, append([]string{"--kubeconfig", kubeconfig, "--cache-dir", cacheDir}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -578,11 +577,11 @@ func runKubectl(ctx context.Context, kubeconfig, cacheDir string, args ...string
 // explain runs kubectl explain, retrying while the CRD's OpenAPI document is
 // not yet published: the API server builds it asynchronously after the CRD is
 // established.
-func explain(t *testing.T, kubeconfig, cacheDir, path string) string {
+func explain(t *testing.T, bin, kubeconfig, cacheDir, path string) string {
 	t.Helper()
 	var lastErr error
 	for range 60 {
-		out, err := runKubectl(t.Context(), kubeconfig, cacheDir, "explain", path)
+		out, err := runKubectl(t.Context(), bin, kubeconfig, cacheDir, "explain", path)
 		if err == nil {
 			return out
 		}
@@ -628,108 +627,4 @@ func tableRow(out, name string) []string {
 		}
 	}
 	return nil
-}
-
-// testKustomizeDefault renders config/default and has the API server accept
-// every object of it (server-side dry run): the install manifests stay valid.
-func testKustomizeDefault(t *testing.T, env *envtest.Env) {
-	if _, err := exec.LookPath("kubectl"); err != nil {
-		t.Skip("kubectl is not on PATH")
-	}
-	cacheDir := t.TempDir()
-	rendered, err := runKubectl(t.Context(), env.Kubeconfig, cacheDir, "kustomize", filepath.Join(envtest.RepoRoot(), "config", "default"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, kind := range []string{"CustomResourceDefinition", "Deployment", "ClusterRole", "Service"} {
-		if !strings.Contains(rendered, "kind: "+kind+"\n") {
-			t.Errorf("config/default renders no %s", kind)
-		}
-	}
-	if n := strings.Count(rendered, "kind: Deployment\n"); n != 2 {
-		t.Errorf("config/default renders %d Deployments, want the operator and the proxy", n)
-	}
-	file := filepath.Join(t.TempDir(), "install.yaml")
-	if err := os.WriteFile(file, []byte(rendered), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	// A dry-run Namespace is not created, so the objects in it need a real one.
-	if err := env.Client.Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "llm-user-operator-system"}}); client.IgnoreAlreadyExists(err) != nil {
-		t.Fatal(err)
-	}
-	if out, err := runKubectl(t.Context(), env.Kubeconfig, cacheDir, "apply", "--dry-run=server", "-f", file); err != nil {
-		t.Fatalf("the API server refused config/default: %v\n%s", err, out)
-	}
-}
-
-// helmBinary is the pinned helm that `make test` builds (HELM), or ./bin/helm.
-func helmBinary(t *testing.T) string {
-	t.Helper()
-	h := os.Getenv("HELM")
-	if h == "" {
-		h = filepath.Join(envtest.RepoRoot(), "bin", "helm")
-	}
-	if _, err := os.Stat(h); err != nil {
-		t.Fatalf("helm not found at %s: run `make test` (it builds the pinned helm into ./bin) or set HELM", h)
-	}
-	return h
-}
-
-func helmTemplate(t *testing.T, helm string, set ...string) (string, error) {
-	t.Helper()
-	args := []string{"template", "llm", filepath.Join(envtest.RepoRoot(), "charts", "llm-user-operator"),
-		"--namespace", "llm-chart", "--include-crds", "--kube-version", "1.37.2"}
-	for _, s := range set {
-		args = append(args, "--set", s)
-	}
-	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(t.Context(), helm, args...)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("%w: %s", err, stderr.String())
-	}
-	return stdout.String(), nil
-}
-
-// testHelmChart renders the chart with the pinned helm and has the API server
-// accept every object (server-side dry run); the chart's CRDs must be the
-// generated ones, and a Redis counter without an address must be refused.
-func testHelmChart(t *testing.T, env *envtest.Env) {
-	if _, err := exec.LookPath("kubectl"); err != nil {
-		t.Skip("kubectl is not on PATH")
-	}
-	helm := helmBinary(t)
-	rendered, err := helmTemplate(t, helm, "proxy.counter=redis", "proxy.redis.addr=redis:6379")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{"--counter=redis", "--redis-addr=redis:6379", "command: [/proxy]", "command: [/manager]"} {
-		if !strings.Contains(rendered, want) {
-			t.Errorf("rendered chart lacks %q", want)
-		}
-	}
-	for _, f := range []string{"llm.userops.dev_llmusers.yaml", "llm.userops.dev_llmquotas.yaml"} {
-		gen, err := os.ReadFile(filepath.Join(envtest.RepoRoot(), "config", "crd", "bases", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		chart, err := os.ReadFile(filepath.Join(envtest.RepoRoot(), "charts", "llm-user-operator", "crds", f))
-		if err != nil || !bytes.Equal(gen, chart) {
-			t.Errorf("charts/llm-user-operator/crds/%s differs from config/crd/bases (run make manifests): %v", f, err)
-		}
-	}
-	file := filepath.Join(t.TempDir(), "chart.yaml")
-	if err := os.WriteFile(file, []byte(rendered), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := env.Client.Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "llm-chart"}}); client.IgnoreAlreadyExists(err) != nil {
-		t.Fatal(err)
-	}
-	if out, err := runKubectl(t.Context(), env.Kubeconfig, t.TempDir(), "apply", "--dry-run=server", "-n", "llm-chart", "-f", file); err != nil {
-		t.Fatalf("the API server refused the chart: %v\n%s", err, out)
-	}
-
-	if _, err := helmTemplate(t, helm, "proxy.counter=redis"); err == nil || !strings.Contains(err.Error(), "proxy.redis.addr is required with counter: redis") {
-		t.Errorf("counter=redis without an address: %v, want a clear refusal", err)
-	}
 }

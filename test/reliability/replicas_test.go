@@ -16,7 +16,8 @@ import (
 )
 
 // testReplicas: replicas sharing one Redis admit a tight budget as one
-// proxy would, and each writes exactly its own share to status.
+// proxy would, and status, whichever replica writes it, holds exactly what
+// all of them charged: nothing counted twice, nothing lost.
 func (s *suite) testReplicas(t *testing.T) {
 	t.Parallel()
 	for _, n := range []int{2, 3} {
