@@ -63,7 +63,7 @@ func seed(ctx context.Context, counter quota.Counter, key string, entries []llmv
 		if used.IsZero() {
 			continue
 		}
-		if err := counter.Seed(ctx, key, e.Window, start, used); err != nil {
+		if err := counter.Seed(ctx, key, e.Window, start, used, nil); err != nil {
 			return fmt.Errorf("usage: seeding %s %s window: %w", key, e.Window, err)
 		}
 	}

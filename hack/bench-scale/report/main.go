@@ -6,7 +6,6 @@
 package main
 
 import (
-	"bufio"
 	"flag"
 	"fmt"
 	"maps"
@@ -33,19 +32,17 @@ func main() {
 }
 
 func read(path string) (map[string]string, error) {
-	f, err := os.Open(path)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
 	kv := map[string]string{}
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if k, v, ok := strings.Cut(strings.TrimSpace(s.Text()), "="); ok {
+	for line := range strings.Lines(string(b)) {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), "="); ok {
 			kv[k] = v
 		}
 	}
-	return kv, s.Err()
+	return kv, nil
 }
 
 // row is one figure of the report and how it is judged.
