@@ -92,6 +92,9 @@ type User struct {
 	// Budgets are the user's own budget and/or the Shared pool, ready for
 	// [quota.Counter.Reserve]. None means unlimited.
 	Budgets []quota.Budget
+	// Pricing is the quota's spec.pricing; nil when it has none (nothing
+	// costs anything, and no cost is shown).
+	Pricing *quota.Pricing
 }
 
 // concurrencyKey names the user's in-flight counter.

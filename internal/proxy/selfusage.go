@@ -224,11 +224,15 @@ func (p *Proxy) usageOf(ctx context.Context, u *User, claims *token.Claims, now 
 		if u.DryRun {
 			q.Enforcement = llmv1alpha1.EnforcementDryRun
 		}
+		if u.Pricing != nil {
+			q.Currency = u.Pricing.Currency
+		}
 		out.Quota = q
 	}
 	if p.counter == nil { // DisableQuota: nothing is counted
 		return out, nil, nil
 	}
+	priced := u.QuotaFound && u.Pricing != nil
 	var all []quota.WindowStatus
 	userKey := quota.UserKey(u.Namespace, u.Name, u.UID)
 	for _, b := range u.Budgets {
@@ -243,10 +247,10 @@ func (p *Proxy) usageOf(ctx context.Context, u *User, claims *token.Claims, now 
 		}
 		switch b.Kind {
 		case quota.BudgetPool:
-			out.Shared = &UsagePool{Quota: b.Name, Windows: usageWindows(ws), Lifetime: usageAmount(life)}
+			out.Shared = &UsagePool{Quota: b.Name, Windows: usageWindows(ws, priced), Lifetime: usageAmount(life, priced)}
 		default:
-			out.Windows = usageWindows(ws)
-			out.Lifetime = usageAmount(life)
+			out.Windows = usageWindows(ws, priced)
+			out.Lifetime = usageAmount(life, priced)
 			userKey = ""
 		}
 	}
@@ -257,21 +261,25 @@ func (p *Proxy) usageOf(ctx context.Context, u *User, claims *token.Claims, now 
 		if err != nil {
 			return nil, nil, err
 		}
-		out.Lifetime = usageAmount(life)
+		out.Lifetime = usageAmount(life, false)
 	}
 	return out, all, nil
 }
 
-func usageWindows(ws []quota.WindowStatus) []UsageWindow {
+// usageWindows converts a budget's windows; priced shows their costs.
+func usageWindows(ws []quota.WindowStatus, priced bool) []UsageWindow {
 	out := make([]UsageWindow, 0, len(ws))
 	for _, s := range ws {
 		w := UsageWindow{
 			Window:   s.Limit.Window,
 			Start:    s.Start.UTC(),
 			ResetsAt: s.ResetAt.UTC(),
-			Used:     usageAmount(s.Used),
-			Reserved: usageAmount(s.Reserved),
-			Models:   []UsageModel{},
+			Used:     usageAmount(s.Used, priced),
+			Reserved: usageAmount(s.Reserved, priced),
+			Models:   make([]UsageModel, 0, len(s.Models)),
+		}
+		for _, m := range s.Models {
+			w.Models = append(w.Models, UsageModel{Model: m.Model, UsageAmount: usageAmount(m.Amount, priced)})
 		}
 		w.Limit, w.Remaining = usageLimits(s)
 		out = append(out, w)
@@ -280,30 +288,43 @@ func usageWindows(ws []quota.WindowStatus) []UsageWindow {
 }
 
 // usageLimits returns the window's caps and what is left of each, with
-// used and reserved usage both counted, as admission counts them.
+// used and reserved usage both counted ([quota.WindowStatus.Left], as
+// admission and the rate-limit headers count them).
 func usageLimits(s quota.WindowStatus) (limit, remaining *UsageUnits) {
-	held := s.Used.Add(s.Reserved)
 	var l, r UsageUnits
 	capped := false
-	set := func(capv *int64, used int64, lp, rp **int64) {
-		if capv == nil {
-			return
+	for _, c := range [...]struct {
+		res    quota.Resource
+		lp, rp **int64
+	}{
+		{quota.ResourceRequests, &l.Requests, &r.Requests},
+		{quota.ResourceTokens, &l.Tokens, &r.Tokens},
+		{quota.ResourceInputTokens, &l.InputTokens, &r.InputTokens},
+		{quota.ResourceOutputTokens, &l.OutputTokens, &r.OutputTokens},
+	} {
+		if left, ok := s.Left(c.res); ok {
+			capv := *s.Limit.Cap(c.res)
+			*c.lp, *c.rp, capped = &capv, &left, true
 		}
-		c, left := *capv, max(*capv-used, 0)
-		*lp, *rp, capped = &c, &left, true
 	}
-	set(s.Limit.Requests, held.Requests, &l.Requests, &r.Requests)
-	set(s.Limit.Tokens, held.Total(), &l.Tokens, &r.Tokens)
-	set(s.Limit.InputTokens, held.InputTokens, &l.InputTokens, &r.InputTokens)
-	set(s.Limit.OutputTokens, held.OutputTokens, &l.OutputTokens, &r.OutputTokens)
+	if left, ok := s.Left(quota.ResourceCost); ok {
+		lc, rc := quota.FormatCost(*s.Limit.Cap(quota.ResourceCost)), quota.FormatCost(left)
+		l.Cost, r.Cost, capped = &lc, &rc, true
+	}
 	if !capped {
 		return nil, nil
 	}
 	return &l, &r
 }
 
-func usageAmount(a quota.Amount) UsageAmount {
-	return UsageAmount{
-		Requests: a.Requests, InputTokens: a.InputTokens, OutputTokens: a.OutputTokens, TotalTokens: a.Total(),
+// usageAmount converts an amount; priced shows its cost.
+func usageAmount(a quota.Amount, priced bool) UsageAmount {
+	out := UsageAmount{
+		Requests: a.Requests, InputTokens: a.InputTokens, CachedInputTokens: a.CachedInputTokens,
+		OutputTokens: a.OutputTokens, TotalTokens: a.Total(),
 	}
+	if priced {
+		out.Cost = quota.FormatCost(a.Cost)
+	}
+	return out
 }

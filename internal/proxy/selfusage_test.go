@@ -88,7 +88,9 @@ func TestUsageReply(t *testing.T) {
 			"reserved":{"requests":0,"input_tokens":0,"cached_input_tokens":0,"output_tokens":0,"total_tokens":0},
 			"limit":{"requests":1000,"tokens":100000},
 			"remaining":{"requests":998,"tokens":99966},
-			"models":[]}],
+			"models":[
+				{"model":"meta-llama/Llama-3.1-8B","requests":1,"input_tokens":11,"cached_input_tokens":0,"output_tokens":7,"total_tokens":18},
+				{"model":"qwen/Qwen3-8B","requests":1,"input_tokens":12,"cached_input_tokens":0,"output_tokens":4,"total_tokens":16}]}],
 		"lifetime":{"requests":2,"input_tokens":23,"cached_input_tokens":0,"output_tokens":11,"total_tokens":34},
 		"shared":null}`
 	var compact bytes.Buffer
@@ -366,4 +368,50 @@ func TestUsageWithoutAuth(t *testing.T) {
 	resp := e.do(t, http.MethodGet, "/v1/usage", "", "")
 	expectStatus(t, resp, http.StatusNotFound)
 	documented(t, http.MethodGet, "/v1/usage", resp)
+}
+
+// TestUsagePriced: with pricing, every amount has its cost as an exact
+// decimal, the quota its currency, and a cost budget its limit and what is
+// left of it.
+func TestUsagePriced(t *testing.T) {
+	e := newEnv(t, nil)
+	u := aliceUser()
+	// Budgets of 2.5 USD a day and 100 requests.
+	u.Budgets = []quota.Budget{quota.UserBudget("team-a", "alice", "uid-alice", []quota.Limit{
+		{Window: llmv1alpha1.WindowDay, Requests: ptr[int64](100), Cost: ptr[int64](2_500_000_000_000)},
+	}, false)}
+	u.Pricing = &quota.Pricing{Currency: "USD"}
+	e.dir.set(u)
+	// What admission charges: 1000 input tokens of which 400 cached, 200
+	// output, costing 0.000123 USD (123 000 000 pico-units).
+	charge := func(model string, a quota.Amount) {
+		r, _, err := e.mem.Reserve(t.Context(), quota.Request{Budgets: u.Budgets, Estimate: quota.Amount{Requests: 1}, Model: model})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.mem.Settle(t.Context(), r, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	charge("m1", quota.Amount{Requests: 1, InputTokens: 1000, CachedInputTokens: 400, OutputTokens: 200, Cost: 123_000_000})
+	charge("m2", quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 5, Cost: 1_500_000_000_000})
+
+	got, _, _ := e.getUsage(t)
+	if got.Quota.Currency != "USD" {
+		t.Errorf("currency %q, want USD", got.Quota.Currency)
+	}
+	w := got.Windows[0]
+	want := UsageAmount{Requests: 2, InputTokens: 1010, CachedInputTokens: 400, OutputTokens: 205, TotalTokens: 1215, Cost: "1.500123"}
+	if w.Used != want {
+		t.Errorf("used %s, want %s", toJSON(w.Used), toJSON(want))
+	}
+	if *w.Limit.Cost != "2.5" || *w.Remaining.Cost != "0.999877" || *w.Remaining.Requests != 98 {
+		t.Errorf("limit %s remaining %s, want 2.5 USD and 98 requests, 0.999877 USD left", toJSON(w.Limit), toJSON(w.Remaining))
+	}
+	if len(w.Models) != 2 || w.Models[0].Model != "m1" || w.Models[0].Cost != "0.000123" || w.Models[1].Cost != "1.5" {
+		t.Errorf("models %s, want m1 at 0.000123 and m2 at 1.5", toJSON(w.Models))
+	}
+	if w.Reserved.Cost != "0" || got.Lifetime.Cost != "1.500123" {
+		t.Errorf("reserved %s lifetime %s, want a cost of 0 and 1.500123", toJSON(w.Reserved), toJSON(got.Lifetime))
+	}
 }

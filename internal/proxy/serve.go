@@ -257,7 +257,7 @@ func (ex *exchange) admit() bool {
 // it answers 429 when a budget has no room.
 func (ex *exchange) reserve() bool {
 	p, u := ex.p, ex.user
-	req := quota.Request{Budgets: u.Budgets, Estimate: ex.est}
+	req := quota.Request{Budgets: u.Budgets, Estimate: ex.est, Model: ex.model.ID}
 	if ex.bound.chosen && ex.ep.kind == generation {
 		req.OutputStep = ex.bound.seqs
 	}
