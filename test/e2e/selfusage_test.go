@@ -1,0 +1,370 @@
+package e2e_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/internal/proxy"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/openapi"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/poll"
+	"github.com/llm-user-operator/llm-user-operator/test/harness"
+)
+
+// usageModels are the two names the simulator of TestUsage serves, so that
+// the split of usage by model is seen end to end.
+var usageModels = [2]string{"e2e-org/sim-chat-1b", "e2e-org/sim-chat-2b"}
+
+// usageSuite is TestUsage's running system: the operator, one proxy run
+// from its Deployment, and a simulator serving two models.
+type usageSuite struct {
+	*harness.Env
+	proxy harness.Proxy
+	doc   *openapi.Document
+}
+
+// TestUsage: GET /v1/usage, through the real operator and proxy, answers a
+// token holder what the client saw, what the next request is admitted
+// against, and what status says once flushed; every reply of /v1/usage and
+// /auth/refresh seen is the one the OpenAPI document describes. It runs a
+// system of its own because its simulator serves two models, which
+// TestE2E's model listing tests do not expect.
+func TestUsage(t *testing.T) {
+	doc, err := openapi.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := harness.Start(t, harness.Options{Issuer: "https://e2e-usage", Model: usageModels[0], NamespacePrefix: "usage", FlushWait: flushWait})
+	sim := env.StartSimulator(t, "llm-d-inference-sim", "--mode", "random", "--served-model-name", usageModels[0], usageModels[1])
+	mgr := env.StartManager(t, harness.ManagerConfig{Proxy: proxySettings(sim.URL, proxyFlushInterval)})
+	s := &usageSuite{Env: env, doc: doc}
+	s.proxy = env.StartReconciledProxy(t, "proxy", mgr)
+
+	t.Run("Usage", func(t *testing.T) {
+		t.Run("MatchesClientHeadersAndStatus", s.testMatches)
+		t.Run("Refresh", s.testRefresh)
+		t.Run("QuotaDeleted", s.testQuotaDeleted)
+	})
+}
+
+// usage calls GET /v1/usage with openai-go's generic Get, as a user of the
+// SDK would, and validates the reply against the OpenAPI document.
+func (s *usageSuite) usage(t *testing.T, c openai.Client) (proxy.Usage, http.Header) {
+	t.Helper()
+	var body []byte
+	var resp *http.Response
+	if err := c.Get(t.Context(), "usage", nil, &body, option.WithResponseInto(&resp)); err != nil {
+		t.Fatalf("GET /v1/usage: %v", err)
+	}
+	s.validate(t, http.MethodGet, "/v1/usage", resp, body)
+	var u proxy.Usage
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&u); err != nil {
+		t.Fatalf("GET /v1/usage: %v: %s", err, body)
+	}
+	return u, resp.Header
+}
+
+// validate fails t unless the OpenAPI document describes the response.
+func (s *usageSuite) validate(t *testing.T, method, path string, resp *http.Response, body []byte) {
+	t.Helper()
+	if err := s.doc.Validate(method, path, openapi.Response{Status: resp.StatusCode, Header: resp.Header, Body: body}); err != nil {
+		t.Error(err)
+	}
+}
+
+// apiError validates a refusal the SDK returned, and returns it.
+func (s *usageSuite) apiError(t *testing.T, method, path string, err error, status int) *openai.Error {
+	t.Helper()
+	e := harness.RequireAPIError(t, err, status)
+	body, rerr := io.ReadAll(e.Response.Body)
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	s.validate(t, method, path, e.Response, body)
+	return e
+}
+
+// modelTotals is what the client saw of one model.
+type modelTotals struct {
+	requests, input, cached, output int64
+}
+
+func (m *modelTotals) add(u openai.CompletionUsage) {
+	m.requests++
+	m.input += u.PromptTokens
+	m.cached += u.PromptTokensDetails.CachedTokens
+	m.output += u.CompletionTokens
+}
+
+// testMatches: after a mix of requests to two models, streamed and not,
+// /v1/usage says exactly what the client was told, the next request is
+// admitted against what it says is left, and after a flush status agrees.
+func (s *usageSuite) testMatches(t *testing.T) {
+	t.Parallel()
+	const tokenLimit, requestLimit = 1_000_000, 1000
+	a := s.NewAccount(t, llmv1alpha1.LLMQuotaSpec{Limits: []llmv1alpha1.QuotaLimit{
+		{Window: llmv1alpha1.WindowDay, Tokens: ptr.To[int64](tokenLimit), Requests: ptr.To[int64](requestLimit)},
+	}})
+	ctx := t.Context()
+
+	// Nothing used yet: the reply has the quota's window, empty.
+	fresh, _ := s.usage(t, a.Client)
+	if fresh.Object != "llm.usage" || fresh.Version != "v1" {
+		t.Errorf("object %q version %q, want llm.usage v1", fresh.Object, fresh.Version)
+	}
+	if fresh.User != (proxy.UsageUser{Namespace: a.Namespace, Name: harness.UserName}) {
+		t.Errorf("user %+v, want %s/%s", fresh.User, a.Namespace, harness.UserName)
+	}
+	if q := fresh.Quota; q == nil || q.Name != "quota" || q.Scope != llmv1alpha1.ScopePerUser || q.Enforcement != llmv1alpha1.EnforcementEnforce {
+		t.Errorf("quota %s, want quota, PerUser, Enforce", harness.ToJSON(fresh.Quota))
+	}
+	if len(fresh.Windows) != 1 || fresh.Windows[0].Used.Requests != 0 || *fresh.Windows[0].Remaining.Tokens != tokenLimit {
+		t.Fatalf("windows %s, want one Day window with nothing used", harness.ToJSON(fresh.Windows))
+	}
+	// The token is the Secret's: same expiry, refresh allowed by default.
+	exp, err := time.Parse(time.RFC3339, a.Env["expiresAt"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tk := fresh.Token; tk.ExpiresAt == nil || !tk.ExpiresAt.Equal(exp) || !tk.RefreshAllowed {
+		t.Errorf("token %s, want expiry %s (the Secret's expiresAt) and refresh allowed", harness.ToJSON(tk), exp)
+	}
+
+	// The mix: each model non-streamed twice and streamed once.
+	var seen [2]modelTotals
+	for i, model := range usageModels {
+		for n := range 2 {
+			res, err := a.Client.Chat.Completions.New(ctx, harness.ChatParams(model, "Say hello to the usage test.", 16))
+			if err != nil {
+				t.Fatalf("%s chat %d: %v", model, n, err)
+			}
+			if !res.JSON.Usage.Valid() || res.Usage.TotalTokens == 0 {
+				t.Fatalf("%s chat %d reports no usage: %s", model, n, res.RawJSON())
+			}
+			seen[i].add(res.Usage)
+		}
+		p := harness.ChatParams(model, "Tell a very short story.", 24)
+		p.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
+		stream := a.Client.Chat.Completions.NewStreaming(ctx, p)
+		var usage *openai.CompletionUsage
+		for stream.Next() {
+			if c := stream.Current(); c.JSON.Usage.Valid() && c.Usage.TotalTokens > 0 {
+				u := c.Usage
+				usage = &u
+			}
+		}
+		if err := stream.Err(); err != nil || usage == nil {
+			t.Fatalf("%s stream: %v, usage %v", model, err, usage)
+		}
+		seen[i].add(*usage)
+	}
+	var all modelTotals
+	for _, m := range seen {
+		all.requests += m.requests
+		all.input += m.input
+		all.cached += m.cached
+		all.output += m.output
+	}
+
+	got, h := s.usage(t, a.Client)
+	w := got.Windows[0]
+	wantUsed := proxy.UsageAmount{Requests: all.requests, InputTokens: all.input, CachedInputTokens: all.cached,
+		OutputTokens: all.output, TotalTokens: all.input + all.output}
+	if w.Window != llmv1alpha1.WindowDay || w.Used != wantUsed || w.Reserved != (proxy.UsageAmount{}) {
+		t.Errorf("window %s used %s reserved %s, want Day, what the client saw %s, nothing reserved",
+			w.Window, harness.ToJSON(w.Used), harness.ToJSON(w.Reserved), harness.ToJSON(wantUsed))
+	}
+	if got.Lifetime != wantUsed {
+		t.Errorf("lifetime %s, want %s", harness.ToJSON(got.Lifetime), harness.ToJSON(wantUsed))
+	}
+	if *w.Limit.Tokens != tokenLimit || *w.Limit.Requests != requestLimit ||
+		*w.Remaining.Tokens != tokenLimit-wantUsed.TotalTokens || *w.Remaining.Requests != requestLimit-all.requests {
+		t.Errorf("limit %s remaining %s, want %d tokens and %d requests less what the client saw",
+			harness.ToJSON(w.Limit), harness.ToJSON(w.Remaining), tokenLimit, requestLimit)
+	}
+	if len(w.Models) != 2 {
+		t.Fatalf("models %s, want one entry per model", harness.ToJSON(w.Models))
+	}
+	for i, model := range usageModels {
+		m, want := w.Models[i], seen[i]
+		if m.Model != model || m.Requests != want.requests || m.InputTokens != want.input || m.CachedInputTokens != want.cached ||
+			m.OutputTokens != want.output || m.TotalTokens != want.input+want.output {
+			t.Errorf("models[%d] = %s, want %s with what the client saw: %+v", i, harness.ToJSON(m), model, want)
+		}
+	}
+	if h.Get("X-Ratelimit-Remaining-Tokens") != strconv.FormatInt(tokenLimit-wantUsed.TotalTokens, 10) {
+		t.Errorf("GET /v1/usage's x-ratelimit-remaining-tokens = %q, want %d", h.Get("X-Ratelimit-Remaining-Tokens"), tokenLimit-wantUsed.TotalTokens)
+	}
+
+	// The next request (a /tokenize: one request, no tokens) is admitted
+	// against what /v1/usage said was left.
+	var next *http.Response
+	var tok []byte
+	root := strings.TrimSuffix(a.Env["OPENAI_BASE_URL"], "v1")
+	if err := a.Client.Post(ctx, "tokenize", map[string]string{"model": usageModels[0], "prompt": "hello"}, &tok,
+		option.WithBaseURL(root), option.WithResponseInto(&next)); err != nil {
+		t.Fatalf("POST /tokenize: %v", err)
+	}
+	for k, want := range map[string]int64{
+		"X-Ratelimit-Limit-Tokens":       tokenLimit,
+		"X-Ratelimit-Remaining-Tokens":   *w.Remaining.Tokens,
+		"X-Ratelimit-Limit-Requests":     requestLimit,
+		"X-Ratelimit-Remaining-Requests": *w.Remaining.Requests - 1,
+	} {
+		if got := next.Header.Get(k); got != strconv.FormatInt(want, 10) {
+			t.Errorf("next request's %s = %q, want %d from GET /v1/usage", k, got, want)
+		}
+	}
+	if got := next.Header.Get("X-Ratelimit-Reset-Tokens"); got == "" || next.Header.Get("X-Ratelimit-Reset-Requests") != got {
+		t.Errorf("next request's reset headers %q and %q, want the Day window's, the same", got, next.Header.Get("X-Ratelimit-Reset-Requests"))
+	}
+
+	// After a flush, status says what /v1/usage says.
+	wantReqs := all.requests + 1 // and the /tokenize
+	st := s.WaitRequests(t, a, wantReqs)
+	after, _ := s.usage(t, a.Client)
+	aw := after.Windows[0]
+	if aw.Used.Requests != wantReqs || aw.Used.TotalTokens != wantUsed.TotalTokens {
+		t.Errorf("after /tokenize: used %s, want %d requests and %d tokens", harness.ToJSON(aw.Used), wantReqs, wantUsed.TotalTokens)
+	}
+	sw := st.Usage[0]
+	if sw.Window != aw.Window || !sw.WindowStart.Time.Equal(aw.Start) || sw.Requests != aw.Used.Requests ||
+		sw.InputTokens != aw.Used.InputTokens || sw.OutputTokens != aw.Used.OutputTokens || sw.TotalTokens != aw.Used.TotalTokens {
+		t.Errorf("status.usage[0] %s, want what GET /v1/usage says: %s", harness.ToJSON(sw), harness.ToJSON(aw))
+	}
+	if sw.Remaining == nil || *sw.Remaining != *aw.Remaining.Tokens || sw.RemainingRequests == nil || *sw.RemainingRequests != *aw.Remaining.Requests {
+		t.Errorf("status.usage[0] remaining %v / %v requests, want GET /v1/usage's %s",
+			harness.ToJSON(sw.Remaining), harness.ToJSON(sw.RemainingRequests), harness.ToJSON(aw.Remaining))
+	}
+	if st.Lifetime == nil || st.Lifetime.TotalTokens != after.Lifetime.TotalTokens || st.Lifetime.Requests != after.Lifetime.Requests {
+		t.Errorf("status.lifetime %s, want GET /v1/usage's %s", harness.ToJSON(st.Lifetime), harness.ToJSON(after.Lifetime))
+	}
+
+	// Calling /v1/usage counted nothing: status and the counters still
+	// have the mix and the /tokenize alone.
+	again, _ := s.usage(t, a.Client)
+	if again.Windows[0].Used.Requests != wantReqs {
+		t.Errorf("GET /v1/usage was counted: %d requests, want %d", again.Windows[0].Used.Requests, wantReqs)
+	}
+
+	// A refusal is documented too.
+	bad := harness.NewClient(a.Env["OPENAI_BASE_URL"], "not-a-token")
+	err = bad.Get(ctx, "usage", nil, nil)
+	if e := s.apiError(t, http.MethodGet, "/v1/usage", err, http.StatusUnauthorized); e.Code != "invalid_api_key" {
+		t.Errorf("code %q, want invalid_api_key", e.Code)
+	}
+}
+
+// refresh POSTs to /auth/refresh beside the base URL, through the proxy,
+// with openai-go's generic Post, and validates the reply.
+func (s *usageSuite) refresh(t *testing.T, c openai.Client, baseURL string) (string, error) {
+	t.Helper()
+	var body []byte
+	var resp *http.Response
+	err := c.Post(t.Context(), "auth/refresh", nil, &body, option.WithBaseURL(strings.TrimSuffix(baseURL, "v1")), option.WithResponseInto(&resp))
+	if err != nil {
+		return "", err
+	}
+	s.validate(t, http.MethodPost, "/auth/refresh", resp, body)
+	var r struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := json.Unmarshal(body, &r); err != nil {
+		t.Fatalf("POST /auth/refresh: %v: %s", err, body)
+	}
+	return r.AccessToken, nil
+}
+
+// testRefresh: /auth/refresh answers as documented, a refreshed token
+// reports its own expiry in /v1/usage, and a user who may not refresh is
+// told so by both.
+func (s *usageSuite) testRefresh(t *testing.T) {
+	t.Parallel()
+	a := s.NewAccount(t, harness.DayTokens(1_000_000))
+	base := a.Env["OPENAI_BASE_URL"]
+	fresh, err := s.refresh(t, a.Client, base)
+	if err != nil {
+		t.Fatalf("POST /auth/refresh: %v", err)
+	}
+	c := harness.NewClient(base, fresh)
+	u, _ := s.usage(t, c)
+	if u.Token.ExpiresAt == nil || u.Token.ExpiresIn == nil || *u.Token.ExpiresIn <= 23*3600 || *u.Token.ExpiresIn > 24*3600 {
+		t.Errorf("refreshed token %s, want the default TTL of 24h left", harness.ToJSON(u.Token))
+	}
+
+	_, err = s.refresh(t, harness.NewClient(base, "not-a-token"), base)
+	if e := s.apiError(t, http.MethodPost, "/auth/refresh", err, http.StatusUnauthorized); e.Code != "invalid_api_key" {
+		t.Errorf("code %q, want invalid_api_key", e.Code)
+	}
+
+	var user llmv1alpha1.LLMUser
+	if err := s.Client.Get(t.Context(), a.Key(), &user); err != nil {
+		t.Fatal(err)
+	}
+	patch := client.MergeFrom(user.DeepCopy())
+	user.Spec.Token.AllowRefresh = ptr.To(false)
+	if err := s.Client.Patch(t.Context(), &user, patch); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, flushWait, func() error {
+		u, _ := s.usage(t, a.Client)
+		return poll.Check(!u.Token.RefreshAllowed, "refresh_allowed is still true")
+	})
+	poll.Until(t, flushWait, func() error {
+		_, err := s.refresh(t, a.Client, base)
+		var e *openai.Error
+		if !errors.As(err, &e) || e.StatusCode != http.StatusForbidden {
+			return errors.New("refresh not refused with 403 yet: " + harness.ToJSON(err))
+		}
+		return nil
+	})
+	_, err = s.refresh(t, a.Client, base)
+	if e := s.apiError(t, http.MethodPost, "/auth/refresh", err, http.StatusForbidden); e.Code != "refresh_not_allowed" {
+		t.Errorf("code %q, want refresh_not_allowed", e.Code)
+	}
+}
+
+// testQuotaDeleted: a user whose quota is gone still gets their usage,
+// without quota or windows, not an error.
+func (s *usageSuite) testQuotaDeleted(t *testing.T) {
+	t.Parallel()
+	a := s.NewAccount(t, harness.DayTokens(1_000_000))
+	res, err := a.Client.Chat.Completions.New(t.Context(), harness.ChatParams(usageModels[1], "Hello", 8))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := &llmv1alpha1.LLMQuota{}
+	q.Namespace, q.Name = a.Namespace, "quota"
+	if err := s.Client.Delete(t.Context(), q); err != nil {
+		t.Fatal(err)
+	}
+	var u proxy.Usage
+	poll.Until(t, flushWait, func() error {
+		u, _ = s.usage(t, a.Client)
+		return poll.Check(u.Quota == nil, "quota still reported: "+harness.ToJSON(u.Quota))
+	})
+	if len(u.Windows) != 0 || u.Shared != nil {
+		t.Errorf("windows %s shared %s, want none", harness.ToJSON(u.Windows), harness.ToJSON(u.Shared))
+	}
+	if u.Lifetime.Requests != 1 || u.Lifetime.TotalTokens != res.Usage.TotalTokens {
+		t.Errorf("lifetime %s, want the one request of %d tokens the client saw", harness.ToJSON(u.Lifetime), res.Usage.TotalTokens)
+	}
+	_, err = a.Client.Chat.Completions.New(t.Context(), harness.ChatParams(usageModels[1], "Hello", 8))
+	if e := harness.RequireAPIError(t, err, http.StatusForbidden); e.Code != "quota_not_found" {
+		t.Errorf("code %q, want quota_not_found", e.Code)
+	}
+}
