@@ -129,3 +129,26 @@ func TestValidate(t *testing.T) {
 		})
 	}
 }
+
+// TestReadmeExample: the README's example reply of GET /v1/usage is one
+// the document admits, so the two cannot drift apart.
+func TestReadmeExample(t *testing.T) {
+	d, err := Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("../../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "### `/v1/usage`")
+	_, example, ok2 := strings.Cut(section, "```json\n")
+	example, _, ok3 := strings.Cut(example, "```")
+	if !ok || !ok2 || !ok3 {
+		t.Fatal("the README has no JSON example under its /v1/usage section")
+	}
+	r := Response{Status: 200, Header: jsonHeader("Cache-Control", "no-store"), Body: []byte(example)}
+	if err := d.Validate("GET", "/v1/usage", r); err != nil {
+		t.Fatal(err)
+	}
+}
