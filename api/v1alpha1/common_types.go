@@ -77,6 +77,12 @@ type WindowUsage struct {
 	// +optional
 	Cost string `json:"cost,omitempty"`
 
+	// currency is the unit of cost and remainingCost: the quota's
+	// spec.pricing.currency when the window was written.
+	// +kubebuilder:validation:MaxLength=16
+	// +optional
+	Currency string `json:"currency,omitempty"`
+
 	// remainingCost is what is left of this window's cost budget
 	// (spec.limits[].cost), if it has one.
 	// +kubebuilder:validation:MaxLength=32
