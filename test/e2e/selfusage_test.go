@@ -250,6 +250,17 @@ func (s *usageSuite) testMatches(t *testing.T) {
 		t.Errorf("status.usage[0] remaining %v / %v requests, want GET /v1/usage's %s",
 			harness.ToJSON(sw.Remaining), harness.ToJSON(sw.RemainingRequests), harness.ToJSON(aw.Remaining))
 	}
+	if len(sw.Models) != len(aw.Models) {
+		t.Errorf("status.usage[0].models %s, want GET /v1/usage's %s", harness.ToJSON(sw.Models), harness.ToJSON(aw.Models))
+	} else {
+		for i, m := range sw.Models {
+			u := aw.Models[i]
+			if m.Model != u.Model || m.Requests != u.Requests || m.InputTokens != u.InputTokens ||
+				m.CachedInputTokens != u.CachedInputTokens || m.OutputTokens != u.OutputTokens {
+				t.Errorf("status.usage[0].models[%d] %s, want GET /v1/usage's %s", i, harness.ToJSON(m), harness.ToJSON(u))
+			}
+		}
+	}
 	if st.Lifetime == nil || st.Lifetime.TotalTokens != after.Lifetime.TotalTokens || st.Lifetime.Requests != after.Lifetime.Requests {
 		t.Errorf("status.lifetime %s, want GET /v1/usage's %s", harness.ToJSON(st.Lifetime), harness.ToJSON(after.Lifetime))
 	}
