@@ -12,10 +12,12 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/redis/go-redis/v9"
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 	"github.com/llm-user-operator/llm-user-operator/internal/testutil/openapi"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/redisserver"
 )
 
 // usageDoc is the OpenAPI document every reply of GET /v1/usage is
@@ -114,6 +116,22 @@ func TestUsageReply(t *testing.T) {
 // next request is admitted against, and a request in flight shows as
 // reserved exactly as its own x-ratelimit-* headers count it.
 func TestUsageAgreesWithAdmission(t *testing.T) {
+	t.Run("Memory", func(t *testing.T) { testUsageAgreesWithAdmission(t, nil) })
+	t.Run("Redis", func(t *testing.T) {
+		addr, _ := redisserver.Start(t)
+		client := redis.NewClient(&redis.Options{Addr: addr})
+		t.Cleanup(func() { _ = client.Close() })
+		c := quota.NewRedis(client, quota.RedisOptions{Prefix: "usage:", Now: testClock})
+		if err := c.MarkSeeded(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		testUsageAgreesWithAdmission(t, c)
+	})
+}
+
+// testUsageAgreesWithAdmission runs TestUsageAgreesWithAdmission on a
+// counter (nil: the env's Memory).
+func testUsageAgreesWithAdmission(t *testing.T, counter quota.Counter) {
 	up := newUpstream(t, "m")
 	release := make(chan struct{})
 	arrived := make(chan struct{}, 1)
@@ -126,7 +144,11 @@ func TestUsageAgreesWithAdmission(t *testing.T) {
 		<-release
 		_, _ = io.WriteString(w, `{"choices":[{"index":0,"text":"x"}],"usage":{"prompt_tokens":20,"completion_tokens":30}}`)
 	}
-	e := newEnv(t, nil, up)
+	e := newEnv(t, func(o *Options) {
+		if counter != nil {
+			o.Counter = counter
+		}
+	}, up)
 	u := aliceUser()
 	u.Budgets = []quota.Budget{quota.UserBudget("team-a", "alice", "uid-alice", []quota.Limit{
 		{Window: llmv1alpha1.WindowHour, Tokens: ptr[int64](1000), Requests: ptr[int64](10)},
@@ -170,6 +192,9 @@ func TestUsageAgreesWithAdmission(t *testing.T) {
 	}
 	if *w.Remaining.Tokens != 950 || *w.Remaining.Requests != 9 {
 		t.Errorf("settled: remaining %s, want 950 tokens and 9 requests", toJSON(w.Remaining))
+	}
+	if len(w.Models) != 1 || w.Models[0] != (UsageModel{Model: "m", UsageAmount: w.Used}) {
+		t.Errorf("settled: models %s, want all of it under m", toJSON(w.Models))
 	}
 	if h.Get("X-Ratelimit-Remaining-Tokens") != "950" || h.Get("X-Ratelimit-Remaining-Requests") != "9" {
 		t.Errorf("GET /v1/usage headers remaining tokens %q requests %q, want 950 and 9",
