@@ -346,10 +346,13 @@ func (ex *exchange) finish(code int, charge quota.Amount, errType string) {
 	if ex.res != nil {
 		at = ex.res.At
 	}
-	var ns, name string
+	var ns, name, currency string
 	var c quota.Charge
 	if u := ex.user; u != nil {
 		ns, name = u.Namespace, u.Name
+		if u.Pricing != nil {
+			currency = u.Pricing.Currency
+		}
 		c = quota.Charge{Namespace: ns, User: name, UserUID: u.UID, Quota: u.QuotaName, QuotaUID: u.QuotaUID,
 			Pool: u.pool(), Model: ex.modelID(), Amount: charge, At: at, Alert: ex.alert}
 	}
@@ -360,7 +363,7 @@ func (ex *exchange) finish(code int, charge quota.Amount, errType string) {
 	}
 	p.metrics.ObserveRequest(metrics.Request{
 		Namespace: ns, User: name, Model: ex.modelID(), Operation: ex.ep.operation, Code: code,
-		InputTokens: charge.InputTokens, OutputTokens: charge.OutputTokens,
+		InputTokens: charge.InputTokens, OutputTokens: charge.OutputTokens, Currency: currency, Cost: charge.Cost,
 		Duration: time.Since(ex.began), TTFT: ex.ttft, ErrorType: errType,
 	})
 }
