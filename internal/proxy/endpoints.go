@@ -45,6 +45,8 @@ type endpoint struct {
 	streamUsage bool
 	// responses: the Responses API, with its own unmeterable options.
 	responses bool
+	// priority: vLLM takes a scheduling priority in the request body.
+	priority bool
 }
 
 // metered reports whether the endpoint's usage is charged in tokens.
@@ -55,13 +57,13 @@ func (e *endpoint) capField() string { return e.capFields[0] }
 
 var (
 	epChat = &endpoint{path: "/v1/chat/completions", kind: generation, operation: metrics.OperationChat,
-		capFields: []string{"max_completion_tokens", "max_tokens"}, promptField: "messages", streamUsage: true}
+		capFields: []string{"max_completion_tokens", "max_tokens"}, promptField: "messages", streamUsage: true, priority: true}
 	epCompletions = &endpoint{path: "/v1/completions", kind: generation, operation: metrics.OperationTextCompletion,
-		capFields: []string{"max_tokens"}, defaultCap: 16, promptField: "prompt", multiPrompt: true, streamUsage: true}
+		capFields: []string{"max_tokens"}, defaultCap: 16, promptField: "prompt", multiPrompt: true, streamUsage: true, priority: true}
 	epEmbeddings = &endpoint{path: "/v1/embeddings", kind: embedding, operation: metrics.OperationEmbeddings,
-		promptField: "input"}
+		promptField: "input", priority: true}
 	epResponses = &endpoint{path: "/v1/responses", kind: generation, operation: metrics.OperationChat,
-		capFields: []string{"max_output_tokens"}, promptField: "input", responses: true}
+		capFields: []string{"max_output_tokens"}, promptField: "input", responses: true, priority: true}
 	epTokenize   = &endpoint{path: "/tokenize", kind: utility, promptField: "prompt"}
 	epDetokenize = &endpoint{path: "/detokenize", kind: utility}
 

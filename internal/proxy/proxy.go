@@ -92,9 +92,12 @@ type User struct {
 	// Budgets are the user's own budget and/or the Shared pool, ready for
 	// [quota.Counter.Reserve]. None means unlimited.
 	Budgets []quota.Budget
-	// Pricing is the quota's spec.pricing; nil when it has none (nothing
-	// costs anything, and no cost is shown).
+	// Pricing is the quota's prices (nil: every model is free).
 	Pricing *quota.Pricing
+	// Priority is the quota's spec.priority, written into every request that
+	// takes one (nil: none is sent). Whatever it is, the client's own
+	// priority is dropped.
+	Priority *int32
 }
 
 // concurrencyKey names the user's in-flight counter.

@@ -179,5 +179,6 @@ func (d *Directory) view(u *llmv1alpha1.LLMUser) proxy.User {
 	v.DryRun = q.Spec.Enforcement == llmv1alpha1.EnforcementDryRun
 	v.Budgets = quota.BudgetsFor(u, q)
 	v.Pricing = quota.PricingFromSpec(q.Spec.Pricing)
+	v.Priority = q.Spec.Priority
 	return v
 }

@@ -103,7 +103,14 @@ func TestPriceCost(t *testing.T) {
 
 // TestCostHasNoDrift: for every price of the table, a million requests of
 // random sizes cost, summed one by one, exactly what their summed tokens
-// cost at once: integer pico-units never round.
+// cost at once.
+//
+// By money.go's design no request's cost can be rounded: a price per million
+// tokens has at most 6 decimals, so it is a whole number of pico-units per
+// token, and a cost is a product of integers. The property holds by
+// construction; it is asserted all the same, so that a change of unit (a
+// price with a 7th decimal, a cost kept in micro-units, a float anywhere)
+// that would make per-request rounding possible fails here.
 func TestCostHasNoDrift(t *testing.T) {
 	prices := []Price{
 		{Input: 1, CachedInput: 1, Output: 1},                          // 0.000001 per million

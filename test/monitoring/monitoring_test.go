@@ -151,8 +151,13 @@ func TestDashboardsAndAlerts(t *testing.T) {
 	perUser := func(requests int64) llmv1alpha1.LLMQuotaSpec {
 		return llmv1alpha1.LLMQuotaSpec{Limits: limits(dayTokens, requests), MaxTokensPerRequest: ptr.To[int64](maxTokensPerRequest)}
 	}
+	// The usage account's quota prices every token at 3 USD a million, so
+	// its cost is exactly 0.000003 USD per token the client was told of.
+	priced := perUser(10)
+	priced.Pricing = &llmv1alpha1.Pricing{Currency: "USD", Models: []llmv1alpha1.ModelPrice{
+		{Model: "*", Input: "3", CachedInput: ptr.To[llmv1alpha1.Decimal]("3"), Output: "3"}}}
 	var (
-		usage   = on("main", perUser(10))
+		usage   = on("main", priced)
 		near    = on("main", perUser(25))
 		spent   = on("main", perUser(2))
 		pool    = on("main", llmv1alpha1.LLMQuotaSpec{Limits: limits(dayTokens, 2), Scope: llmv1alpha1.ScopeShared})
@@ -237,6 +242,9 @@ func TestDashboardsAndAlerts(t *testing.T) {
 		// Admin, every namespace.
 		"llm-user-operator-admin / Tokens per user / A": exactly([]string{"namespace", "user"}, tokensOf(served...)),
 		"llm-user-operator-admin / Top users / A":       exactly([]string{"namespace", "user"}, tokensOf(served...)),
+		// Only the priced account has a cost series.
+		"llm-user-operator-admin / Cost per user / A": exactly([]string{"namespace", "user", "currency"},
+			map[string]float64{usage.Namespace + "/" + usage.Name + "/USD": 0.000003 * float64(usage.tokens)}),
 		"llm-user-operator-admin / Token rate per user / A": all(
 			has(user(usage), positive), has(user(near), positive)),
 		"llm-user-operator-admin / Token rate per model / A": all(
