@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math/big"
 	"net/http"
 	"strconv"
 	"strings"
@@ -116,9 +117,18 @@ func (m *modelTotals) add(u openai.CompletionUsage) {
 func (s *usageSuite) testMatches(t *testing.T) {
 	t.Parallel()
 	const tokenLimit, requestLimit = 1_000_000, 1000
-	a := s.NewAccount(t, llmv1alpha1.LLMQuotaSpec{Limits: []llmv1alpha1.QuotaLimit{
-		{Window: llmv1alpha1.WindowDay, Tokens: ptr.To[int64](tokenLimit), Requests: ptr.To[int64](requestLimit)},
-	}})
+	// Prices per million tokens, in micro-USD (which is pico-USD per
+	// token): model 0 at 0.5 input and 1.5 output, model 1 at 2 input, 1
+	// cached input and 8 output; a budget of 100 USD a day.
+	prices := [2]struct{ input, cached, output int64 }{{500_000, 500_000, 1_500_000}, {2_000_000, 1_000_000, 8_000_000}}
+	a := s.NewAccount(t, llmv1alpha1.LLMQuotaSpec{
+		Limits: []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowDay, Tokens: ptr.To[int64](tokenLimit),
+			Requests: ptr.To[int64](requestLimit), Cost: ptr.To[llmv1alpha1.Decimal]("100")}},
+		Pricing: &llmv1alpha1.Pricing{Currency: "USD", Models: []llmv1alpha1.ModelPrice{
+			{Model: usageModels[0], Input: "0.5", Output: "1.5"},
+			{Model: usageModels[1], Input: "2", CachedInput: ptr.To[llmv1alpha1.Decimal]("1"), Output: "8"},
+		}},
+	})
 	ctx := t.Context()
 
 	// Nothing used yet: the reply has the quota's window, empty.
@@ -129,8 +139,11 @@ func (s *usageSuite) testMatches(t *testing.T) {
 	if fresh.User != (proxy.UsageUser{Namespace: a.Namespace, Name: harness.UserName}) {
 		t.Errorf("user %+v, want %s/%s", fresh.User, a.Namespace, harness.UserName)
 	}
-	if q := fresh.Quota; q == nil || q.Name != "quota" || q.Scope != llmv1alpha1.ScopePerUser || q.Enforcement != llmv1alpha1.EnforcementEnforce {
-		t.Errorf("quota %s, want quota, PerUser, Enforce", harness.ToJSON(fresh.Quota))
+	if q := fresh.Quota; q == nil || q.Name != "quota" || q.Scope != llmv1alpha1.ScopePerUser || q.Enforcement != llmv1alpha1.EnforcementEnforce || q.Currency != "USD" {
+		t.Errorf("quota %s, want quota, PerUser, Enforce, USD", harness.ToJSON(fresh.Quota))
+	}
+	if w := fresh.Windows; len(w) == 1 && (w[0].Used.Cost != "0" || *w[0].Limit.Cost != "100" || *w[0].Remaining.Cost != "100") {
+		t.Errorf("fresh window %s, want nothing spent of 100 USD", harness.ToJSON(w[0]))
 	}
 	if len(fresh.Windows) != 1 || fresh.Windows[0].Used.Requests != 0 || *fresh.Windows[0].Remaining.Tokens != tokenLimit {
 		t.Fatalf("windows %s, want one Day window with nothing used", harness.ToJSON(fresh.Windows))
@@ -173,18 +186,23 @@ func (s *usageSuite) testMatches(t *testing.T) {
 		seen[i].add(*usage)
 	}
 	var all modelTotals
-	for _, m := range seen {
+	var costs [2]int64 // pico-USD, from the prices and what the client saw
+	for i, m := range seen {
 		all.requests += m.requests
 		all.input += m.input
 		all.cached += m.cached
 		all.output += m.output
+		p := prices[i]
+		costs[i] = (m.input-m.cached)*p.input + m.cached*p.cached + m.output*p.output
 	}
 
 	got, h := s.usage(t, a.Client)
 	w := got.Windows[0]
 	wantUsed := proxy.UsageAmount{Requests: all.requests, InputTokens: all.input, CachedInputTokens: all.cached,
-		OutputTokens: all.output, TotalTokens: all.input + all.output}
-	if w.Window != llmv1alpha1.WindowDay || w.Used != wantUsed || w.Reserved != (proxy.UsageAmount{}) {
+		OutputTokens: all.output, TotalTokens: all.input + all.output, Cost: w.Used.Cost}
+	checkCost(t, "used", w.Used.Cost, costs[0]+costs[1])
+	checkCost(t, "remaining", *w.Remaining.Cost, 100_000_000_000_000-costs[0]-costs[1])
+	if w.Window != llmv1alpha1.WindowDay || w.Used != wantUsed || w.Reserved != (proxy.UsageAmount{Cost: "0"}) {
 		t.Errorf("window %s used %s reserved %s, want Day, what the client saw %s, nothing reserved",
 			w.Window, harness.ToJSON(w.Used), harness.ToJSON(w.Reserved), harness.ToJSON(wantUsed))
 	}
@@ -201,6 +219,7 @@ func (s *usageSuite) testMatches(t *testing.T) {
 	}
 	for i, model := range usageModels {
 		m, want := w.Models[i], seen[i]
+		checkCost(t, model, m.Cost, costs[i])
 		if m.Model != model || m.Requests != want.requests || m.InputTokens != want.input || m.CachedInputTokens != want.cached ||
 			m.OutputTokens != want.output || m.TotalTokens != want.input+want.output {
 			t.Errorf("models[%d] = %s, want %s with what the client saw: %+v", i, harness.ToJSON(m), model, want)
@@ -256,10 +275,13 @@ func (s *usageSuite) testMatches(t *testing.T) {
 		for i, m := range sw.Models {
 			u := aw.Models[i]
 			if m.Model != u.Model || m.Requests != u.Requests || m.InputTokens != u.InputTokens ||
-				m.CachedInputTokens != u.CachedInputTokens || m.OutputTokens != u.OutputTokens {
+				m.CachedInputTokens != u.CachedInputTokens || m.OutputTokens != u.OutputTokens || m.Cost != u.Cost {
 				t.Errorf("status.usage[0].models[%d] %s, want GET /v1/usage's %s", i, harness.ToJSON(m), harness.ToJSON(u))
 			}
 		}
+	}
+	if sw.Cost != aw.Used.Cost || sw.Currency != "USD" || sw.RemainingCost != *aw.Remaining.Cost {
+		t.Errorf("status.usage[0] cost %q %s, %q left, want GET /v1/usage's %q USD, %q left", sw.Cost, sw.Currency, sw.RemainingCost, aw.Used.Cost, *aw.Remaining.Cost)
 	}
 	if st.Lifetime == nil || st.Lifetime.TotalTokens != after.Lifetime.TotalTokens || st.Lifetime.Requests != after.Lifetime.Requests {
 		t.Errorf("status.lifetime %s, want GET /v1/usage's %s", harness.ToJSON(st.Lifetime), harness.ToJSON(after.Lifetime))
@@ -377,5 +399,16 @@ func (s *usageSuite) testQuotaDeleted(t *testing.T) {
 	_, err = a.Client.Chat.Completions.New(t.Context(), harness.ChatParams(usageModels[1], "Hello", 8))
 	if e := harness.RequireAPIError(t, err, http.StatusForbidden); e.Code != "quota_not_found" {
 		t.Errorf("code %q, want quota_not_found", e.Code)
+	}
+}
+
+// checkCost checks that a decimal cost in USD is exactly pico pico-USD,
+// read with math/big rather than the product's own decimal code.
+func checkCost(t *testing.T, what, got string, pico int64) {
+	t.Helper()
+	g, ok := new(big.Rat).SetString(got)
+	want := big.NewRat(pico, 1_000_000_000_000)
+	if !ok || g.Cmp(want) != 0 || strings.ContainsAny(got, "eE") {
+		t.Errorf("%s cost %q USD, want exactly %s", what, got, want.FloatString(12))
 	}
 }
