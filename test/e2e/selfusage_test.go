@@ -14,6 +14,9 @@ import (
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -57,6 +60,7 @@ func TestUsage(t *testing.T) {
 		t.Run("MatchesClientHeadersAndStatus", s.testMatches)
 		t.Run("Refresh", s.testRefresh)
 		t.Run("QuotaDeleted", s.testQuotaDeleted)
+		t.Run("Shared", s.testShared)
 	})
 }
 
@@ -411,4 +415,64 @@ func checkCost(t *testing.T, what, got string, pico int64) {
 	if !ok || g.Cmp(want) != 0 || strings.ContainsAny(got, "eE") {
 		t.Errorf("%s cost %q USD, want exactly %s", what, got, want.FloatString(12))
 	}
+}
+
+// testShared: with a Shared quota, a user sees their own share and the
+// pool's use by everyone, and what the pool has left.
+func (s *usageSuite) testShared(t *testing.T) {
+	t.Parallel()
+	const poolLimit = 500_000
+	q := harness.DayTokens(poolLimit)
+	q.Scope = llmv1alpha1.ScopeShared
+	alice := s.NewAccount(t, q)
+	bob := s.secondUser(t, alice, "bob")
+
+	var alices, bobs int64
+	for _, c := range []struct {
+		a   openai.Client
+		sum *int64
+	}{{alice.Client, &alices}, {bob, &bobs}, {bob, &bobs}} {
+		res, err := c.a.Chat.Completions.New(t.Context(), harness.ChatParams(usageModels[0], "Hello from a team.", 8))
+		if err != nil {
+			t.Fatal(err)
+		}
+		*c.sum += res.Usage.TotalTokens
+	}
+
+	u, h := s.usage(t, alice.Client)
+	if u.Quota == nil || u.Quota.Scope != llmv1alpha1.ScopeShared {
+		t.Fatalf("quota %s, want Shared", harness.ToJSON(u.Quota))
+	}
+	if len(u.Windows) != 1 || u.Windows[0].Used.Requests != 1 || u.Windows[0].Used.TotalTokens != alices || u.Windows[0].Limit != nil {
+		t.Errorf("alice's windows %s, want her 1 request of %d tokens, without limit", harness.ToJSON(u.Windows), alices)
+	}
+	p := u.Shared
+	if p == nil || p.Quota != "quota" || len(p.Windows) != 1 {
+		t.Fatalf("shared %s, want the pool of quota with its Day window", harness.ToJSON(p))
+	}
+	w := p.Windows[0]
+	if w.Used.Requests != 3 || w.Used.TotalTokens != alices+bobs || *w.Limit.Tokens != poolLimit || *w.Remaining.Tokens != poolLimit-alices-bobs {
+		t.Errorf("pool window %s, want 3 requests and %d tokens of %d", harness.ToJSON(w), alices+bobs, poolLimit)
+	}
+	if got := h.Get("X-Ratelimit-Remaining-Tokens"); got != strconv.FormatInt(poolLimit-alices-bobs, 10) {
+		t.Errorf("x-ratelimit-remaining-tokens %q, want the pool's %d", got, poolLimit-alices-bobs)
+	}
+}
+
+// secondUser creates another LLMUser on a's quota and returns the client
+// its token Secret gives.
+func (s *usageSuite) secondUser(t *testing.T, a *harness.Account, name string) openai.Client {
+	t.Helper()
+	s.MustCreate(t, &llmv1alpha1.LLMUser{
+		ObjectMeta: metav1.ObjectMeta{Namespace: a.Namespace, Name: name},
+		Spec:       llmv1alpha1.LLMUserSpec{QuotaRef: llmv1alpha1.QuotaReference{Name: "quota"}},
+	})
+	var sec corev1.Secret
+	poll.Until(t, 30*time.Second, func() error {
+		if err := s.Client.Get(t.Context(), types.NamespacedName{Namespace: a.Namespace, Name: name + "-llm-token"}, &sec); err != nil {
+			return err
+		}
+		return poll.Check(len(sec.Data["OPENAI_API_KEY"]) > 0, "no OPENAI_API_KEY yet")
+	})
+	return harness.NewClient(string(sec.Data["OPENAI_BASE_URL"]), string(sec.Data["OPENAI_API_KEY"]))
 }
