@@ -25,6 +25,9 @@
 //	    (forcing stream usage, and hiding it again from clients that did not
 //	    ask for it), and the charge goes to the [UsageSink] and the metrics.
 //
+// GET /v1/usage (selfusage.go) tells the caller their own usage, limits and
+// what is left, from the same counters admission reads.
+//
 // The package knows nothing of Kubernetes: users come from a [Directory],
 // which production backs with informer caches and tests with a map.
 package proxy
