@@ -9,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/internal/metrics"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 )
 
@@ -147,7 +150,8 @@ func TestCachedTokensPriced(t *testing.T) {
 		io.WriteString(w, `{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],`+
 			`"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18,"prompt_tokens_details":{"cached_tokens":8}}}`)
 	}
-	e := newEnv(t, nil, up)
+	reg := prometheus.NewRegistry()
+	e := newEnv(t, func(o *Options) { o.Metrics = metrics.New(reg, metrics.Options{UserLabel: true, Now: testClock}) }, up)
 	u := aliceUser()
 	u.Pricing = llamaPricing()
 	e.dir.set(u)
@@ -166,6 +170,12 @@ func TestCachedTokensPriced(t *testing.T) {
 	readAll(t, resp)
 	if c := e.sink.wait(t); c.Amount.Cost != 0 || c.Amount.CachedInputTokens != 8 {
 		t.Errorf("an unpriced model charged %+v, want cost 0 and its 8 cached tokens counted", c.Amount)
+	}
+	for model, want := range map[string]float64{"meta-llama/Llama-3.1-8B": 0.000066, "qwen/Qwen3-8B": 0} {
+		labels := map[string]string{"namespace": "team-a", "user": "alice", "model": model, "currency": "USD"}
+		if got := metricValue(t, reg, "llm_user_cost_total", labels); got != want {
+			t.Errorf("llm_user_cost_total%v = %v, want %v", labels, got, want)
+		}
 	}
 }
 

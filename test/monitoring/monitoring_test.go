@@ -17,6 +17,7 @@ import (
 
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/operatorconfig"
@@ -324,6 +325,32 @@ func TestDashboardsAndAlerts(t *testing.T) {
 				t.Errorf("expectation %q matches no panel query of the dashboards", k)
 			}
 		}
+	})
+
+	// The usage account's status agrees with the per-model panels above:
+	// its window's split by model holds the tokens the client was told of
+	// (the panel's figure), the requests answered, and their cost.
+	t.Run("StatusAgreesWithPanels", func(t *testing.T) {
+		// 3 µUSD a token, written as status writes decimals.
+		micros := 3 * usage.tokens
+		wantCost := strings.TrimRight(strings.TrimRight(fmt.Sprintf("%d.%06d", micros/1_000_000, micros%1_000_000), "0"), ".")
+		poll.Until(t, 30*time.Second, func() error {
+			var u llmv1alpha1.LLMUser
+			if err := env.Client.Get(t.Context(), client.ObjectKey{Namespace: usage.Namespace, Name: usage.Name}, &u); err != nil {
+				return err
+			}
+			if len(u.Status.Usage) != 1 || len(u.Status.Usage[0].Models) != 1 {
+				return fmt.Errorf("status.usage = %+v, want one window split into one model", u.Status.Usage)
+			}
+			w := u.Status.Usage[0]
+			m := w.Models[0]
+			if m.Model != modelID || m.InputTokens+m.OutputTokens != usage.tokens || m.Requests != int64(usage.ok) || m.Cost != wantCost ||
+				w.Cost != wantCost || w.Currency != "USD" {
+				return fmt.Errorf("status window cost %s %s, model %+v; want %s: %d tokens, %d requests, cost %s USD",
+					w.Cost, w.Currency, m, modelID, usage.tokens, usage.ok, wantCost)
+			}
+			return nil
+		})
 	})
 
 	alerts := map[string]check{
