@@ -229,7 +229,7 @@ func (p *Proxy) usageOf(ctx context.Context, u *User, claims *token.Claims, now 
 		}
 		out.Quota = q
 	}
-	if p.counter == nil { // DisableQuota: nothing is counted
+	if p.counter == nil || p.disableQuota { // nothing is counted
 		return out, nil, nil
 	}
 	priced := u.QuotaFound && u.Pricing != nil
