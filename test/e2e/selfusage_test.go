@@ -474,5 +474,12 @@ func (s *usageSuite) secondUser(t *testing.T, a *harness.Account, name string) o
 		}
 		return poll.Check(len(sec.Data["OPENAI_API_KEY"]) > 0, "no OPENAI_API_KEY yet")
 	})
-	return harness.NewClient(string(sec.Data["OPENAI_BASE_URL"]), string(sec.Data["OPENAI_API_KEY"]))
+	c := harness.NewClient(string(sec.Data["OPENAI_BASE_URL"]), string(sec.Data["OPENAI_API_KEY"]))
+	// The proxy learns of the user from its informer, which may trail the
+	// Secret by a moment.
+	poll.Until(t, flushWait, func() error {
+		var body []byte
+		return c.Get(t.Context(), "usage", nil, &body)
+	})
+	return c
 }
