@@ -85,8 +85,11 @@ func addSat(a, b int64) int64 {
 }
 
 // percentOf is used·100/cap rounded down, without overflow for any
-// non-negative used and positive cap.
+// non-negative used; a cap of zero or less is always past 100 %.
 func percentOf(used, capv int64) int64 {
+	if capv <= 0 {
+		return math.MaxInt64
+	}
 	hi, lo := bits.Mul64(uint64(max(used, 0)), 100)
 	if hi >= uint64(capv) {
 		return math.MaxInt64

@@ -178,6 +178,7 @@ func TestPercentOf(t *testing.T) {
 		{0, 100, 0}, {80, 100, 80}, {79, 100, 79}, {1, 3, 33},
 		{math.MaxInt64 / 2, math.MaxInt64, 49}, {math.MaxInt64, math.MaxInt64, 100},
 		{math.MaxInt64, 1, math.MaxInt64},
+		{5, 0, math.MaxInt64}, // a zero cap is always past 100 %
 	} {
 		if got := percentOf(tc.used, tc.capv); got != tc.want {
 			t.Errorf("percentOf(%d, %d) = %d, want %d", tc.used, tc.capv, got, tc.want)

@@ -379,7 +379,7 @@ func (r *Redis) Status(ctx context.Context, b Budget) ([]WindowStatus, error) {
 			state[i].models = sortModels(state[i].models)
 		}
 		if rd.err != nil || len(rd.v) != 0 {
-			return nil, fmt.Errorf("quota: status from redis: unexpected reply %v: %v", reply, rd.err)
+			return nil, fmt.Errorf("quota: status from redis: unexpected reply %v: %w", reply, cmp.Or(rd.err, errors.New("values left over")))
 		}
 	}
 	return p.windows(state), nil

@@ -173,9 +173,6 @@ local function inflight(key, live, clean)
 end
 `
 
-// countsLen is how many values a script's reply gives per window (pushCounts).
-const countsLen = 9
-
 // modelsLua reads and writes a window's per-model split: the hash
 // <window key>:models, one field per model, "req in cin out cost".
 const modelsLua = `

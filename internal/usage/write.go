@@ -265,7 +265,11 @@ func raiseModels(ms []quota.ModelAmount, recorded []llmv1alpha1.ModelUsage) []qu
 			out[i].Amount = raise(out[i].Amount, modelAmount(r))
 			continue
 		}
-		if len(out) < quota.MaxModels+1 {
+		named := len(out)
+		if slices.ContainsFunc(out, func(m quota.ModelAmount) bool { return m.Model == quota.OtherModels }) {
+			named--
+		}
+		if r.Model == quota.OtherModels || named < quota.MaxModels {
 			out = append(out, quota.ModelAmount{Model: r.Model, Amount: modelAmount(r)})
 		}
 	}

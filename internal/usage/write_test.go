@@ -1,6 +1,8 @@
 package usage
 
 import (
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -182,5 +184,18 @@ func TestLifetimeCost(t *testing.T) {
 	}
 	if got := lifetime(nil, quota.Amount{Requests: 1}, false); got.Cost != "" {
 		t.Errorf("an unpriced lifetime shows cost %q", got.Cost)
+	}
+}
+
+// TestRaiseModelsKeepsTheBound: models status recorded and the counter
+// lacks are kept only while fewer than 10 are named; "other" always is.
+func TestRaiseModelsKeepsTheBound(t *testing.T) {
+	var counted []quota.ModelAmount
+	for i := range quota.MaxModels {
+		counted = append(counted, quota.ModelAmount{Model: fmt.Sprintf("m%02d", i), Amount: quota.Amount{Requests: 1}})
+	}
+	got := raiseModels(counted, []llmv1alpha1.ModelUsage{{Model: "a-late", Requests: 4}, {Model: quota.OtherModels, Requests: 2}})
+	if len(got) != 11 || got[10].Model != quota.OtherModels || got[10].Requests != 2 || slices.ContainsFunc(got, func(m quota.ModelAmount) bool { return m.Model == "a-late" }) {
+		t.Errorf("raiseModels = %+v, want the 10 counted models and other, without a-late", got)
 	}
 }
