@@ -106,6 +106,8 @@ func admin() *dashboardBuilder {
 			series(qTokenRatePerUser, "{{namespace}}/{{user}}"))).
 		WithPanel(graph("Token rate per model", "Tokens per second by model and type (input or output).", "short", 12, 8,
 			series(qTokenRatePerModel, "{{model}} {{type}}"))).
+		WithPanel(bars("Cost per user", "What each user of a priced LLMQuota (spec.pricing) spent over the selected time range, in the quota's currency; status.usage[].cost has the exact figures per window.", "short", 24, 9,
+			instant(qCostPerUser, "{{namespace}}/{{user}} {{currency}}"))).
 		WithRow(dashboard.NewRowBuilder("Budgets")).
 		WithPanel(bars("Remaining tokens per user", "Tokens left in each window of each user's own budget (PerUser quotas), for the windows past their first alert threshold (the proxy's --metrics-user-budgets=alerting).", "short", 8, 9,
 			instant(qRemainingUserTokens, "{{namespace}}/{{user}} {{window}}"))).

@@ -27,6 +27,7 @@ const (
 	mPending         = "llm_proxy_status_pending_objects"
 	mCounterUp       = "llm_proxy_counter_available"
 	mCounterErrors   = "llm_proxy_counter_errors_total"
+	mCost            = "llm_user_cost_total" // per user, model and currency, for priced quotas
 )
 
 // budgetKey identifies a budget window; every proxy replica exports the same
@@ -113,6 +114,7 @@ var (
 	qTokenRatePerUser    = fmt.Sprintf("sum by (namespace, user) (%s)", rate(mTokens, selAdmin))
 	qTokenRatePerModel   = fmt.Sprintf("sum by (model, type) (%s)", rate(mTokens, selAdmin))
 	qTopUsers            = fmt.Sprintf("topk(10, sum by (namespace, user) %s)", inRange(mTokens, selAdmin))
+	qCostPerUser         = fmt.Sprintf("sum by (namespace, user, currency) %s", inRange(mCost, selAdmin))
 	qRemainingUserTokens = remaining(mRemainingTokens, selAdmin, `user!=""`)
 	qRemainingUserReqs   = remaining(mRemainingReqs, selAdmin, `user!=""`)
 	qRemainingPoolTokens = remaining(mRemainingTokens, selAdmin, `user=""`)

@@ -62,7 +62,80 @@ type WindowUsage struct {
 	// remainingRequests is what is left of this window's requests limit, if any.
 	// +optional
 	RemainingRequests *int64 `json:"remainingRequests,omitempty"`
+
+	// cachedInputTokens counts the input tokens of this window that the model
+	// server found in its prefix cache: a part of inputTokens, priced apart
+	// (spec.pricing.models[].cachedInput). vLLM reports them when run with
+	// --enable-prompt-tokens-details.
+	// +optional
+	CachedInputTokens int64 `json:"cachedInputTokens,omitempty"`
+
+	// cost is what this window's usage cost, in the quota's
+	// spec.pricing.currency, as an exact decimal ("12.5"). Absent when the
+	// quota has no pricing.
+	// +kubebuilder:validation:MaxLength=32
+	// +optional
+	Cost string `json:"cost,omitempty"`
+
+	// currency is the unit of cost and remainingCost: the quota's
+	// spec.pricing.currency when the window was written.
+	// +kubebuilder:validation:MaxLength=16
+	// +optional
+	Currency string `json:"currency,omitempty"`
+
+	// remainingCost is what is left of this window's cost budget
+	// (spec.limits[].cost), if it has one.
+	// +kubebuilder:validation:MaxLength=32
+	// +optional
+	RemainingCost string `json:"remainingCost,omitempty"`
+
+	// models splits this window's usage by model. The first 10 models used
+	// in the window have an entry each; the usage of any further model is
+	// summed in one entry named "other".
+	// +listType=map
+	// +listMapKey=model
+	// +kubebuilder:validation:MaxItems=11
+	// +optional
+	Models []ModelUsage `json:"models,omitempty"`
 }
+
+// ModelUsage is what one model was used for in a window.
+type ModelUsage struct {
+	// model is the model's name, or "other" for the models used after the
+	// first 10 of the window.
+	// +kubebuilder:validation:MaxLength=253
+	// +required
+	Model string `json:"model"`
+
+	// requests counts the requests charged for this model.
+	// +optional
+	Requests int64 `json:"requests"`
+
+	// inputTokens counts its prompt tokens.
+	// +optional
+	InputTokens int64 `json:"inputTokens"`
+
+	// cachedInputTokens counts the part of inputTokens the model server found
+	// in its prefix cache.
+	// +optional
+	CachedInputTokens int64 `json:"cachedInputTokens,omitempty"`
+
+	// outputTokens counts its completion tokens.
+	// +optional
+	OutputTokens int64 `json:"outputTokens"`
+
+	// cost is what this model's usage cost, when the quota has pricing.
+	// +kubebuilder:validation:MaxLength=32
+	// +optional
+	Cost string `json:"cost,omitempty"`
+}
+
+// Decimal is a non-negative decimal number written as a string, with at most
+// 7 digits before the point and 6 after it, such as "0.15" or "12": prices
+// and budgets are exact, never floating point.
+// +kubebuilder:validation:MaxLength=14
+// +kubebuilder:validation:XValidation:rule="self.matches('^(0|[1-9][0-9]{0,6})([.][0-9]{1,6})?$')",message="must be a decimal number such as 0.15 or 12, written as a string: digits, at most 7 before the point and 6 after it, with no sign, exponent or separators"
+type Decimal string
 
 // AlertStatus records the highest alert threshold already reported for the
 // current instance of a window, so each threshold fires once per window.
@@ -98,6 +171,17 @@ type UsageTotals struct {
 	// totalTokens is inputTokens plus outputTokens.
 	// +optional
 	TotalTokens int64 `json:"totalTokens"`
+
+	// cachedInputTokens counts every charged prompt token the model server
+	// found in its prefix cache (a part of inputTokens).
+	// +optional
+	CachedInputTokens int64 `json:"cachedInputTokens,omitempty"`
+
+	// cost is what everything charged cost, in the quota's
+	// spec.pricing.currency, while the quota had pricing.
+	// +kubebuilder:validation:MaxLength=32
+	// +optional
+	Cost string `json:"cost,omitempty"`
 }
 
 // Well-known condition types, reasons, labels and annotations.

@@ -27,8 +27,8 @@ const (
 )
 
 // QuotaLimit caps usage within one calendar window. At least one of tokens,
-// inputTokens, outputTokens or requests must be set.
-// +kubebuilder:validation:XValidation:rule="has(self.tokens) || has(self.inputTokens) || has(self.outputTokens) || has(self.requests)",message="must set at least one of tokens, inputTokens, outputTokens or requests"
+// inputTokens, outputTokens, requests or cost must be set.
+// +kubebuilder:validation:XValidation:rule="has(self.tokens) || has(self.inputTokens) || has(self.outputTokens) || has(self.requests) || has(self.cost)",message="must set at least one of tokens, inputTokens, outputTokens, requests or cost"
 type QuotaLimit struct {
 	// window is the calendar period (UTC) the limit applies to: Minute, Hour,
 	// Day, Week (Monday 00:00 UTC) or Month (first day, 00:00 UTC).
@@ -54,9 +54,65 @@ type QuotaLimit struct {
 	// +kubebuilder:validation:Minimum=0
 	// +optional
 	Requests *int64 `json:"requests,omitempty"`
+
+	// cost caps what the window's usage may cost, in spec.pricing.currency,
+	// as a decimal string such as "25" or "7.5" (at most 9000000). Like a
+	// token limit, it admits a request only when the most it can cost fits
+	// what is left: its prompt at the model's higher input price and every
+	// output token it may generate at the output price. Requests that cost
+	// nothing (a model no price matches, /tokenize) are not held back by it.
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^9[0-9]{6}') || self.matches('^9000000([.]0{1,6})?$')",message="must be at most 9000000: costs are counted exactly, in 10^-12 units of the currency, in 64-bit integers"
+	// +optional
+	Cost *Decimal `json:"cost,omitempty"`
+}
+
+// Pricing says what each model's tokens cost, in one currency.
+type Pricing struct {
+	// currency is the unit of every price and cost budget of the quota: an
+	// ISO 4217 code such as USD or EUR, or a unit of your own such as
+	// credits.
+	// +kubebuilder:validation:MaxLength=16
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z]{1,16}$')",message="must be a currency code such as USD or EUR, or a unit name of your own: 1 to 16 letters"
+	// +required
+	Currency string `json:"currency"`
+
+	// models are the prices per model, as glob patterns of model names ("*"
+	// matches any run of characters, "?" one). The first entry whose pattern
+	// matches a model prices it; a model that no entry matches costs nothing.
+	// +listType=atomic
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=50
+	// +kubebuilder:validation:XValidation:rule="self.all(m, self.exists_one(n, n.model == m.model))",message="must list each model pattern once: the first entry that matches a model prices it, so a second one would never apply"
+	// +required
+	Models []ModelPrice `json:"models"`
+}
+
+// ModelPrice is the price of the models a pattern matches, per million
+// tokens, in the quota's currency.
+type ModelPrice struct {
+	// model is a glob pattern of model names, such as "meta-llama/*".
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +required
+	Model string `json:"model"`
+
+	// input is the price of a million input (prompt) tokens.
+	// +required
+	Input Decimal `json:"input"`
+
+	// cachedInput is the price of a million input tokens that the model
+	// server found in its prefix cache (vLLM reports them when run with
+	// --enable-prompt-tokens-details). Defaults to input.
+	// +optional
+	CachedInput *Decimal `json:"cachedInput,omitempty"`
+
+	// output is the price of a million output (completion) tokens.
+	// +required
+	Output Decimal `json:"output"`
 }
 
 // LLMQuotaSpec is a usage policy that LLMUsers of the same namespace reference.
+// +kubebuilder:validation:XValidation:rule="!has(self.limits) || !self.limits.exists(l, has(l.cost)) || has(self.pricing)",message="limits[].cost is a budget in spec.pricing.currency: set spec.pricing (a currency and the models' prices), or remove cost"
 type LLMQuotaSpec struct {
 	// limits are the budgets, at most one per window. Requests are refused once
 	// any window's limit is reached, until that window resets. Empty means no
@@ -114,6 +170,22 @@ type LLMQuotaSpec struct {
 	// +kubebuilder:validation:items:Maximum=100
 	// +optional
 	AlertThresholds []int32 `json:"alertThresholds,omitempty"`
+
+	// pricing says what each model's tokens cost: status, the proxy's
+	// GET /v1/usage and the llm_user_cost_total metric then show costs, and
+	// limits[].cost budgets them.
+	// +optional
+	Pricing *Pricing `json:"pricing,omitempty"`
+
+	// priority is the scheduling priority of every request of this quota's
+	// users: the proxy writes it into the request's priority field, replacing
+	// any priority the client sent. vLLM run with --scheduling-policy
+	// priority serves lower values first (0 is its default). Unset sends no
+	// priority; a client's own is dropped all the same, so that no user can
+	// promote themselves.
+	// +kubebuilder:validation:XValidation:rule="self >= -1000 && self <= 1000",message="must be between -1000 and 1000: vLLM serves lower values first (with --scheduling-policy priority), and 0 is its default"
+	// +optional
+	Priority *int32 `json:"priority,omitempty"`
 }
 
 // LLMQuotaStatus is the observed state of an LLMQuota.
@@ -169,6 +241,9 @@ type LLMQuotaStatus struct {
 // +kubebuilder:printcolumn:name="Enforcement",type=string,JSONPath=`.spec.enforcement`,priority=1
 // +kubebuilder:printcolumn:name="Concurrency",type=integer,JSONPath=`.spec.maxConcurrentRequests`,priority=1
 // +kubebuilder:printcolumn:name="Used",type=integer,JSONPath=`.status.usage[0].totalTokens`,priority=1
+// +kubebuilder:printcolumn:name="Cost",type=string,JSONPath=`.status.usage[0].cost`,priority=1
+// +kubebuilder:printcolumn:name="Currency",type=string,JSONPath=`.spec.pricing.currency`,priority=1
+// +kubebuilder:printcolumn:name="Priority",type=integer,JSONPath=`.spec.priority`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type LLMQuota struct {
 	metav1.TypeMeta   `json:",inline"`

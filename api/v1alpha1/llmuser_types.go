@@ -164,6 +164,8 @@ type LLMUserStatus struct {
 // +kubebuilder:printcolumn:name="Quota",type=string,JSONPath=`.spec.quotaRef.name`
 // +kubebuilder:printcolumn:name="Used",type=integer,JSONPath=`.status.usage[0].totalTokens`
 // +kubebuilder:printcolumn:name="Remaining",type=integer,JSONPath=`.status.usage[0].remaining`
+// +kubebuilder:printcolumn:name="Cost",type=string,JSONPath=`.status.usage[0].cost`
+// +kubebuilder:printcolumn:name="Currency",type=string,JSONPath=`.status.usage[0].currency`
 // +kubebuilder:printcolumn:name="Reset",type=string,JSONPath=`.status.usage[0].resetAt`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Suspended",type=boolean,JSONPath=`.spec.suspended`,priority=1

@@ -14,7 +14,9 @@
 //   - code is an HTTP status code and reason, type and window are fixed sets.
 //
 // A user who made requests has three series by default, per model:
-// llm_proxy_requests_total and llm_proxy_tokens_total's input and output.
+// llm_proxy_requests_total and llm_proxy_tokens_total's input and output;
+// a user of a priced quota has a fourth, llm_user_cost_total, in the
+// quota's currency.
 // Status codes are counted per namespace and model (llm_proxy_responses_total),
 // a refused user adds a llm_proxy_rejections_total series per reason, and a
 // user's budget gauges are exported once a window passes its first alert
@@ -152,6 +154,10 @@ type Request struct {
 	Code      int
 	// InputTokens and OutputTokens are what was charged.
 	InputTokens, OutputTokens int64
+	// Currency is the user's quota's currency, "" when it has no pricing;
+	// Cost is what the request cost in it, in pico-units (10^-12).
+	Currency string
+	Cost     int64
 	// Duration is the whole request; zero skips the duration histogram.
 	Duration time.Duration
 	// TTFT is the time to the first streamed chunk; zero when not streamed.
@@ -169,6 +175,9 @@ func (m *Metrics) ObserveRequest(r Request) {
 	user := m.user(r.User)
 	c := m.users.get(userKey{model: r.Model, namespace: r.Namespace, user: user})
 	c.requests.Add(1)
+	if r.Currency != "" && r.Model != "" {
+		m.users.addCost(costKey{currency: r.Currency, model: r.Model, namespace: r.Namespace, user: user}, r.Cost)
+	}
 	m.responses.WithLabelValues(r.Namespace, r.Model, codeString(r.Code)).Inc()
 	if r.Model == "" || r.Operation == "" {
 		return

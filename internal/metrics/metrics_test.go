@@ -170,3 +170,34 @@ func descHelp(d *prometheus.Desc) string {
 	i := strings.Index(s, `help: "`) + len(`help: "`)
 	return s[i : i+strings.Index(s[i:], `"`)]
 }
+
+// TestCostCounter: llm_user_cost_total is what a priced user's requests
+// cost, per model, in the quota's currency units; an unpriced request adds
+// no series, and a forgotten user's series go.
+func TestCostCounter(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	m := New(reg, Options{UserLabel: true})
+	req := func(user, model, currency string, pico int64) {
+		m.ObserveRequest(Request{Namespace: "team-a", User: user, Model: model, Operation: OperationChat, Code: 200,
+			InputTokens: 10, OutputTokens: 5, Currency: currency, Cost: pico})
+	}
+	req("alice", "llama", "USD", 78_000_000)        // 0.000078
+	req("alice", "llama", "USD", 1_500_000_000_000) // 1.5
+	req("alice", "qwen", "USD", 0)                  // a free model of a priced quota: a zero series
+	req("bob", "llama", "EUR", 250_000_000_000)     // 0.25
+	req("carol", "llama", "", 0)                    // no pricing: no series
+	want := `
+# HELP llm_user_cost_total What the requests of a user of a priced LLMQuota cost, by model, in units of the quota's currency (exact values are in status).
+# TYPE llm_user_cost_total counter
+llm_user_cost_total{currency="EUR",model="llama",namespace="team-a",user="bob"} 0.25
+llm_user_cost_total{currency="USD",model="llama",namespace="team-a",user="alice"} 1.500078
+llm_user_cost_total{currency="USD",model="qwen",namespace="team-a",user="alice"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "llm_user_cost_total"); err != nil {
+		t.Error(err)
+	}
+	m.ForgetUser("team-a", "alice")
+	if n := testutil.CollectAndCount(m.users, "llm_user_cost_total"); n != 1 {
+		t.Errorf("cost series after forgetting alice = %d, want 1 (bob)", n)
+	}
+}

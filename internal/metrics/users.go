@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"cmp"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -16,10 +17,20 @@ var (
 	descTokens = prometheus.NewDesc("llm_proxy_tokens_total",
 		"Tokens charged, by user, model and type (input or output).",
 		[]string{"namespace", "user", "model", "type"}, nil)
+	descCost = prometheus.NewDesc("llm_user_cost_total",
+		"What the requests of a user of a priced LLMQuota cost, by model, in units of the quota's currency (exact values are in status).",
+		[]string{"namespace", "user", "model", "currency"}, nil)
 )
 
 // userKey is one user's use of one model.
 type userKey struct{ model, namespace, user string }
+
+// costKey is what one user's use of one model cost in one currency. The
+// label values sort in label-name order: currency, model, namespace, user.
+type costKey struct{ currency, model, namespace, user string }
+
+// picoPerUnit converts pico-units of a currency to units.
+const picoPerUnit = 1e12
 
 type userCounts struct {
 	requests, input, output atomic.Uint64
@@ -37,9 +48,39 @@ type userCounts struct {
 type userCounters struct {
 	mu sync.RWMutex
 	m  map[userKey]*userCounts
+	// cost is llm_user_cost_total, in pico-units: only users of priced
+	// quotas have a series.
+	cost map[costKey]*atomic.Int64
 }
 
-func newUserCounters() *userCounters { return &userCounters{m: map[userKey]*userCounts{}} }
+func newUserCounters() *userCounters {
+	return &userCounters{m: map[userKey]*userCounts{}, cost: map[costKey]*atomic.Int64{}}
+}
+
+// addCost adds pico pico-units to k's cost, saturating rather than wrapping.
+func (u *userCounters) addCost(k costKey, pico int64) {
+	u.mu.RLock()
+	c := u.cost[k]
+	u.mu.RUnlock()
+	if c == nil {
+		u.mu.Lock()
+		if c = u.cost[k]; c == nil {
+			c = &atomic.Int64{}
+			u.cost[k] = c
+		}
+		u.mu.Unlock()
+	}
+	for {
+		old := c.Load()
+		next := old + max(pico, 0)
+		if next < old {
+			next = math.MaxInt64
+		}
+		if c.CompareAndSwap(old, next) {
+			return
+		}
+	}
+}
 
 func (u *userCounters) get(k userKey) *userCounts {
 	u.mu.RLock()
@@ -65,11 +106,22 @@ func (u *userCounters) forget(namespace, user string) {
 			delete(u.m, k)
 		}
 	}
+	for k := range u.cost {
+		if k.namespace == namespace && k.user == user {
+			delete(u.cost, k)
+		}
+	}
 }
 
 func (u *userCounters) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descRequests
 	ch <- descTokens
+	ch <- descCost
+}
+
+type costEntry struct {
+	costKey
+	c *atomic.Int64
 }
 
 type userEntry struct {
@@ -83,7 +135,17 @@ func (u *userCounters) Collect(ch chan<- prometheus.Metric) {
 	for k, c := range u.m {
 		entries = append(entries, userEntry{k, c})
 	}
+	costs := make([]costEntry, 0, len(u.cost))
+	for k, c := range u.cost {
+		costs = append(costs, costEntry{k, c})
+	}
 	u.mu.RUnlock()
+	slices.SortFunc(costs, func(a, b costEntry) int {
+		return cmp.Or(cmp.Compare(a.currency, b.currency), cmp.Compare(a.model, b.model), cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.user, b.user))
+	})
+	for _, e := range costs {
+		ch <- prometheus.MustNewConstMetric(descCost, prometheus.CounterValue, float64(e.c.Load())/picoPerUnit, e.namespace, e.user, e.model, e.currency)
+	}
 	// The registry orders a family's metrics by their label values taken in
 	// label-name order: model, namespace, (type,) user.
 	slices.SortFunc(entries, func(a, b userEntry) int {

@@ -10,9 +10,9 @@ import (
 	"github.com/llm-user-operator/llm-user-operator/internal/token"
 )
 
-// authenticate resolves the request's bearer token to a current user, or
-// answers 401 saying exactly what is wrong with the token.
-func (p *Proxy) authenticate(w http.ResponseWriter, r *http.Request) (User, bool) {
+// authenticate resolves the request's bearer token to a current user and its
+// verified claims, or answers 401 saying exactly what is wrong with the token.
+func (p *Proxy) authenticate(w http.ResponseWriter, r *http.Request) (User, *token.Claims, bool) {
 	raw, present, ok := openaiapi.BearerToken(r.Header)
 	if !present {
 		return p.unauthorized(w, "", "", metrics.ReasonUnauthenticated,
@@ -46,15 +46,15 @@ func (p *Proxy) authenticate(w http.ResponseWriter, r *http.Request) (User, bool
 		return p.unauthorized(w, ns, name, metrics.ReasonRevoked,
 			"API key revoked: LLMUser "+ns+"/"+name+" is suspended.")
 	}
-	return u, true
+	return u, claims, true
 }
 
-func (p *Proxy) unauthorized(w http.ResponseWriter, ns, name, reason, msg string) (User, bool) {
+func (p *Proxy) unauthorized(w http.ResponseWriter, ns, name, reason, msg string) (User, *token.Claims, bool) {
 	p.metrics.Reject(ns, name, reason)
 	p.metrics.ObserveRequest(metrics.Request{Namespace: ns, User: name, Code: http.StatusUnauthorized})
 	w.Header()["Www-Authenticate"] = []string{`Bearer realm="llm-proxy"`}
 	openaiapi.WriteError(w, http.StatusUnauthorized, openaiapi.TypeInvalidRequest, openaiapi.CodeInvalidAPIKey, "", msg)
-	return User{}, false
+	return User{}, nil, false
 }
 
 // tokenErrorMessage turns a verification failure into a message saying

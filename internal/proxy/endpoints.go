@@ -45,6 +45,8 @@ type endpoint struct {
 	streamUsage bool
 	// responses: the Responses API, with its own unmeterable options.
 	responses bool
+	// priority: vLLM takes a scheduling priority in the request body.
+	priority bool
 }
 
 // metered reports whether the endpoint's usage is charged in tokens.
@@ -55,13 +57,13 @@ func (e *endpoint) capField() string { return e.capFields[0] }
 
 var (
 	epChat = &endpoint{path: "/v1/chat/completions", kind: generation, operation: metrics.OperationChat,
-		capFields: []string{"max_completion_tokens", "max_tokens"}, promptField: "messages", streamUsage: true}
+		capFields: []string{"max_completion_tokens", "max_tokens"}, promptField: "messages", streamUsage: true, priority: true}
 	epCompletions = &endpoint{path: "/v1/completions", kind: generation, operation: metrics.OperationTextCompletion,
-		capFields: []string{"max_tokens"}, defaultCap: 16, promptField: "prompt", multiPrompt: true, streamUsage: true}
+		capFields: []string{"max_tokens"}, defaultCap: 16, promptField: "prompt", multiPrompt: true, streamUsage: true, priority: true}
 	epEmbeddings = &endpoint{path: "/v1/embeddings", kind: embedding, operation: metrics.OperationEmbeddings,
-		promptField: "input"}
+		promptField: "input", priority: true}
 	epResponses = &endpoint{path: "/v1/responses", kind: generation, operation: metrics.OperationChat,
-		capFields: []string{"max_output_tokens"}, promptField: "input", responses: true}
+		capFields: []string{"max_output_tokens"}, promptField: "input", responses: true, priority: true}
 	epTokenize   = &endpoint{path: "/tokenize", kind: utility, promptField: "prompt"}
 	epDetokenize = &endpoint{path: "/detokenize", kind: utility}
 
@@ -70,7 +72,8 @@ var (
 )
 
 // routes registers the proxy's paths on a mux: each endpoint of the table,
-// the model listing, and an OpenAI-shaped 404 for everything else.
+// the model listing, the caller's usage, and an OpenAI-shaped 404 for
+// everything else.
 func (p *Proxy) routes() http.Handler {
 	mux := http.NewServeMux()
 	paths := make([]string, 0, len(endpoints)+1)
@@ -88,7 +91,14 @@ func (p *Proxy) routes() http.Handler {
 			p.serveModels(w, r, r.PathValue("id"))
 		}
 	})
-	paths = append(paths, "/v1/models")
+	// The caller's own usage: not an upstream endpoint, neither charged nor
+	// counted (selfusage.go).
+	mux.HandleFunc("/v1/usage", func(w http.ResponseWriter, r *http.Request) {
+		if methodIs(w, r, http.MethodGet) {
+			p.serveUsage(w, r)
+		}
+	})
+	paths = append(paths, "/v1/models", "/v1/usage")
 	unknown := "Unknown path %s. This proxy serves " + strings.Join(paths, ", ") + "."
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		openaiapi.WriteError(w, http.StatusNotFound, openaiapi.TypeInvalidRequest, openaiapi.CodeNotFound, "",

@@ -90,6 +90,8 @@ func FuzzParseRequest(f *testing.F) {
 		`{ "model" : "m" , "stream_options" : null , "stream" : "yes" }`,
 		`{"model":"m","max_tokens":"0x10","n":"2"}`,
 		`{"model":"m","x":{"max_tokens":1},"max_tokens":-0.0}`,
+		`{"priority":-9,"model":"m","priority":1 , "priority":2,"max_tokens":3,"pr\u0069ority":4}`,
+		`{"model":"m","x":{"priority":1},"priority":null}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -127,10 +129,16 @@ func FuzzParseRequest(f *testing.F) {
 	})
 }
 
-// checkEdits applies a cap and stream usage to body and checks the result
-// against the reference reading.
+// checkEdits applies a cap, stream usage and a quota's priority (or, for
+// bodies of odd length, none) to body and checks the result against the
+// reference reading: the client's priority members are all gone.
 func checkEdits(t *testing.T, ep *endpoint, body []byte, pr *parsed, ref map[string]json.RawMessage) {
 	sp := pr.setCap(ep, 77, nil)
+	var priority *int32
+	if len(body)%2 == 0 {
+		priority = ptr[int32](-9)
+	}
+	sp = pr.setPriority(ep, priority, sp)
 	if ep.streamUsage && pr.stream {
 		sp, _, _ = pr.meterStream(body, sp, true)
 	}
@@ -138,6 +146,12 @@ func checkEdits(t *testing.T, ep *endpoint, body []byte, pr *parsed, ref map[str
 	got, ok := topLevel(edited)
 	if !ok {
 		t.Fatalf("%s: edited body is not a JSON object: %s", ep.path, edited)
+	}
+	if n := countKey(edited, "priority"); n != map[bool]int{true: 1}[priority != nil] {
+		t.Fatalf("%s: edited body has %d priority members with the quota's priority %v: %s", ep.path, n, priority, edited)
+	}
+	if priority != nil && string(got["priority"]) != "-9" {
+		t.Fatalf("%s: edited priority = %s, want -9: %s", ep.path, got["priority"], edited)
 	}
 	if string(got[ep.capField()]) != "77" {
 		t.Fatalf("%s: edited %s = %s, want 77: %s", ep.path, ep.capField(), got[ep.capField()], edited)
@@ -148,7 +162,7 @@ func checkEdits(t *testing.T, ep *endpoint, body []byte, pr *parsed, ref map[str
 		}
 	}
 	for k, v := range ref {
-		if k == ep.capField() || (k == "stream_options" && ep.streamUsage && pr.stream) || (slices.Contains(ep.capFields, k) && !plainInt.Match(v)) {
+		if k == ep.capField() || k == "priority" || (k == "stream_options" && ep.streamUsage && pr.stream) || (slices.Contains(ep.capFields, k) && !plainInt.Match(v)) {
 			continue
 		}
 		if !bytes.Equal(got[k], v) {
@@ -161,4 +175,28 @@ func checkEdits(t *testing.T, ep *endpoint, body []byte, pr *parsed, ref map[str
 			t.Fatalf("%s: edited stream_options %s", ep.path, got["stream_options"])
 		}
 	}
+}
+
+// countKey counts the top-level members of a JSON object named key, once
+// unescaped, duplicates included.
+func countKey(body []byte, key string) int {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return -1
+	}
+	n := 0
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return -1
+		}
+		if tok == key {
+			n++
+		}
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return -1
+		}
+	}
+	return n
 }

@@ -197,7 +197,7 @@ func (p *Proxy) listModels(ctx context.Context, u *upstream) ([]modelInfo, error
 func (p *Proxy) serveModels(w http.ResponseWriter, r *http.Request, id string) {
 	var user *User
 	if !p.disableAuth {
-		u, ok := p.authenticate(w, r)
+		u, _, ok := p.authenticate(w, r)
 		if !ok {
 			return
 		}

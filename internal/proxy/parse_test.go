@@ -9,34 +9,6 @@ import (
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 )
 
-func TestGlobMatch(t *testing.T) {
-	for _, tc := range []struct {
-		pattern, name string
-		want          bool
-	}{
-		{"*", "meta-llama/Llama-3.1-8B", true},
-		{"meta-llama/*", "meta-llama/Llama-3.1-8B", true},
-		{"meta-llama/*", "meta-llama", false},
-		{"*/Llama-3*", "meta-llama/Llama-3.1-8B", true},
-		{"*-8B", "meta-llama/Llama-3.1-8B", true},
-		{"*-8B", "meta-llama/Llama-3.1-70B", false},
-		{"Llama-3.?-8B", "Llama-3.1-8B", true},
-		{"Llama-3.?-8B", "Llama-3.10-8B", false},
-		{"a*b*c", "aXXbYYc", true},
-		{"a*b*c", "aXXbYY", false},
-		{"", "", true},
-		{"", "x", false},
-		{"**", "", true},
-		{"?", "é", true},
-		{"exact", "exact", true},
-		{"exact", "exactly", false},
-	} {
-		if got := globMatch(tc.pattern, tc.name); got != tc.want {
-			t.Errorf("globMatch(%q, %q) = %v, want %v", tc.pattern, tc.name, got, tc.want)
-		}
-	}
-}
-
 func TestParseRequest(t *testing.T) {
 	for _, tc := range []struct {
 		name, body   string
@@ -369,19 +341,24 @@ func TestSettle(t *testing.T) {
 		o    outcome
 		want quota.Amount
 	}{
-		{"completed with usage", epChat, outcome{ending: completed, usage: usage{11, 7}, haveUsage: true}, quota.Amount{Requests: 1, InputTokens: 11, OutputTokens: 7}},
-		{"usage above the reservation is charged as reported", epChat, outcome{ending: completed, usage: usage{30, 100}, haveUsage: true}, quota.Amount{Requests: 1, InputTokens: 30, OutputTokens: 100}},
+		{"completed with usage", epChat, outcome{ending: completed, usage: usage{11, 7, 0}, haveUsage: true}, quota.Amount{Requests: 1, InputTokens: 11, OutputTokens: 7}},
+		{"usage above the reservation is charged as reported", epChat, outcome{ending: completed, usage: usage{30, 100, 0}, haveUsage: true}, quota.Amount{Requests: 1, InputTokens: 30, OutputTokens: 100}},
 		{"completed without usage", epChat, outcome{ending: completed, seen: 40}, quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 40}},
 		{"completed without usage, seen beyond the reservation", epChat, outcome{ending: completed, seen: 400}, quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 100}},
-		{"client gone mid-stream, continuous usage", epChat, outcome{ending: clientGone, started: true, usage: usage{19, 33}, haveUsage: true, seen: 3}, quota.Amount{Requests: 1, InputTokens: 19, OutputTokens: 33}},
+		{"client gone mid-stream, continuous usage", epChat, outcome{ending: clientGone, started: true, usage: usage{19, 33, 0}, haveUsage: true, seen: 3}, quota.Amount{Requests: 1, InputTokens: 19, OutputTokens: 33}},
 		{"client gone mid-stream, chunks", epChat, outcome{ending: clientGone, started: true, seen: 3}, quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 3}},
 		{"client gone before the answer", epChat, outcome{ending: clientGone}, quota.Amount{Requests: 1, InputTokens: 20}},
 		{"upstream broke with nothing seen", epChat, outcome{ending: broken, started: true}, quota.Amount{Requests: 1, InputTokens: 20}},
 		{"upstream refused", epChat, outcome{ending: refused}, quota.Amount{}},
-		{"embeddings charge the prompt only", epEmbeddings, outcome{ending: completed, usage: usage{5, 9}, haveUsage: true}, quota.Amount{Requests: 1, InputTokens: 5}},
+		{"embeddings charge the prompt only", epEmbeddings, outcome{ending: completed, usage: usage{5, 9, 0}, haveUsage: true}, quota.Amount{Requests: 1, InputTokens: 5}},
 		{"tokenize counts a request", epTokenize, outcome{ending: completed, seen: 50}, quota.Amount{Requests: 1}},
 		{"tokenize refused", epTokenize, outcome{ending: refused}, quota.Amount{}},
 		{"tokenize cut", epTokenize, outcome{ending: broken}, quota.Amount{}},
+		{"cached tokens reported", epChat, outcome{ending: completed, usage: usage{40, 7, 32}, haveUsage: true},
+			quota.Amount{Requests: 1, InputTokens: 40, CachedInputTokens: 32, OutputTokens: 7}},
+		{"more cached than the prompt is the prompt", epChat, outcome{ending: completed, usage: usage{40, 7, 90}, haveUsage: true},
+			quota.Amount{Requests: 1, InputTokens: 40, CachedInputTokens: 40, OutputTokens: 7}},
+		{"no usage, nothing cached", epChat, outcome{ending: completed, seen: 40}, quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 40}},
 		{"zero usage reported for a cut request", epChat, outcome{ending: clientGone, started: true, haveUsage: true}, quota.Amount{Requests: 1, InputTokens: 20}},
 	} {
 		if got := settle(tc.ep, est, tc.o); got != tc.want {
@@ -401,13 +378,16 @@ func TestInspectJSON(t *testing.T) {
 		choices int
 		cut     string // the document with the usage member cut
 	}{
-		{`{"choices":[ ],"usage":{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":1}}}`, usage{3, 4}, true, 0, `{"choices":[ ]}`},
+		{`{"choices":[ ],"usage":{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":1}}}`, usage{3, 4, 1}, true, 0, `{"choices":[ ]}`},
 		{`{"choices":[{"delta":{"content":` + fake + `}}],"usage":null}`, usage{}, false, 1, ""},
-		{`{"x":` + fake + `,"choices":[{}],"usage":{"prompt_tokens":1,"completion_tokens":2}}`, usage{1, 2}, true, 1, `{"x":` + fake + `,"choices":[{}]}`},
-		{`{"usage":{"prompt_tokens":5,"completion_tokens":6} , "x":` + fake + `,"choices":[]}`, usage{5, 6}, true, 0, `{"x":` + fake + `,"choices":[]}`},
-		{`{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":6},"x":` + fake + `}`, usage{5, 6}, true, 0, `{"choices":[],"x":` + fake + `}`},
+		{`{"x":` + fake + `,"choices":[{}],"usage":{"prompt_tokens":1,"completion_tokens":2}}`, usage{1, 2, 0}, true, 1, `{"x":` + fake + `,"choices":[{}]}`},
+		{`{"usage":{"prompt_tokens":5,"completion_tokens":6} , "x":` + fake + `,"choices":[]}`, usage{5, 6, 0}, true, 0, `{"x":` + fake + `,"choices":[]}`},
+		{`{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":6},"x":` + fake + `}`, usage{5, 6, 0}, true, 0, `{"choices":[],"x":` + fake + `}`},
 		{`{"id":` + fake + `}`, usage{}, false, -1, ""},
-		{`{"type":"response.completed","response":{"id":` + fake + `,"usage":{"input_tokens":8,"output_tokens":9}}}`, usage{8, 9}, true, -1, ""},
+		{`{"type":"response.completed","response":{"id":` + fake + `,"usage":{"input_tokens":8,"output_tokens":9}}}`, usage{8, 9, 0}, true, -1, ""},
+		{`{"type":"response.completed","response":{"usage":{"input_tokens":8,"input_tokens_details":{"cached_tokens":6},"output_tokens":9}}}`, usage{8, 9, 6}, true, -1, ""},
+		{`{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":null}}`, usage{3, 4, 0}, true, 0, ""},
+		{`{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":"2"}}}`, usage{3, 4, 0}, true, 0, ""},
 	} {
 		ci := inspectJSON([]byte(tc.doc))
 		if ci.usage != tc.usage || ci.hasUsage != tc.has || ci.choices != tc.choices {

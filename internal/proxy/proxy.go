@@ -25,6 +25,9 @@
 //	    (forcing stream usage, and hiding it again from clients that did not
 //	    ask for it), and the charge goes to the [UsageSink] and the metrics.
 //
+// GET /v1/usage (selfusage.go) tells the caller their own usage, limits and
+// what is left, from the same counters admission reads.
+//
 // The package knows nothing of Kubernetes: users come from a [Directory],
 // which production backs with informer caches and tests with a map.
 package proxy
@@ -67,7 +70,11 @@ type User struct {
 	Namespace, Name, UID string
 	// TokenGeneration revokes tokens issued with a lower generation.
 	TokenGeneration int64
-	Suspended       bool
+	// AllowRefresh is the user's spec.token.allowRefresh: whether the
+	// operator's POST /auth/refresh exchanges their token (GET /v1/usage
+	// tells them).
+	AllowRefresh bool
+	Suspended    bool
 	// QuotaFound is false when the referenced quota does not exist; every
 	// request is then refused with 403.
 	QuotaFound bool
@@ -88,6 +95,12 @@ type User struct {
 	// Budgets are the user's own budget and/or the Shared pool, ready for
 	// [quota.Counter.Reserve]. None means unlimited.
 	Budgets []quota.Budget
+	// Pricing is the quota's prices (nil: every model is free).
+	Pricing *quota.Pricing
+	// Priority is the quota's spec.priority, written into every request that
+	// takes one (nil: none is sent). Whatever it is, the client's own
+	// priority is dropped.
+	Priority *int32
 }
 
 // concurrencyKey names the user's in-flight counter.

@@ -28,7 +28,7 @@ func (ex *exchange) refuseQuota(e *quota.Exceeded, now time.Time) bool {
 	if e == nil { // a Counter that refuses without saying why
 		return ex.refuse(http.StatusTooManyRequests, openaiapi.TypeRateLimit, openaiapi.CodeRateLimitExceeded, "", metrics.ReasonRateLimit, "Rate limit reached.")
 	}
-	typ, code, reason := exceededKind(e.Window)
+	typ, code, reason := exceededKind(e)
 	ex.w.Header()["Retry-After"] = []string{strconv.FormatInt(max(int64(math.Ceil(e.ResetAt.Sub(now).Seconds())), 1), 10)}
 	return ex.refuse(http.StatusTooManyRequests, typ, code, "", reason, ex.quotaMessage(e, now))
 }
@@ -48,8 +48,11 @@ func (ex *exchange) refuseConcurrency(e *quota.Exceeded) bool {
 
 // quotaMessage explains a refusal by a budget.
 func (ex *exchange) quotaMessage(e *quota.Exceeded, now time.Time) string {
+	if e.Resource == quota.ResourceCost {
+		return ex.costMessage(e, now)
+	}
 	var msg strings.Builder
-	typ, _, _ := exceededKind(e.Window)
+	typ, _, _ := exceededKind(e)
 	if typ == openaiapi.TypeRateLimit {
 		msg.WriteString("Rate limit reached for " + string(e.Resource) + " per " + string(e.Window))
 	} else {
@@ -61,6 +64,35 @@ func (ex *exchange) quotaMessage(e *quota.Exceeded, now time.Time) string {
 	msg.WriteString(ex.lowerHint(e.Resource, left))
 	wait := e.ResetAt.Sub(now)
 	msg.WriteString(" The window resets at " + e.ResetAt.UTC().Format(time.RFC3339) + " (in " + formatReset(wait) + ").")
+	return msg.String()
+}
+
+// costMessage explains a refusal by a cost budget, in its currency.
+func (ex *exchange) costMessage(e *quota.Exceeded, now time.Time) string {
+	currency := ""
+	if u := ex.user; u != nil && u.Pricing != nil {
+		currency = " " + u.Pricing.Currency
+	}
+	money := func(v int64) string { return quota.FormatCost(v) + currency }
+	left := max(e.Limit-e.Used, 0)
+	var msg strings.Builder
+	msg.WriteString("You exceeded your " + string(e.Window) + " cost budget (spec.limits[].cost) of " + ex.describe(e.Budget) +
+		": budget " + money(e.Limit) + ", used " + money(e.Used) + " (including requests in flight), " + money(left) + " left. ")
+	est := ex.est
+	msg.WriteString("This request may cost up to " + money(ex.price.Bound(est)) + " (a prompt of about " + strconv.FormatInt(est.InputTokens, 10) +
+		" tokens at the model's input price")
+	if ex.ep.kind == generation && est.OutputTokens > 0 {
+		msg.WriteString(" and up to " + strconv.FormatInt(est.OutputTokens, 10) + " output tokens at its output price")
+	}
+	msg.WriteString(").")
+	if ex.ep.kind == generation && ex.price.Output > 0 {
+		inCost := ex.price.Bound(quota.Amount{InputTokens: est.InputTokens})
+		if per := (left - inCost) / ex.price.Output / max(ex.bound.seqs, 1); left > inCost && per >= 1 {
+			field := ex.ep.capFields[max(ex.bound.field, 0)]
+			msg.WriteString(" Set " + field + " to at most " + strconv.FormatInt(per, 10) + ".")
+		}
+	}
+	msg.WriteString(" The budget resets at " + e.ResetAt.UTC().Format(time.RFC3339) + " (in " + formatReset(e.ResetAt.Sub(now)) + ").")
 	return msg.String()
 }
 
@@ -117,12 +149,15 @@ func (ex *exchange) describe(key string) string {
 	return "your budget"
 }
 
-// exceededKind maps a window to OpenAI's two flavours of 429: a short
-// window is a rate limit (retry soon), a long one an exhausted quota.
-func exceededKind(win llmv1alpha1.Window) (typ, code, reason string) {
-	switch win {
+// exceededKind maps a refusal to OpenAI's two flavours of 429: a short
+// window is a rate limit (retry soon), a long one an exhausted quota. A
+// spent cost budget is always an exhausted quota: money, not a rate.
+func exceededKind(e *quota.Exceeded) (typ, code, reason string) {
+	switch e.Window {
 	case llmv1alpha1.WindowMinute, llmv1alpha1.WindowHour:
-		return openaiapi.TypeRateLimit, openaiapi.CodeRateLimitExceeded, metrics.ReasonRateLimit
+		if e.Resource != quota.ResourceCost {
+			return openaiapi.TypeRateLimit, openaiapi.CodeRateLimitExceeded, metrics.ReasonRateLimit
+		}
 	}
 	return openaiapi.TypeInsufficientQuota, openaiapi.CodeInsufficientQuota, metrics.ReasonInsufficientQuota
 }
@@ -132,7 +167,7 @@ func dryRunReason(e *quota.Exceeded) string {
 	if e.Resource == quota.ResourceConcurrency {
 		return metrics.ReasonConcurrency
 	}
-	_, _, reason := exceededKind(e.Window)
+	_, _, reason := exceededKind(e)
 	return reason
 }
 

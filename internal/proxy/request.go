@@ -49,7 +49,59 @@ type parsed struct {
 	// background and builtinTools are Responses API options whose
 	// generation the proxy cannot meter.
 	background, builtinTools bool
-	closeBrace               int
+	// priority spans the client's priority members, to be dropped.
+	priority   dropper
+	closeBrace int
+}
+
+// dropper collects the splices that remove members of an object, each with
+// the comma that joins it to the rest, coalescing neighbours so that no two
+// splices overlap.
+type dropper struct {
+	spans []span
+	// lastKept is the end of the last member kept, -1 before the first;
+	// lead is where a run of dropped members before the first kept one
+	// starts (-1: none), leadEnd where it ends.
+	lastKept, lead, leadEnd int
+	prevDropped             bool
+}
+
+func newDropper() dropper { return dropper{lastKept: -1, lead: -1} }
+
+// keep records a member that stays.
+func (d *dropper) keep(m member) {
+	if d.lead >= 0 {
+		// Up to the kept key, so the comma after the last dropped member goes.
+		d.spans = append(d.spans, span{d.lead, m.keyStart})
+		d.lead = -1
+	}
+	d.lastKept, d.prevDropped = m.valEnd, false
+}
+
+// drop records a member to remove.
+func (d *dropper) drop(m member) {
+	switch {
+	case d.lastKept < 0:
+		if d.lead < 0 {
+			d.lead = m.keyStart
+		}
+		d.leadEnd = m.valEnd
+	case d.prevDropped:
+		d.spans[len(d.spans)-1].end = m.valEnd
+	default:
+		// From the end of the kept member before it: its comma goes too.
+		d.spans = append(d.spans, span{d.lastKept, m.valEnd})
+	}
+	d.prevDropped = true
+}
+
+// done returns the spans to remove.
+func (d *dropper) done() []span {
+	if d.lead >= 0 {
+		d.spans = append(d.spans, span{d.lead, d.leadEnd})
+		d.lead = -1
+	}
+	return d.spans
 }
 
 // apiError is a refusal in OpenAI's shape.
@@ -69,7 +121,7 @@ func badRequest(param, msg string) *apiError {
 // A value the proxy cannot read the way vLLM would is refused rather than
 // guessed, unless it is an output cap (see readCap).
 func parseRequest(body []byte, ep *endpoint, pr *parsed) *apiError {
-	*pr = parsed{streamOpts: span{-1, -1}, n: 1, prompts: 1}
+	*pr = parsed{streamOpts: span{-1, -1}, n: 1, prompts: 1, priority: newDropper()}
 	it := newObjIter(body, 0)
 	if it.err != nil {
 		return badRequest("", "The request body must be a JSON object.")
@@ -77,6 +129,12 @@ func parseRequest(body []byte, ep *endpoint, pr *parsed) *apiError {
 	hasModel := false
 	for m, ok := it.next(); ok; m, ok = it.next() {
 		key, val := m.key, body[m.valStart:m.valEnd]
+		if string(key) == "priority" {
+			// The quota's priority replaces it, whatever it is (priority.go).
+			pr.priority.drop(m)
+			continue
+		}
+		pr.priority.keep(m)
 		if i := capIndex(ep, key); i >= 0 {
 			pr.caps[i] = readCap(val, m.valStart, m.valEnd)
 			continue

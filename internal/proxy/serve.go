@@ -42,6 +42,9 @@ type exchange struct {
 
 	input int64
 	bound outputBound
+	// price is the model's price in the user's quota: the reservation holds
+	// its worst case, the charge is priced at it.
+	price quota.Price
 	// est is what the request holds: the reservation, or the estimate when
 	// nothing was reserved.
 	est quota.Amount
@@ -94,7 +97,7 @@ func (ex *exchange) authenticate() bool {
 	if ex.p.disableAuth {
 		return true
 	}
-	u, ok := ex.p.authenticate(ex.w, ex.r)
+	u, _, ok := ex.p.authenticate(ex.w, ex.r)
 	if !ok {
 		return false
 	}
@@ -219,6 +222,9 @@ func (ex *exchange) admit() bool {
 		maxPer, quotaName = u.MaxTokensPerRequest, u.QuotaName
 	}
 	ex.input = inputEstimate(&ex.pr)
+	if u != nil {
+		ex.price = u.Pricing.Price(ex.model.ID)
+	}
 	var viol *capViolation
 	ex.bound, viol = bound(ex.ep, &ex.pr, maxPer, ex.model.MaxModelLen, p.defaultMax, quotaName)
 	ex.est = ex.bound.estimate(ex.ep, ex.input)
@@ -237,6 +243,9 @@ func (ex *exchange) admit() bool {
 		if v, ok := ex.bound.capToWrite(ex.est.OutputTokens, ex.input, ex.model.MaxModelLen); ok {
 			edits = ex.pr.setCap(ex.ep, v, edits)
 		}
+	}
+	if u != nil {
+		edits = ex.pr.setPriority(ex.ep, u.Priority, edits)
 	}
 	if ex.ep.streamUsage && ex.pr.stream {
 		edits, ex.hideFinal, ex.hideContinuous = ex.pr.meterStream(ex.bb.b, edits, !p.disableContinuousUsage)
@@ -257,7 +266,7 @@ func (ex *exchange) admit() bool {
 // it answers 429 when a budget has no room.
 func (ex *exchange) reserve() bool {
 	p, u := ex.p, ex.user
-	req := quota.Request{Budgets: u.Budgets, Estimate: ex.est}
+	req := quota.Request{Budgets: u.Budgets, Estimate: ex.est, Model: ex.modelID(), Price: ex.price}
 	if ex.bound.chosen && ex.ep.kind == generation {
 		req.OutputStep = ex.bound.seqs
 	}
@@ -330,14 +339,20 @@ func (ex *exchange) finish(code int, charge quota.Amount, errType string) {
 	}
 	ex.done = true
 	p := ex.p
+	if !charge.IsZero() {
+		charge.Cost = ex.price.Cost(charge)
+	}
 	at := ex.start
 	if ex.res != nil {
 		at = ex.res.At
 	}
-	var ns, name string
+	var ns, name, currency string
 	var c quota.Charge
 	if u := ex.user; u != nil {
 		ns, name = u.Namespace, u.Name
+		if u.Pricing != nil {
+			currency = u.Pricing.Currency
+		}
 		c = quota.Charge{Namespace: ns, User: name, UserUID: u.UID, Quota: u.QuotaName, QuotaUID: u.QuotaUID,
 			Pool: u.pool(), Model: ex.modelID(), Amount: charge, At: at, Alert: ex.alert}
 	}
@@ -348,7 +363,7 @@ func (ex *exchange) finish(code int, charge quota.Amount, errType string) {
 	}
 	p.metrics.ObserveRequest(metrics.Request{
 		Namespace: ns, User: name, Model: ex.modelID(), Operation: ex.ep.operation, Code: code,
-		InputTokens: charge.InputTokens, OutputTokens: charge.OutputTokens,
+		InputTokens: charge.InputTokens, OutputTokens: charge.OutputTokens, Currency: currency, Cost: charge.Cost,
 		Duration: time.Since(ex.began), TTFT: ex.ttft, ErrorType: errType,
 	})
 }

@@ -33,8 +33,8 @@ type outcome struct {
 	started bool
 }
 
-// settle is what a request costs, given what its reservation est assumed
-// and how it ended. Reported usage is charged as reported; without it, the
+// settle is what a request used, given what its reservation est assumed
+// and how it ended (its cost is priced from it in exchange.finish). Reported usage is charged as reported; without it, the
 // prompt estimate and the output seen, never beyond the reservation's
 // output. A request that may have cost something is never charged zero; one
 // that generated nothing costs nothing.
@@ -54,6 +54,8 @@ func settle(ep *endpoint, est quota.Amount, o outcome) quota.Amount {
 	a := quota.Amount{Requests: 1, InputTokens: est.InputTokens, OutputTokens: min(o.seen, est.OutputTokens)}
 	if o.haveUsage {
 		a.InputTokens, a.OutputTokens = o.usage.Prompt, o.usage.Completion
+		// No more of a prompt can be cached than the prompt.
+		a.CachedInputTokens = min(o.usage.Cached, a.InputTokens)
 	}
 	if ep.kind == embedding {
 		a.OutputTokens = 0

@@ -4,9 +4,12 @@ import "bytes"
 
 // usage is what an upstream reported for one request. Chat and completions
 // say prompt_tokens/completion_tokens; the Responses API says
-// input_tokens/output_tokens; both are read.
+// input_tokens/output_tokens; both are read. Cached is the part of the
+// prompt found in the prefix cache: prompt_tokens_details.cached_tokens
+// (input_tokens_details for the Responses API), which vLLM reports when run
+// with --enable-prompt-tokens-details; absent, it is 0.
 type usage struct {
-	Prompt, Completion int64
+	Prompt, Completion, Cached int64
 }
 
 // parseUsage reads a usage object.
@@ -22,6 +25,11 @@ func parseUsage(obj []byte) (usage, bool) {
 			dst = &u.Prompt
 		case "completion_tokens", "output_tokens":
 			dst = &u.Completion
+		case "prompt_tokens_details", "input_tokens_details":
+			if len(val) > 0 && val[0] == '{' {
+				u.Cached = cachedTokens(val)
+			}
+			continue
 		default:
 			continue
 		}
@@ -31,6 +39,26 @@ func parseUsage(obj []byte) (usage, bool) {
 		}
 	}
 	return u, found && it.err == nil
+}
+
+// cachedTokens reads cached_tokens from a tokens-details object; anything
+// but a non-negative integer counts as none cached.
+func cachedTokens(obj []byte) int64 {
+	var n int64
+	it := newObjIter(obj, 0)
+	for m, ok := it.next(); ok; m, ok = it.next() {
+		if string(m.key) != "cached_tokens" {
+			continue
+		}
+		n = 0
+		if v, ok := parseDigits(obj[m.valStart:m.valEnd]); ok {
+			n = v
+		}
+	}
+	if it.err != nil {
+		return 0
+	}
+	return n
 }
 
 // chunkInfo is what the proxy needs from one JSON document: a response body

@@ -162,6 +162,7 @@ func (d *Directory) view(u *llmv1alpha1.LLMUser) proxy.User {
 	v := proxy.User{
 		Namespace: u.Namespace, Name: u.Name, UID: string(u.UID),
 		Suspended: u.Spec.Suspended, QuotaName: u.Spec.QuotaRef.Name, UserModels: u.Spec.Models,
+		AllowRefresh: u.Spec.Token.AllowRefresh == nil || *u.Spec.Token.AllowRefresh,
 	}
 	if u.Status.Token != nil {
 		v.TokenGeneration = u.Status.Token.Generation
@@ -177,5 +178,7 @@ func (d *Directory) view(u *llmv1alpha1.LLMUser) proxy.User {
 	v.MaxConcurrentRequests = q.Spec.MaxConcurrentRequests
 	v.DryRun = q.Spec.Enforcement == llmv1alpha1.EnforcementDryRun
 	v.Budgets = quota.BudgetsFor(u, q)
+	v.Pricing = quota.PricingFromSpec(q.Spec.Pricing)
+	v.Priority = q.Spec.Priority
 	return v
 }

@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/utils/ptr"
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
@@ -41,6 +42,8 @@ func TestDirectoryViews(t *testing.T) {
 	d.setQuota(&llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "team", UID: "uid-team"}, Spec: llmv1alpha1.LLMQuotaSpec{
 		Limits: []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowDay, Tokens: int64p(10)}}, Models: []string{"*"},
 		MaxTokensPerRequest: int64p(7), Scope: llmv1alpha1.ScopePerUser, Enforcement: llmv1alpha1.EnforcementDryRun,
+		Priority: ptr.To[int32](-5),
+		Pricing:  &llmv1alpha1.Pricing{Currency: "EUR", Models: []llmv1alpha1.ModelPrice{{Model: "m-*", Input: "0.5", Output: "1.25"}}},
 	}})
 	d.setQuota(&llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "pool", UID: "uid-pool"}, Spec: llmv1alpha1.LLMQuotaSpec{
 		Limits: []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowMonth, Requests: int64p(5)}}, Scope: llmv1alpha1.ScopeShared,
@@ -51,6 +54,10 @@ func TestDirectoryViews(t *testing.T) {
 	}
 	if a.UserModels[0] != "m-*" || a.Models[0] != "*" {
 		t.Errorf("models: %v %v", a.Models, a.UserModels)
+	}
+	if a.Priority == nil || *a.Priority != -5 || a.Pricing == nil || a.Pricing.Currency != "EUR" ||
+		a.Pricing.Price("m-1") != (quota.Price{Input: 500_000, CachedInput: 500_000, Output: 1_250_000}) {
+		t.Errorf("priority %v, pricing %+v: want -5 and m-* at 0.5/0.5/1.25 EUR a million", a.Priority, a.Pricing)
 	}
 	b, _ := d.User("ns", "bob")
 	if len(b.Budgets) != 2 || b.Budgets[1].Key != "quota/ns/pool/uid-pool" || b.Budgets[1].Kind != quota.BudgetPool || b.Budgets[1].DryRun ||

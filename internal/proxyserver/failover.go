@@ -84,7 +84,7 @@ func (f *failover) Reserve(ctx context.Context, req quota.Request) (*quota.Reser
 	f.observe("reserve", err)
 	if err != nil && f.open {
 		// Admitted unreserved, with the estimate it would have held.
-		return quota.Unreserved(req.Budgets, time.Now()), quota.Decision{Allowed: true, Granted: req.Estimate, WouldGrant: req.Estimate}, nil
+		return quota.Unreserved(req, time.Now()), quota.Decision{Allowed: true, Granted: req.Estimate, WouldGrant: req.Estimate}, nil
 	}
 	return res, dec, err
 }

@@ -31,6 +31,7 @@ import (
 
 	apischeme "github.com/llm-user-operator/llm-user-operator/api/scheme"
 	"github.com/llm-user-operator/llm-user-operator/internal/metrics"
+	"github.com/llm-user-operator/llm-user-operator/internal/openaiapi"
 	"github.com/llm-user-operator/llm-user-operator/internal/proxy"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 	"github.com/llm-user-operator/llm-user-operator/internal/token"
@@ -226,14 +227,10 @@ func newServers(o Options, p *proxy.Proxy, dir *Directory, keysLoaded chan struc
 	s := &servers{grace: o.ShutdownGrace, log: log, errc: make(chan error, 2), upstreamsLogged: o.Upstreams}
 	api := http.NewServeMux()
 	if o.RefreshURL != "" {
-		u, err := url.Parse(o.RefreshURL)
+		rp, err := refreshHandler(o.RefreshURL, log)
 		if err != nil {
-			return nil, fmt.Errorf("refresh URL: %w", err)
+			return nil, err
 		}
-		rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
-			r.SetURL(u)
-			r.Out.URL.Path = u.Path
-		}}
 		api.Handle("/auth/refresh", rp)
 	}
 	api.Handle("/", p.Handler())
@@ -359,4 +356,26 @@ func watchJWKS(ctx context.Context, c cache.Cache, o Options, v *token.Verifier,
 		UpdateFunc: func(_, n any) { set(n) },
 	})
 	return err
+}
+
+// refreshHandler forwards POST /auth/refresh to the operator at refreshURL,
+// so a client that knows only OPENAI_BASE_URL finds it beside /v1.
+func refreshHandler(refreshURL string, log logr.Logger) (http.Handler, error) {
+	u, err := url.Parse(refreshURL)
+	if err != nil {
+		return nil, fmt.Errorf("refresh URL: %w", err)
+	}
+	return &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(u)
+			r.Out.URL.Path = u.Path
+		},
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+			// In OpenAI's shape, as every other answer of the proxy, not
+			// the reverse proxy's empty 502.
+			log.Error(err, "Forwarding POST /auth/refresh to the operator failed", "url", refreshURL)
+			openaiapi.WriteError(w, http.StatusBadGateway, openaiapi.TypeServer, openaiapi.CodeUpstreamUnavailable, "",
+				"The operator, which issues tokens, could not be reached; retry shortly.")
+		},
+	}, nil
 }

@@ -48,11 +48,11 @@ func Crossed(ws []WindowStatus, budgets []Budget, granted Amount) bool {
 		after := w.Used.Add(w.Reserved)
 		before := nonNegative(after.Sub(granted))
 		for _, r := range resources {
-			c := capPtr(r, w.Limit)
+			c := w.Limit.Cap(r)
 			if c == nil || *c <= 0 {
 				continue
 			}
-			was, is := usedOf(r, before)*100 / *c, usedOf(r, after)*100 / *c
+			was, is := percentOf(usedOf(r, before), *c), percentOf(usedOf(r, after), *c)
 			if is >= 100 && was < 100 {
 				return true
 			}
@@ -75,11 +75,11 @@ func Alerting(w WindowStatus, thresholds []int32) bool {
 	}
 	held := w.Used.Add(w.Reserved)
 	for _, r := range resources {
-		c := capPtr(r, w.Limit)
+		c := w.Limit.Cap(r)
 		if c == nil {
 			continue
 		}
-		if *c <= 0 || usedOf(r, held)*100 / *c >= lowest {
+		if *c <= 0 || percentOf(usedOf(r, held), *c) >= lowest {
 			return true
 		}
 	}

@@ -50,13 +50,13 @@ func TestCrossed(t *testing.T) {
 		granted        Amount
 		want           bool
 	}{
-		{"under every threshold", Amount{1, 100, 100}, Amount{1, 50, 50}, Amount{1, 50, 50}, false},
-		{"to 80% of tokens", Amount{1, 300, 400}, Amount{1, 50, 50}, Amount{1, 50, 50}, true},     // 700 -> 800
-		{"already past 80%", Amount{1, 400, 400}, Amount{1, 10, 10}, Amount{1, 10, 10}, false},    // 800 -> 820
-		{"to 95%", Amount{1, 450, 450}, Amount{1, 30, 30}, Amount{1, 30, 30}, true},               // 900 -> 960
-		{"to the limit", Amount{1, 480, 480}, Amount{1, 20, 20}, Amount{1, 20, 20}, true},         // 960 -> 1000
-		{"to 80% of requests", Amount{7, 1, 1}, Amount{1, 0, 0}, Amount{1, 0, 0}, true},           // 7 -> 8 of 10
-		{"a tally window has no caps", Amount{}, Amount{1, 999, 999}, Amount{1, 999, 999}, false}, // see below
+		{"under every threshold", amt(1, 100, 100), amt(1, 50, 50), amt(1, 50, 50), false},
+		{"to 80% of tokens", amt(1, 300, 400), amt(1, 50, 50), amt(1, 50, 50), true},        // 700 -> 800
+		{"already past 80%", amt(1, 400, 400), amt(1, 10, 10), amt(1, 10, 10), false},       // 800 -> 820
+		{"to 95%", amt(1, 450, 450), amt(1, 30, 30), amt(1, 30, 30), true},                  // 900 -> 960
+		{"to the limit", amt(1, 480, 480), amt(1, 20, 20), amt(1, 20, 20), true},            // 960 -> 1000
+		{"to 80% of requests", amt(7, 1, 1), amt(1, 0, 0), amt(1, 0, 0), true},              // 7 -> 8 of 10
+		{"a tally window has no caps", Amount{}, amt(1, 999, 999), amt(1, 999, 999), false}, // see below
 	} {
 		ws := w(tc.used, tc.reserved)
 		budgets := []Budget{b}
@@ -78,19 +78,19 @@ func TestAlerting(t *testing.T) {
 		thresholds []int32
 		want       bool
 	}{
-		{"below the first threshold", Amount{1, 300, 400}, Amount{}, []int32{80, 95}, false},
-		{"at the first threshold", Amount{1, 300, 500}, Amount{}, []int32{95, 80}, true},
-		{"reservations count", Amount{1, 300, 400}, Amount{0, 0, 100}, []int32{80}, true},
-		{"requests count", Amount{8, 1, 1}, Amount{}, []int32{80}, true},
-		{"no thresholds: only exhaustion", Amount{9, 900, 99}, Amount{}, nil, false},
-		{"no thresholds, exhausted", Amount{10, 1, 1}, Amount{}, nil, true},
+		{"below the first threshold", amt(1, 300, 400), Amount{}, []int32{80, 95}, false},
+		{"at the first threshold", amt(1, 300, 500), Amount{}, []int32{95, 80}, true},
+		{"reservations count", amt(1, 300, 400), amt(0, 0, 100), []int32{80}, true},
+		{"requests count", amt(8, 1, 1), Amount{}, []int32{80}, true},
+		{"no thresholds: only exhaustion", amt(9, 900, 99), Amount{}, nil, false},
+		{"no thresholds, exhausted", amt(10, 1, 1), Amount{}, nil, true},
 	} {
 		w := WindowStatus{Limit: limit, Used: tc.used, Reserved: tc.reserved}
 		if got := Alerting(w, tc.thresholds); got != tc.want {
 			t.Errorf("%s: Alerting = %t, want %t", tc.name, got, tc.want)
 		}
 	}
-	if Alerting(WindowStatus{Limit: Limit{Window: llmv1alpha1.WindowDay}, Used: Amount{100, 100, 100}}, []int32{1}) {
+	if Alerting(WindowStatus{Limit: Limit{Window: llmv1alpha1.WindowDay}, Used: amt(100, 100, 100)}, []int32{1}) {
 		t.Error("a window with no caps is never alerting")
 	}
 }

@@ -35,6 +35,8 @@ type windowCounter struct {
 	end      time.Time
 	used     Amount
 	reserved Amount
+	// models splits used by model (see chargeModel).
+	models []ModelAmount
 }
 
 // sweepEvery is how often ended windows are dropped: the shortest window, so
@@ -128,7 +130,7 @@ func (m *Memory) Reserve(_ context.Context, req Request) (*Reservation, Decision
 		c.reserved = c.reserved.Add(v.grant)
 		state[i].reserved = c.reserved
 	}
-	r := &Reservation{Budgets: slices.Clone(req.Budgets), Amount: v.grant, At: now, ID: reservationIDs.Add(1)}
+	r := &Reservation{Budgets: slices.Clone(req.Budgets), Amount: v.grant, At: now, Model: req.Model, ID: reservationIDs.Add(1)}
 	if c := req.Concurrency; c != nil {
 		m.inflight[c.Key]++
 		r.concurrency = c.Key
@@ -162,7 +164,10 @@ func (m *Memory) Settle(_ context.Context, r *Reservation, actual Amount) error 
 			continue
 		}
 		c.reserved = subFloor(c.reserved, held)
-		c.used = c.used.Add(actual)
+		if !actual.IsZero() {
+			c.used = c.used.Add(actual)
+			c.models = chargeModel(c.models, r.Model, actual)
+		}
 	}
 	if !actual.IsZero() {
 		for _, k := range keys(r.Budgets) {
@@ -190,12 +195,15 @@ func (m *Memory) Status(_ context.Context, b Budget) ([]WindowStatus, error) {
 	state := make([]counts, len(p.slots))
 	for i, s := range p.slots {
 		state[i] = m.peek(s)
+		if c := m.budgets[s.key][s.window]; c != nil && c.start.Equal(s.start) {
+			state[i].models = sortModels(slices.Clone(c.models))
+		}
 	}
 	return p.windows(state), nil
 }
 
 // Seed implements [Counter].
-func (m *Memory) Seed(_ context.Context, budget string, w llmv1alpha1.Window, start time.Time, used Amount) error {
+func (m *Memory) Seed(_ context.Context, budget string, w llmv1alpha1.Window, start time.Time, used Amount, models []ModelAmount) error {
 	s, ok, err := seedSlot(budget, w, start, m.now())
 	if err != nil || !ok {
 		return err
@@ -205,6 +213,7 @@ func (m *Memory) Seed(_ context.Context, budget string, w llmv1alpha1.Window, st
 	defer m.mu.Unlock()
 	c := m.counter(s)
 	c.used = raise(c.used, used)
+	c.models = raiseModels(c.models, models)
 	return nil
 }
 

@@ -28,22 +28,53 @@ import (
 // it then gets the most output that every enforcing limit has room for,
 // rounded down to a multiple of the step, and is refused only when that is
 // below one step.
+//
+// A cost cap follows the same rule in pico-units, with the estimate priced
+// at its worst case (Price.Bound): its room in output tokens is what is left
+// after the prompt's bound, divided by the output price. A request whose
+// bound is zero (a free model, /tokenize) is not held back by a cost cap:
+// unlike a token, it consumes nothing the cap counts.
 
 // resources lists what a Limit caps, in the order refusals report them.
-var resources = [4]Resource{ResourceTokens, ResourceInputTokens, ResourceOutputTokens, ResourceRequests}
+var resources = [5]Resource{ResourceTokens, ResourceInputTokens, ResourceOutputTokens, ResourceRequests, ResourceCost}
+
+// estimate is a request's estimate as the rule needs it: the amount (its
+// Cost the worst case), the part of that cost its input accounts for, and
+// what each output token adds.
+type estimate struct {
+	Amount
+	inCost, outPrice int64
+}
+
+func newEstimate(a Amount, p Price) estimate {
+	a = nonNegative(a)
+	a.CachedInputTokens = 0
+	a.Cost = p.Bound(a)
+	return estimate{Amount: a, inCost: p.inputBound(a), outPrice: p.Output}
+}
+
+// withOutput is the estimate with out output tokens, priced.
+func (e estimate) withOutput(out int64) Amount {
+	a := e.Amount
+	if out != a.OutputTokens {
+		a.OutputTokens = out
+		a.Cost = addSat(e.inCost, mulSat(out, e.outPrice))
+	}
+	return a
+}
 
 // rooms returns, per resource of l in the order of resources, how many
-// output tokens it has room for next to est's requests and input tokens,
-// given held: MaxInt64 when uncapped (or when the resource does not count
-// output but has room), -1 when it has no room whatever the output.
-func rooms(l Limit, held, est Amount) (r [4]int64) {
+// output tokens it has room for next to est's requests, input tokens and
+// input cost, given held: MaxInt64 when uncapped (or when the resource does
+// not count output but has room), -1 when it has no room whatever the output.
+func rooms(l Limit, held Amount, est estimate) (r [5]int64) {
 	fits := func(c *int64, held, est int64) int64 {
 		if c == nil || (held < *c && held+est <= *c) {
 			return math.MaxInt64
 		}
 		return -1
 	}
-	r[0], r[2] = math.MaxInt64, math.MaxInt64
+	r[0], r[2], r[4] = math.MaxInt64, math.MaxInt64, math.MaxInt64
 	if c := l.Tokens; c != nil {
 		r[0] = -1
 		if held.Total() < *c {
@@ -58,11 +89,21 @@ func rooms(l Limit, held, est Amount) (r [4]int64) {
 		}
 	}
 	r[3] = fits(l.Requests, held.Requests, est.Requests)
+	if c := l.Cost; c != nil && est.Cost > 0 {
+		r[4] = -1
+		// Both terms are non-negative, so the difference cannot overflow.
+		if rem := *c - held.Cost; rem > 0 && rem >= est.inCost {
+			rem -= est.inCost
+			if r[4] = math.MaxInt64; est.outPrice > 0 {
+				r[4] = rem / est.outPrice
+			}
+		}
+	}
 	return r
 }
 
 // below returns the first resource whose room is under need, if any.
-func below(r [4]int64, need int64) (Resource, bool) {
+func below(r [5]int64, need int64) (Resource, bool) {
 	for i, v := range r {
 		if v < need {
 			return resources[i], true
@@ -80,26 +121,14 @@ func usedOf(r Resource, held Amount) int64 {
 		return held.InputTokens
 	case ResourceOutputTokens:
 		return held.OutputTokens
+	case ResourceCost:
+		return held.Cost
 	default:
 		return held.Requests
 	}
 }
 
-func capOf(r Resource, l Limit) int64 { return *capPtr(r, l) }
-
-// capPtr is l's cap of resource r, nil when uncapped.
-func capPtr(r Resource, l Limit) *int64 {
-	switch r {
-	case ResourceTokens:
-		return l.Tokens
-	case ResourceInputTokens:
-		return l.InputTokens
-	case ResourceOutputTokens:
-		return l.OutputTokens
-	default:
-		return l.Requests
-	}
-}
+func capOf(r Resource, l Limit) int64 { return *l.Cap(r) }
 
 // slot is one counter that a request touches: one budget's current window.
 type slot struct {
@@ -121,6 +150,8 @@ type check struct {
 type counts struct {
 	used     Amount
 	reserved Amount
+	// models is read by Status only.
+	models []ModelAmount
 }
 
 // plan resolves budgets to the distinct counters they touch as of now. A
@@ -176,7 +207,7 @@ type verdict struct {
 // flight. An enforcing refusal wins over a dry-run one, because it is the
 // one the caller must report.
 func (p plan) decide(state []counts, req Request, inflight int64) verdict {
-	est := req.Estimate
+	est := newEstimate(req.Estimate, req.Price)
 	enforced, enfEx := p.fit(state, est, req.OutputStep, false)
 	v := verdict{grant: enforced, wouldGrant: enforced}
 	if c := req.Concurrency; c != nil && inflight >= c.Limit && enfEx == nil {
@@ -192,7 +223,9 @@ func (p plan) decide(state []counts, req Request, inflight int64) verdict {
 	}
 	v.allowed = true
 	// What the dry-run limits make of the grant: reported, never applied.
-	all, dryEx := p.fit(state, enforced, req.OutputStep, true)
+	granted := est
+	granted.Amount = enforced
+	all, dryEx := p.fit(state, granted, req.OutputStep, true)
 	v.wouldGrant = all
 	if v.exceeded == nil {
 		v.exceeded = dryEx
@@ -204,9 +237,9 @@ func (p plan) decide(state []counts, req Request, inflight int64) verdict {
 // much output as fits in multiples of step; and the limit that refused it,
 // if any. Only enforcing checks count unless withDryRun, in which case a
 // refusal by a dry-run check is reported with DryRun set.
-func (p plan) fit(state []counts, est Amount, step int64, withDryRun bool) (Amount, *Exceeded) {
+func (p plan) fit(state []counts, est estimate, step int64, withDryRun bool) (Amount, *Exceeded) {
 	bind, bindRoom := -1, int64(math.MaxInt64)
-	var bindRooms [4]int64
+	var bindRooms [5]int64
 	for i, c := range p.checks {
 		if c.dryRun && !withDryRun {
 			continue
@@ -221,16 +254,15 @@ func (p plan) fit(state []counts, est Amount, step int64, withDryRun bool) (Amou
 			// Refused: the first limit without room, in request order.
 			return Amount{}, p.exceeded(c, held, res)
 		}
-		if m := min(r[0], r[1], r[2], r[3]); m < bindRoom {
+		if m := min(r[0], r[1], r[2], r[3], r[4]); m < bindRoom {
 			bind, bindRoom, bindRooms = i, m, r
 		}
 	}
 	if bind < 0 {
-		return est, nil
+		return est.Amount, nil
 	}
 	if granted := bindRoom / step * step; bindRoom >= 0 && granted >= step {
-		est.OutputTokens = granted
-		return est, nil
+		return est.withOutput(granted), nil
 	}
 	c := p.checks[bind]
 	res, _ := below(bindRooms, step)
@@ -261,6 +293,7 @@ func (p plan) windows(state []counts) []WindowStatus {
 			ResetAt:  s.end,
 			Used:     state[c.slot].used,
 			Reserved: state[c.slot].reserved,
+			Models:   state[c.slot].models,
 		})
 	}
 	return out
@@ -269,7 +302,7 @@ func (p plan) windows(state []counts) []WindowStatus {
 // nonNegative clamps every field at zero: a negative estimate or actual
 // would hand budget back and let a caller's bug lift a limit.
 func nonNegative(a Amount) Amount {
-	return Amount{max(a.Requests, 0), max(a.InputTokens, 0), max(a.OutputTokens, 0)}
+	return Amount{max(a.Requests, 0), max(a.InputTokens, 0), max(a.OutputTokens, 0), max(a.CachedInputTokens, 0), max(a.Cost, 0)}
 }
 
 // subFloor returns a-b per field, never below zero: a reservation released

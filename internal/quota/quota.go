@@ -15,24 +15,35 @@ import (
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 )
 
-// Amount is a quantity of usage.
+// Amount is a quantity of usage: what a request is admitted with (its
+// reservation) and what it is charged.
 type Amount struct {
 	Requests     int64
 	InputTokens  int64
 	OutputTokens int64
+	// CachedInputTokens are the input tokens the model server found in its
+	// prefix cache: a part of InputTokens, priced apart. A reservation holds
+	// none (it cannot know them); only a charge has them.
+	CachedInputTokens int64
+	// Cost is what the tokens cost, in pico-units of the quota's currency
+	// (see money.go): for a reservation the most they can cost, for a
+	// charge what they cost.
+	Cost int64
 }
 
 // Total is input plus output tokens.
 func (a Amount) Total() int64 { return a.InputTokens + a.OutputTokens }
 
-// Add returns a+b.
+// Add returns a+b; the cost saturates at [MaxCost].
 func (a Amount) Add(b Amount) Amount {
-	return Amount{a.Requests + b.Requests, a.InputTokens + b.InputTokens, a.OutputTokens + b.OutputTokens}
+	return Amount{a.Requests + b.Requests, a.InputTokens + b.InputTokens, a.OutputTokens + b.OutputTokens,
+		a.CachedInputTokens + b.CachedInputTokens, addSat(a.Cost, b.Cost)}
 }
 
 // Sub returns a-b.
 func (a Amount) Sub(b Amount) Amount {
-	return Amount{a.Requests - b.Requests, a.InputTokens - b.InputTokens, a.OutputTokens - b.OutputTokens}
+	return Amount{a.Requests - b.Requests, a.InputTokens - b.InputTokens, a.OutputTokens - b.OutputTokens,
+		a.CachedInputTokens - b.CachedInputTokens, a.Cost - b.Cost}
 }
 
 // IsZero reports whether a counts nothing.
@@ -51,13 +62,16 @@ type Limit struct {
 	InputTokens  *int64
 	OutputTokens *int64
 	Requests     *int64
+	// Cost caps the cost, in pico-units.
+	Cost *int64
 }
 
 // LimitsFromSpec converts an LLMQuota's limits.
 func LimitsFromSpec(in []llmv1alpha1.QuotaLimit) []Limit {
 	out := make([]Limit, 0, len(in))
 	for _, l := range in {
-		out = append(out, Limit{Window: l.Window, Tokens: l.Tokens, InputTokens: l.InputTokens, OutputTokens: l.OutputTokens, Requests: l.Requests})
+		out = append(out, Limit{Window: l.Window, Tokens: l.Tokens, InputTokens: l.InputTokens, OutputTokens: l.OutputTokens,
+			Requests: l.Requests, Cost: costCap(l.Cost)})
 	}
 	return out
 }
@@ -71,6 +85,8 @@ const (
 	ResourceInputTokens  Resource = "input_tokens"
 	ResourceOutputTokens Resource = "output_tokens"
 	ResourceRequests     Resource = "requests"
+	// ResourceCost is the cost, in pico-units of the quota's currency.
+	ResourceCost Resource = "cost"
 	// ResourceConcurrency is requests in flight at once; it has no window.
 	ResourceConcurrency Resource = "concurrent_requests"
 )
@@ -145,6 +161,13 @@ type Request struct {
 	// Concurrency, when set, also holds one of the user's in-flight slots
 	// until Settle.
 	Concurrency *Concurrency
+	// Model is the model the request runs: its usage is split by model in
+	// each window it is charged to.
+	Model string
+	// Price is the model's price. Reserve sets Estimate.Cost to the most the
+	// estimate can cost at it ([Price.Bound]), and lowers it with the output
+	// when OutputStep lets it lower the output.
+	Price Price
 }
 
 // Exceeded describes the limit that refused a request.
@@ -173,6 +196,69 @@ type WindowStatus struct {
 	Used Amount
 	// Reserved is held by requests in flight.
 	Reserved Amount
+	// Models splits Used by model ([Counter.Status] only; a Decision's
+	// windows leave it nil): the first [MaxModels] models charged in the
+	// window by name, in name order, then the rest as [OtherModels].
+	Models []ModelAmount
+}
+
+// ModelAmount is what one model was charged in a window.
+type ModelAmount struct {
+	Model string
+	Amount
+}
+
+// MaxModels is how many models a window counts apart; the usage of any
+// further model is summed under [OtherModels]. It bounds what a window
+// keeps, in memory, in Redis and in status, whatever the models served.
+const MaxModels = 10
+
+// OtherModels names the usage of the models past the first MaxModels of a
+// window.
+const OtherModels = "other"
+
+// chargeModel adds a to model's entry of ms: a new entry while fewer than
+// MaxModels are named, else the OtherModels one.
+func chargeModel(ms []ModelAmount, model string, a Amount) []ModelAmount {
+	named := 0
+	other := -1
+	for i := range ms {
+		switch ms[i].Model {
+		case model:
+			ms[i].Amount = ms[i].Add(a)
+			return ms
+		case OtherModels:
+			other = i
+		default:
+			named++
+		}
+	}
+	if model != OtherModels && model != "" && named < MaxModels {
+		return append(ms, ModelAmount{Model: model, Amount: a})
+	}
+	if other < 0 {
+		return append(ms, ModelAmount{Model: OtherModels, Amount: a})
+	}
+	ms[other].Amount = ms[other].Add(a)
+	return ms
+}
+
+// sortModels puts models in name order, OtherModels last.
+func sortModels(ms []ModelAmount) []ModelAmount {
+	slices.SortFunc(ms, func(a, b ModelAmount) int {
+		switch {
+		case a.Model == b.Model:
+			return 0
+		case a.Model == OtherModels:
+			return 1
+		case b.Model == OtherModels:
+			return -1
+		case a.Model < b.Model:
+			return -1
+		}
+		return 1
+	})
+	return ms
 }
 
 // Decision is the outcome of Counter.Reserve.
@@ -202,6 +288,8 @@ type Reservation struct {
 	// At is when the reservation was made. The request's usage counts in
 	// the windows current then, wherever the clock is when it settles.
 	At time.Time
+	// Model is the request's model, under which it is charged.
+	Model string
 	// ID is unique within the process.
 	ID uint64
 	// concurrency is the in-flight counter held, "" if none.
@@ -214,11 +302,12 @@ type Reservation struct {
 // counter made it.
 var reservationIDs atomic.Uint64
 
-// Unreserved returns a reservation that holds nothing, for a request admitted
-// without the counter (a shared store that failed open). Settling it charges
-// the budgets' windows current at at, like any reservation made then.
-func Unreserved(budgets []Budget, at time.Time) *Reservation {
-	return &Reservation{Budgets: slices.Clone(budgets), At: at, ID: reservationIDs.Add(1)}
+// Unreserved returns a reservation of req that holds nothing, for a request
+// admitted without the counter (a shared store that failed open). Settling
+// it charges the budgets' windows current at at, like any reservation made
+// then.
+func Unreserved(req Request, at time.Time) *Reservation {
+	return &Reservation{Budgets: slices.Clone(req.Budgets), At: at, Model: req.Model, ID: reservationIDs.Add(1)}
 }
 
 // Counter keeps budgets. Implementations are safe for concurrent use.
@@ -241,9 +330,10 @@ type Counter interface {
 	// Status returns the budget's windows as of now, without changing them.
 	Status(ctx context.Context, b Budget) ([]WindowStatus, error)
 	// Seed raises the used amount of a budget's window that started at start
-	// to at least used (per field). Counts already higher are kept. It restores
-	// what status recorded before a restart; a window that has ended is ignored.
-	Seed(ctx context.Context, budget string, w llmv1alpha1.Window, start time.Time, used Amount) error
+	// to at least used (per field), and each model's share to at least what
+	// models say. Counts already higher are kept. It restores what status
+	// recorded before a restart; a window that has ended is ignored.
+	Seed(ctx context.Context, budget string, w llmv1alpha1.Window, start time.Time, used Amount, models []ModelAmount) error
 	// Lifetime returns everything charged to a budget (by its key), in every
 	// window, since its counters began or were seeded.
 	Lifetime(ctx context.Context, budget string) (Amount, error)
@@ -264,7 +354,35 @@ func keys(budgets []Budget) []string {
 
 // raise returns a with each field raised to at least b's.
 func raise(a, b Amount) Amount {
-	return Amount{max(a.Requests, b.Requests), max(a.InputTokens, b.InputTokens), max(a.OutputTokens, b.OutputTokens)}
+	return Amount{max(a.Requests, b.Requests), max(a.InputTokens, b.InputTokens), max(a.OutputTokens, b.OutputTokens),
+		max(a.CachedInputTokens, b.CachedInputTokens), max(a.Cost, b.Cost)}
+}
+
+// raiseModels raises each model's share in ms to at least seed's, adding the
+// models ms lacks while it names fewer than MaxModels.
+func raiseModels(ms, seed []ModelAmount) []ModelAmount {
+	for _, s := range seed {
+		s.Amount = nonNegative(s.Amount)
+		i := slices.IndexFunc(ms, func(m ModelAmount) bool { return m.Model == s.Model })
+		if i >= 0 {
+			ms[i].Amount = raise(ms[i].Amount, s.Amount)
+			continue
+		}
+		if n := len(ms) - count(ms, OtherModels); s.Model == OtherModels || n < MaxModels {
+			ms = append(ms, s)
+		}
+	}
+	return ms
+}
+
+func count(ms []ModelAmount, model string) int {
+	n := 0
+	for _, m := range ms {
+		if m.Model == model {
+			n++
+		}
+	}
+	return n
 }
 
 // Charge is what one settled request cost: what the proxy reports to the
@@ -289,28 +407,51 @@ type Charge struct {
 	Alert bool
 }
 
+// Cap is l's cap of resource r, nil when uncapped.
+func (l Limit) Cap(r Resource) *int64 {
+	switch r {
+	case ResourceTokens:
+		return l.Tokens
+	case ResourceInputTokens:
+		return l.InputTokens
+	case ResourceOutputTokens:
+		return l.OutputTokens
+	case ResourceRequests:
+		return l.Requests
+	case ResourceCost:
+		return l.Cost
+	}
+	return nil
+}
+
+// Held is what a resource counts of what the window holds: charged, and
+// reserved by requests in flight.
+func (s WindowStatus) Held(r Resource) int64 { return usedOf(r, s.Used.Add(s.Reserved)) }
+
+// Left returns what is left of the window's cap of r, charged and reserved
+// usage both counted, never below zero; ok is false when r is uncapped. It
+// is the one computation behind the rate-limit headers, GET /v1/usage, the
+// budget gauges and the remaining fields of status.
+func (s WindowStatus) Left(r Resource) (left int64, ok bool) {
+	c := s.Limit.Cap(r)
+	if c == nil {
+		return 0, false
+	}
+	return max(*c-s.Held(r), 0), true
+}
+
 // Remaining returns what is left under the limit's tightest token cap and its
 // requests cap (nil when uncapped), never below zero.
 func (s WindowStatus) Remaining() (tokens, requests *int64) {
-	held := s.Used.Add(s.Reserved)
-	var t *int64
-	pick := func(limit *int64, used int64) {
-		if limit == nil {
-			return
-		}
-		r := max(*limit-used, 0)
-		if t == nil || r < *t {
-			t = &r
+	for _, r := range []Resource{ResourceTokens, ResourceInputTokens, ResourceOutputTokens} {
+		if v, ok := s.Left(r); ok && (tokens == nil || v < *tokens) {
+			tokens = &v
 		}
 	}
-	pick(s.Limit.Tokens, held.Total())
-	pick(s.Limit.InputTokens, held.InputTokens)
-	pick(s.Limit.OutputTokens, held.OutputTokens)
-	if s.Limit.Requests != nil {
-		r := max(*s.Limit.Requests-held.Requests, 0)
-		requests = &r
+	if v, ok := s.Left(ResourceRequests); ok {
+		requests = &v
 	}
-	return t, requests
+	return tokens, requests
 }
 
 // TightestTokens is the lowest of the limit's token caps (total, input,

@@ -1,6 +1,7 @@
 package quota
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -128,6 +129,10 @@ func (r *Redis) key(s slot) string {
 	return r.prefix + s.key + ":" + string(s.window) + ":" + strconv.FormatInt(s.start.Unix(), 10)
 }
 
+// modelsKey is the hash of a window's usage split by model: one field per
+// model ([MaxModels] at most, then "other"), "req in cin out cost".
+func (r *Redis) modelsKey(s slot) string { return r.key(s) + ":models" }
+
 // ttl is the key's lifetime in milliseconds, relative so that it depends on
 // the injected clock alone and not on Redis's clock agreeing with it.
 func ttl(s slot, now time.Time) int64 {
@@ -142,236 +147,6 @@ func capArg(c *int64) int64 {
 	return *c
 }
 
-// liveLua loads the replicas whose lease has not expired into live, and
-// counts reads one window hash: its used fields and the holds of live
-// replicas, dropping the holds of dead ones when clean is true.
-const liveLua = `
-local function loadLive(leasesKey, now)
-  local live = {}
-  local lv = redis.call('HGETALL', leasesKey)
-  for i = 1, #lv, 2 do
-    if tonumber(lv[i + 1]) > now then live[lv[i]] = true end
-  end
-  return live
-end
-local function counts(key, live, clean)
-  local h = redis.call('HGETALL', key)
-  local c = {0, 0, 0, 0, 0, 0}
-  local dead = {}
-  for i = 1, #h, 2 do
-    local f, v = h[i], tonumber(h[i + 1])
-    if f == 'req' then c[1] = v
-    elseif f == 'in' then c[2] = v
-    elseif f == 'out' then c[3] = v
-    else
-      local kind, id = string.sub(f, 1, 1), string.sub(f, 3)
-      if live[id] then
-        if kind == 'q' then c[4] = c[4] + v
-        elseif kind == 'i' then c[5] = c[5] + v
-        elseif kind == 'o' then c[6] = c[6] + v end
-      else
-        dead[#dead + 1] = f
-      end
-    end
-  end
-  if clean and #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
-  return c
-end
-local function inflight(key, live, clean)
-  local h = redis.call('HGETALL', key)
-  local n, dead = 0, {}
-  for i = 1, #h, 2 do
-    if live[h[i]] then n = n + tonumber(h[i + 1]) else dead[#dead + 1] = h[i] end
-  end
-  if clean and #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
-  return n
-end
-`
-
-// reserveScript checks and holds an estimate in every key, or in none.
-//
-//	KEYS:  one per distinct budget window, then the in-flight hash if
-//	       ARGV[9] is 1, then the leases hash and the seeded marker
-//	ARGV:  replica id, now (ms), lease (ms), output step,
-//	       est req, est in, est out, number of windows,
-//	       1 if a concurrency limit applies, its limit, 1 if it is dry-run,
-//	       one ttl (ms) per window,
-//	       then per enforcing limit: window index (1-based), cap tokens,
-//	       cap in, cap out, cap req (-1 = uncapped)
-//	reply: {-1} when unseeded; else {1 if reserved else 0, granted output,
-//	       requests in flight before, then per window its state before the
-//	       reservation: req, in, out, held req, held in, held out}
-//
-// The rule is the Go one in plan.go (rooms and fit, enforcing limits only);
-// Go derives the Decision's details from the returned state.
-var reserveScript = redis.NewScript(liveLua + `
-local id, now, lease, step = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local est = {tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])}
-local n, hasConc = tonumber(ARGV[8]), ARGV[9] == '1'
-local concLimit, concDry = tonumber(ARGV[10]), ARGV[11] == '1'
-local leasesKey, marker = KEYS[#KEYS - 1], KEYS[#KEYS]
-if redis.call('EXISTS', marker) == 0 then return {-1} end
-local live = loadLive(leasesKey, now)
-live[id] = true
-redis.call('HSET', leasesKey, id, now + lease)
-local state = {}
-for i = 1, n do state[i] = counts(KEYS[i], live, true) end
-local running = 0
-if hasConc then running = inflight(KEYS[n + 1], live, true) end
-
-local function fits(c, held, e)
-  if c < 0 or (held < c and held + e <= c) then return math.huge end
-  return -1
-end
-local minRoom = math.huge
-for a = 12 + n, #ARGV - 4, 5 do
-  local s = state[tonumber(ARGV[a])]
-  local hreq, hin, hout = s[1] + s[4], s[2] + s[5], s[3] + s[6]
-  local ctok, cin, cout, creq = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-  local r = math.min(fits(cin, hin, est[2]), fits(creq, hreq, est[1]))
-  if ctok >= 0 then
-    if hin + hout < ctok then r = math.min(r, ctok - hin - hout - est[2]) else r = -1 end
-  end
-  if cout >= 0 then
-    if hout < cout then r = math.min(r, cout - hout) else r = -1 end
-  end
-  if r < minRoom then minRoom = r end
-end
-local ok, grant = 1, est[3]
-if minRoom < est[3] then
-  if step <= 0 or minRoom < 0 then
-    ok = 0
-  else
-    grant = math.floor(minRoom / step) * step
-    if grant < step then ok = 0 end
-  end
-end
-if ok == 1 and hasConc and not concDry and running >= concLimit then ok = 0 end
-if ok == 1 then
-  for i = 1, n do
-    if est[1] ~= 0 then redis.call('HINCRBY', KEYS[i], 'q:' .. id, est[1]) end
-    if est[2] ~= 0 then redis.call('HINCRBY', KEYS[i], 'i:' .. id, est[2]) end
-    if grant ~= 0 then redis.call('HINCRBY', KEYS[i], 'o:' .. id, grant) end
-    redis.call('PEXPIRE', KEYS[i], ARGV[11 + i])
-  end
-  if hasConc then
-    redis.call('HINCRBY', KEYS[n + 1], id, 1)
-    redis.call('PEXPIRE', KEYS[n + 1], ` + strconv.FormatInt(inflightTTL.Milliseconds(), 10) + `)
-  end
-else
-  grant = 0
-end
-local reply = {ok, grant, running}
-for i = 1, n do
-  for j = 1, 6 do reply[#reply + 1] = state[i][j] end
-end
-return reply
-`)
-
-// settleScript releases this replica's hold and charges the actual usage,
-// both in the windows the reservation was made in, and adds it to each
-// budget's lifetime. It runs at most once per reservation: its first run
-// sets the reservation's settled key, and a retry that finds it does
-// nothing. It refuses (-1) while the counters are not seeded, so a charge
-// never lands in counters that a reseed would then overwrite.
-//
-//	KEYS:  one per distinct budget window of the reservation, then the
-//	       in-flight hash if ARGV[9] is 1, then one lifetime hash per
-//	       budget, then the seeded marker and the reservation's settled key
-//	ARGV:  replica id, held req, in, out, actual req, in, out,
-//	       number of windows, 1 if an in-flight slot is held,
-//	       the settled key's ttl (ms), then per window: ttl (ms)
-//	reply: 1 settled, 0 already settled, -1 not seeded
-//
-// A window key that no longer exists (expired) has nothing to release; an
-// actual charge recreates it with its expiry.
-var settleScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[#KEYS - 1]) == 0 then return -1 end
-if not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'PX', ARGV[10]) then return 0 end
-local id = ARGV[1]
-local held = {tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])}
-local actual = {tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])}
-local nwin, hasConc = tonumber(ARGV[8]), ARGV[9] == '1'
-local hf = {'q:' .. id, 'i:' .. id, 'o:' .. id}
-local uf = {'req', 'in', 'out'}
-local charge = actual[1] ~= 0 or actual[2] ~= 0 or actual[3] ~= 0
-local function release(key, field, d)
-  if d <= 0 then return end
-  local cur = tonumber(redis.call('HGET', key, field) or '0')
-  if cur <= d then redis.call('HDEL', key, field) else redis.call('HINCRBY', key, field, -d) end
-end
-local function add(key)
-  for j = 1, 3 do
-    if actual[j] ~= 0 then redis.call('HINCRBY', key, uf[j], actual[j]) end
-  end
-end
-for i = 1, nwin do
-  for j = 1, 3 do release(KEYS[i], hf[j], held[j]) end
-  if charge then
-    add(KEYS[i])
-    redis.call('PEXPIRE', KEYS[i], ARGV[10 + i])
-  end
-end
-local life = nwin + 1
-if hasConc then
-  release(KEYS[nwin + 1], id, 1)
-  life = nwin + 2
-end
-if charge then
-  for i = life, #KEYS - 2 do add(KEYS[i]) end
-end
-return 1
-`)
-
-// statusScript reads windows without changing them.
-//
-//	KEYS:  one per window, then the leases hash
-//	ARGV:  now (ms), replica id (whose holds count whatever its lease)
-//	reply: per window req, in, out, held req, held in, held out
-var statusScript = redis.NewScript(liveLua + `
-local live = loadLive(KEYS[#KEYS], tonumber(ARGV[1]))
-live[ARGV[2]] = true
-local reply = {}
-for i = 1, #KEYS - 1 do
-  local c = counts(KEYS[i], live, false)
-  for j = 1, 6 do reply[#reply + 1] = c[j] end
-end
-return reply
-`)
-
-// seedScript raises each used field of one key to at least the given value.
-//
-//	KEYS: the budget window
-//	ARGV: req, in, out, ttl (ms)
-var seedScript = redis.NewScript(`
-local f = {'req', 'in', 'out'}
-local cur = redis.call('HMGET', KEYS[1], 'req', 'in', 'out')
-local wrote = false
-for j = 1, 3 do
-  if tonumber(ARGV[j]) > (tonumber(cur[j]) or 0) then
-    redis.call('HSET', KEYS[1], f[j], ARGV[j])
-    wrote = true
-  end
-end
-if wrote then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
-return 1
-`)
-
-// renewScript renews this replica's lease and forgets leases that expired
-// long ago (their holds are dropped by the next Reserve either way).
-//
-//	KEYS: the leases hash
-//	ARGV: replica id, now (ms), lease (ms)
-var renewScript = redis.NewScript(`
-local now, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], ARGV[1], now + lease)
-local lv = redis.call('HGETALL', KEYS[1])
-for i = 1, #lv, 2 do
-  if tonumber(lv[i + 1]) < now - 100 * lease then redis.call('HDEL', KEYS[1], lv[i]) end
-end
-return 1
-`)
-
 // Reserve implements [Counter]. See the admission rule in plan.go.
 func (r *Redis) Reserve(ctx context.Context, req Request) (*Reservation, Decision, error) {
 	now := r.now()
@@ -379,13 +154,12 @@ func (r *Redis) Reserve(ctx context.Context, req Request) (*Reservation, Decisio
 	if err != nil {
 		return nil, Decision{}, err
 	}
-	req.Estimate = nonNegative(req.Estimate)
-	est := req.Estimate
+	est := newEstimate(req.Estimate, req.Price)
 	n := len(p.slots)
 	ks := make([]string, 0, n+3)
-	args := make([]any, 0, 11+n+5*len(p.checks))
+	args := make([]any, 0, 14+n+6*len(p.checks))
 	args = append(args, r.replica, now.UnixMilli(), r.lease.Milliseconds(), max(req.OutputStep, 0),
-		est.Requests, est.InputTokens, est.OutputTokens, n)
+		est.Requests, est.InputTokens, est.OutputTokens, costArg(est.Cost), costArg(est.inCost), est.outPrice, n)
 	for _, s := range p.slots {
 		ks = append(ks, r.key(s))
 	}
@@ -403,27 +177,34 @@ func (r *Redis) Reserve(ctx context.Context, req Request) (*Reservation, Decisio
 			continue
 		}
 		l := c.limit
-		args = append(args, c.slot+1, capArg(l.Tokens), capArg(l.InputTokens), capArg(l.OutputTokens), capArg(l.Requests))
+		costCap := "-1"
+		if l.Cost != nil {
+			costCap = costArg(*l.Cost)
+		}
+		args = append(args, c.slot+1, capArg(l.Tokens), capArg(l.InputTokens), capArg(l.OutputTokens), capArg(l.Requests), costCap)
 	}
 	ks = append(ks, r.leases(), r.marker())
-	reply, err := reserveScript.Run(ctx, r.client, ks, args...).Int64Slice()
+	reply, err := reserveScript.Run(ctx, r.client, ks, args...).Slice()
 	if err != nil {
 		return nil, Decision{}, fmt.Errorf("quota: reserve in redis: %w", err)
 	}
-	if len(reply) == 1 && reply[0] == -1 {
-		return nil, Decision{}, ErrUnseeded
+	if len(reply) == 1 {
+		if v, ok := reply[0].(int64); ok && v == -1 {
+			return nil, Decision{}, ErrUnseeded
+		}
 	}
-	if len(reply) != 3+6*n {
-		return nil, Decision{}, fmt.Errorf("quota: reserve in redis: reply has %d values, want %d", len(reply), 3+6*n)
-	}
+	rd := replyReader{v: reply}
+	ok, grant, running := rd.int(), rd.int(), rd.int()
 	state := make([]counts, n)
 	for i := range state {
-		v := reply[3+6*i:]
-		state[i] = counts{used: Amount{v[0], v[1], v[2]}, reserved: Amount{v[3], v[4], v[5]}}
+		state[i] = rd.counts()
+	}
+	if rd.err != nil || len(rd.v) != 0 {
+		return nil, Decision{}, fmt.Errorf("quota: reserve in redis: unexpected reply %v", reply)
 	}
 	// The script decided; the same rule over the same state names why.
-	v := p.decide(state, req, reply[2])
-	d := Decision{Allowed: reply[0] == 1, Exceeded: v.exceeded, WouldGrant: v.wouldGrant}
+	v := p.decide(state, req, running)
+	d := Decision{Allowed: ok == 1, Exceeded: v.exceeded, WouldGrant: v.wouldGrant}
 	if !d.Allowed {
 		d.WouldGrant = Amount{}
 		if d.Exceeded == nil || d.Exceeded.DryRun {
@@ -433,12 +214,12 @@ func (r *Redis) Reserve(ctx context.Context, req Request) (*Reservation, Decisio
 		d.Windows = p.windows(state)
 		return nil, d, nil
 	}
-	d.Granted = Amount{est.Requests, est.InputTokens, reply[1]}
+	d.Granted = est.withOutput(grant)
 	for i := range state {
 		state[i].reserved = state[i].reserved.Add(d.Granted)
 	}
 	d.Windows = p.windows(state)
-	res := &Reservation{Budgets: slices.Clone(req.Budgets), Amount: d.Granted, At: now, ID: reservationIDs.Add(1)}
+	res := &Reservation{Budgets: slices.Clone(req.Budgets), Amount: d.Granted, At: now, Model: req.Model, ID: reservationIDs.Add(1)}
 	if c := req.Concurrency; c != nil {
 		res.concurrency = c.Key
 	}
@@ -450,6 +231,74 @@ func boolArg(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// costArg writes a cost for the scripts: a decimal string, exact whatever
+// its size (see moneyLua).
+func costArg(c int64) string { return strconv.FormatInt(max(c, 0), 10) }
+
+// replyReader takes the values of a script's reply in order, keeping the
+// first error.
+type replyReader struct {
+	v   []any
+	err error
+}
+
+func (r *replyReader) next() any {
+	if len(r.v) == 0 {
+		r.err = cmp.Or(r.err, errors.New("reply too short"))
+		return nil
+	}
+	x := r.v[0]
+	r.v = r.v[1:]
+	return x
+}
+
+func (r *replyReader) int() int64 {
+	x, ok := r.next().(int64)
+	if !ok {
+		r.err = cmp.Or(r.err, errors.New("not an integer"))
+	}
+	return x
+}
+
+func (r *replyReader) str() string {
+	x, ok := r.next().(string)
+	if !ok {
+		r.err = cmp.Or(r.err, errors.New("not a string"))
+	}
+	return x
+}
+
+func (r *replyReader) cost() int64 {
+	c, err := strconv.ParseInt(r.str(), 10, 64)
+	if err != nil {
+		r.err = cmp.Or(r.err, err)
+	}
+	return c
+}
+
+// counts reads one window's state (the scripts' pushCounts).
+func (r *replyReader) counts() counts {
+	var c counts
+	c.used.Requests, c.used.InputTokens, c.used.CachedInputTokens, c.used.OutputTokens = r.int(), r.int(), r.int(), r.int()
+	c.used.Cost = r.cost()
+	c.reserved.Requests, c.reserved.InputTokens, c.reserved.OutputTokens = r.int(), r.int(), r.int()
+	c.reserved.Cost = r.cost()
+	return c
+}
+
+// packModel writes a model's usage as the models hash keeps it.
+func packModel(a Amount) string {
+	return fmt.Sprintf("%d %d %d %d %d", a.Requests, a.InputTokens, a.CachedInputTokens, a.OutputTokens, max(a.Cost, 0))
+}
+
+func unpackModel(s string) (Amount, error) {
+	var a Amount
+	if _, err := fmt.Sscanf(s, "%d %d %d %d %d", &a.Requests, &a.InputTokens, &a.CachedInputTokens, &a.OutputTokens, &a.Cost); err != nil {
+		return Amount{}, fmt.Errorf("model usage %q: %w", s, err)
+	}
+	return a, nil
 }
 
 // Settle implements [Counter].
@@ -468,13 +317,17 @@ func (r *Redis) Settle(ctx context.Context, res *Reservation, actual Amount) err
 	if len(p.slots) == 0 && res.concurrency == "" && (actual.IsZero() || len(budgets) == 0) {
 		return nil
 	}
-	ks := make([]string, 0, len(p.slots)+3+len(budgets))
-	args := make([]any, 0, 10+len(p.slots))
-	args = append(args, r.replica, held.Requests, held.InputTokens, held.OutputTokens, actual.Requests, actual.InputTokens, actual.OutputTokens,
-		len(p.slots), boolArg(res.concurrency != ""), settledTTL.Milliseconds())
+	ks := make([]string, 0, 2*len(p.slots)+3+len(budgets))
+	args := make([]any, 0, 14+len(p.slots))
+	args = append(args, r.replica, held.Requests, held.InputTokens, held.OutputTokens, costArg(held.Cost),
+		actual.Requests, actual.InputTokens, actual.CachedInputTokens, actual.OutputTokens, costArg(actual.Cost),
+		len(p.slots), boolArg(res.concurrency != ""), settledTTL.Milliseconds(), res.Model)
 	for _, s := range p.slots {
 		ks = append(ks, r.key(s))
 		args = append(args, ttl(s, now))
+	}
+	for _, s := range p.slots {
+		ks = append(ks, r.modelsKey(s))
 	}
 	if res.concurrency != "" {
 		ks = append(ks, r.inflightKey(res.concurrency))
@@ -502,37 +355,52 @@ func (r *Redis) Status(ctx context.Context, b Budget) ([]WindowStatus, error) {
 	}
 	state := make([]counts, len(p.slots))
 	if len(p.slots) > 0 {
-		keys := make([]string, 0, len(p.slots)+1)
+		keys := make([]string, 0, 2*len(p.slots)+1)
 		for _, s := range p.slots {
 			keys = append(keys, r.key(s))
 		}
-		reply, err := statusScript.Run(ctx, r.client, append(keys, r.leases()), now.UnixMilli(), r.replica).Int64Slice()
+		for _, s := range p.slots {
+			keys = append(keys, r.modelsKey(s))
+		}
+		reply, err := statusScript.Run(ctx, r.client, append(keys, r.leases()), now.UnixMilli(), r.replica).Slice()
 		if err != nil {
 			return nil, fmt.Errorf("quota: status from redis: %w", err)
 		}
-		if len(reply) != 6*len(p.slots) {
-			return nil, fmt.Errorf("quota: status from redis: reply has %d values, want %d", len(reply), 6*len(p.slots))
-		}
+		rd := replyReader{v: reply}
 		for i := range state {
-			v := reply[6*i:]
-			state[i] = counts{used: Amount{v[0], v[1], v[2]}, reserved: Amount{v[3], v[4], v[5]}}
+			state[i] = rd.counts()
+			for range rd.int() {
+				m := ModelAmount{Model: rd.str()}
+				if m.Amount, err = unpackModel(rd.str()); err != nil {
+					rd.err = cmp.Or(rd.err, err)
+				}
+				state[i].models = append(state[i].models, m)
+			}
+			state[i].models = sortModels(state[i].models)
+		}
+		if rd.err != nil || len(rd.v) != 0 {
+			return nil, fmt.Errorf("quota: status from redis: unexpected reply %v: %w", reply, cmp.Or(rd.err, errors.New("values left over")))
 		}
 	}
 	return p.windows(state), nil
 }
 
 // Seed implements [Counter].
-func (r *Redis) Seed(ctx context.Context, budget string, w llmv1alpha1.Window, start time.Time, used Amount) error {
+func (r *Redis) Seed(ctx context.Context, budget string, w llmv1alpha1.Window, start time.Time, used Amount, models []ModelAmount) error {
 	now := r.now()
 	s, ok, err := seedSlot(budget, w, start, now)
 	if err != nil || !ok {
 		return err
 	}
 	used = nonNegative(used)
-	if used.IsZero() {
+	if used.IsZero() && len(models) == 0 {
 		return nil
 	}
-	if err := seedScript.Run(ctx, r.client, []string{r.key(s)}, used.Requests, used.InputTokens, used.OutputTokens, ttl(s, now)).Err(); err != nil {
+	args := []any{used.Requests, used.InputTokens, used.CachedInputTokens, used.OutputTokens, costArg(used.Cost), ttl(s, now)}
+	for _, m := range models {
+		args = append(args, m.Model, packModel(nonNegative(m.Amount)))
+	}
+	if err := seedScript.Run(ctx, r.client, []string{r.key(s), r.modelsKey(s)}, args...).Err(); err != nil {
 		return fmt.Errorf("quota: seed in redis: %w", err)
 	}
 	return nil
@@ -540,11 +408,11 @@ func (r *Redis) Seed(ctx context.Context, budget string, w llmv1alpha1.Window, s
 
 // Lifetime implements [Counter].
 func (r *Redis) Lifetime(ctx context.Context, budget string) (Amount, error) {
-	v, err := r.client.HMGet(ctx, r.lifetimeKey(budget), "req", "in", "out").Result()
+	v, err := r.client.HMGet(ctx, r.lifetimeKey(budget), "req", "in", "cin", "out", "cost").Result()
 	if err != nil {
 		return Amount{}, fmt.Errorf("quota: lifetime from redis: %w", err)
 	}
-	var a [3]int64
+	var a [5]int64
 	for i, f := range v {
 		if s, ok := f.(string); ok {
 			if a[i], err = strconv.ParseInt(s, 10, 64); err != nil {
@@ -552,7 +420,7 @@ func (r *Redis) Lifetime(ctx context.Context, budget string) (Amount, error) {
 			}
 		}
 	}
-	return Amount{a[0], a[1], a[2]}, nil
+	return Amount{Requests: a[0], InputTokens: a[1], CachedInputTokens: a[2], OutputTokens: a[3], Cost: a[4]}, nil
 }
 
 // SeedLifetime implements [Counter].
@@ -561,25 +429,12 @@ func (r *Redis) SeedLifetime(ctx context.Context, budget string, used Amount) er
 	if used.IsZero() {
 		return nil
 	}
-	if err := seedLifetimeScript.Run(ctx, r.client, []string{r.lifetimeKey(budget)}, used.Requests, used.InputTokens, used.OutputTokens).Err(); err != nil {
+	if err := seedLifetimeScript.Run(ctx, r.client, []string{r.lifetimeKey(budget)},
+		used.Requests, used.InputTokens, used.CachedInputTokens, used.OutputTokens, costArg(used.Cost)).Err(); err != nil {
 		return fmt.Errorf("quota: seed lifetime in redis: %w", err)
 	}
 	return nil
 }
-
-// seedLifetimeScript raises each field of a lifetime hash to at least the
-// given value.
-//
-//	KEYS: the lifetime hash
-//	ARGV: req, in, out
-var seedLifetimeScript = redis.NewScript(`
-local f = {'req', 'in', 'out'}
-local cur = redis.call('HMGET', KEYS[1], 'req', 'in', 'out')
-for j = 1, 3 do
-  if tonumber(ARGV[j]) > (tonumber(cur[j]) or 0) then redis.call('HSET', KEYS[1], f[j], ARGV[j]) end
-end
-return 1
-`)
 
 // Renew renews this replica's lease now.
 func (r *Redis) Renew(ctx context.Context) error {

@@ -40,9 +40,14 @@ func TestRedisKeys(t *testing.T) {
 	c := seeded(t, NewRedis(client, RedisOptions{Prefix: "llm:", Now: clock.Now}))
 	b := UserBudget("team", "alice", "uid-alice", []Limit{{Window: minute, Tokens: ptr(100)}, {Window: day, Requests: ptr(1)}}, false)
 
-	charge(t, c, []Budget{b}, Amount{1, 10, 10})
+	// 6 uncached input tokens at 3, 4 cached at 1, 10 output at 5.
+	r, _, err := c.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: amt(1, 10, 10), Model: "org/model-a", Price: Price{Input: 3, CachedInput: 1, Output: 5}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	settle(t, c, r, Amount{Requests: 1, InputTokens: 10, CachedInputTokens: 4, OutputTokens: 10, Cost: 72})
 	// Refused: must write nothing.
-	if _, d := reserve(t, c, []Budget{b}, Amount{1, 1, 1}); d.Allowed {
+	if _, d := reserve(t, c, []Budget{b}, amt(1, 1, 1)); d.Allowed {
 		t.Fatal("admitted over the day's requests")
 	}
 
@@ -57,21 +62,30 @@ func TestRedisKeys(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := map[string]string{"req": "1", "in": "10", "out": "10"}
+		want := map[string]string{"req": "1", "in": "10", "cin": "4", "out": "10", "cost": "72"}
 		if fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("%s = %v, want %v", k.key, got, want)
 		}
-		ttl, err := client.PTTL(ctx, k.key).Result()
+		models, err := client.HGetAll(ctx, k.key+":models").Result()
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Redis counts down from the moment the script ran.
-		if ttl > k.ttl || ttl < k.ttl-time.Minute {
-			t.Errorf("%s expires in %s, want %s", k.key, ttl, k.ttl)
+		if want := map[string]string{"org/model-a": "1 10 4 10 72"}; fmt.Sprint(models) != fmt.Sprint(want) {
+			t.Errorf("%s:models = %v, want %v", k.key, models, want)
+		}
+		for _, key := range []string{k.key, k.key + ":models"} {
+			ttl, err := client.PTTL(ctx, key).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Redis counts down from the moment the script ran.
+			if ttl > k.ttl || ttl < k.ttl-time.Minute {
+				t.Errorf("%s expires in %s, want %s", key, ttl, k.ttl)
+			}
 		}
 	}
-	if n, err := client.DBSize(ctx).Result(); err != nil || n != 6 {
-		t.Errorf("DBSize = %d, %v; want the 2 window keys, the lifetime, the leases, the seeded marker and the settled key", n, err)
+	if n, err := client.DBSize(ctx).Result(); err != nil || n != 8 {
+		t.Errorf("DBSize = %d, %v; want the 2 window keys and their models, the lifetime, the leases, the seeded marker and the settled key", n, err)
 	}
 	settled, err := client.Keys(ctx, "llm:settled:*").Result()
 	if err != nil || len(settled) != 1 {
@@ -83,7 +97,7 @@ func TestRedisKeys(t *testing.T) {
 
 	// A reservation whose window keys expired is released without
 	// recreating them, since they would have no expiry.
-	r := admit(t, c, []Budget{UserBudget("team", "bob", "uid-bob", b.Limits, false)}, Amount{1, 1, 1})
+	r = admit(t, c, []Budget{UserBudget("team", "bob", "uid-bob", b.Limits, false)}, amt(1, 1, 1))
 	if err := client.Del(ctx, "llm:user/team/bob/uid-bob:Minute:"+fmt.Sprint(utc("2027-03-10T12:30:00Z").Unix()),
 		"llm:user/team/bob/uid-bob:Day:"+fmt.Sprint(utc("2027-03-10T00:00:00Z").Unix())).Err(); err != nil {
 		t.Fatal(err)
@@ -95,11 +109,11 @@ func TestRedisKeys(t *testing.T) {
 
 	// A Redis that lost everything (a restart) takes no charge until it is
 	// seeded again: a reseed would overwrite it.
-	r = admit(t, c, []Budget{UserBudget("team", "carol", "uid-carol", b.Limits, false)}, Amount{1, 1, 1})
+	r = admit(t, c, []Budget{UserBudget("team", "carol", "uid-carol", b.Limits, false)}, amt(1, 1, 1))
 	if err := client.FlushDB(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Settle(ctx, r, Amount{0, 1, 1}); !errors.Is(err, ErrUnseeded) {
+	if err := c.Settle(ctx, r, amt(0, 1, 1)); !errors.Is(err, ErrUnseeded) {
 		t.Errorf("Settle into an emptied Redis: %v, want ErrUnseeded", err)
 	}
 	if n, err := client.DBSize(ctx).Result(); err != nil || n != 0 {
@@ -125,7 +139,7 @@ func TestRedisMatchesMemory(t *testing.T) {
 		UserBudget("team", "zero", "uid-zero", []Limit{{Window: hour, OutputTokens: ptr(0)}}, false),
 	}
 	rng := rand.New(rand.NewPCG(3, 4))
-	amount := func(n int64) Amount { return Amount{rng.Int64N(2), rng.Int64N(n), rng.Int64N(n)} }
+	amount := func(n int64) Amount { return amt(rng.Int64N(2), rng.Int64N(n), rng.Int64N(n)) }
 	type pair struct{ mem, red *Reservation }
 	var open []pair
 	for i := range 3000 {
@@ -167,10 +181,10 @@ func TestRedisMatchesMemory(t *testing.T) {
 			w := b.Limits[rng.IntN(len(b.Limits))].Window
 			start := WindowStart(w, clock.Now())
 			used := amount(400)
-			if err := mem.Seed(ctx, b.Key, w, start, used); err != nil {
+			if err := mem.Seed(ctx, b.Key, w, start, used, nil); err != nil {
 				t.Fatal(err)
 			}
-			if err := red.Seed(ctx, b.Key, w, start, used); err != nil {
+			if err := red.Seed(ctx, b.Key, w, start, used, nil); err != nil {
 				t.Fatal(err)
 			}
 		default:
@@ -187,6 +201,143 @@ func TestRedisMatchesMemory(t *testing.T) {
 		if lr != lm {
 			t.Errorf("lifetime of %s: redis %+v, memory %+v", b.Key, lr, lm)
 		}
+	}
+}
+
+// TestRedisMatchesMemoryCosts is TestRedisMatchesMemory with prices, cost
+// caps and models, at two scales: costs of a few thousand pico-units, and
+// costs near the 64-bit limit, which Redis's Lua (whose numbers are
+// doubles) must handle as exactly as Go.
+func TestRedisMatchesMemoryCosts(t *testing.T) {
+	ctx := context.Background()
+	addr, _ := redisserver.Start(t)
+	for _, scale := range []struct {
+		name   string
+		caps   int64 // the cost caps
+		unit   int64 // about what a request costs
+		prices []int64
+	}{
+		{"small", 200_000, 2_000, []int64{0, 1, 2, 7, 13}},
+		{"near the limit", 9_000_000_000_000_000_000, 3_000_000_000_000_000, []int64{0, 999_983, 1_000_000, 123_456_789_011, 9_999_999_999_999}},
+	} {
+		t.Run(scale.name, func(t *testing.T) {
+			clock := newFakeClock(t0)
+			mem := NewMemory(clock.Now)
+			red := seeded(t, NewRedis(newRedisClient(t, addr), RedisOptions{Prefix: "costs-" + scale.name + ":", Now: clock.Now}))
+			c := scale.caps
+			budgets := []Budget{
+				UserBudget("team", "alice", "uid-alice", []Limit{{Window: minute, Cost: ptr(c), Requests: ptr(40)}, {Window: hour, Cost: ptr(c)}}, false),
+				UserBudget("team", "bob", "uid-bob", []Limit{{Window: minute, Tokens: ptr(30000)}, {Window: day, Cost: ptr(c - 1)}}, false),
+				PoolBudget("team", "shared", "uid-shared", []Limit{{Window: hour, Cost: ptr(c), OutputTokens: ptr(20000)}}, false),
+				PoolBudget("team", "shadow", "uid-shadow", []Limit{{Window: minute, Cost: ptr(c - scale.unit)}}, true),
+				UserBudget("team", "broke", "uid-broke", []Limit{{Window: hour, Cost: ptr(0)}}, false),
+			}
+			rng := rand.New(rand.NewPCG(5, uint64(c)))
+			price := func() Price {
+				p := scale.prices
+				return Price{Input: p[rng.IntN(len(p))], CachedInput: p[rng.IntN(len(p))], Output: p[rng.IntN(len(p))]}
+			}
+			models := make([]string, MaxModels+4)
+			for i := range models {
+				models[i] = fmt.Sprintf("org/model-%d", i)
+			}
+			amount := func(n int64) Amount {
+				in := rng.Int64N(n)
+				return Amount{Requests: rng.Int64N(2), InputTokens: in, CachedInputTokens: rng.Int64N(in + 1), OutputTokens: rng.Int64N(n)}
+			}
+			type pair struct {
+				mem, red *Reservation
+				price    Price
+			}
+			var open []pair
+			try := func(i int, req Request) {
+				t.Helper()
+				rm, dm, err := mem.Reserve(ctx, req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				rr, dr, err := red.Reserve(ctx, req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if dm.Allowed != dr.Allowed || !sameExceeded(dm.Exceeded, dr.Exceeded) || dm.Granted != dr.Granted || dm.WouldGrant != dr.WouldGrant {
+					t.Fatalf("op %d: memory %v %+v granted %+v would %+v, redis %v %+v granted %+v would %+v", i,
+						dm.Allowed, dm.Exceeded, dm.Granted, dm.WouldGrant, dr.Allowed, dr.Exceeded, dr.Granted, dr.WouldGrant)
+				}
+				checkWindows(t, fmt.Sprintf("op %d redis vs memory", i), dr.Windows, dm.Windows...)
+				if rm != nil {
+					open = append(open, pair{rm, rr, req.Price})
+				}
+			}
+			estimate := func(budgets ...Budget) Request {
+				req := Request{Budgets: budgets, Estimate: amount(300), OutputStep: rng.Int64N(4), Model: models[rng.IntN(len(models))], Price: price()}
+				req.Estimate.CachedInputTokens = 0
+				return req
+			}
+			for i := range 3000 {
+				switch op := rng.IntN(10); {
+				case op < 5:
+					var bs []Budget
+					for _, b := range rng.Perm(len(budgets))[:1+rng.IntN(3)] {
+						bs = append(bs, budgets[b])
+					}
+					try(i, estimate(bs...))
+				case op < 8 && len(open) > 0:
+					j := rng.IntN(len(open))
+					actual := amount(400)
+					actual.Cost = open[j].price.Cost(actual)
+					settle(t, mem, open[j].mem, actual)
+					settle(t, red, open[j].red, actual)
+					open = append(open[:j], open[j+1:]...)
+				case op == 8:
+					b := budgets[rng.IntN(len(budgets))]
+					w := b.Limits[rng.IntN(len(b.Limits))].Window
+					start := WindowStart(w, clock.Now())
+					used := amount(400)
+					// A minute near its cap, where the output is lowered to
+					// what is left, until the minute ends.
+					used.Cost = rng.Int64N(c / 4)
+					if w == minute {
+						used.Cost = c - rng.Int64N(scale.unit/2)
+					}
+					seed := []ModelAmount{{Model: models[rng.IntN(len(models))], Amount: used}, {Model: OtherModels, Amount: amount(50)}}
+					if err := mem.Seed(ctx, b.Key, w, start, used, seed); err != nil {
+						t.Fatal(err)
+					}
+					if err := red.Seed(ctx, b.Key, w, start, used, seed); err != nil {
+						t.Fatal(err)
+					}
+					if w == minute {
+						// Little is left: a short prompt's output is lowered to it.
+						req := estimate(b)
+						req.Estimate.InputTokens = rng.Int64N(20)
+						req.Estimate.OutputTokens = 100 + rng.Int64N(200)
+						req.OutputStep = 1 + rng.Int64N(3)
+						req.Price.Output = scale.prices[1+rng.IntN(len(scale.prices)-1)]
+						try(i, req)
+					}
+				default:
+					clock.Step(time.Duration(rng.Int64N(int64(40 * time.Second))))
+				}
+				if t.Failed() {
+					t.FailNow()
+				}
+			}
+			for _, b := range budgets {
+				sr, sm := status(t, red, b), status(t, mem, b)
+				checkWindows(t, "final redis vs memory "+b.Key, sr, sm...)
+				for i := range sr {
+					if fmt.Sprint(sr[i].Models) != fmt.Sprint(sm[i].Models) {
+						t.Errorf("%s %s models: redis %v, memory %v", b.Key, sr[i].Limit.Window, sr[i].Models, sm[i].Models)
+					}
+				}
+				lr, _ := red.Lifetime(ctx, b.Key)
+				lm, _ := mem.Lifetime(ctx, b.Key)
+				if lr != lm {
+					t.Errorf("lifetime of %s: redis %+v, memory %+v", b.Key, lr, lm)
+				}
+			}
+		})
 	}
 }
 
@@ -213,20 +364,20 @@ func TestRedisLeases(t *testing.T) {
 		}
 		return r
 	}
-	hold(crashed, Amount{1, 300, 300})
-	long := hold(alive, Amount{1, 100, 100})
+	hold(crashed, amt(1, 300, 300))
+	long := hold(alive, amt(1, 100, 100))
 
 	// Within the lease both replicas' holds count: 800 held, 2 in flight.
 	clock.Step(29 * time.Second)
 	if err := alive.Renew(ctx); err != nil {
 		t.Fatal(err)
 	}
-	_, d, err := alive.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: Amount{1, 100, 101}})
+	_, d, err := alive.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: amt(1, 100, 101)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkExceeded(t, d.Exceeded, &Exceeded{Budget: b.Key, Window: day, Resource: ResourceTokens, Limit: 1000, Used: 800, ResetAt: WindowEnd(day, t0)})
-	if _, d, _ := alive.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: Amount{1, 1, 1}, Concurrency: conc}); d.Allowed {
+	if _, d, _ := alive.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: amt(1, 1, 1), Concurrency: conc}); d.Allowed {
 		t.Fatal("a third request in flight was admitted")
 	}
 
@@ -236,8 +387,8 @@ func TestRedisLeases(t *testing.T) {
 	if err := alive.Renew(ctx); err != nil {
 		t.Fatal(err)
 	}
-	checkWindows(t, "after the crashed replica's lease", status(t, alive, b), window(b, 0, clock.Now(), Amount{}, Amount{1, 100, 100}))
-	r := hold(alive, Amount{1, 600, 200})
+	checkWindows(t, "after the crashed replica's lease", status(t, alive, b), window(b, 0, clock.Now(), Amount{}, amt(1, 100, 100)))
+	r := hold(alive, amt(1, 600, 200))
 	key := "lease:" + b.Key + ":Day:" + fmt.Sprint(WindowStart(day, t0).Unix())
 	got, err := client.HGetAll(ctx, key).Result()
 	if err != nil {
@@ -248,9 +399,9 @@ func TestRedisLeases(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("%s = %v, want %v", key, got, want)
 	}
-	settle(t, alive, r, Amount{1, 600, 150})
-	settle(t, alive, long, Amount{1, 100, 90})
-	checkWindows(t, "settled", status(t, alive, b), window(b, 0, clock.Now(), Amount{2, 700, 240}, Amount{}))
+	settle(t, alive, r, amt(1, 600, 150))
+	settle(t, alive, long, amt(1, 100, 90))
+	checkWindows(t, "settled", status(t, alive, b), window(b, 0, clock.Now(), amt(2, 700, 240), Amount{}))
 	got, _ = client.HGetAll(ctx, key).Result()
 	if want := map[string]string{"req": "2", "in": "700", "out": "240"}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("%s = %v after settling, want %v", key, got, want)
@@ -269,33 +420,33 @@ func TestRedisUnavailable(t *testing.T) {
 	t.Cleanup(func() { _ = client.Close() })
 	c := seeded(t, NewRedis(client, RedisOptions{Prefix: "llm:", Now: newFakeClock(t0).Now}))
 	b := UserBudget("team", "alice", "uid-alice", []Limit{{Window: hour, Tokens: ptr(100)}}, false)
-	r := admit(t, c, []Budget{b}, Amount{1, 10, 10})
+	r := admit(t, c, []Budget{b}, amt(1, 10, 10))
 
 	srv.Stop()
-	if _, _, err := c.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: Amount{1, 1, 1}}); err == nil {
+	if _, _, err := c.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: amt(1, 1, 1)}); err == nil {
 		t.Error("Reserve succeeded with Redis down")
 	}
-	if err := c.Settle(ctx, r, Amount{1, 10, 10}); err == nil {
+	if err := c.Settle(ctx, r, amt(1, 10, 10)); err == nil {
 		t.Error("Settle succeeded with Redis down")
 	}
 	if _, err := c.Status(ctx, b); err == nil {
 		t.Error("Status succeeded with Redis down")
 	}
-	if err := c.Seed(ctx, b.Key, hour, t0, Amount{1, 1, 1}); err == nil {
+	if err := c.Seed(ctx, b.Key, hour, t0, amt(1, 1, 1), nil); err == nil {
 		t.Error("Seed succeeded with Redis down")
 	}
 
 	srv.Restart()
 	// The restarted server lost every count: admission must wait for seeding.
-	if _, _, err := c.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: Amount{1, 1, 1}}); !errors.Is(err, ErrUnseeded) {
+	if _, _, err := c.Reserve(ctx, Request{Budgets: []Budget{b}, Estimate: amt(1, 1, 1)}); !errors.Is(err, ErrUnseeded) {
 		t.Fatalf("Reserve on an empty Redis: %v, want ErrUnseeded", err)
 	}
 	if err := c.MarkSeeded(ctx); err != nil {
 		t.Fatal(err)
 	}
 	// The new server has never seen the scripts: Run falls back to EVAL.
-	charge(t, c, []Budget{b}, Amount{1, 10, 10})
-	checkWindows(t, "after restart", status(t, c, b), window(b, 0, t0, Amount{1, 10, 10}, Amount{}))
+	charge(t, c, []Budget{b}, amt(1, 10, 10))
+	checkWindows(t, "after restart", status(t, c, b), window(b, 0, t0, amt(1, 10, 10), Amount{}))
 }
 
 func BenchmarkRedisReserveSettle(b *testing.B) {

@@ -824,3 +824,92 @@ func TestWriteRateAndOrder(t *testing.T) {
 		t.Errorf("Pending() = %d, want 0", r.Pending())
 	}
 }
+
+// TestPricedStatusRoundTrip: a priced Shared quota's users and pool show
+// cost, cached input tokens and the per-model split of each window in
+// status, and a replica seeded from that status holds the same counts.
+func TestPricedStatusRoundTrip(t *testing.T) {
+	e := apiServer(t)
+	ns := envtest.NewNamespace(t, e.Client, "usage")
+	q := &llmv1alpha1.LLMQuota{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "priced"},
+		Spec: llmv1alpha1.LLMQuotaSpec{
+			Scope:  llmv1alpha1.ScopeShared,
+			Limits: []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowDay, Cost: ptr.To[llmv1alpha1.Decimal]("10")}},
+			Pricing: &llmv1alpha1.Pricing{Currency: "USD", Models: []llmv1alpha1.ModelPrice{
+				// Per million: 2 input, 0.5 cached input, 8 output.
+				{Model: "big/*", Input: "2", CachedInput: ptr.To[llmv1alpha1.Decimal]("0.5"), Output: "8"},
+			}},
+		},
+	}
+	if err := e.Client.Create(t.Context(), q); err != nil {
+		t.Fatal(err)
+	}
+	createUser(t, e.Client, ns, "ann", "priced")
+	createUser(t, e.Client, ns, "ben", "priced")
+
+	now := time.Now().UTC()
+	clock := newClock(now)
+	counter := quota.NewMemory(clock.Now)
+	r := New(e.Client, Options{Now: clock.Now, Counter: counter})
+	sp := &spender{t: t, c: e.Client, counter: counter, r: r, now: clock.Now}
+	// 1000 in (400 cached), 100 out: 600·2 + 400·0.5 + 100·8 = 2200 µUSD.
+	sp.spendOn(ns, "ann", "big/one", quota.Amount{Requests: 1, InputTokens: 1000, CachedInputTokens: 400, OutputTokens: 100})
+	// Free: no price matches.
+	sp.spendOn(ns, "ann", "small", quota.Amount{Requests: 1, InputTokens: 50, OutputTokens: 5})
+	// 500 in, 250 out: 1000 + 2000 = 3000 µUSD.
+	sp.spendOn(ns, "ben", "big/two", quota.Amount{Requests: 1, InputTokens: 500, OutputTokens: 250})
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	ann := getUser(t, e.Client, ns, "ann").Status
+	if len(ann.Usage) != 1 {
+		t.Fatalf("ann's usage = %+v, want one Day entry", ann.Usage)
+	}
+	w := ann.Usage[0]
+	if w.Cost != "0.0022" || w.Currency != "USD" || w.CachedInputTokens != 400 || w.InputTokens != 1050 || w.RemainingCost != "" {
+		t.Errorf("ann's day: cost %q %q, cached %d of %d input, remainingCost %q; want 0.0022 USD, 400 of 1050, none (a share of a pool)",
+			w.Cost, w.Currency, w.CachedInputTokens, w.InputTokens, w.RemainingCost)
+	}
+	wantModels := []llmv1alpha1.ModelUsage{
+		{Model: "big/one", Requests: 1, InputTokens: 1000, CachedInputTokens: 400, OutputTokens: 100, Cost: "0.0022"},
+		{Model: "small", Requests: 1, InputTokens: 50, OutputTokens: 5, Cost: "0"},
+	}
+	if fmt.Sprint(w.Models) != fmt.Sprint(wantModels) {
+		t.Errorf("ann's models = %+v, want %+v", w.Models, wantModels)
+	}
+	if lt := ann.Lifetime; lt == nil || lt.Cost != "0.0022" || lt.CachedInputTokens != 400 {
+		t.Errorf("ann's lifetime = %+v, want cost 0.0022 and 400 cached", lt)
+	}
+	pool := getQuota(t, e.Client, ns, "priced").Status
+	if len(pool.Usage) != 1 || pool.Usage[0].Cost != "0.0052" || pool.Usage[0].RemainingCost != "9.9948" || len(pool.Usage[0].Models) != 3 {
+		t.Errorf("pool usage = %+v, want cost 0.0052, 9.9948 left, 3 models", pool.Usage)
+	}
+
+	// A replica restarted the same day holds what status recorded, split included.
+	m := quota.NewMemory(clock.Now)
+	if err := SeedFromStatus(t.Context(), m, e.Client, now, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	pq := getQuota(t, e.Client, ns, "priced")
+	bs := quota.BudgetsFor(getUser(t, e.Client, ns, "ann"), pq)
+	for _, b := range bs {
+		got, err := m.Status(t.Context(), b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := counter.Status(t.Context(), b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got[0].Used != want[0].Used || fmt.Sprint(got[0].Models) != fmt.Sprint(want[0].Models) {
+			t.Errorf("%s seeded with %+v %+v, want %+v %+v", b.Key, got[0].Used, got[0].Models, want[0].Used, want[0].Models)
+		}
+		lg, _ := m.Lifetime(t.Context(), b.Key)
+		lw, _ := counter.Lifetime(t.Context(), b.Key)
+		if lg != lw {
+			t.Errorf("%s lifetime seeded with %+v, want %+v", b.Key, lg, lw)
+		}
+	}
+}

@@ -47,7 +47,7 @@ func SeedFromStatus(ctx context.Context, counter quota.Counter, c client.Reader,
 
 func seed(ctx context.Context, counter quota.Counter, key string, entries []llmv1alpha1.WindowUsage, lt *llmv1alpha1.UsageTotals, now time.Time) error {
 	if lt != nil {
-		if err := counter.SeedLifetime(ctx, key, quota.Amount{Requests: lt.Requests, InputTokens: lt.InputTokens, OutputTokens: lt.OutputTokens}); err != nil {
+		if err := counter.SeedLifetime(ctx, key, totalsAmount(lt)); err != nil {
 			return fmt.Errorf("usage: seeding the lifetime of %s: %w", key, err)
 		}
 	}
@@ -59,11 +59,15 @@ func seed(ctx context.Context, counter quota.Counter, key string, entries []llmv
 		if !e.WindowStart.Time.Equal(start) {
 			continue
 		}
-		used := quota.Amount{Requests: e.Requests, InputTokens: e.InputTokens, OutputTokens: e.OutputTokens}
+		used := entryAmount(&e)
 		if used.IsZero() {
 			continue
 		}
-		if err := counter.Seed(ctx, key, e.Window, start, used); err != nil {
+		models := make([]quota.ModelAmount, 0, len(e.Models))
+		for _, m := range e.Models {
+			models = append(models, quota.ModelAmount{Model: m.Model, Amount: modelAmount(m)})
+		}
+		if err := counter.Seed(ctx, key, e.Window, start, used, models); err != nil {
 			return fmt.Errorf("usage: seeding %s %s window: %w", key, e.Window, err)
 		}
 	}

@@ -189,10 +189,21 @@ type spender struct {
 // spend charges a to user ns/name and returns the charge.
 func (s *spender) spend(ns, name string, a quota.Amount) quota.Charge {
 	s.t.Helper()
+	return s.spendOn(ns, name, "", a)
+}
+
+// spendOn is spend of a request to model, priced as the user's quota prices
+// it (a.Cost is set from the tokens).
+func (s *spender) spendOn(ns, name, model string, a quota.Amount) quota.Charge {
+	s.t.Helper()
 	u := getUser(s.t, s.c, ns, name)
 	q := getQuota(s.t, s.c, ns, u.Spec.QuotaRef.Name)
 	budgets := quota.BudgetsFor(u, q)
-	res, d, err := s.counter.Reserve(s.t.Context(), quota.Request{Budgets: budgets, Estimate: a})
+	price := quota.PricingFromSpec(q.Spec.Pricing).Price(model)
+	a.Cost = price.Cost(a)
+	est := a
+	est.CachedInputTokens = 0
+	res, d, err := s.counter.Reserve(s.t.Context(), quota.Request{Budgets: budgets, Estimate: est, Model: model, Price: price})
 	if err != nil || !d.Allowed {
 		s.t.Fatalf("reserving %+v for %s: %v %+v", a, name, err, d.Exceeded)
 	}
@@ -200,7 +211,7 @@ func (s *spender) spend(ns, name string, a quota.Amount) quota.Charge {
 		s.t.Fatal(err)
 	}
 	ch := quota.Charge{Namespace: ns, User: name, UserUID: string(u.UID), Quota: q.Name, QuotaUID: string(q.UID),
-		Pool: q.Spec.Scope == llmv1alpha1.ScopeShared, Amount: a, At: s.now()}
+		Pool: q.Spec.Scope == llmv1alpha1.ScopeShared, Model: model, Amount: a, At: s.now()}
 	s.r.Charge(ch)
 	return ch
 }

@@ -2,6 +2,8 @@ package usage
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -89,7 +91,7 @@ func (r *Recorder) gone(k objKey, result, newUID string) {
 // seeded from status, and a counter that lost its counts (Redis restarted
 // empty, not yet seeded) must not erase what status recorded.
 func (r *Recorder) desired(ctx context.Context, reader client.Reader, obj client.Object, cur usageStatus, last time.Time) (usageStatus, error) {
-	b, limits, remaining, ok, err := r.budgetOf(ctx, reader, obj)
+	b, limits, pricing, remaining, ok, err := r.budgetOf(ctx, reader, obj)
 	if err != nil {
 		return usageStatus{}, err
 	}
@@ -102,12 +104,12 @@ func (r *Recorder) desired(ctx context.Context, reader client.Reader, obj client
 		if r.observe != nil {
 			r.observe(&b, quotaNameOf(obj), ws)
 		}
-		out.Usage = windows(cur.Usage, ws, limits, remaining, r.now())
+		out.Usage = windows(cur.Usage, ws, limits, pricing, remaining, r.now())
 		lt, err := r.counter.Lifetime(ctx, b.Key)
 		if err != nil {
 			return usageStatus{}, err
 		}
-		out.Lifetime = lifetime(cur.Lifetime, lt)
+		out.Lifetime = lifetime(cur.Lifetime, lt, pricing != nil)
 	}
 	if !last.IsZero() {
 		// Status keeps whole seconds; comparing at that precision keeps a
@@ -128,33 +130,37 @@ func quotaNameOf(obj client.Object) string {
 }
 
 // budgetOf returns the budget whose counters obj's status shows, the limits
-// to report in spec order, and whether the entries carry what is left; ok is
-// false for a user whose quota is gone (its entries are kept as they are).
-func (r *Recorder) budgetOf(ctx context.Context, reader client.Reader, obj client.Object) (b quota.Budget, limits []quota.Limit, remaining, ok bool, err error) {
+// to report in spec order, the quota's pricing (nil: costs are not shown),
+// and whether the entries carry what is left; ok is false for a user whose
+// quota is gone (its entries are kept as they are).
+func (r *Recorder) budgetOf(ctx context.Context, reader client.Reader, obj client.Object) (b quota.Budget, limits []quota.Limit, pricing *quota.Pricing, remaining, ok bool, err error) {
 	switch o := obj.(type) {
 	case *llmv1alpha1.LLMQuota:
 		bs := quota.BudgetsFor(&llmv1alpha1.LLMUser{}, o)
-		return bs[len(bs)-1], quota.LimitsFromSpec(o.Spec.Limits), true, true, nil
+		return bs[len(bs)-1], quota.LimitsFromSpec(o.Spec.Limits), quota.PricingFromSpec(o.Spec.Pricing), true, true, nil
 	case *llmv1alpha1.LLMUser:
 		var q llmv1alpha1.LLMQuota
 		if err := reader.Get(ctx, client.ObjectKey{Namespace: o.Namespace, Name: o.Spec.QuotaRef.Name}, &q); err != nil {
 			if apierrors.IsNotFound(err) {
-				return quota.Budget{}, nil, false, false, nil
+				return quota.Budget{}, nil, nil, false, false, nil
 			}
-			return quota.Budget{}, nil, false, false, err
+			return quota.Budget{}, nil, nil, false, false, err
 		}
 		// A user's share of a pool says nothing of what the pool has left.
-		return quota.BudgetsFor(o, &q)[0], quota.LimitsFromSpec(q.Spec.Limits), q.Spec.Scope != llmv1alpha1.ScopeShared, true, nil
+		return quota.BudgetsFor(o, &q)[0], quota.LimitsFromSpec(q.Spec.Limits), quota.PricingFromSpec(q.Spec.Pricing),
+			q.Spec.Scope != llmv1alpha1.ScopeShared, true, nil
 	default:
 		panic("usage: unexpected object type")
 	}
 }
 
 // windows returns one entry per window of limits, in their order, with the
-// counter's usage of the window current now: an entry of the same window
-// keeps whatever of its counts is higher, an entry of an ended window starts
-// again from the counter's. With remaining, entries carry what is left.
-func windows(old []llmv1alpha1.WindowUsage, ws []quota.WindowStatus, limits []quota.Limit, remaining bool, now time.Time) []llmv1alpha1.WindowUsage {
+// counter's usage of the window current now, split by model: an entry of the
+// same window keeps whatever of its counts (and of each model's) is higher,
+// an entry of an ended window starts again from the counter's. With
+// remaining, entries carry what is left. With pricing, they carry the cost
+// in its currency.
+func windows(old []llmv1alpha1.WindowUsage, ws []quota.WindowStatus, limits []quota.Limit, pricing *quota.Pricing, remaining bool, now time.Time) []llmv1alpha1.WindowUsage {
 	if len(limits) == 0 {
 		return nil
 	}
@@ -164,15 +170,12 @@ func windows(old []llmv1alpha1.WindowUsage, ws []quota.WindowStatus, limits []qu
 			continue
 		}
 		start := quota.WindowStart(l.Window, now)
-		used := ws[i].Used
+		used, models := ws[i].Used, ws[i].Models
 		if e := find(old, l.Window); e != nil {
 			switch s := e.WindowStart.Time; {
 			case s.Equal(start):
-				used = quota.Amount{
-					Requests:     max(used.Requests, e.Requests),
-					InputTokens:  max(used.InputTokens, e.InputTokens),
-					OutputTokens: max(used.OutputTokens, e.OutputTokens),
-				}
+				used = raise(used, entryAmount(e))
+				models = raiseModels(models, e.Models)
 			case s.After(start):
 				// A replica whose clock runs ahead has already begun the next
 				// window: going back would lose its counts.
@@ -188,27 +191,117 @@ func windows(old []llmv1alpha1.WindowUsage, ws []quota.WindowStatus, limits []qu
 			InputTokens:  used.InputTokens,
 			OutputTokens: used.OutputTokens,
 			TotalTokens:  used.Total(),
+
+			CachedInputTokens: used.CachedInputTokens,
+			Models:            modelUsage(models, pricing != nil),
+		}
+		if pricing != nil {
+			w.Cost, w.Currency = quota.FormatCost(used.Cost), pricing.Currency
 		}
 		if remaining {
 			// The same arithmetic as the proxy's rate-limit headers and
 			// budget gauges: the tightest token cap, and the requests cap.
-			w.Remaining, w.RemainingRequests = quota.WindowStatus{Limit: l, Used: used}.Remaining()
+			ws := quota.WindowStatus{Limit: l, Used: used}
+			w.Remaining, w.RemainingRequests = ws.Remaining()
+			if left, ok := ws.Left(quota.ResourceCost); ok && pricing != nil {
+				w.RemainingCost = quota.FormatCost(left)
+			}
 		}
 		out = append(out, w)
 	}
 	return out
 }
 
-// lifetime is the counter's lifetime, never below what status recorded.
-func lifetime(cur *llmv1alpha1.UsageTotals, c quota.Amount) *llmv1alpha1.UsageTotals {
-	lt := llmv1alpha1.UsageTotals{Requests: c.Requests, InputTokens: c.InputTokens, OutputTokens: c.OutputTokens}
+// lifetime is the counter's lifetime, never below what status recorded. Its
+// cost is shown while the quota has pricing, or once anything cost.
+func lifetime(cur *llmv1alpha1.UsageTotals, c quota.Amount, priced bool) *llmv1alpha1.UsageTotals {
 	if cur != nil {
-		lt.Requests = max(lt.Requests, cur.Requests)
-		lt.InputTokens = max(lt.InputTokens, cur.InputTokens)
-		lt.OutputTokens = max(lt.OutputTokens, cur.OutputTokens)
+		c = raise(c, totalsAmount(cur))
 	}
-	lt.TotalTokens = lt.InputTokens + lt.OutputTokens
+	lt := llmv1alpha1.UsageTotals{Requests: c.Requests, InputTokens: c.InputTokens, OutputTokens: c.OutputTokens,
+		TotalTokens: c.Total(), CachedInputTokens: c.CachedInputTokens}
+	if priced || c.Cost > 0 {
+		lt.Cost = quota.FormatCost(c.Cost)
+	}
 	return &lt
+}
+
+// entryAmount is what a status entry recorded. A cost that does not parse
+// (status is the proxy's own, so none should) counts as zero: the counter's
+// is kept.
+func entryAmount(e *llmv1alpha1.WindowUsage) quota.Amount {
+	cost, _ := quota.ParseCost(e.Cost)
+	return quota.Amount{Requests: e.Requests, InputTokens: e.InputTokens, CachedInputTokens: e.CachedInputTokens,
+		OutputTokens: e.OutputTokens, Cost: cost}
+}
+
+func totalsAmount(t *llmv1alpha1.UsageTotals) quota.Amount {
+	cost, _ := quota.ParseCost(t.Cost)
+	return quota.Amount{Requests: t.Requests, InputTokens: t.InputTokens, CachedInputTokens: t.CachedInputTokens,
+		OutputTokens: t.OutputTokens, Cost: cost}
+}
+
+func modelAmount(m llmv1alpha1.ModelUsage) quota.Amount {
+	cost, _ := quota.ParseCost(m.Cost)
+	return quota.Amount{Requests: m.Requests, InputTokens: m.InputTokens, CachedInputTokens: m.CachedInputTokens,
+		OutputTokens: m.OutputTokens, Cost: cost}
+}
+
+// raise returns a with each field raised to at least b's.
+func raise(a, b quota.Amount) quota.Amount {
+	return quota.Amount{Requests: max(a.Requests, b.Requests), InputTokens: max(a.InputTokens, b.InputTokens),
+		CachedInputTokens: max(a.CachedInputTokens, b.CachedInputTokens), OutputTokens: max(a.OutputTokens, b.OutputTokens),
+		Cost: max(a.Cost, b.Cost)}
+}
+
+// raiseModels raises each model's counts to at least what status recorded,
+// keeping the models status has and the counter lacks (a counter that lost
+// its split) while there is room for them.
+func raiseModels(ms []quota.ModelAmount, recorded []llmv1alpha1.ModelUsage) []quota.ModelAmount {
+	out := slices.Clone(ms)
+	for _, r := range recorded {
+		i := slices.IndexFunc(out, func(m quota.ModelAmount) bool { return m.Model == r.Model })
+		if i >= 0 {
+			out[i].Amount = raise(out[i].Amount, modelAmount(r))
+			continue
+		}
+		named := len(out)
+		if slices.ContainsFunc(out, func(m quota.ModelAmount) bool { return m.Model == quota.OtherModels }) {
+			named--
+		}
+		if r.Model == quota.OtherModels || named < quota.MaxModels {
+			out = append(out, quota.ModelAmount{Model: r.Model, Amount: modelAmount(r)})
+		}
+	}
+	slices.SortFunc(out, func(a, b quota.ModelAmount) int {
+		switch {
+		case a.Model == b.Model:
+			return 0
+		case a.Model == quota.OtherModels:
+			return 1
+		case b.Model == quota.OtherModels:
+			return -1
+		}
+		return strings.Compare(a.Model, b.Model)
+	})
+	return out
+}
+
+// modelUsage is the split of a window as status shows it.
+func modelUsage(ms []quota.ModelAmount, priced bool) []llmv1alpha1.ModelUsage {
+	if len(ms) == 0 {
+		return nil
+	}
+	out := make([]llmv1alpha1.ModelUsage, 0, len(ms))
+	for _, m := range ms {
+		u := llmv1alpha1.ModelUsage{Model: m.Model, Requests: m.Requests, InputTokens: m.InputTokens,
+			CachedInputTokens: m.CachedInputTokens, OutputTokens: m.OutputTokens}
+		if priced {
+			u.Cost = quota.FormatCost(m.Cost)
+		}
+		out = append(out, u)
+	}
+	return out
 }
 
 func find(entries []llmv1alpha1.WindowUsage, w llmv1alpha1.Window) *llmv1alpha1.WindowUsage {

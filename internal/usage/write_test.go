@@ -1,6 +1,8 @@
 package usage
 
 import (
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -87,10 +89,51 @@ func TestWindows(t *testing.T) {
 		},
 		{name: "no limits, no windows", old: []llmv1alpha1.WindowUsage{entry(llmv1alpha1.WindowDay, now, a)}},
 	} {
-		got := windows(tc.old, tc.ws, tc.limits, tc.remaining, now)
+		got := windows(tc.old, tc.ws, tc.limits, nil, tc.remaining, now)
 		if !equality.Semantic.DeepEqual(got, tc.want) {
 			t.Errorf("%s:\n got %+v\nwant %+v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestWindowsPriced is a priced window split by model, as status shows it:
+// cost and what is left of the cost budget in currency units, cached input
+// tokens, and each model's share never below what status recorded.
+func TestWindowsPriced(t *testing.T) {
+	now := t0.Add(90 * time.Second)
+	pricing := &quota.Pricing{Currency: "EUR"}
+	// 3.5 EUR budget; 1.25 EUR used.
+	day := quota.Limit{Window: llmv1alpha1.WindowDay, Cost: ptr.To[int64](3_500_000_000_000)}
+	used := quota.Amount{Requests: 3, InputTokens: 300, CachedInputTokens: 100, OutputTokens: 30, Cost: 1_250_000_000_000}
+	ws := []quota.WindowStatus{{Limit: day, Used: used, Models: []quota.ModelAmount{
+		{Model: "org/a", Amount: quota.Amount{Requests: 2, InputTokens: 200, CachedInputTokens: 100, OutputTokens: 20, Cost: 1_000_000_000_000}},
+		{Model: "org/b", Amount: quota.Amount{Requests: 1, InputTokens: 100, OutputTokens: 10, Cost: 250_000_000_000}},
+	}}}
+	old := entry(llmv1alpha1.WindowDay, now, quota.Amount{Requests: 1, InputTokens: 50, OutputTokens: 5})
+	// A model that a counter which lost its split no longer has, and one
+	// whose recorded count is higher than the counter's.
+	old.Models = []llmv1alpha1.ModelUsage{
+		{Model: "org/b", Requests: 1, InputTokens: 120, OutputTokens: 10, Cost: "0.3"},
+		{Model: "org/c", Requests: 1, InputTokens: 7, OutputTokens: 1, Cost: "0.000005"},
+	}
+	got := windows([]llmv1alpha1.WindowUsage{old}, ws, []quota.Limit{day}, pricing, true, now)
+	want := []llmv1alpha1.WindowUsage{{
+		Window: llmv1alpha1.WindowDay, WindowStart: mt(t0.Truncate(24 * time.Hour)), ResetAt: mt(t0.Truncate(24 * time.Hour).Add(24 * time.Hour)),
+		Requests: 3, InputTokens: 300, CachedInputTokens: 100, OutputTokens: 30, TotalTokens: 330,
+		Cost: "1.25", Currency: "EUR", RemainingCost: "2.25",
+		Models: []llmv1alpha1.ModelUsage{
+			{Model: "org/a", Requests: 2, InputTokens: 200, CachedInputTokens: 100, OutputTokens: 20, Cost: "1"},
+			{Model: "org/b", Requests: 1, InputTokens: 120, OutputTokens: 10, Cost: "0.3"},
+			{Model: "org/c", Requests: 1, InputTokens: 7, OutputTokens: 1, Cost: "0.000005"},
+		},
+	}}
+	if !equality.Semantic.DeepEqual(got, want) {
+		t.Errorf("\n got %+v\nwant %+v", got, want)
+	}
+	// Without pricing, no cost, currency or model costs.
+	got = windows(nil, ws, []quota.Limit{day}, nil, true, now)
+	if got[0].Cost != "" || got[0].Currency != "" || got[0].RemainingCost != "" || got[0].Models[0].Cost != "" {
+		t.Errorf("unpriced window shows cost: %+v", got[0])
 	}
 }
 
@@ -104,7 +147,7 @@ func TestLifetime(t *testing.T) {
 		{&llmv1alpha1.UsageTotals{Requests: 3, InputTokens: 4, OutputTokens: 9, TotalTokens: 13}, quota.Amount{Requests: 2, InputTokens: 10, OutputTokens: 5},
 			llmv1alpha1.UsageTotals{Requests: 3, InputTokens: 10, OutputTokens: 9, TotalTokens: 19}},
 	} {
-		if got := lifetime(tc.cur, tc.counter); *got != tc.want {
+		if got := lifetime(tc.cur, tc.counter, false); *got != tc.want {
 			t.Errorf("lifetime(%+v, %+v) = %+v, want %+v", tc.cur, tc.counter, *got, tc.want)
 		}
 	}
@@ -126,5 +169,33 @@ func TestEnded(t *testing.T) {
 		if got := ended(tc.entries, now); got != tc.want {
 			t.Errorf("%s: ended = %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+func TestLifetimeCost(t *testing.T) {
+	got := lifetime(&llmv1alpha1.UsageTotals{Requests: 9, Cost: "12.5", CachedInputTokens: 40},
+		quota.Amount{Requests: 10, InputTokens: 100, CachedInputTokens: 30, OutputTokens: 1, Cost: 12_000_000_000_000}, true)
+	want := llmv1alpha1.UsageTotals{Requests: 10, InputTokens: 100, CachedInputTokens: 40, OutputTokens: 1, TotalTokens: 101, Cost: "12.5"}
+	if *got != want {
+		t.Errorf("lifetime = %+v, want %+v", *got, want)
+	}
+	if got := lifetime(nil, quota.Amount{Requests: 1}, true); got.Cost != "0" {
+		t.Errorf("a priced lifetime that cost nothing shows cost %q, want 0", got.Cost)
+	}
+	if got := lifetime(nil, quota.Amount{Requests: 1}, false); got.Cost != "" {
+		t.Errorf("an unpriced lifetime shows cost %q", got.Cost)
+	}
+}
+
+// TestRaiseModelsKeepsTheBound: models status recorded and the counter
+// lacks are kept only while fewer than 10 are named; "other" always is.
+func TestRaiseModelsKeepsTheBound(t *testing.T) {
+	var counted []quota.ModelAmount
+	for i := range quota.MaxModels {
+		counted = append(counted, quota.ModelAmount{Model: fmt.Sprintf("m%02d", i), Amount: quota.Amount{Requests: 1}})
+	}
+	got := raiseModels(counted, []llmv1alpha1.ModelUsage{{Model: "a-late", Requests: 4}, {Model: quota.OtherModels, Requests: 2}})
+	if len(got) != 11 || got[10].Model != quota.OtherModels || got[10].Requests != 2 || slices.ContainsFunc(got, func(m quota.ModelAmount) bool { return m.Model == "a-late" }) {
+		t.Errorf("raiseModels = %+v, want the 10 counted models and other, without a-late", got)
 	}
 }

@@ -426,13 +426,13 @@ func testNames(t *testing.T, env *envtest.Env) {
 	}{
 		{
 			crd: "llmusers.llm.userops.dev", shortName: "llmu",
-			columns:    []string{"Quota", "Used", "Remaining", "Reset", "Ready", "Age"},
+			columns:    []string{"Quota", "Used", "Remaining", "Cost", "Currency", "Reset", "Ready", "Age"},
 			wideColumn: []string{"Suspended", "Expires"},
 		},
 		{
 			crd: "llmquotas.llm.userops.dev", shortName: "llmq",
 			columns:    []string{"Scope", "Window", "Tokens", "Users", "Age"},
-			wideColumn: []string{"Enforcement", "Concurrency", "Used"},
+			wideColumn: []string{"Enforcement", "Concurrency", "Used", "Cost", "Currency", "Priority"},
 		},
 	} {
 		t.Run(tc.crd, func(t *testing.T) {
@@ -492,6 +492,7 @@ func testKubectl(t *testing.T, env *envtest.Env) {
 	alice.Status.Usage = []llmv1alpha1.WindowUsage{{
 		Window: llmv1alpha1.WindowDay, WindowStart: start, ResetAt: metav1.NewTime(start.Add(24 * time.Hour)),
 		Requests: 3, InputTokens: 1200, OutputTokens: 34, TotalTokens: 1234, Remaining: ptr.To[int64](98766),
+		Cost: "0.0004764", Currency: "USD",
 	}}
 	alice.Status.Conditions = []metav1.Condition{{
 		Type: llmv1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: llmv1alpha1.ReasonIssued,
@@ -506,21 +507,21 @@ func testKubectl(t *testing.T, env *envtest.Env) {
 		t.Logf("kubectl get llmusers,llmquotas:\n%s", out)
 		headers := tableHeaders(out)
 		want := [][]string{
-			{"NAME", "QUOTA", "USED", "REMAINING", "RESET", "READY", "AGE"},
+			{"NAME", "QUOTA", "USED", "REMAINING", "COST", "CURRENCY", "RESET", "READY", "AGE"},
 			{"NAME", "SCOPE", "WINDOW", "TOKENS", "USERS", "AGE"},
 		}
 		if !slices.EqualFunc(headers, want, slices.Equal) {
 			t.Errorf("headers = %q, want %q", headers, want)
 		}
 		row := tableRow(out, "llmuser.llm.userops.dev/alice")
-		if len(row) < 6 || row[1] != "team-default" || row[2] != "1234" || row[3] != "98766" || row[5] != "True" {
-			t.Errorf("alice's row = %q, want quota team-default, used 1234, remaining 98766, ready True", row)
+		if len(row) < 8 || row[1] != "team-default" || row[2] != "1234" || row[3] != "98766" || row[4] != "0.0004764" || row[5] != "USD" || row[7] != "True" {
+			t.Errorf("alice's row = %q, want quota team-default, used 1234, remaining 98766, cost 0.0004764 USD, ready True", row)
 		}
 	})
 
 	t.Run("GetWide", func(t *testing.T) {
 		out := kubectl(t, "get", "llmusers", "-n", ns, "-o", "wide")
-		want := []string{"NAME", "QUOTA", "USED", "REMAINING", "RESET", "READY", "SUSPENDED", "EXPIRES", "AGE"}
+		want := []string{"NAME", "QUOTA", "USED", "REMAINING", "COST", "CURRENCY", "RESET", "READY", "SUSPENDED", "EXPIRES", "AGE"}
 		if headers := tableHeaders(out); len(headers) != 1 || !slices.Equal(headers[0], want) {
 			t.Errorf("headers = %q, want %q", headers, want)
 		}

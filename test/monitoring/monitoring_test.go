@@ -17,6 +17,7 @@ import (
 
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/operatorconfig"
@@ -151,8 +152,13 @@ func TestDashboardsAndAlerts(t *testing.T) {
 	perUser := func(requests int64) llmv1alpha1.LLMQuotaSpec {
 		return llmv1alpha1.LLMQuotaSpec{Limits: limits(dayTokens, requests), MaxTokensPerRequest: ptr.To[int64](maxTokensPerRequest)}
 	}
+	// The usage account's quota prices every token at 3 USD a million, so
+	// its cost is exactly 0.000003 USD per token the client was told of.
+	priced := perUser(10)
+	priced.Pricing = &llmv1alpha1.Pricing{Currency: "USD", Models: []llmv1alpha1.ModelPrice{
+		{Model: "*", Input: "3", CachedInput: ptr.To[llmv1alpha1.Decimal]("3"), Output: "3"}}}
 	var (
-		usage   = on("main", perUser(10))
+		usage   = on("main", priced)
 		near    = on("main", perUser(25))
 		spent   = on("main", perUser(2))
 		pool    = on("main", llmv1alpha1.LLMQuotaSpec{Limits: limits(dayTokens, 2), Scope: llmv1alpha1.ScopeShared})
@@ -237,6 +243,9 @@ func TestDashboardsAndAlerts(t *testing.T) {
 		// Admin, every namespace.
 		"llm-user-operator-admin / Tokens per user / A": exactly([]string{"namespace", "user"}, tokensOf(served...)),
 		"llm-user-operator-admin / Top users / A":       exactly([]string{"namespace", "user"}, tokensOf(served...)),
+		// Only the priced account has a cost series.
+		"llm-user-operator-admin / Cost per user / A": exactly([]string{"namespace", "user", "currency"},
+			map[string]float64{usage.Namespace + "/" + usage.Name + "/USD": 0.000003 * float64(usage.tokens)}),
 		"llm-user-operator-admin / Token rate per user / A": all(
 			has(user(usage), positive), has(user(near), positive)),
 		"llm-user-operator-admin / Token rate per model / A": all(
@@ -316,6 +325,32 @@ func TestDashboardsAndAlerts(t *testing.T) {
 				t.Errorf("expectation %q matches no panel query of the dashboards", k)
 			}
 		}
+	})
+
+	// The usage account's status agrees with the per-model panels above:
+	// its window's split by model holds the tokens the client was told of
+	// (the panel's figure), the requests answered, and their cost.
+	t.Run("StatusAgreesWithPanels", func(t *testing.T) {
+		// 3 µUSD a token, written as status writes decimals.
+		micros := 3 * usage.tokens
+		wantCost := strings.TrimRight(strings.TrimRight(fmt.Sprintf("%d.%06d", micros/1_000_000, micros%1_000_000), "0"), ".")
+		poll.Until(t, 30*time.Second, func() error {
+			var u llmv1alpha1.LLMUser
+			if err := env.Client.Get(t.Context(), client.ObjectKey{Namespace: usage.Namespace, Name: usage.Name}, &u); err != nil {
+				return err
+			}
+			if len(u.Status.Usage) != 1 || len(u.Status.Usage[0].Models) != 1 {
+				return fmt.Errorf("status.usage = %+v, want one window split into one model", u.Status.Usage)
+			}
+			w := u.Status.Usage[0]
+			m := w.Models[0]
+			if m.Model != modelID || m.InputTokens+m.OutputTokens != usage.tokens || m.Requests != int64(usage.ok) || m.Cost != wantCost ||
+				w.Cost != wantCost || w.Currency != "USD" {
+				return fmt.Errorf("status window cost %s %s, model %+v; want %s: %d tokens, %d requests, cost %s USD",
+					w.Cost, w.Currency, m, modelID, usage.tokens, usage.ok, wantCost)
+			}
+			return nil
+		})
 	})
 
 	alerts := map[string]check{

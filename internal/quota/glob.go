@@ -1,13 +1,13 @@
-package proxy
+package quota
 
 import "unicode/utf8"
 
-// globMatch reports whether name matches pattern, where '*' matches any run of
+// GlobMatch reports whether name matches pattern, where '*' matches any run of
 // characters, '/' included (model names look like "meta-llama/Llama-3.1-8B",
 // so path.Match's '*' would not do), and '?' matches one character. Every other
 // character matches itself. It runs in O(len(pattern)·len(name)) worst case and
 // does not allocate.
-func globMatch(pattern, name string) bool {
+func GlobMatch(pattern, name string) bool {
 	p, n := 0, 0
 	starP, starN := -1, 0
 	for n < len(name) {
@@ -44,21 +44,16 @@ func globMatch(pattern, name string) bool {
 	return p == len(pattern)
 }
 
-// matchAny reports whether name matches one of patterns; an empty list
+// MatchAny reports whether name matches one of patterns; an empty list
 // matches everything.
-func matchAny(patterns []string, name string) bool {
+func MatchAny(patterns []string, name string) bool {
 	if len(patterns) == 0 {
 		return true
 	}
 	for _, pat := range patterns {
-		if globMatch(pat, name) {
+		if GlobMatch(pat, name) {
 			return true
 		}
 	}
 	return false
-}
-
-// modelAllowed applies the quota's allowlist and then the user's narrowing.
-func modelAllowed(u *User, model string) bool {
-	return matchAny(u.Models, model) && matchAny(u.UserModels, model)
 }
