@@ -156,6 +156,8 @@ func myUsage() *dashboardBuilder {
 			instant(qMyUsedPercent, "{{window}}")).Max(100)).
 		WithPanel(bars("Tokens per model", "Tokens charged per model over the selected time range.", "short", 12, 8,
 			instant(qMyTokensPerModel, "{{model}}"))).
+		WithPanel(bars("Cost per model", "What the user's requests cost per model over the selected time range, in the quota's currency (empty when the quota has no spec.pricing).", "short", 24, 8,
+			instant(qMyCostPerModel, "{{model}} {{currency}}"))).
 		WithPanel(graph("Token rate per model", "Tokens per second by model and type.", "short", 8, 8,
 			series(qMyTokenRate, "{{model}} {{type}}"))).
 		WithPanel(graph("Requests per model", "Requests per second by model.", "reqps", 8, 8,

@@ -136,6 +136,7 @@ var (
 var (
 	qMyTokens          = fmt.Sprintf("sum %s", inRange(mTokens, selUser))
 	qMyTokensPerModel  = fmt.Sprintf("sum by (model) %s", inRange(mTokens, selUser))
+	qMyCostPerModel    = fmt.Sprintf("sum by (model, currency) %s", inRange(mCost, selUser))
 	qMyRemainingTokens = fmt.Sprintf("min by (window) (%s)", sel(mRemainingTokens, selUser))
 	qMyRemainingReqs   = fmt.Sprintf("min by (window) (%s)", sel(mRemainingReqs, selUser))
 	qMyUsedPercent     = fmt.Sprintf("100 * (1 - min by (window) (%s) / max by (window) (%s))", sel(mRemainingTokens, selUser), sel(mLimitTokens, selUser))

@@ -65,6 +65,7 @@ func TestE2E(t *testing.T) {
 		t.Run("Models", s.testModels)
 		t.Run("RequestQuota", s.testRequestQuota)
 		t.Run("TokenQuota", s.testTokenQuota)
+		t.Run("CostBudget", s.testCostBudget)
 		t.Run("QuotaSurvivesProxyRestart", s.testQuotaSurvivesProxyRestart)
 		t.Run("Suspend", s.testSuspend)
 		t.Run("Unauthenticated", s.testUnauthenticated)
