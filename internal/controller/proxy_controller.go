@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -83,6 +84,11 @@ type ProxyReconciler struct {
 	// watchingMonitors is set once ServiceMonitors are watched: the watch
 	// starts when their CRD first shows up, since it cannot start before.
 	watchMonitors sync.Once
+	// monitorsWatched is set when the ServiceMonitor watch has just started:
+	// a ServiceMonitor deleted after this reconcile applied it but before
+	// the new informer listed would never produce an event, so the
+	// reconcile that started the watch asks for one more.
+	monitorsWatched atomic.Bool
 }
 
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch;delete
@@ -130,6 +136,9 @@ func (r *ProxyReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (r
 	}
 	if err := r.report(ctx, cond); err != nil {
 		return reconcile.Result{}, errors.Join(applyErr, err)
+	}
+	if r.monitorsWatched.Swap(false) && applyErr == nil {
+		return reconcile.Result{RequeueAfter: time.Second}, nil
 	}
 	if applyErr == nil && !monitor && p.ServiceMonitor == operatorconfig.SwitchAuto && r.serviceMonitorCRDExists(ctx) {
 		// The CRD is there but discovery does not serve its kind yet (it is
@@ -288,7 +297,9 @@ func (r *ProxyReconciler) watchServiceMonitors() {
 		err := r.controller.Watch(source.Kind(r.cache, client.Object(m), r.enqueue(), r.mine()))
 		if err != nil {
 			ctrl.Log.WithName("proxy").Error(err, "cannot watch ServiceMonitors: a deleted one is recreated only at the next reconcile")
+			return
 		}
+		r.monitorsWatched.Store(true)
 	})
 }
 
