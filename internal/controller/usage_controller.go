@@ -63,8 +63,8 @@ func (r *UsageReconciler) judgeUsage(obj client.Object, v usageView, spec *llmv1
 			r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, llmv1alpha1.ReasonLimitReached, "Alert", "%s: %s", what, exhaustedMessage(a.State))
 			continue
 		}
-		r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, llmv1alpha1.ReasonThresholdCrossed, "Alert", "%s used %d%% of its %s %s limit (%d of %d; threshold %d%%); resets at %s",
-			what, a.State.Percent, a.State.Window, a.State.Top.Resource, a.State.Top.Used, a.State.Top.Limit, a.Threshold,
+		r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, llmv1alpha1.ReasonThresholdCrossed, "Alert", "%s used %d%% of its %s %s limit (%s of %s; threshold %d%%); resets at %s",
+			what, a.State.Percent, a.State.Window, a.State.Top.Resource, a.State.Top.show(a.State.Top.Used), a.State.Top.show(a.State.Top.Limit), a.Threshold,
 			a.State.ResetAt.UTC().Format(time.RFC3339))
 	}
 	cond, _ := exceededCondition(states, obj.GetGeneration(), now)

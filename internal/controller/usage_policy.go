@@ -2,7 +2,10 @@ package controller
 
 import (
 	"fmt"
+	"math"
+	"math/big"
 	"slices"
+	"strconv"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -13,9 +16,22 @@ import (
 
 // capUse is one capped resource of a window: its limit and what was used.
 type capUse struct {
-	Resource string // as an admin reads it: tokens, input tokens, output tokens, requests
+	// Resource is as an admin reads it: tokens, input tokens, output
+	// tokens, requests, or the currency of a cost budget.
+	Resource string
 	Used     int64
 	Limit    int64
+	// Money says Used and Limit are a cost in pico-units of the currency
+	// (quota.ParseCost), shown as decimals.
+	Money bool
+}
+
+// show writes an amount of the cap's resource as the admin wrote it.
+func (c capUse) show(v int64) string {
+	if c.Money {
+		return quota.FormatCost(v)
+	}
+	return strconv.FormatInt(v, 10)
 }
 
 // Remaining is what is left of the cap, never negative.
@@ -24,8 +40,13 @@ func (c capUse) Remaining() int64 { return max(c.Limit-c.Used, 0) }
 // smallestRequest is the least of a resource that any admitted request
 // takes: a prompt estimate plus one output token under a cap that counts
 // input ([quota.MinRequestTokens]), one output token, one request.
-func smallestRequest(resource string) int64 {
-	if resource == "tokens" || resource == "input tokens" {
+func smallestRequest(c capUse) int64 {
+	if c.Money {
+		// It depends on the model's price; any request costs something
+		// once priced, so only a spent budget is known to admit nothing.
+		return 1
+	}
+	if resource := c.Resource; resource == "tokens" || resource == "input tokens" {
 		return quota.MinRequestTokens
 	}
 	return 1
@@ -35,7 +56,7 @@ func smallestRequest(resource string) int64 {
 // request: the proxy refuses everything until the window resets, however
 // small, so the admin and the user must see it although the cap is not
 // literally used up.
-func (c capUse) Exhausted() bool { return c.Remaining() < smallestRequest(c.Resource) }
+func (c capUse) Exhausted() bool { return c.Remaining() < smallestRequest(c) }
 
 // windowState is one usage window judged against its limit.
 type windowState struct {
@@ -68,27 +89,42 @@ func judge(entries []llmv1alpha1.WindowUsage, limits []llmv1alpha1.QuotaLimit, n
 		}
 		ws := windowState{Window: e.Window, Start: e.WindowStart.Time, ResetAt: e.ResetAt.Time}
 		seen := false
-		for _, l := range limits {
+		for _, l := range quota.LimitsFromSpec(limits) {
 			if l.Window != e.Window {
 				continue
 			}
+			currency := e.Currency
+			if currency == "" {
+				currency = "cost"
+			}
+			// A cost the proxy wrote is always well-formed; anything else
+			// counts as nothing spent rather than blocking the window.
+			cost, _ := quota.ParseCost(e.Cost)
 			for _, c := range []struct {
-				res  string
-				capv *int64
-				used int64
+				res   string
+				capv  *int64
+				used  int64
+				money bool
 			}{
-				{"tokens", l.Tokens, e.TotalTokens},
-				{"input tokens", l.InputTokens, e.InputTokens},
-				{"output tokens", l.OutputTokens, e.OutputTokens},
-				{"requests", l.Requests, e.Requests},
+				{"tokens", l.Tokens, e.TotalTokens, false},
+				{"input tokens", l.InputTokens, e.InputTokens, false},
+				{"output tokens", l.OutputTokens, e.OutputTokens, false},
+				{"requests", l.Requests, e.Requests, false},
+				{currency, l.Cost, cost, true},
 			} {
 				if c.capv == nil {
 					continue
 				}
-				cu := capUse{Resource: c.res, Used: c.used, Limit: *c.capv}
+				cu := capUse{Resource: c.res, Used: c.used, Limit: *c.capv, Money: c.money}
 				var pct int64 = 100
 				if cu.Limit > 0 {
-					pct = cu.Used * 100 / cu.Limit
+					// Costs are pico-units up to 9e18: times 100 would
+					// overflow int64.
+					p := new(big.Int).Div(new(big.Int).Mul(big.NewInt(cu.Used), big.NewInt(100)), big.NewInt(cu.Limit))
+					pct = math.MaxInt64
+					if p.IsInt64() {
+						pct = p.Int64()
+					}
 				}
 				if !seen || pct > ws.Percent {
 					ws.Top, ws.Percent = cu, pct
@@ -172,11 +208,11 @@ func exhaustedMessage(s windowState) string {
 	x := s.Exhausted
 	reset := s.ResetAt.UTC().Format(time.RFC3339)
 	if x.Remaining() == 0 {
-		return fmt.Sprintf("%s window exhausted: %d of %d %s used, none left; requests are refused until it resets at %s",
-			s.Window, x.Used, x.Limit, x.Resource, reset)
+		return fmt.Sprintf("%s window exhausted: %s of %s %s used, none left; requests are refused until it resets at %s",
+			s.Window, x.show(x.Used), x.show(x.Limit), x.Resource, reset)
 	}
-	return fmt.Sprintf("%s window exhausted: %d of %d %s left, fewer than the %d the smallest request needs; requests are refused until it resets at %s",
-		s.Window, x.Remaining(), x.Limit, x.Resource, smallestRequest(x.Resource), reset)
+	return fmt.Sprintf("%s window exhausted: %s of %s %s left, fewer than the %s the smallest request needs; requests are refused until it resets at %s",
+		s.Window, x.show(x.Remaining()), x.show(x.Limit), x.Resource, x.show(smallestRequest(*x)), reset)
 }
 
 // nextDeadline is the earliest reset of a window that still counts something.

@@ -31,6 +31,11 @@ func TestQuotaExceededDecision(t *testing.T) {
 			Requests: requests, TotalTokens: tokens,
 		}
 	}
+	priced := func(w llmv1alpha1.WindowUsage, cost string) llmv1alpha1.WindowUsage {
+		w.Cost, w.Currency = cost, "USD"
+		return w
+	}
+	dec := func(s string) *llmv1alpha1.Decimal { d := llmv1alpha1.Decimal(s); return &d }
 	dayLimit := func(l llmv1alpha1.QuotaLimit) []llmv1alpha1.QuotaLimit {
 		l.Window = llmv1alpha1.WindowDay
 		return []llmv1alpha1.QuotaLimit{l}
@@ -81,6 +86,17 @@ func TestQuotaExceededDecision(t *testing.T) {
 			Window: llmv1alpha1.WindowHour, WindowStart: metav1.NewTime(time.Date(2026, 11, 25, 11, 0, 0, 0, time.UTC)),
 			ResetAt: metav1.NewTime(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)), TotalTokens: 1000,
 		}}, []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowHour, Tokens: i64(1000)}}, metav1.ConditionFalse, within},
+		{"a cost budget with a millionth left", []llmv1alpha1.WindowUsage{priced(day(900, 600, 300, 9), "2.499999")},
+			dayLimit(llmv1alpha1.QuotaLimit{Cost: dec("2.5")}), metav1.ConditionFalse, within},
+		{"a cost budget spent", []llmv1alpha1.WindowUsage{priced(day(900, 600, 300, 9), "2.5")},
+			dayLimit(llmv1alpha1.QuotaLimit{Cost: dec("2.5")}), metav1.ConditionTrue,
+			"Day window exhausted: 2.5 of 2.5 USD used, none left; requests are refused until it resets at 2026-11-26T00:00:00Z"},
+		{"a cost budget the worst case overshot", []llmv1alpha1.WindowUsage{priced(day(900, 600, 300, 9), "3.000000000001")},
+			dayLimit(llmv1alpha1.QuotaLimit{Tokens: i64(100000), Cost: dec("2.5")}), metav1.ConditionTrue,
+			"Day window exhausted: 3.000000000001 of 2.5 USD used, none left; requests are refused until it resets at 2026-11-26T00:00:00Z"},
+		{"the largest cost budget, spent, does not overflow", []llmv1alpha1.WindowUsage{priced(day(900, 600, 300, 9), "9000000")},
+			dayLimit(llmv1alpha1.QuotaLimit{Cost: dec("9000000")}), metav1.ConditionTrue,
+			"Day window exhausted: 9000000 of 9000000 USD used, none left; requests are refused until it resets at 2026-11-26T00:00:00Z"},
 		{"a window without a limit counts nothing", []llmv1alpha1.WindowUsage{minute(5000, 60)},
 			dayLimit(llmv1alpha1.QuotaLimit{Tokens: i64(100000)}), metav1.ConditionFalse, within},
 	}
