@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -81,6 +83,29 @@ func (s *usageSuite) usage(t *testing.T, c openai.Client) (proxy.Usage, http.Hea
 		t.Fatalf("GET /v1/usage: %v: %s", err, body)
 	}
 	return u, resp.Header
+}
+
+// settledUsage is usage once no request of the caller is still in flight:
+// the proxy settles a request just after its last byte reaches the client,
+// so a reply read at once may still show the last one as reserved.
+func (s *usageSuite) settledUsage(t *testing.T, c openai.Client) (proxy.Usage, http.Header) {
+	t.Helper()
+	var u proxy.Usage
+	var h http.Header
+	poll.Until(t, flushWait, func() error {
+		u, h = s.usage(t, c)
+		windows := u.Windows
+		if u.Shared != nil {
+			windows = append(slices.Clone(windows), u.Shared.Windows...)
+		}
+		for _, w := range windows {
+			if w.Reserved.Requests != 0 {
+				return fmt.Errorf("%d requests still in flight in the %s window", w.Reserved.Requests, w.Window)
+			}
+		}
+		return nil
+	})
+	return u, h
 }
 
 // validate fails t unless the OpenAPI document describes the response.
@@ -200,7 +225,7 @@ func (s *usageSuite) testMatches(t *testing.T) {
 		costs[i] = (m.input-m.cached)*p.input + m.cached*p.cached + m.output*p.output
 	}
 
-	got, h := s.usage(t, a.Client)
+	got, h := s.settledUsage(t, a.Client)
 	w := got.Windows[0]
 	wantUsed := proxy.UsageAmount{Requests: all.requests, InputTokens: all.input, CachedInputTokens: all.cached,
 		OutputTokens: all.output, TotalTokens: all.input + all.output, Cost: w.Used.Cost}
@@ -439,7 +464,7 @@ func (s *usageSuite) testShared(t *testing.T) {
 		*c.sum += res.Usage.TotalTokens
 	}
 
-	u, h := s.usage(t, alice.Client)
+	u, h := s.settledUsage(t, alice.Client)
 	if u.Quota == nil || u.Quota.Scope != llmv1alpha1.ScopeShared {
 		t.Fatalf("quota %s, want Shared", harness.ToJSON(u.Quota))
 	}
