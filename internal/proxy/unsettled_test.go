@@ -3,10 +3,13 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/poll"
 )
 
 // flakyCounter fails every Settle while down.
@@ -55,6 +58,13 @@ func TestUnsettledRetried(t *testing.T) {
 		expectStatus(t, resp, 200)
 		readAll(t, resp)
 	}
+	// A request settles just after its client has the answer.
+	poll.Until(t, 10*time.Second, func() error {
+		e.proxy.unsettled.mu.Lock()
+		n := len(e.proxy.unsettled.items)
+		e.proxy.unsettled.mu.Unlock()
+		return poll.Check(n == 3, fmt.Sprintf("%d settles kept", n))
+	})
 	budget := aliceUser().Budgets[0]
 	used := func() quota.Amount {
 		st, err := e.mem.Status(t.Context(), budget)
