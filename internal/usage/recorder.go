@@ -26,6 +26,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -143,7 +144,10 @@ func New(c client.Client, opts Options) *Recorder {
 	if writeRate <= 0 {
 		writeRate = 200
 	}
-	r.limiter = rate.NewLimiter(rate.Limit(writeRate), max(1, int(writeRate)))
+	// The burst is one tick's worth: enough for the rate between two
+	// ticks, and no more, so that after a quiet spell the API server does
+	// not take a second's worth of writes on top of the rate.
+	r.limiter = rate.NewLimiter(rate.Limit(writeRate), max(1, int(math.Ceil(writeRate*tick.Seconds()))))
 	if r.now == nil {
 		r.now = time.Now
 	}

@@ -772,11 +772,12 @@ func TestLostReplyCountedOnce(t *testing.T) {
 }
 
 // TestWriteRateAndOrder: writes are handed out no faster than the rate
-// allows, alerting objects first, then the longest waiting; an object is
-// not due again within its interval.
+// allows, with a burst of one tick's worth (3 at 30/s), alerting objects
+// first, then the longest waiting; an object is not due again within its
+// interval.
 func TestWriteRateAndOrder(t *testing.T) {
 	clock := newClock(t0)
-	r := New(nil, Options{Now: clock.Now, WriteRate: 3, FlushInterval: 10 * time.Second})
+	r := New(nil, Options{Now: clock.Now, WriteRate: 30, FlushInterval: 10 * time.Second})
 	charge := func(name string, alert bool) {
 		r.Charge(quota.Charge{Namespace: "ns", User: name, UserUID: "uid-" + name, Amount: quota.Amount{Requests: 1}, Alert: alert})
 		clock.Step(time.Millisecond)
@@ -799,14 +800,14 @@ func TestWriteRateAndOrder(t *testing.T) {
 		return names
 	}
 	if got := handed(); strings.Join(got, ",") != "f,g,a" {
-		t.Errorf("first turn wrote %v, want the alerting f and g, then the oldest a: 3, the burst of the rate", got)
+		t.Errorf("first turn wrote %v, want the alerting f and g, then the oldest a: 3, one tick of the rate", got)
 	}
 	if got := handed(); len(got) != 0 {
 		t.Errorf("a turn in the same instant wrote %v, want nothing: the rate is spent", got)
 	}
 	clock.Step(time.Second)
 	if got := handed(); strings.Join(got, ",") != "b,c,d" {
-		t.Errorf("a second later wrote %v, want the next 3 oldest", got)
+		t.Errorf("a second later wrote %v, want the next 3 oldest: a quiet second saves no more than a tick's worth", got)
 	}
 	// f is charged again at once: written objects wait their interval, an
 	// alerting one a second.

@@ -65,7 +65,7 @@ var rows = []row{
 	{what: "failed requests", key: "requests_failed", target: "0"},
 	{what: "last request → every user exact in status", key: "flush_lag_seconds", unit: "s", target: "60"},
 	{what: "status patches for the flush (API server's count)", key: "flush_status_patches"},
-	{what: "status patch rate, peak second (API server's count)", key: "flush_write_rate_peak_per_second", unit: "/s", target: "status_write_rate_cap"},
+	{what: "status patch rate, peak over 5 s (API server's count)", key: "flush_write_rate_peak_per_second", unit: "/s", target: "status_write_rate_cap"},
 	{what: "status patch rate, mean of busy seconds", key: "flush_write_rate_mean_per_second", unit: "/s"},
 	{what: "writes after the flush, 20 s", key: "after_flush_writes_20s", target: "0"},
 	{what: "/metrics scrape, median of 5", key: "scrape_median_ms", unit: "ms", target: "250"},
