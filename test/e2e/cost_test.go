@@ -43,6 +43,8 @@ func (s *suite) testCostBudget(t *testing.T) {
 		if err == nil {
 			tokens += res.Usage.TotalTokens
 			ok++
+			// The refusal's "used" must be what the client was told.
+			waitSettled(t, a.Client)
 			continue
 		}
 		e := harness.RequireAPIError(t, err, http.StatusTooManyRequests)

@@ -85,15 +85,25 @@ func (s *usageSuite) usage(t *testing.T, c openai.Client) (proxy.Usage, http.Hea
 	return u, resp.Header
 }
 
-// settledUsage is usage once no request of the caller is still in flight:
-// the proxy settles a request just after its last byte reaches the client,
-// so a reply read at once may still show the last one as reserved.
+// settledUsage is usage once no request of the caller is still in flight
+// (see waitSettled).
 func (s *usageSuite) settledUsage(t *testing.T, c openai.Client) (proxy.Usage, http.Header) {
 	t.Helper()
-	var u proxy.Usage
-	var h http.Header
+	waitSettled(t, c)
+	return s.usage(t, c)
+}
+
+// waitSettled waits until GET /v1/usage shows none of the caller's requests
+// in flight: the proxy settles a request just after its last byte reaches
+// the client, so a reply or a next request that comes at once may still see
+// the last one's reservation rather than its charge.
+func waitSettled(t *testing.T, c openai.Client) {
+	t.Helper()
 	poll.Until(t, flushWait, func() error {
-		u, h = s.usage(t, c)
+		var u proxy.Usage
+		if err := c.Get(t.Context(), "usage", nil, &u); err != nil {
+			return err
+		}
 		windows := u.Windows
 		if u.Shared != nil {
 			windows = append(slices.Clone(windows), u.Shared.Windows...)
@@ -105,7 +115,6 @@ func (s *usageSuite) settledUsage(t *testing.T, c openai.Client) (proxy.Usage, h
 		}
 		return nil
 	})
-	return u, h
 }
 
 // validate fails t unless the OpenAPI document describes the response.
