@@ -2,8 +2,6 @@ package controller
 
 import (
 	"fmt"
-	"math"
-	"math/big"
 	"slices"
 	"strconv"
 	"time"
@@ -118,13 +116,9 @@ func judge(entries []llmv1alpha1.WindowUsage, limits []llmv1alpha1.QuotaLimit, n
 				cu := capUse{Resource: c.res, Used: c.used, Limit: *c.capv, Money: c.money}
 				var pct int64 = 100
 				if cu.Limit > 0 {
-					// Costs are pico-units up to 9e18: times 100 would
-					// overflow int64.
-					p := new(big.Int).Div(new(big.Int).Mul(big.NewInt(cu.Used), big.NewInt(100)), big.NewInt(cu.Limit))
-					pct = math.MaxInt64
-					if p.IsInt64() {
-						pct = p.Int64()
-					}
+					// Costs are pico-units up to 9e18: PercentOf does not
+					// overflow where used*100 would.
+					pct = quota.PercentOf(cu.Used, cu.Limit)
 				}
 				if !seen || pct > ws.Percent {
 					ws.Top, ws.Percent = cu, pct

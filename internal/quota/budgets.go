@@ -52,7 +52,7 @@ func Crossed(ws []WindowStatus, budgets []Budget, granted Amount) bool {
 			if c == nil || *c <= 0 {
 				continue
 			}
-			was, is := percentOf(usedOf(r, before), *c), percentOf(usedOf(r, after), *c)
+			was, is := PercentOf(usedOf(r, before), *c), PercentOf(usedOf(r, after), *c)
 			if is >= 100 && was < 100 {
 				return true
 			}
@@ -79,7 +79,7 @@ func Alerting(w WindowStatus, thresholds []int32) bool {
 		if c == nil {
 			continue
 		}
-		if *c <= 0 || percentOf(usedOf(r, held), *c) >= lowest {
+		if *c <= 0 || PercentOf(usedOf(r, held), *c) >= lowest {
 			return true
 		}
 	}

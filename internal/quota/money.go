@@ -84,9 +84,9 @@ func addSat(a, b int64) int64 {
 	return math.MaxInt64
 }
 
-// percentOf is used·100/cap rounded down, without overflow for any
+// PercentOf is used·100/cap rounded down, without overflow for any
 // non-negative used; a cap of zero or less is always past 100 %.
-func percentOf(used, capv int64) int64 {
+func PercentOf(used, capv int64) int64 {
 	if capv <= 0 {
 		return math.MaxInt64
 	}

@@ -180,8 +180,8 @@ func TestPercentOf(t *testing.T) {
 		{math.MaxInt64, 1, math.MaxInt64},
 		{5, 0, math.MaxInt64}, // a zero cap is always past 100 %
 	} {
-		if got := percentOf(tc.used, tc.capv); got != tc.want {
-			t.Errorf("percentOf(%d, %d) = %d, want %d", tc.used, tc.capv, got, tc.want)
+		if got := PercentOf(tc.used, tc.capv); got != tc.want {
+			t.Errorf("PercentOf(%d, %d) = %d, want %d", tc.used, tc.capv, got, tc.want)
 		}
 	}
 }

@@ -154,19 +154,7 @@ func TestRedisMatchesMemory(t *testing.T) {
 			if rng.IntN(3) == 0 {
 				req.Concurrency = &Concurrency{Key: req.Budgets[0].Key, Limit: rng.Int64N(4), DryRun: rng.IntN(4) == 0}
 			}
-			rm, dm, err := mem.Reserve(ctx, req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			rr, dr, err := red.Reserve(ctx, req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if dm.Allowed != dr.Allowed || !sameExceeded(dm.Exceeded, dr.Exceeded) || dm.Granted != dr.Granted || dm.WouldGrant != dr.WouldGrant {
-				t.Fatalf("op %d: memory %v %+v granted %+v would %+v, redis %v %+v granted %+v would %+v", i,
-					dm.Allowed, dm.Exceeded, dm.Granted, dm.WouldGrant, dr.Allowed, dr.Exceeded, dr.Granted, dr.WouldGrant)
-			}
-			checkWindows(t, fmt.Sprintf("op %d redis vs memory", i), dr.Windows, dm.Windows...)
+			rm, rr := reserveBoth(ctx, t, i, mem, red, req)
 			if rm != nil {
 				open = append(open, pair{rm, rr})
 			}
@@ -252,19 +240,7 @@ func TestRedisMatchesMemoryCosts(t *testing.T) {
 			var open []pair
 			try := func(i int, req Request) {
 				t.Helper()
-				rm, dm, err := mem.Reserve(ctx, req)
-				if err != nil {
-					t.Fatal(err)
-				}
-				rr, dr, err := red.Reserve(ctx, req)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if dm.Allowed != dr.Allowed || !sameExceeded(dm.Exceeded, dr.Exceeded) || dm.Granted != dr.Granted || dm.WouldGrant != dr.WouldGrant {
-					t.Fatalf("op %d: memory %v %+v granted %+v would %+v, redis %v %+v granted %+v would %+v", i,
-						dm.Allowed, dm.Exceeded, dm.Granted, dm.WouldGrant, dr.Allowed, dr.Exceeded, dr.Granted, dr.WouldGrant)
-				}
-				checkWindows(t, fmt.Sprintf("op %d redis vs memory", i), dr.Windows, dm.Windows...)
+				rm, rr := reserveBoth(ctx, t, i, mem, red, req)
 				if rm != nil {
 					open = append(open, pair{rm, rr, req.Price})
 				}
@@ -452,6 +428,26 @@ func TestRedisUnavailable(t *testing.T) {
 func BenchmarkRedisReserveSettle(b *testing.B) {
 	addr, _ := redisserver.Start(b)
 	benchReserveSettle(b, seeded(b, NewRedis(newRedisClient(b, addr), RedisOptions{Prefix: "bench:"})))
+}
+
+// reserveBoth makes operation i's reservation on both counters and fails t
+// unless they decide alike, window by window.
+func reserveBoth(ctx context.Context, t *testing.T, i int, mem *Memory, red *Redis, req Request) (*Reservation, *Reservation) {
+	t.Helper()
+	rm, dm, err := mem.Reserve(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr, dr, err := red.Reserve(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dm.Allowed != dr.Allowed || !sameExceeded(dm.Exceeded, dr.Exceeded) || dm.Granted != dr.Granted || dm.WouldGrant != dr.WouldGrant {
+		t.Fatalf("op %d: memory %v %+v granted %+v would %+v, redis %v %+v granted %+v would %+v", i,
+			dm.Allowed, dm.Exceeded, dm.Granted, dm.WouldGrant, dr.Allowed, dr.Exceeded, dr.Granted, dr.WouldGrant)
+	}
+	checkWindows(t, fmt.Sprintf("op %d redis vs memory", i), dr.Windows, dm.Windows...)
+	return rm, rr
 }
 
 func seeded(t testing.TB, r *Redis) *Redis {

@@ -19,12 +19,7 @@ func TestRepliesAreDocumented(t *testing.T) {
 	}
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now }
-	key, err := token.GenerateKey(now.Add(-time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := token.NewVerifier(token.VerifierOptions{Issuer: "iss", Audience: "aud", Now: clock})
-	v.SetKeys([]token.Key{key})
+	key, v := testKey(t, clock)
 	signer := &token.Issuer{Key: key, Issuer: "iss", Audience: "aud", Now: clock}
 	issue := func(name string) string {
 		raw, _, err := signer.Issue(token.IssueRequest{Namespace: "ns", Name: name, UID: "uid-" + name, Generation: 1, TTL: time.Hour})

@@ -27,15 +27,23 @@ type fakeKeys struct {
 func (k fakeKeys) Signer() (*token.Issuer, bool) { return k.issuer, k.issuer != nil }
 func (k fakeKeys) Verifier() *token.Verifier     { return k.v }
 
-func TestRefresh(t *testing.T) {
-	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	clock := func() time.Time { return now }
-	key, err := token.GenerateKey(now.Add(-time.Hour))
+// testKey is a signing key made an hour before the clock's time, and a
+// verifier of issuer "iss" and audience "aud" that knows it.
+func testKey(t *testing.T, clock func() time.Time) (token.Key, *token.Verifier) {
+	t.Helper()
+	key, err := token.GenerateKey(clock().Add(-time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
 	v := token.NewVerifier(token.VerifierOptions{Issuer: "iss", Audience: "aud", Now: clock})
 	v.SetKeys([]token.Key{key})
+	return key, v
+}
+
+func TestRefresh(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	key, v := testKey(t, clock)
 	issue := func(name string, gen int64, ttl time.Duration) string {
 		iss := &token.Issuer{Key: key, Issuer: "iss", Audience: "aud", Now: clock}
 		raw, _, err := iss.Issue(token.IssueRequest{Namespace: "ns", Name: name, UID: "uid-" + name, Generation: gen, TTL: ttl})
