@@ -59,7 +59,19 @@ type Metrics struct {
 	rejections *prometheus.CounterVec
 	unsettled  prometheus.Gauge
 	budgets    *budgetBoard
+	charges    *prometheus.CounterVec
+	// chargeBases are charges' series, made once: a map read on the hot path.
+	chargeBases map[string]prometheus.Counter
 }
+
+// Values of llm_proxy_charges_total's basis: what a charge was worked out
+// from (the proxy's settle rule, README "Accounting model").
+const (
+	BasisUsage       = "usage"
+	BasisContinuous  = "continuous"
+	BasisDelivered   = "delivered"
+	BasisReservation = "reservation"
+)
 
 // Label values of gen_ai_token_type and of llm_proxy_tokens_total's type.
 const (
@@ -128,10 +140,29 @@ func New(reg prometheus.Registerer, opts Options) *Metrics {
 			Help: "Finished requests whose usage the quota counter store has not taken yet (it was unreachable); they are settled again every second.",
 		}),
 	}
+	m.charges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "llm_proxy_charges_total",
+		Help: "Forwarded requests charged, by what the charge was worked out from: usage (the upstream's report for the whole request), continuous (continuous usage summed over every sequence), delivered (the output events the client got), reservation (nothing told what was used: the request's admitted bound).",
+	}, []string{"basis"})
+	m.chargeBases = map[string]prometheus.Counter{}
+	for _, b := range []string{BasisUsage, BasisContinuous, BasisDelivered, BasisReservation} {
+		m.chargeBases[b] = m.charges.WithLabelValues(b)
+	}
 	if reg != nil {
-		reg.MustRegister(m.tokenUsage, m.duration, m.ttft, m.users, m.responses, m.rejections, m.unsettled, m.budgets)
+		reg.MustRegister(m.tokenUsage, m.duration, m.ttft, m.users, m.responses, m.rejections, m.unsettled, m.budgets, m.charges)
 	}
 	return m
+}
+
+// CountCharge counts one forwarded request charged on basis (one of the
+// Basis* values).
+func (m *Metrics) CountCharge(basis string) {
+	if m == nil {
+		return
+	}
+	if c, ok := m.chargeBases[basis]; ok {
+		c.Inc()
+	}
 }
 
 // SetUnsettled reports how many finished requests wait to be settled.

@@ -21,9 +21,27 @@ const promptOverhead = 8
 
 // inputEstimate is what a request's prompt may cost: text at about four
 // bytes a token (the JSON around it counted too, so a slight overestimate
-// for English), token ids exactly.
-func inputEstimate(pr *parsed) int64 {
-	return int64(pr.promptBytes/4) + pr.promptTokens + promptOverhead
+// for English), token ids exactly, each media part at mediaBound, and
+// prompts given as embeddings at their base64 size over four (a token is
+// a row of hidden_size values of two bytes or more, so that bounds it for
+// any hidden size of 2 or more). A prompt longer than the context is
+// refused by vLLM, so no prompt costs more than contextLen (0: unknown).
+func inputEstimate(pr *parsed, contextLen, mediaBound int64) int64 {
+	est := int64(pr.promptBytes/4) + pr.promptTokens + promptOverhead
+	est = addSat(est, mulSat(pr.media, mediaBound))
+	est = addSat(est, int64(pr.embedBytes/4))
+	if contextLen > 0 {
+		est = min(est, mulSat(contextLen, pr.allPrompts()))
+	}
+	return est
+}
+
+// addSat adds non-negative numbers, saturating at MaxInt64.
+func addSat(a, b int64) int64 {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
 }
 
 // outputBound is how much a request may generate, as reserved.
@@ -89,7 +107,10 @@ func bound(ep *endpoint, pr *parsed, maxPerRequest *int64, contextLen, fallback 
 		per := *maxPerRequest / b.seqs
 		if per < 1 {
 			param := "n"
-			if pr.prompts > 1 {
+			switch {
+			case pr.embedPrompts > 1:
+				param = "prompt_embeds"
+			case pr.prompts > 1:
 				param = ep.promptField
 			}
 			return b, &capViolation{param: param, message: "This request generates " + strconv.FormatInt(b.seqs, 10) +

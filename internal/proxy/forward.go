@@ -18,19 +18,35 @@ import (
 // as nginx does.
 const codeClientClosed = 499
 
-var errStreamIdle = errors.New("upstream stream idle for too long")
+var (
+	errStreamIdle    = errors.New("upstream stream idle for too long")
+	errAnswerTimeout = errors.New("upstream answer not complete in time after the client left")
+)
 
 // forward sends the request to the upstream serving the model, relays the
 // answer and settles what it cost.
 func (ex *exchange) forward() {
 	p, r := ex.p, ex.r
-	up := ex.model.pick()
+	up := ex.up
 	ctx := r.Context()
 	var cancel context.CancelCauseFunc
-	if ex.pr.stream {
+	switch {
+	case ex.pr.stream:
 		// Canceled by the idle timer, which starts with the response.
 		ctx, cancel = context.WithCancelCause(ctx)
 		defer cancel(nil)
+	case ex.ep.metered():
+		// A client that leaves does not stop a non-streamed answer: the
+		// upstream finishes what it was admitted for, within the time any
+		// answer may take, and relayBody reads its usage, so hanging up
+		// before the answer does not make GPU time free.
+		ctx, cancel = context.WithCancelCause(context.WithoutCancel(ctx))
+		defer cancel(nil)
+		stop := context.AfterFunc(r.Context(), func() {
+			t := time.AfterFunc(p.answerTimeout, func() { cancel(errAnswerTimeout) })
+			context.AfterFunc(ctx, func() { t.Stop() })
+		})
+		defer stop()
 	}
 	out := r.WithContext(ctx)
 	out.URL = &url.URL{Scheme: up.scheme, Host: up.host, Path: up.basePath + r.URL.Path, RawQuery: r.URL.RawQuery}
@@ -122,7 +138,7 @@ func copyResponseHeader(dst, src http.Header) {
 // upstream may well have started, and the prompt estimate is charged.
 func (ex *exchange) roundTripError(err error) {
 	if ex.r.Context().Err() != nil {
-		ex.finish(codeClientClosed, settle(ex.ep, ex.est, outcome{ending: clientGone}), "client_closed")
+		ex.finish(codeClientClosed, outcome{ending: clientGone}, "client_closed")
 		return
 	}
 	ex.log(err, "Upstream request failed")
@@ -133,17 +149,17 @@ func (ex *exchange) roundTripError(err error) {
 	case errors.As(err, &op) && op.Op == "dial":
 		openaiapi.WriteError(ex.w, http.StatusBadGateway, openaiapi.TypeServer, openaiapi.CodeUpstreamUnavailable, "",
 			"Could not connect to the upstream serving model '"+model+"'.")
-		ex.finish(http.StatusBadGateway, settle(ex.ep, ex.est, outcome{ending: refused}), "502")
+		ex.finish(http.StatusBadGateway, outcome{ending: refused}, "502")
 	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()):
 		// The upstream read the prompt and may have generated all along
 		// (it stops when the proxy hangs up): charge the prompt.
 		openaiapi.WriteError(ex.w, http.StatusGatewayTimeout, openaiapi.TypeServer, openaiapi.CodeUpstreamTimeout, "",
 			"The upstream serving model '"+model+"' did not answer in time.")
-		ex.finish(http.StatusGatewayTimeout, settle(ex.ep, ex.est, outcome{ending: broken, started: true}), "504")
+		ex.finish(http.StatusGatewayTimeout, outcome{ending: broken}, "504")
 	default:
 		openaiapi.WriteError(ex.w, http.StatusBadGateway, openaiapi.TypeServer, openaiapi.CodeUpstreamUnavailable, "",
 			"The upstream serving model '"+model+"' failed: "+err.Error())
-		ex.finish(http.StatusBadGateway, settle(ex.ep, ex.est, outcome{ending: refused}), "502")
+		ex.finish(http.StatusBadGateway, outcome{ending: refused}, "502")
 	}
 }
 
@@ -161,7 +177,7 @@ func (ex *exchange) upstreamError(resp *http.Response) {
 		h["Content-Length"] = []string{strconv.Itoa(len(b))}
 		ex.w.WriteHeader(code)
 		_, _ = ex.w.Write(b)
-		ex.finish(code, settle(ex.ep, ex.est, outcome{ending: refused}), errType)
+		ex.finish(code, outcome{ending: refused}, errType)
 		return
 	}
 	typ := openaiapi.TypeInvalidRequest
@@ -180,7 +196,7 @@ func (ex *exchange) upstreamError(resp *http.Response) {
 		msg += ": " + snippet
 	}
 	openaiapi.WriteError(ex.w, code, typ, openaiapi.CodeUpstreamError, "", msg+".")
-	ex.finish(code, settle(ex.ep, ex.est, outcome{ending: refused}), errType)
+	ex.finish(code, outcome{ending: refused}, errType)
 }
 
 func isOpenAIError(b []byte) bool {

@@ -92,6 +92,9 @@ func FuzzParseRequest(f *testing.F) {
 		`{"model":"m","x":{"max_tokens":1},"max_tokens":-0.0}`,
 		`{"priority":-9,"model":"m","priority":1 , "priority":2,"max_tokens":3,"pr\u0069ority":4}`,
 		`{"model":"m","x":{"priority":1},"priority":null}`,
+		`{"cache_salt":"theirs","model":"m","request_id":"r","kv_transfer_params":{"a":1},"re\u0071uest_id":"s"}`,
+		`{"model":"m","kv_transfer_params":null,"cache_salt":"x","priority":3,"request_id":"y","cache_salt":"z"}`,
+		`{"kv_transfer_params":{},"priority":1,"model":"m","kv_transfer_params":[]}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -129,16 +132,19 @@ func FuzzParseRequest(f *testing.F) {
 	})
 }
 
-// checkEdits applies a cap, stream usage and a quota's priority (or, for
-// bodies of odd length, none) to body and checks the result against the
-// reference reading: the client's priority members are all gone.
+// checkEdits applies a cap, stream usage and the owned members (a quota's
+// priority or, for bodies of odd length, none; a cache salt; the request
+// id; kv_transfer_params kept for bodies whose length is a multiple of 3)
+// to body and checks the result against the reference reading: every
+// client member the proxy owns is gone, the proxy's are there once.
 func checkEdits(t *testing.T, ep *endpoint, body []byte, pr *parsed, ref map[string]json.RawMessage) {
 	sp := pr.setCap(ep, 77, nil)
 	var priority *int32
 	if len(body)%2 == 0 {
 		priority = ptr[int32](-9)
 	}
-	sp = pr.setPriority(ep, priority, sp)
+	keepKV := len(body)%3 == 0
+	sp = pr.ownedEdits(body, ep, ownedValues{priority: priority, cacheSalt: "s4lt", requestID: "rid", keepKV: keepKV}, sp)
 	if ep.streamUsage && pr.stream {
 		sp, _, _ = pr.meterStream(body, sp, true)
 	}
@@ -153,6 +159,20 @@ func checkEdits(t *testing.T, ep *endpoint, body []byte, pr *parsed, ref map[str
 	if priority != nil && string(got["priority"]) != "-9" {
 		t.Fatalf("%s: edited priority = %s, want -9: %s", ep.path, got["priority"], edited)
 	}
+	if n := countKey(edited, "cache_salt"); n != 1 || string(got["cache_salt"]) != `"s4lt"` {
+		t.Fatalf("%s: edited body has %d cache_salt members, the last %s, want the proxy's alone: %s", ep.path, n, got["cache_salt"], edited)
+	}
+	wantID := map[bool]int{true: 1}[ep.bodyRequestID]
+	if n := countKey(edited, "request_id"); n != wantID || (wantID == 1 && string(got["request_id"]) != `"resp_rid"`) {
+		t.Fatalf("%s: edited body has %d request_id members, the last %s, want %d of the proxy's: %s", ep.path, n, got["request_id"], wantID, edited)
+	}
+	wantKV := 0
+	if keepKV {
+		wantKV = countKey(body, "kv_transfer_params")
+	}
+	if n := countKey(edited, "kv_transfer_params"); n != wantKV {
+		t.Fatalf("%s: edited body has %d kv_transfer_params members, want %d: %s", ep.path, n, wantKV, edited)
+	}
 	if string(got[ep.capField()]) != "77" {
 		t.Fatalf("%s: edited %s = %s, want 77: %s", ep.path, ep.capField(), got[ep.capField()], edited)
 	}
@@ -162,7 +182,7 @@ func checkEdits(t *testing.T, ep *endpoint, body []byte, pr *parsed, ref map[str
 		}
 	}
 	for k, v := range ref {
-		if k == ep.capField() || k == "priority" || (k == "stream_options" && ep.streamUsage && pr.stream) || (slices.Contains(ep.capFields, k) && !plainInt.Match(v)) {
+		if k == ep.capField() || ep.fields[k] == fieldOwned || (k == "stream_options" && ep.streamUsage && pr.stream) || (slices.Contains(ep.capFields, k) && !plainInt.Match(v)) {
 			continue
 		}
 		if !bytes.Equal(got[k], v) {

@@ -39,6 +39,27 @@ func TestParseRequest(t *testing.T) {
 			want: parsed{model: []byte("m"), n: 1, prompts: 1, builtinTools: true, promptBytes: 62}},
 		{name: "responses function tools only", ep: epResponses, body: `{"model":"m","tools":[{"type":"function","name":"f"}]}`,
 			want: parsed{model: []byte("m"), n: 1, prompts: 1, promptBytes: 32}},
+		// Row 4: input the estimate did not see.
+		{name: "embeddings messages are input", ep: epEmbeddings, body: `{"model":"m","messages":[{"role":"user","content":"abcdefgh"}]}`,
+			want: parsed{model: []byte("m"), n: 1, prompts: 1, promptBytes: 38}},
+		{name: "chat documents are input", body: `{"model":"m","documents":[{"title":"t","text":"0123456789"}]}`,
+			want: parsed{model: []byte("m"), n: 1, prompts: 1, promptBytes: 35}},
+		{name: "chat image parts", body: `{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"http://x/a.png"}},{"image_url":{"url":"http://x/b.png"}},{"text":"t"},{"type":"input_audio","input_audio":{"data":"","format":"wav"}}]}]}`,
+			want: parsed{model: []byte("m"), n: 1, prompts: 1, promptBytes: 231, media: 3}},
+		{name: "escaped part type", body: `{"model":"m","messages":[{"content":[{"t\u0079pe":"image\u005furl","image_url":{"url":"u"}}]}]}`,
+			want: parsed{model: []byte("m"), n: 1, prompts: 1, promptBytes: 70, media: 1}},
+		{name: "responses input image", ep: epResponses, body: `{"model":"m","input":[{"role":"user","content":[{"type":"input_text","text":"a"},{"type":"input_image","image_url":"u"}]}]}`,
+			want: parsed{model: []byte("m"), n: 1, prompts: 1, promptBytes: 101, media: 1}},
+		// Row 5: prompt_embeds, each entry its own prompt.
+		{name: "prompt_embeds list", ep: epCompletions, body: `{"model":"m","prompt_embeds":["QUJD","REVG","R0hJ"]}`,
+			want: parsed{model: []byte("m"), n: 1, prompts: 1, embedPrompts: 3, embedBytes: 22}},
+		{name: "prompt_embeds one", ep: epCompletions, body: `{"model":"m","prompt_embeds":"QUJD","prompt":["a","b"]}`,
+			want: parsed{model: []byte("m"), n: 1, prompts: 2, promptBytes: 9, embedPrompts: 1, embedBytes: 6}},
+		// Row 6 and the members the proxy owns.
+		{name: "owned members", ep: epResponses, body: `{"model":"m","request\u005fid":"theirs","cache_salt":"x","kv_transfer_params":{}}`,
+			want: parsed{model: []byte("m"), n: 1, prompts: 1, owned: true, kvTransfer: true}},
+		{name: "stored context", ep: epResponses, body: `{"model":"m","previous_response_id":"resp_1"}`,
+			want: parsed{model: []byte("m"), n: 1, prompts: 1, storedContext: true}},
 		{name: "n fraction", body: `{"model":"m","n":1.5}`, wantErr: true, wantErrParam: "n"},
 		{name: "n bool", body: `{"model":"m","n":true}`, wantErr: true, wantErrParam: "n"},
 		{name: "stream garbage", body: `{"model":"m","stream":"maybe"}`, wantErr: true, wantErrParam: "stream"},
@@ -75,7 +96,11 @@ func TestParseRequest(t *testing.T) {
 			w := tc.want
 			if string(pr.model) != string(w.model) || pr.stream != w.stream || pr.includeUsage != w.includeUsage || pr.continuousUsage != w.continuousUsage ||
 				pr.n != w.n || pr.bestOf != w.bestOf || pr.prompts != w.prompts || pr.promptTokens != w.promptTokens ||
-				pr.promptBytes != w.promptBytes || pr.background != w.background || pr.builtinTools != w.builtinTools {
+				pr.promptBytes != w.promptBytes || pr.background != w.background || pr.builtinTools != w.builtinTools ||
+				pr.media != w.media || pr.embedPrompts != w.embedPrompts || pr.embedBytes != w.embedBytes || pr.storedContext != w.storedContext ||
+				pr.owned != w.owned || pr.kvTransfer != w.kvTransfer {
+				t.Errorf("media %d embeds %d/%d stored %v owned %v kv %v, want %d %d/%d %v %v %v", pr.media, pr.embedPrompts, pr.embedBytes, pr.storedContext, pr.owned, pr.kvTransfer,
+					w.media, w.embedPrompts, w.embedBytes, w.storedContext, w.owned, w.kvTransfer)
 				t.Errorf("parsed model %q stream %v usage %v/%v n %d best_of %d prompts %d tokens %d bytes %d background %v tools %v\nwant   model %q stream %v usage %v/%v n %d best_of %d prompts %d tokens %d bytes %d background %v tools %v",
 					pr.model, pr.stream, pr.includeUsage, pr.continuousUsage, pr.n, pr.bestOf, pr.prompts, pr.promptTokens, pr.promptBytes, pr.background, pr.builtinTools,
 					w.model, w.stream, w.includeUsage, w.continuousUsage, w.n, w.bestOf, w.prompts, w.promptTokens, w.promptBytes, w.background, w.builtinTools)
@@ -270,21 +295,30 @@ func TestCapToWrite(t *testing.T) {
 
 func TestInputEstimate(t *testing.T) {
 	for _, tc := range []struct {
-		ep   *endpoint
-		body string
-		want int64
+		ep                 *endpoint
+		body               string
+		contextLen, mediaB int64
+		want               int64
 	}{
-		{epChat, `{"model":"m","messages":[{"role":"user","content":"Hello"}]}`, 8 + 34/4},
-		{epCompletions, `{"model":"m","prompt":[1,2,3,4,5,6,7,8,9,10]}`, 8 + 10},
-		{epCompletions, `{"model":"m","prompt":"abcdefgh"}`, 8 + 10/4},
-		{epResponses, `{"model":"m","input":"abcd","instructions":"efgh"}`, 8 + 12/4},
+		{epChat, `{"model":"m","messages":[{"role":"user","content":"Hello"}]}`, 0, 0, 8 + 34/4},
+		{epCompletions, `{"model":"m","prompt":[1,2,3,4,5,6,7,8,9,10]}`, 0, 0, 8 + 10},
+		{epCompletions, `{"model":"m","prompt":"abcdefgh"}`, 0, 0, 8 + 10/4},
+		{epResponses, `{"model":"m","input":"abcd","instructions":"efgh"}`, 0, 0, 8 + 12/4},
+		// Row 4: what the estimate used to ignore.
+		{epEmbeddings, `{"model":"m","messages":[{"role":"user","content":"` + strings.Repeat("x", 4000) + `"}]}`, 0, 0, 8 + 4030/4},
+		{epChat, `{"model":"m","documents":[{"text":"` + strings.Repeat("y", 4000) + `"}]}`, 0, 0, 8 + 4013/4},
+		{epChat, `{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"http://x/a.png"}}]}]}`, 8192, 1000, 8 + 87/4 + 1000},
+		{epChat, `{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"http://x/a.png"}}]}]}`, 8192, 8192, 8192},
+		// Row 5: prompts as embeddings, bounded by their size and the context.
+		{epCompletions, `{"model":"m","prompt_embeds":["` + strings.Repeat("A", 400) + `","` + strings.Repeat("A", 400) + `"]}`, 8192, 0, 8 + 805/4},
+		{epCompletions, `{"model":"m","prompt_embeds":["` + strings.Repeat("A", 40000) + `"]}`, 1000, 0, 1000},
 	} {
 		var pr parsed
 		if err := parseRequest([]byte(tc.body), tc.ep, &pr); err != nil {
 			t.Fatal(err.message)
 		}
-		if got := inputEstimate(&pr); got != tc.want {
-			t.Errorf("%s: input estimate %d, want %d", tc.body, got, tc.want)
+		if got := inputEstimate(&pr, tc.contextLen, tc.mediaB); got != tc.want {
+			t.Errorf("%.80s: input estimate %d, want %d", tc.body, got, tc.want)
 		}
 	}
 }
@@ -335,34 +369,69 @@ func TestEditsAreSurgical(t *testing.T) {
 
 func TestSettle(t *testing.T) {
 	est := quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 100}
+	final := func(u usage) *meter { return &meter{final: u, haveFinal: true} }
+	// seqs builds a meter of n sequences, perPrompt of them per prompt, fed
+	// the output events given as (index, continuous usage or nil).
+	type ev struct {
+		i int64
+		u *usage
+	}
+	seqs := func(n, perPrompt int64, evs ...ev) *meter {
+		m := &meter{}
+		m.init(n, perPrompt)
+		for _, e := range evs {
+			m.output(e.i, 1, e.u)
+		}
+		return m
+	}
+	u := func(p, c int64) *usage { return &usage{Prompt: p, Completion: c} }
 	for _, tc := range []struct {
 		name string
 		ep   *endpoint
 		o    outcome
 		want quota.Amount
+		b    basis
 	}{
-		{"completed with usage", epChat, outcome{ending: completed, usage: usage{11, 7, 0}, haveUsage: true}, quota.Amount{Requests: 1, InputTokens: 11, OutputTokens: 7}},
-		{"usage above the reservation is charged as reported", epChat, outcome{ending: completed, usage: usage{30, 100, 0}, haveUsage: true}, quota.Amount{Requests: 1, InputTokens: 30, OutputTokens: 100}},
-		{"completed without usage", epChat, outcome{ending: completed, seen: 40}, quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 40}},
-		{"completed without usage, seen beyond the reservation", epChat, outcome{ending: completed, seen: 400}, quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 100}},
-		{"client gone mid-stream, continuous usage", epChat, outcome{ending: clientGone, started: true, usage: usage{19, 33, 0}, haveUsage: true, seen: 3}, quota.Amount{Requests: 1, InputTokens: 19, OutputTokens: 33}},
-		{"client gone mid-stream, chunks", epChat, outcome{ending: clientGone, started: true, seen: 3}, quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 3}},
-		{"client gone before the answer", epChat, outcome{ending: clientGone}, quota.Amount{Requests: 1, InputTokens: 20}},
-		{"upstream broke with nothing seen", epChat, outcome{ending: broken, started: true}, quota.Amount{Requests: 1, InputTokens: 20}},
-		{"upstream refused", epChat, outcome{ending: refused}, quota.Amount{}},
-		{"embeddings charge the prompt only", epEmbeddings, outcome{ending: completed, usage: usage{5, 9, 0}, haveUsage: true}, quota.Amount{Requests: 1, InputTokens: 5}},
-		{"tokenize counts a request", epTokenize, outcome{ending: completed, seen: 50}, quota.Amount{Requests: 1}},
-		{"tokenize refused", epTokenize, outcome{ending: refused}, quota.Amount{}},
-		{"tokenize cut", epTokenize, outcome{ending: broken}, quota.Amount{}},
-		{"cached tokens reported", epChat, outcome{ending: completed, usage: usage{40, 7, 32}, haveUsage: true},
-			quota.Amount{Requests: 1, InputTokens: 40, CachedInputTokens: 32, OutputTokens: 7}},
-		{"more cached than the prompt is the prompt", epChat, outcome{ending: completed, usage: usage{40, 7, 90}, haveUsage: true},
-			quota.Amount{Requests: 1, InputTokens: 40, CachedInputTokens: 40, OutputTokens: 7}},
-		{"no usage, nothing cached", epChat, outcome{ending: completed, seen: 40}, quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 40}},
-		{"zero usage reported for a cut request", epChat, outcome{ending: clientGone, started: true, haveUsage: true}, quota.Amount{Requests: 1, InputTokens: 20}},
+		{"completed with usage", epChat, outcome{ending: completed, answered: true, m: final(usage{11, 7, 0})}, quota.Amount{Requests: 1, InputTokens: 11, OutputTokens: 7}, basisUsage},
+		{"usage above the reservation is charged as reported", epChat, outcome{ending: completed, answered: true, m: final(usage{30, 100, 0})}, quota.Amount{Requests: 1, InputTokens: 30, OutputTokens: 100}, basisUsage},
+		{"stream completed without usage: the chunks", epChat, outcome{ending: completed, answered: true, streamed: true, m: seqs(1, 0, ev{0, nil}, ev{0, nil})},
+			quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 2}, basisDelivered},
+		{"chunks beyond the reservation", epChat, outcome{ending: completed, answered: true, streamed: true, m: &meter{events: 400, seqs: make([]seqMeter, 1)}},
+			quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 100}, basisDelivered},
+		{"body without usage: the reservation", epChat, outcome{ending: completed, answered: true, m: &meter{}}, quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 100}, basisReservation},
+		{"body cut: the reservation", epChat, outcome{ending: broken, answered: true, m: &meter{}}, quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 100}, basisReservation},
+		{"client gone mid-stream, continuous usage", epChat, outcome{ending: clientGone, answered: true, streamed: true, m: seqs(1, 0, ev{0, u(19, 33)})},
+			quota.Amount{Requests: 1, InputTokens: 19, OutputTokens: 33}, basisContinuous},
+		{"continuous usage then chunks without", epChat, outcome{ending: clientGone, answered: true, streamed: true, m: seqs(1, 0, ev{0, u(19, 33)}, ev{0, nil}, ev{0, nil})},
+			quota.Amount{Requests: 1, InputTokens: 19, OutputTokens: 35}, basisContinuous},
+		// Row 1: continuous usage counts each chunk's own sequence.
+		{"n 4 cut: every sequence summed, the prompt once", epChat, outcome{ending: clientGone, answered: true, streamed: true,
+			m: seqs(4, 0, ev{0, u(49, 10)}, ev{1, u(49, 12)}, ev{2, u(49, 9)}, ev{3, u(49, 11)}, ev{1, u(49, 13)})},
+			quota.Amount{Requests: 1, InputTokens: 49, OutputTokens: 10 + 13 + 9 + 11}, basisContinuous},
+		{"2 prompts × n 2 cut: each prompt once, every sequence", epCompletions, outcome{ending: broken, answered: true, streamed: true,
+			m: seqs(4, 2, ev{0, u(5, 3)}, ev{1, u(5, 4)}, ev{2, u(7, 6)}, ev{3, u(7, 2)})},
+			quota.Amount{Requests: 1, InputTokens: 5 + 7, OutputTokens: 3 + 4 + 6 + 2}, basisContinuous},
+		{"a sequence beyond those asked for: the reservation", epChat, outcome{ending: clientGone, answered: true, streamed: true, m: seqs(1, 0, ev{0, u(19, 3)}, ev{5, u(19, 3)})},
+			quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 100}, basisReservation},
+		{"an unreadable event: the reservation", epChat, outcome{ending: clientGone, answered: true, streamed: true, m: &meter{unknown: true, seqs: make([]seqMeter, 1)}},
+			quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 100}, basisReservation},
+		{"client gone mid-stream, chunks", epChat, outcome{ending: clientGone, answered: true, streamed: true, m: seqs(1, 0, ev{0, nil}, ev{0, nil}, ev{0, nil})},
+			quota.Amount{Requests: 1, InputTokens: 20, OutputTokens: 3}, basisDelivered},
+		{"client gone before the answer", epChat, outcome{ending: clientGone}, quota.Amount{Requests: 1, InputTokens: 20}, basisDelivered},
+		{"no answer in time", epChat, outcome{ending: broken}, quota.Amount{Requests: 1, InputTokens: 20}, basisDelivered},
+		{"upstream refused", epChat, outcome{ending: refused}, quota.Amount{}, basisNone},
+		{"embeddings charge the prompt only", epEmbeddings, outcome{ending: completed, answered: true, m: final(usage{5, 9, 0})}, quota.Amount{Requests: 1, InputTokens: 5}, basisUsage},
+		{"tokenize counts a request", epTokenize, outcome{ending: completed, answered: true}, quota.Amount{Requests: 1}, basisUsage},
+		{"tokenize refused", epTokenize, outcome{ending: refused}, quota.Amount{}, basisNone},
+		{"tokenize cut", epTokenize, outcome{ending: broken}, quota.Amount{}, basisNone},
+		{"cached tokens reported", epChat, outcome{ending: completed, answered: true, m: final(usage{40, 7, 32})},
+			quota.Amount{Requests: 1, InputTokens: 40, CachedInputTokens: 32, OutputTokens: 7}, basisUsage},
+		{"more cached than the prompt is the prompt", epChat, outcome{ending: completed, answered: true, m: final(usage{40, 7, 90})},
+			quota.Amount{Requests: 1, InputTokens: 40, CachedInputTokens: 40, OutputTokens: 7}, basisUsage},
+		{"zero usage reported for a cut request", epChat, outcome{ending: clientGone, answered: true, streamed: true, m: final(usage{})}, quota.Amount{Requests: 1, InputTokens: 20}, basisUsage},
 	} {
-		if got := settle(tc.ep, est, tc.o); got != tc.want {
-			t.Errorf("%s: settle = %+v, want %+v", tc.name, got, tc.want)
+		if got, b := settle(tc.ep, est, tc.o); got != tc.want || b != tc.b {
+			t.Errorf("%s: settle = %+v on %v, want %+v on %v", tc.name, got, b, tc.want, tc.b)
 		}
 	}
 }
@@ -399,21 +468,6 @@ func TestInspectJSON(t *testing.T) {
 				t.Errorf("cut of %s\n got %s\nwant %s", tc.doc, got, tc.cut)
 			}
 		}
-	}
-	for _, tc := range []struct {
-		tail string
-		want int64
-	}{
-		{`...ext":` + fake + `,"usage":{"prompt_tokens":7,"total_tokens":7}}`, 7},
-		{`...,"usage":{"prompt_tokens":7,"total_tokens":7},"x":` + fake + `}`, 7},
-		{`..."usage":{"prompt_tokens":7},"data":[` + fake + `]}`, 7},
-	} {
-		if u, ok := usageFromTail([]byte(tc.tail)); !ok || u.Prompt != tc.want {
-			t.Errorf("usageFromTail(%s) = %+v %v, want prompt %d", tc.tail, u, ok, tc.want)
-		}
-	}
-	if _, ok := usageFromTail([]byte(`{"x":` + fake + `}`)); ok {
-		t.Error("usageFromTail read a usage inside a string")
 	}
 }
 

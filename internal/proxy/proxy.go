@@ -101,6 +101,10 @@ type User struct {
 	// takes one (nil: none is sent). Whatever it is, the client's own
 	// priority is dropped.
 	Priority *int32
+	// CacheSalt is written into every request as vLLM's cache_salt, which
+	// keeps the prefix cache apart per user (or per quota): see [CacheSalt].
+	// Empty sends none; whatever it is, the client's own is dropped.
+	CacheSalt string
 }
 
 // concurrencyKey names the user's in-flight counter.
@@ -183,6 +187,15 @@ type Options struct {
 	// (its upstream does not report max_model_len) and the quota has no
 	// maxTokensPerRequest (default 4096).
 	DefaultMaxTokens int64
+	// MediaItemTokens bounds the input tokens of one image, audio or video
+	// part of a prompt, for admission (the charge is what vLLM reports).
+	// vLLM states no bound of its own (it depends on the model's
+	// processor), so the default, 0, is the model's context length, which
+	// no prompt can exceed.
+	MediaItemTokens int64
+	// KVTransferUpstreams are the upstreams (as in Upstreams) that receive
+	// the kv_transfer_params clients send; every other upstream gets none.
+	KVTransferUpstreams []string
 	// DisableContinuousUsage stops asking vLLM for usage on every streamed
 	// chunk; a stream cut short is then charged by the chunks it had.
 	DisableContinuousUsage bool
@@ -224,7 +237,10 @@ type Proxy struct {
 	maxBody         int64
 	bodyMem         bodyMemory
 	defaultMax      int64
+	mediaItem       int64
+	kvAllowed       map[string]bool
 	streamIdle      time.Duration
+	answerTimeout   time.Duration
 	bodyTimeout     time.Duration
 	writeTimeout    time.Duration
 	disableAuth     bool
@@ -269,7 +285,9 @@ func New(opts Options) (*Proxy, error) {
 		maxBody:         opts.MaxRequestBody,
 		bodyMem:         bodyMemory{all: memBudget{limit: opts.MaxBodyMemory}, perUser: opts.MaxBodyMemoryPerUser},
 		defaultMax:      opts.DefaultMaxTokens,
+		mediaItem:       opts.MediaItemTokens,
 		streamIdle:      opts.Timeouts.StreamIdle,
+		answerTimeout:   opts.Timeouts.ResponseHeader,
 		bodyTimeout:     opts.Timeouts.BodyRead,
 		writeTimeout:    opts.Timeouts.Write,
 		disableAuth:     opts.DisableAuth,
@@ -309,6 +327,9 @@ func New(opts Options) (*Proxy, error) {
 	if p.writeTimeout == 0 {
 		p.writeTimeout = time.Minute
 	}
+	if p.answerTimeout <= 0 {
+		p.answerTimeout = 10 * time.Minute
+	}
 	if p.streamIdle <= 0 {
 		p.streamIdle = 2 * time.Minute
 	}
@@ -324,6 +345,12 @@ func New(opts Options) (*Proxy, error) {
 		p.upstreams = append(p.upstreams, u)
 	}
 	p.static, p.upstreamsFile = len(p.upstreams), opts.UpstreamsFile
+	for _, raw := range opts.KVTransferUpstreams {
+		if p.kvAllowed == nil {
+			p.kvAllowed = map[string]bool{}
+		}
+		p.kvAllowed[raw] = true
+	}
 	p.handler = p.routes()
 	return p, nil
 }

@@ -226,14 +226,16 @@ func TestMaxTokens(t *testing.T) {
 		// vLLM's default for completions, 16, is under the limit: nothing to write.
 		{"/v1/completions", "{\"model\":\"qwen/Qwen3-8B\",\"prompt\":\"hi\"}\n", "{\"model\":\"qwen/Qwen3-8B\",\"prompt\":\"hi\"}\n"},
 		{"/v1/completions", "{\"model\":\"qwen/Qwen3-8B\",\"prompt\":\"hi\",\"max_tokens\":null}", "{\"model\":\"qwen/Qwen3-8B\",\"prompt\":\"hi\",\"max_tokens\":512}"},
-		{"/v1/responses", `{"model":"qwen/Qwen3-8B","input":"hi"}`, `{"model":"qwen/Qwen3-8B","input":"hi","max_output_tokens":512}`},
+		// The Responses API takes its request id from the body: the proxy's.
+		{"/v1/responses", `{"model":"qwen/Qwen3-8B","input":"hi"}`, `{"model":"qwen/Qwen3-8B","input":"hi","max_output_tokens":512,"request_id":"resp_ID"}`},
 	} {
 		t.Run("injected into "+tc.path, func(t *testing.T) {
 			resp := e.do(t, "POST", tc.path, tc.body)
 			expectStatus(t, resp, 200)
 			readAll(t, resp)
-			if got := string(e.ups[0].last(t).body); got != tc.want {
-				t.Errorf("upstream body = %s\nwant            %s", got, tc.want)
+			want := strings.Replace(tc.want, "ID", resp.Header.Get("X-Request-Id"), 1)
+			if got := string(e.ups[0].last(t).body); got != want {
+				t.Errorf("upstream body = %s\nwant            %s", got, want)
 			}
 		})
 	}

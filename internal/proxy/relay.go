@@ -11,71 +11,74 @@ import (
 )
 
 var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-var tailPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
 
-// relayBody copies a non-streamed answer to the client while keeping a
-// bounded copy to read the usage from once it is complete.
+// relayBody copies a non-streamed answer to the client while a jsonScan
+// reads its usage as it goes by, so an answer of any size is metered in
+// flat memory. A client that leaves does not stop the reading: the upstream
+// finishes the answer it was admitted for (forward keeps the upstream
+// request alive for that) and the request is charged exactly what it used,
+// not a guess (README, "Accounting model").
 func (ex *exchange) relayBody(resp *http.Response) {
 	out := &clientWriter{w: ex.w, rc: ex.rc, timeout: ex.p.writeTimeout}
 	ex.w.WriteHeader(resp.StatusCode)
 	bufp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bufp)
-	tp := tailPool.Get().(*[]byte)
-	tail := tailBuffer{b: (*tp)[:0]}
-	defer func() {
-		if cap(tail.b) <= tailKeep*2 {
-			*tp = tail.b[:0]
-			tailPool.Put(tp)
-		}
-	}()
 	buf := *bufp
 	metered := ex.ep.metered()
+	var scan jsonScan
+	if metered {
+		scan = newJSONScan()
+	}
 	var rerr, werr error
-	for werr == nil {
+	for {
 		var n int
 		n, rerr = resp.Body.Read(buf)
 		if n > 0 {
 			if metered {
-				tail.write(buf[:n])
+				scan.feed(buf[:n])
 			}
-			_, werr = out.Write(buf[:n])
+			if werr == nil {
+				_, werr = out.Write(buf[:n])
+			}
 		}
-		if rerr != nil {
+		if rerr != nil || (werr != nil && !metered) {
 			break
 		}
 	}
 	if werr == nil {
 		werr = out.flush()
 	}
-	o := outcome{started: true, seen: tail.total / 4}
-	if metered {
-		o.usage, o.haveUsage = tail.usage()
+	m := &meter{}
+	if scan.haveUsage {
+		m.final, m.haveFinal = scan.usage, true
 	}
+	o := outcome{answered: true, m: m}
 	switch {
-	case werr != nil || ex.r.Context().Err() != nil:
-		o.ending = clientGone
-		ex.finish(codeClientClosed, settle(ex.ep, ex.est, o), "client_closed")
-	case !errors.Is(rerr, io.EOF):
+	case !errors.Is(rerr, io.EOF) && rerr != nil:
 		ex.log(rerr, "Upstream response broke off")
 		o.ending = broken
-		ex.finish(http.StatusBadGateway, settle(ex.ep, ex.est, o), "upstream_broken")
-		panic(http.ErrAbortHandler) // tell the client the body is incomplete
+		ex.finish(http.StatusBadGateway, o, "upstream_broken")
+		if werr == nil {
+			panic(http.ErrAbortHandler) // tell the client the body is incomplete
+		}
+	case werr != nil || ex.r.Context().Err() != nil:
+		o.ending = clientGone
+		ex.finish(codeClientClosed, o, "client_closed")
 	default:
 		o.ending = completed
-		ex.finish(resp.StatusCode, settle(ex.ep, ex.est, o), "")
+		ex.finish(resp.StatusCode, o, "")
 	}
 }
 
 // streamState is what the relay learns of a stream from its events.
 type streamState struct {
-	// chunks counts the events carrying generated output.
-	chunks    int64
-	last      usage
-	haveUsage bool
+	m meter
 	// complete: the upstream said generation is over (the usage-only final
 	// chunk, a Responses API completion event, or data: [DONE] arrived).
 	complete bool
 	scratch  []byte
+	// big reads an event too large for the tap to hold, as it passes.
+	big *bigEvent
 }
 
 // relayStream copies an SSE stream to the client: a plain copy loop through
@@ -93,7 +96,13 @@ func (ex *exchange) relayStream(ctx context.Context, resp *http.Response, cancel
 	defer idle.Stop()
 
 	var st streamState
+	perPrompt := int64(0)
+	if ex.ep.multiPrompt {
+		perPrompt = max(ex.pr.n, 1)
+	}
+	st.m.init(ex.pr.sequences(), perPrompt)
 	tap := newSSETap(out, func(ev []byte, plain bool) tapAction { return ex.inspect(&st, ev, plain) })
+	tap.onBig = func(part []byte, end bool) { ex.inspectBig(&st, part, end) }
 	defer tap.release()
 	var rerr error
 	for werr == nil {
@@ -107,33 +116,32 @@ func (ex *exchange) relayStream(ctx context.Context, resp *http.Response, cancel
 			break
 		}
 	}
-	if tap.oversized > 0 {
-		// An event too large to read was output: count it so that, without
-		// usage, it is charged at least as a chunk.
-		st.chunks += int64(tap.oversized)
+	if st.big != nil && st.big.open {
+		// The stream stopped inside an oversized event.
+		st.m.unknown = st.m.unknown || !st.m.haveFinal
 	}
 
-	o := outcome{started: true, usage: st.last, haveUsage: st.haveUsage, seen: st.chunks}
+	o := outcome{answered: true, streamed: true, m: &st.m}
 	switch {
-	case st.complete && st.haveUsage:
+	case st.complete && st.m.haveFinal:
 		// Generation finished upstream; a client that hangs up after the
 		// last event it needs (SDKs close on [DONE]) interrupted nothing.
 		o.ending = completed
-		ex.finish(resp.StatusCode, settle(ex.ep, ex.est, o), "")
+		ex.finish(resp.StatusCode, o, "")
 	case werr != nil || ex.r.Context().Err() != nil:
 		o.ending = clientGone
-		ex.finish(codeClientClosed, settle(ex.ep, ex.est, o), "client_closed")
+		ex.finish(codeClientClosed, o, "client_closed")
 	case !errors.Is(rerr, io.EOF):
 		if cause := context.Cause(ctx); cause != nil {
 			rerr = cause
 		}
 		ex.log(rerr, "Upstream stream broke off")
 		o.ending = broken
-		ex.finish(http.StatusBadGateway, settle(ex.ep, ex.est, o), "upstream_broken")
+		ex.finish(http.StatusBadGateway, o, "upstream_broken")
 		panic(http.ErrAbortHandler) // the client must see the stream did not end well
 	default:
 		o.ending = completed
-		ex.finish(resp.StatusCode, settle(ex.ep, ex.est, o), "")
+		ex.finish(resp.StatusCode, o, "")
 	}
 }
 
@@ -142,9 +150,9 @@ var (
 	doneData = []byte("[DONE]")
 )
 
-// inspect reads one event: output chunks are counted, usage is kept, and
-// the usage the client did not ask for is hidden again: the usage-only
-// final chunk is dropped, a content chunk's usage member cut out.
+// inspect reads one event: output events are counted per sequence, usage
+// is kept, and the usage the client did not ask for is hidden again: the
+// usage-only final chunk is dropped, a content chunk's usage member cut out.
 func (ex *exchange) inspect(st *streamState, ev []byte, plain bool) tapAction {
 	data, has, scratch := sseData(ev, plain, st.scratch)
 	st.scratch = scratch
@@ -154,35 +162,85 @@ func (ex *exchange) inspect(st *streamState, ev []byte, plain bool) tapAction {
 		}
 		return tapAction{} // [DONE], comments, keep-alives
 	}
-	if ex.ep.streamUsage && !bytes.Contains(data, usageKey) {
-		// The hot path: a chat or completion chunk without usage is an
-		// output chunk, and has nothing else the proxy needs.
-		ex.sawOutput(st)
+	if ex.ep.streamUsage && len(st.m.seqs) == 1 && !bytes.Contains(data, usageKey) {
+		// The hot path: a chat or completion chunk of a one-sequence
+		// request without usage is an output chunk, and has nothing else
+		// the proxy needs.
+		ex.sawOutput(st, 0, 1, nil)
 		return tapAction{}
 	}
 	ci := inspectJSON(data)
-	if ci.choices == 1 || ci.delta {
-		ex.sawOutput(st)
-	}
-	if !ci.hasUsage {
+	return ex.account(st, ci.choices, ci.index, ci.typ, ci.usage, ci.hasUsage, func() tapAction {
+		if ex.hideContinuous && ci.choices == 1 && plain && ci.cutEnd > ci.cutStart {
+			// With one data line, data aliases ev after "data:" and a blank.
+			off := len(ev) - 2 - len(data)
+			return tapAction{cutStart: off + ci.cutStart, cutEnd: off + ci.cutEnd}
+		}
+		return tapAction{}
+	})
+}
+
+// account applies what one event said: the endpoint's table tells output
+// events (choices, or a typed Responses API delta) and the events whose
+// usage is the whole request's.
+func (ex *exchange) account(st *streamState, choices int, index int64, typ []byte, u usage, hasUsage bool, cut func() tapAction) tapAction {
+	ep := ex.ep
+	if ep.outputEvents != nil {
+		switch {
+		case ep.outputEvents[string(typ)]:
+			ex.sawOutput(st, 0, 1, nil)
+		case hasUsage && ep.usageEvents[string(typ)]:
+			st.m.final, st.m.haveFinal, st.complete = u, true, true
+		}
 		return tapAction{}
 	}
-	st.last, st.haveUsage = ci.usage, true
-	if ci.choices == 0 {
-		st.complete = true
-		return tapAction{drop: ex.hideFinal}
+	if choices <= 0 {
+		if hasUsage {
+			// The usage-only final chunk: the whole request's.
+			st.m.final, st.m.haveFinal, st.complete = u, true, true
+			return tapAction{drop: ex.hideFinal}
+		}
+		return tapAction{}
 	}
-	if ex.hideContinuous && ci.choices == 1 && plain && ci.cutEnd > ci.cutStart {
-		// With one data line, data aliases ev after "data:" and a blank.
-		off := len(ev) - 2 - len(data)
-		return tapAction{cutStart: off + ci.cutStart, cutEnd: off + ci.cutEnd}
+	var cont *usage
+	if hasUsage {
+		cont = &u
+	}
+	ex.sawOutput(st, index, choices, cont)
+	if hasUsage && cut != nil {
+		return cut()
 	}
 	return tapAction{}
 }
 
-func (ex *exchange) sawOutput(st *streamState) {
-	st.chunks++
+func (ex *exchange) sawOutput(st *streamState, index int64, n int, cont *usage) {
+	st.m.output(index, n, cont)
 	if ex.ttft == 0 {
 		ex.ttft = max(time.Since(ex.began), time.Nanosecond)
+	}
+}
+
+// inspectBig reads an event too large for the tap to hold, part by part as
+// it passes to the client, and accounts for it at its end. Without usage,
+// an output event's size is unknown: the stream is then charged by the
+// rule's last resort unless the upstream's final usage follows.
+func (ex *exchange) inspectBig(st *streamState, part []byte, end bool) {
+	if st.big == nil {
+		st.big = &bigEvent{}
+	}
+	b := st.big
+	if !b.open {
+		b.start()
+	}
+	b.feed(part)
+	if !end {
+		return
+	}
+	b.open = false
+	s := &b.json
+	isOutput := s.choices > 0 || (ex.ep.outputEvents != nil && ex.ep.outputEvents[string(s.eventType())])
+	ex.account(st, s.choices, s.index, s.eventType(), s.usage, s.haveUsage, nil)
+	if isOutput && !s.haveUsage {
+		st.m.unknown = true
 	}
 }

@@ -42,16 +42,27 @@ type parsed struct {
 	// prompts is how many prompts the request carries (an array of prompts
 	// makes one sequence set each); at least 1.
 	prompts int64
+	// promptSeen: the request has a prompt field (besides prompt_embeds).
+	promptSeen bool
 	// promptBytes is the size of the prompt fields, text counted by bytes;
 	// promptTokens counts prompts given as token ids.
 	promptBytes  int
 	promptTokens int64
+	// media counts the content parts that are not text (images, audio,
+	// video, embeddings), each bounded by the media bound.
+	media int64
+	// embedPrompts counts the prompts given as embeddings; embedBytes is
+	// their size as sent.
+	embedPrompts int64
+	embedBytes   int
 	// background and builtinTools are Responses API options whose
-	// generation the proxy cannot meter.
-	background, builtinTools bool
-	// priority spans the client's priority members, to be dropped.
-	priority   dropper
-	closeBrace int
+	// generation the proxy cannot meter; storedContext is a reference to a
+	// response stored upstream.
+	background, builtinTools, storedContext bool
+	// owned: the client sent a member the proxy owns (ownedEdits drops
+	// it); kvTransfer: one of them is kv_transfer_params.
+	owned, kvTransfer bool
+	closeBrace        int
 }
 
 // dropper collects the splices that remove members of an object, each with
@@ -121,7 +132,7 @@ func badRequest(param, msg string) *apiError {
 // A value the proxy cannot read the way vLLM would is refused rather than
 // guessed, unless it is an output cap (see readCap).
 func parseRequest(body []byte, ep *endpoint, pr *parsed) *apiError {
-	*pr = parsed{streamOpts: span{-1, -1}, n: 1, prompts: 1, priority: newDropper()}
+	*pr = parsed{streamOpts: span{-1, -1}, n: 1, prompts: 1}
 	it := newObjIter(body, 0)
 	if it.err != nil {
 		return badRequest("", "The request body must be a JSON object.")
@@ -129,47 +140,50 @@ func parseRequest(body []byte, ep *endpoint, pr *parsed) *apiError {
 	hasModel := false
 	for m, ok := it.next(); ok; m, ok = it.next() {
 		key, val := m.key, body[m.valStart:m.valEnd]
-		if string(key) == "priority" {
-			// The quota's priority replaces it, whatever it is (priority.go).
-			pr.priority.drop(m)
+		f := ep.fields[string(key)]
+		if f == fieldOwned {
+			pr.owned = true
+			pr.kvTransfer = pr.kvTransfer || string(key) == ownKVTransfer
 			continue
 		}
-		pr.priority.keep(m)
 		if i := capIndex(ep, key); i >= 0 {
 			pr.caps[i] = readCap(val, m.valStart, m.valEnd)
 			continue
 		}
 		var err *apiError
-		switch string(key) {
-		case "model":
+		switch f {
+		case fieldModel:
 			s, ok := jsonString(val)
 			if !ok {
 				return badRequest("model", "model must be a string.")
 			}
 			pr.model, hasModel = s, true
-		case "stream":
+		case fieldStream:
 			pr.stream, err = readBool("stream", val)
-		case "stream_options":
+		case fieldStreamOptions:
 			pr.streamOpts = span{m.valStart, m.valEnd}
-		case "n":
+		case fieldN:
 			pr.n, err = readCount("n", val, 1)
-		case "best_of":
+		case fieldBestOf:
 			pr.bestOf, err = readCount("best_of", val, 0)
-		case "background":
-			if ep.responses {
-				pr.background, err = readBool("background", val)
-			}
-		case "tools":
+		case fieldBackground:
+			pr.background, err = readBool("background", val)
+		case fieldStoredContext:
+			pr.storedContext = !isNull(val)
+		case fieldTools:
 			pr.promptBytes += len(val)
-			if ep.responses {
+			if ep.outputEvents != nil {
 				pr.builtinTools = hasBuiltinTool(val)
 			}
-		case "instructions":
+		case fieldText:
 			pr.promptBytes += len(val)
-		default:
-			if string(key) == ep.promptField {
-				readPrompt(ep, val, pr)
-			}
+		case fieldMessages:
+			pr.promptBytes += len(val)
+			pr.media += mediaParts(val)
+		case fieldPrompt:
+			readPrompt(ep, val, pr)
+		case fieldPromptEmbeds:
+			readPromptEmbeds(val, pr)
 		}
 		if err != nil {
 			return err
@@ -246,6 +260,7 @@ func readCount(field string, raw []byte, def int64) (int64, *apiError) {
 // prompts, each prompt generates its own sequences; an array of integers is
 // one prompt given as token ids, which are counted exactly.
 func readPrompt(ep *endpoint, val []byte, pr *parsed) {
+	pr.promptSeen = true
 	pr.promptBytes += len(val)
 	if !ep.multiPrompt && ep.kind != embedding {
 		return
@@ -265,6 +280,111 @@ func readPrompt(ep *endpoint, val []byte, pr *parsed) {
 		pr.promptTokens += nested
 		if nested > 0 {
 			pr.promptBytes -= len(val)
+		}
+	}
+}
+
+// readPromptEmbeds counts prompts given as embeddings: one base64 tensor,
+// or a list of them, each its own prompt (completion/protocol.py,
+// CompletionRequest.prompt_embeds: bytes | list[bytes]).
+func readPromptEmbeds(val []byte, pr *parsed) {
+	switch {
+	case len(val) > 0 && val[0] == '"':
+		pr.embedPrompts++
+	case len(val) > 0 && val[0] == '[':
+		n, _, _ := arrayShape(val)
+		pr.embedPrompts += int64(n)
+	default:
+		return // null, or what vLLM refuses
+	}
+	pr.embedBytes += len(val)
+}
+
+// textParts are the content part types that are text, counted by their
+// bytes (chat_utils.py: text, input_text, output_text, refusal, thinking;
+// the Responses API's reasoning and summary text).
+var textParts = map[string]bool{
+	"text": true, "input_text": true, "output_text": true, "refusal": true, "thinking": true,
+	"reasoning_text": true, "summary_text": true,
+}
+
+// mediaItems are the Responses API input item types that are media.
+var mediaItems = map[string]bool{"input_image": true, "input_audio": true, "input_file": true, "image_url": true, "audio_url": true, "video_url": true}
+
+// mediaParts counts the content parts of a conversation that are not text:
+// images, audio, video and embeddings, whose tokens the bytes of the
+// request do not tell (an image URL is a few bytes and thousands of
+// tokens). A part is text when its type is a text type, or when it has no
+// type and nothing but text; every other part counts, as vLLM accepts a
+// part without a type by the key it has (chat_utils.py,
+// _parse_chat_message_content_part).
+func mediaParts(conv []byte) int64 {
+	if len(conv) == 0 || conv[0] != '[' {
+		return 0
+	}
+	var n int64
+	eachElement(conv, func(item []byte) {
+		if len(item) == 0 || item[0] != '{' {
+			return
+		}
+		it := newObjIter(item, 0)
+		for m, ok := it.next(); ok; m, ok = it.next() {
+			val := item[m.valStart:m.valEnd]
+			switch string(m.key) {
+			case "content":
+				if len(val) > 0 && val[0] == '[' {
+					eachElement(val, func(part []byte) {
+						if isMediaPart(part) {
+							n++
+						}
+					})
+				}
+			case "type":
+				if t, ok := jsonString(val); ok && mediaItems[string(t)] {
+					n++
+				}
+			}
+		}
+	})
+	return n
+}
+
+// isMediaPart reports whether one content part is not text.
+func isMediaPart(part []byte) bool {
+	if len(part) == 0 || part[0] != '{' {
+		return false
+	}
+	typed, text, other := false, false, false
+	it := newObjIter(part, 0)
+	for m, ok := it.next(); ok; m, ok = it.next() {
+		switch string(m.key) {
+		case "type":
+			t, ok := jsonString(part[m.valStart:m.valEnd])
+			typed, text = true, ok && textParts[string(t)]
+		case "text":
+		default:
+			other = true
+		}
+	}
+	if typed {
+		return !text
+	}
+	return other
+}
+
+// eachElement calls fn with every element of a JSON array, stopping at the
+// first malformed one (vLLM refuses the body then).
+func eachElement(arr []byte, fn func(elem []byte)) {
+	p := skipWS(arr, 1)
+	for p < len(arr) && arr[p] != ']' {
+		e, err := skipValue(arr, p)
+		if err != nil {
+			return
+		}
+		fn(arr[p:e])
+		p = skipWS(arr, e)
+		if p < len(arr) && arr[p] == ',' {
+			p = skipWS(arr, p+1)
 		}
 	}
 }
@@ -382,5 +502,16 @@ func (pr *parsed) anyCapPresent() bool {
 // sequences is how many output sequences the request generates: n (or
 // best_of, when larger) for each prompt.
 func (pr *parsed) sequences() int64 {
-	return min(max(pr.n, pr.bestOf, 1), 1<<20) * min(pr.prompts, 1<<20)
+	return min(max(pr.n, pr.bestOf, 1), 1<<20) * pr.allPrompts()
+}
+
+// allPrompts is how many prompts the request carries: its text or token
+// prompts and its prompts given as embeddings (each list entry its own);
+// at least 1.
+func (pr *parsed) allPrompts() int64 {
+	n := pr.embedPrompts
+	if pr.promptSeen || n == 0 {
+		n += pr.prompts
+	}
+	return min(n, 1<<20)
 }

@@ -33,6 +33,8 @@ type exchange struct {
 	bb           *bodyBuf
 	pr           parsed
 	model        *modelEntry
+	// up is the upstream the request goes to, picked at admission.
+	up *upstream
 
 	// body is what goes upstream: the client's body, edited if need be.
 	body []byte
@@ -178,6 +180,9 @@ func (ex *exchange) parse() bool {
 	case ex.pr.background:
 		return ex.refuse(http.StatusBadRequest, openaiapi.TypeInvalidRequest, openaiapi.CodeUnsupported, "background", metrics.ReasonUnmeterable,
 			"background is not supported: a background response goes on generating after this request returns, where the proxy cannot meter it. Send the request without background (stream it for long answers).")
+	case ex.pr.storedContext:
+		return ex.refuse(http.StatusBadRequest, openaiapi.TypeInvalidRequest, openaiapi.CodeUnsupported, "previous_response_id", metrics.ReasonUnmeterable,
+			"previous_response_id is not supported: the stored response it names is prepended upstream, where the proxy can neither bound its size nor keep it to its owner. Send the earlier turn yourself (previous_response, or the conversation in input).")
 	case ex.pr.builtinTools:
 		return ex.refuse(http.StatusBadRequest, openaiapi.TypeInvalidRequest, openaiapi.CodeUnsupported, "tools", metrics.ReasonUnmeterable,
 			"Only tools of type 'function' are supported: a tool the server runs itself makes it generate several turns, which max_output_tokens does not bound. Run the tool in your client instead.")
@@ -221,7 +226,15 @@ func (ex *exchange) admit() bool {
 	if quotaOn {
 		maxPer, quotaName = u.MaxTokensPerRequest, u.QuotaName
 	}
-	ex.input = inputEstimate(&ex.pr)
+	ex.up = ex.model.pick()
+	mediaBound := p.mediaItem
+	if mediaBound <= 0 {
+		mediaBound = ex.model.MaxModelLen
+	}
+	if mediaBound <= 0 {
+		mediaBound = p.defaultMax
+	}
+	ex.input = inputEstimate(&ex.pr, ex.model.MaxModelLen, mediaBound)
 	if u != nil {
 		ex.price = u.Pricing.Price(ex.model.ID)
 	}
@@ -244,9 +257,11 @@ func (ex *exchange) admit() bool {
 			edits = ex.pr.setCap(ex.ep, v, edits)
 		}
 	}
+	own := ownedValues{requestID: ex.id, keepKV: p.kvAllowed[ex.up.raw]}
 	if u != nil {
-		edits = ex.pr.setPriority(ex.ep, u.Priority, edits)
+		own.priority, own.cacheSalt = u.Priority, u.CacheSalt
 	}
+	edits = ex.pr.ownedEdits(ex.bb.b, ex.ep, own, edits)
 	if ex.ep.streamUsage && ex.pr.stream {
 		edits, ex.hideFinal, ex.hideContinuous = ex.pr.meterStream(ex.bb.b, edits, !p.disableContinuousUsage)
 	}
@@ -316,7 +331,7 @@ func (ex *exchange) refuse(status int, typ, code, param, reason, msg string) boo
 		ex.p.metrics.Reject(ns, name, reason)
 	}
 	openaiapi.WriteError(ex.w, status, typ, code, param, msg)
-	ex.finish(status, quota.Amount{}, strconv.Itoa(status))
+	ex.record(status, quota.Amount{}, basisNone, strconv.Itoa(status))
 	return false
 }
 
@@ -331,9 +346,27 @@ func (ex *exchange) busy() bool {
 		"The proxy is holding as many request bodies (yours, or everyone's) as its memory allows; retry shortly.")
 }
 
-// finish settles the reservation (exactly once), reports the charge and
+// finish charges a forwarded request by the settle rule and records it.
+// A charge the rule could only take from the reservation is logged: it
+// means the upstream told too little (README, "Accounting model").
+func (ex *exchange) finish(code int, o outcome, errType string) {
+	if ex.done {
+		return
+	}
+	charge, b := settle(ex.ep, ex.est, o)
+	if b != basisNone {
+		ex.p.metrics.CountCharge(b.String())
+	}
+	if b == basisReservation {
+		ex.p.log.Info("Charged the reservation: the upstream did not say what the request used",
+			"requestID", ex.id, "model", ex.modelID(), "path", ex.ep.path, "input", charge.InputTokens, "output", charge.OutputTokens)
+	}
+	ex.record(code, charge, b, errType)
+}
+
+// record settles the reservation (exactly once), reports the charge and
 // records the request. A zero charge releases the reservation.
-func (ex *exchange) finish(code int, charge quota.Amount, errType string) {
+func (ex *exchange) record(code int, charge quota.Amount, _ basis, errType string) {
 	if ex.done {
 		return
 	}

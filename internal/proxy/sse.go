@@ -214,9 +214,9 @@ type tapAction struct {
 // sseTap is what a stream is copied through: it reads from the upstream into
 // its own buffer, hands every complete event to inspect, and writes what it
 // keeps to the client at once. An event larger than maxTapEvent is passed on
-// as it arrives without being inspected, and reading resumes at the next
-// event, so no event can make the tap buffer without bound or stop it
-// reading the usage that follows.
+// as it arrives, shown to onBig part by part (which reads it in flat
+// memory), and reading resumes at the next event, so no event can make the
+// tap buffer without bound or stop it reading the usage that follows.
 type sseTap struct {
 	dst     io.Writer
 	inspect func(ev []byte, plain bool) tapAction
@@ -227,6 +227,9 @@ type sseTap struct {
 	end  eventEnd
 	// oversized counts the events passed through uninspected.
 	oversized int
+	// onBig, when set, sees the bytes of every oversized event as they
+	// pass, end reporting the event's last part.
+	onBig func(part []byte, end bool)
 }
 
 const (
@@ -262,6 +265,9 @@ func (t *sseTap) makeRoom() error {
 	t.oversized++
 	t.over, t.end = true, eventEnd{}
 	n, done := t.end.scan(t.buf)
+	if t.onBig != nil {
+		t.onBig(t.buf[:n], done)
+	}
 	if _, werr := t.dst.Write(t.buf[:n]); werr != nil {
 		return werr
 	}
@@ -284,6 +290,9 @@ func (t *sseTap) readFrom(r io.Reader) (int, error, error) {
 	off := 0
 	if t.over {
 		m, done := t.end.scan(data)
+		if t.onBig != nil {
+			t.onBig(data[:m], done)
+		}
 		if _, werr := t.dst.Write(data[:m]); werr != nil {
 			return n, rerr, werr
 		}

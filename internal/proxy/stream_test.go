@@ -191,7 +191,7 @@ func TestResponsesStreamUsage(t *testing.T) {
 	if got := string(readAll(t, resp)); got != events {
 		t.Errorf("client saw %q", got)
 	}
-	if string(up.last(t).body) != `{"model":"m","input":"hi","stream":true}` {
+	if string(up.last(t).body) != `{"model":"m","input":"hi","stream":true,"request_id":"resp_`+resp.Header.Get("X-Request-Id")+`"}` {
 		t.Errorf("responses body edited: %s", up.last(t).body)
 	}
 	if c := e.sink.wait(t); c.Amount != (quota.Amount{Requests: 1, InputTokens: 9, OutputTokens: 3}) {

@@ -1,7 +1,5 @@
 package proxy
 
-import "bytes"
-
 // usage is what an upstream reported for one request. Chat and completions
 // say prompt_tokens/completion_tokens; the Responses API says
 // input_tokens/output_tokens; both are read. Cached is the part of the
@@ -66,19 +64,22 @@ func cachedTokens(obj []byte) int64 {
 type chunkInfo struct {
 	usage    usage
 	hasUsage bool // a usage object (not null) was present
-	// choices: -1 absent, 0 empty array, 1 non-empty.
+	// choices: -1 absent, else how many elements the choices array has;
+	// index is the first one's index (-1 if it has none).
 	choices int
-	// delta: a Responses API event carrying generated text.
-	delta bool
+	index   int64
+	// typ is a Responses API event's type.
+	typ []byte
 	// cutStart and cutEnd span the usage member with one comma next to it:
 	// what to remove to hide the usage.
 	cutStart, cutEnd int
 }
 
-// inspectJSON reads the top-level "usage" and "choices" of a chat or
-// completion object, and "response.usage" of a Responses API event.
+// inspectJSON reads the top-level "usage", "choices" and "type" of a chat
+// or completion object or a Responses API event, and "response.usage" of
+// the latter.
 func inspectJSON(b []byte) chunkInfo {
-	ci := chunkInfo{choices: -1}
+	ci := chunkInfo{choices: -1, index: -1}
 	it := newObjIter(b, 0)
 	prevEnd := -1
 	for m, ok := it.next(); ok; m, ok = it.next() {
@@ -91,14 +92,16 @@ func inspectJSON(b []byte) chunkInfo {
 			}
 		case "choices":
 			if len(val) > 0 && val[0] == '[' {
-				if p := skipWS(val, 1); p < len(val) && val[p] == ']' {
-					ci.choices = 0
-				} else {
-					ci.choices = 1
-				}
+				ci.choices = 0
+				eachElement(val, func(c []byte) {
+					if ci.choices == 0 {
+						ci.index = choiceIndex(c)
+					}
+					ci.choices++
+				})
 			}
 		case "type":
-			ci.delta = string(val) == `"response.output_text.delta"`
+			ci.typ, _ = jsonString(val)
 		case "response":
 			if len(val) > 0 && val[0] == '{' && !ci.hasUsage {
 				if inner := inspectJSON(val); inner.hasUsage {
@@ -109,6 +112,20 @@ func inspectJSON(b []byte) chunkInfo {
 		prevEnd = m.valEnd
 	}
 	return ci
+}
+
+// choiceIndex reads a choice's index (-1 when it has none).
+func choiceIndex(c []byte) int64 {
+	it := newObjIter(c, 0)
+	for m, ok := it.next(); ok; m, ok = it.next() {
+		if string(m.key) == "index" {
+			if v, ok := parseDigits(c[m.valStart:m.valEnd]); ok {
+				return v
+			}
+			return -1
+		}
+	}
+	return -1
 }
 
 // usageCut spans member m with the comma that joins it to its neighbour:
@@ -123,78 +140,4 @@ func usageCut(b []byte, prevEnd int, m member) (int, int) {
 		end = skipWS(b, end+1)
 	}
 	return m.keyStart, end
-}
-
-// usageFromTail finds the last "usage" object in the tail of a response too
-// large to keep whole. A key cannot hide inside a JSON string (its quotes
-// would be escaped), so an unescaped `"usage"` followed by ':' is a key.
-func usageFromTail(b []byte) (usage, bool) {
-	for end := len(b); end > 0; {
-		i := bytes.LastIndex(b[:end], []byte(`"usage"`))
-		if i < 0 {
-			return usage{}, false
-		}
-		end = i
-		bs := 0
-		for k := i - 1; k >= 0 && b[k] == '\\'; k-- {
-			bs++
-		}
-		if bs%2 == 1 {
-			continue
-		}
-		p := skipWS(b, i+len(`"usage"`))
-		if p >= len(b) || b[p] != ':' {
-			continue
-		}
-		p = skipWS(b, p+1)
-		if p >= len(b) || b[p] != '{' {
-			continue
-		}
-		e, err := skipValue(b, p)
-		if err != nil {
-			continue
-		}
-		if u, ok := parseUsage(b[p:e]); ok {
-			return u, true
-		}
-	}
-	return usage{}, false
-}
-
-// tailBuffer keeps a whole response up to fullMax bytes, and beyond that only
-// its last tailKeep bytes, which is where the usage of an OpenAI response is.
-type tailBuffer struct {
-	b         []byte
-	total     int64
-	truncated bool
-}
-
-const (
-	tailFullMax = 1 << 20
-	tailKeep    = 64 << 10
-)
-
-func (t *tailBuffer) write(p []byte) {
-	t.total += int64(len(p))
-	if !t.truncated && len(t.b)+len(p) <= tailFullMax {
-		t.b = append(t.b, p...)
-		return
-	}
-	t.truncated = true
-	if len(p) >= tailKeep {
-		t.b = append(t.b[:0], p[len(p)-tailKeep:]...)
-		return
-	}
-	keep := min(tailKeep-len(p), len(t.b))
-	n := copy(t.b, t.b[len(t.b)-keep:])
-	t.b = append(t.b[:n], p...)
-}
-
-// usage extracts the response's usage.
-func (t *tailBuffer) usage() (usage, bool) {
-	if !t.truncated {
-		ci := inspectJSON(t.b)
-		return ci.usage, ci.hasUsage
-	}
-	return usageFromTail(t.b)
 }
