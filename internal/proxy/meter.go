@@ -46,10 +46,10 @@ func (m *meter) init(seqs, perPrompt int64) {
 	m.seqs = make([]seqMeter, min(seqs, maxTrackedSeqs))
 }
 
-// output records one output event of sequence index, with the continuous
-// usage it carried (nil if none).
+// output records one output event of sequence index (n choices in it,
+// counted as n tokens), with the continuous usage it carried (nil if none).
 func (m *meter) output(index int64, n int, u *usage) {
-	m.events++
+	m.events += int64(max(n, 1))
 	if index < 0 {
 		index = 0 // an API without choices (the Responses API): one sequence
 	}
@@ -61,9 +61,6 @@ func (m *meter) output(index int64, n int, u *usage) {
 	if u != nil {
 		m.haveCont = true
 		s.prompt, s.completion, s.since = u.Prompt, u.Completion, 0
-		if n > 1 {
-			s.since = int64(n - 1)
-		}
 		return
 	}
 	s.since += int64(max(n, 1))

@@ -202,6 +202,13 @@ func (ex *exchange) account(st *streamState, choices int, index int64, typ []byt
 		}
 		return tapAction{}
 	}
+	if choices > 1 && hasUsage {
+		// Several choices in one event with one usage: the whole
+		// response at once (older vLLM streamed beam search so).
+		st.m.final, st.m.haveFinal = u, true
+		ex.sawOutput(st, index, choices, nil)
+		return tapAction{}
+	}
 	var cont *usage
 	if hasUsage {
 		cont = &u

@@ -97,6 +97,16 @@ func (v *vllmUpstream) serve(w http.ResponseWriter, r *http.Request, body []byte
 		}
 	case "/v1/completions":
 		input, prompts = promptTokens(req["prompt"])
+		// Each prompt_embeds entry is its own prompt (of one token here).
+		switch pe := req["prompt_embeds"].(type) {
+		case string:
+			input, prompts = input+1, 1
+		case []any:
+			if _, ok := req["prompt"]; !ok {
+				input, prompts = 0, 0
+			}
+			input, prompts = input+int64(len(pe)), prompts+int64(len(pe))
+		}
 		per, set = capOf(req["max_tokens"])
 		if _, present := req["max_tokens"]; !present {
 			per, set = 16, true
