@@ -914,3 +914,74 @@ func TestPricedStatusRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestAlertOutlivesAPlainCharge: a user whose charge crossed an alert
+// threshold keeps its place at the head of the queue when a plain charge
+// follows before its write: the alert is not forgotten by the next request.
+func TestAlertOutlivesAPlainCharge(t *testing.T) {
+	clock := newClock(t0)
+	// 10 writes a second: one a tick.
+	r := New(nil, Options{Now: clock.Now, WriteRate: 10, FlushInterval: 10 * time.Second})
+	charge := func(name string, alert bool) {
+		r.Charge(quota.Charge{Namespace: "ns", User: name, UserUID: "uid-" + name, Amount: quota.Amount{Requests: 1}, Alert: alert})
+		clock.Step(time.Millisecond)
+	}
+	charge("a", false)
+	charge("b", true)
+	charge("b", false)
+
+	work := make(chan objKey, 10)
+	r.turn(t.Context(), clock.Now(), work)
+	close(work)
+	var got []string
+	for k := range work {
+		got = append(got, k.name)
+	}
+	if strings.Join(got, ",") != "b" {
+		t.Errorf("the turn wrote %v, want the alerting b ahead of the older a", got)
+	}
+	if !r.objects[objKey{kindUser, "ns", "b", "uid-b"}].alert {
+		t.Error("b lost its alert to the plain charge that followed")
+	}
+}
+
+// TestChargeDuringWriteStaysDirty: a charge that arrives while its object's
+// status is being written may not be in what that write read, so the write
+// does not mark it written: the object stays pending (and alerting, if the
+// charge alerted) for the next turn.
+func TestChargeDuringWriteStaysDirty(t *testing.T) {
+	clock := newClock(t0)
+	r := New(nil, Options{Now: clock.Now, FlushInterval: 10 * time.Second})
+	k := objKey{kindUser, "ns", "a", "uid-a"}
+	charge := func(alert bool) {
+		r.Charge(quota.Charge{Namespace: "ns", User: "a", UserUID: "uid-a", Amount: quota.Amount{Requests: 1}, Alert: alert})
+	}
+
+	charge(false)
+	seq, _, ok := r.take(k)
+	if !ok {
+		t.Fatal("take: a is busy")
+	}
+	if _, _, ok := r.take(k); ok {
+		t.Error("take while a write is in flight succeeded: two writes of one object at once")
+	}
+	charge(true) // during the write
+	r.done(k, seq, written)
+	if got := r.Pending(); got != 1 {
+		t.Fatalf("Pending() = %d after a write that missed a charge, want 1", got)
+	}
+	if got := r.due(clock.Now(), true); len(got) != 1 || got[0] != k {
+		t.Errorf("due = %v, want a again", got)
+	}
+	clock.Step(time.Second)
+	if got := r.due(clock.Now(), false); len(got) != 1 || got[0] != k {
+		t.Errorf("due a second later = %v, want a: the charge it missed alerted", got)
+	}
+
+	// The next write sees every charge: nothing left.
+	seq, _, _ = r.take(k)
+	r.done(k, seq, written)
+	if got := r.Pending(); got != 0 {
+		t.Errorf("Pending() = %d after a write that saw every charge, want 0", got)
+	}
+}
