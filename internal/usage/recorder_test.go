@@ -985,3 +985,52 @@ func TestChargeDuringWriteStaysDirty(t *testing.T) {
 		t.Errorf("Pending() = %d after a write that saw every charge, want 0", got)
 	}
 }
+
+// TestChargeDuringPatchWrittenByNextFlush: a request settled while its user's
+// status is being patched is not in that patch (the counter was read before
+// it), so the flush leaves the user pending and the next one writes it.
+func TestChargeDuringPatchWrittenByNextFlush(t *testing.T) {
+	e := apiServer(t)
+	ns := envtest.NewNamespace(t, e.Client, "usage")
+	createQuota(t, e.Client, ns, "q", llmv1alpha1.ScopePerUser,
+		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowDay, Tokens: ptr.To[int64](1000)})
+	createUser(t, e.Client, ns, "u", "q")
+
+	clock := newClock(time.Now().UTC())
+	c := newHookClient(e.Client)
+	counter := quota.NewMemory(clock.Now)
+	r := New(c, Options{Now: clock.Now, Counter: counter})
+	sp := &spender{t: t, c: e.Client, counter: counter, r: r, now: clock.Now}
+
+	sp.spend(ns, "u", quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 5})
+	c.mu.Lock()
+	c.before = func(_ context.Context, n int, _ client.Object) error {
+		if n == 1 {
+			sp.spend(ns, "u", quota.Amount{Requests: 1, InputTokens: 100, OutputTokens: 50})
+		}
+		return nil
+	}
+	c.mu.Unlock()
+
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := amountOf(getUser(t, e.Client, ns, "u").Status.Usage[0]); got != (quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 5}) {
+		t.Errorf("day usage after the first flush = %+v, want the charge made before it only", got)
+	}
+	if n := r.Pending(); n != 1 {
+		t.Fatalf("Pending() = %d after a flush whose patch missed a charge, want 1", n)
+	}
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := amountOf(getUser(t, e.Client, ns, "u").Status.Usage[0]); got != (quota.Amount{Requests: 2, InputTokens: 110, OutputTokens: 55}) {
+		t.Errorf("day usage after the second flush = %+v, want both charges", got)
+	}
+	if got := c.written(ns, "u"); got != 2 {
+		t.Errorf("%d status writes, want 2 (one per flush)", got)
+	}
+	if n := r.Pending(); n != 0 {
+		t.Errorf("Pending() = %d after the second flush, want 0", n)
+	}
+}
