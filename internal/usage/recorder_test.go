@@ -1003,11 +1003,24 @@ func TestChargeDuringPatchWrittenByNextFlush(t *testing.T) {
 	sp := &spender{t: t, c: e.Client, counter: counter, r: r, now: clock.Now}
 
 	sp.spend(ns, "u", quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 5})
+	u := getUser(t, e.Client, ns, "u")
+	budgets := quota.BudgetsFor(u, getQuota(t, e.Client, ns, "q"))
+	// The hook runs on a write worker: it settles the second request as
+	// the proxy does and reports a failure through the patch, not t.
 	c.mu.Lock()
-	c.before = func(_ context.Context, n int, _ client.Object) error {
-		if n == 1 {
-			sp.spend(ns, "u", quota.Amount{Requests: 1, InputTokens: 100, OutputTokens: 50})
+	c.before = func(ctx context.Context, n int, _ client.Object) error {
+		if n != 1 {
+			return nil
 		}
+		a := quota.Amount{Requests: 1, InputTokens: 100, OutputTokens: 50}
+		res, d, err := counter.Reserve(ctx, quota.Request{Budgets: budgets, Estimate: a})
+		if err != nil || !d.Allowed {
+			return fmt.Errorf("reserving during the patch: %v %+v", err, d.Exceeded)
+		}
+		if err := counter.Settle(ctx, res, a); err != nil {
+			return err
+		}
+		r.Charge(quota.Charge{Namespace: ns, User: "u", UserUID: string(u.UID), Quota: "q", Amount: a, At: clock.Now()})
 		return nil
 	}
 	c.mu.Unlock()
