@@ -27,8 +27,8 @@ type writeLog struct {
 	writes []string
 }
 
-func (l *writeLog) config() *rest.Config {
-	cfg := rest.CopyConfig(env.Config)
+func (l *writeLog) config(base *rest.Config) *rest.Config {
+	cfg := rest.CopyConfig(base)
 	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper {
 		return roundTripFunc(func(r *http.Request) (*http.Response, error) {
 			resp, err := rt.RoundTrip(r)
@@ -98,6 +98,7 @@ func hasLabel(m *dto.Metric, k, v string) bool {
 // failover reconciles every key, user and quota again, and must find them
 // right as they are).
 func TestConvergedOperatorWritesNothing(t *testing.T) {
+	env := apiServer(t)
 	envtest.EnsureNamespace(t, env.Client, opNamespace)
 	ctx := context.Background()
 	ns := envtest.NewNamespace(t, env.Client, "idle")
@@ -132,7 +133,7 @@ func TestConvergedOperatorWritesNothing(t *testing.T) {
 	}
 
 	first := &writeLog{}
-	_, stop := runOperator(t, first.config())
+	_, stop := runOperator(t, first.config(env.Config))
 	settled := func() error {
 		for i := range n {
 			u := getUser(t, ns, fmt.Sprintf("user-%02d", i))
@@ -175,7 +176,7 @@ func TestConvergedOperatorWritesNothing(t *testing.T) {
 		before[name] = controllerMetric(t, "controller_runtime_reconcile_total", name)
 	}
 	second := &writeLog{}
-	_, stop = runOperator(t, second.config())
+	_, stop = runOperator(t, second.config(env.Config))
 	defer stop()
 	poll.Until(t, 30*time.Second, func() error {
 		// Every user (all namespaces' users are reconciled, at least these),

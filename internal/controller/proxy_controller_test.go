@@ -71,6 +71,7 @@ func proxyConfig(t *testing.T, ns string, edit func(p *operatorconfig.Proxy)) *o
 // change does to the operator: the chart rolls it.
 func runProxyReconciler(t *testing.T, ns string, cfg *operatorconfig.OperatorConfig) (stop func()) {
 	t.Helper()
+	env := apiServer(t)
 	managed := labels.SelectorFromSet(labels.Set{llmv1alpha1.LabelManagedBy: llmv1alpha1.ManagedByValue})
 	byObject := controller.ProxyCacheOptions(ns)
 	byObject[&corev1.ConfigMap{}] = cache.ByObject{Label: managed, Namespaces: map[string]cache.Config{ns: {}}}
@@ -109,6 +110,7 @@ func runProxyReconciler(t *testing.T, ns string, cfg *operatorconfig.OperatorCon
 
 func getObject(t *testing.T, ns, name string, obj client.Object) error {
 	t.Helper()
+	env := apiServer(t)
 	return env.Client.Get(t.Context(), types.NamespacedName{Namespace: ns, Name: name}, obj)
 }
 
@@ -148,6 +150,7 @@ func deploymentCondition(d *appsv1.Deployment, typ appsv1.DeploymentConditionTyp
 }
 
 func TestProxyWorkloadCreated(t *testing.T) {
+	env := apiServer(t)
 	ns := envtest.NewNamespace(t, env.Client, "proxy-create")
 	runProxyReconciler(t, ns, proxyConfig(t, ns, nil))
 	d := waitDeployment(t, ns, reconciled(corev1.ConditionTrue, controller.ReasonApplied))
@@ -305,6 +308,7 @@ func generatedProxyRules(t *testing.T) []rbacv1.PolicyRule {
 }
 
 func TestProxyDriftCorrected(t *testing.T) {
+	env := apiServer(t)
 	ns := envtest.NewNamespace(t, env.Client, "proxy-drift")
 	runProxyReconciler(t, ns, proxyConfig(t, ns, nil))
 	waitDeployment(t, ns, reconciled(corev1.ConditionTrue, controller.ReasonApplied))
@@ -372,6 +376,7 @@ func TestProxyDriftCorrected(t *testing.T) {
 }
 
 func TestProxyReplicasRefusedWithoutSharedCounter(t *testing.T) {
+	env := apiServer(t)
 	ns := envtest.NewNamespace(t, env.Client, "proxy-refuse")
 	runProxyReconciler(t, ns, proxyConfig(t, ns, func(p *operatorconfig.Proxy) { p.Replicas = ptr.To[int32](3) }))
 	d := waitDeployment(t, ns, reconciled(corev1.ConditionFalse, controller.ReasonReplicasNeedSharedCounter))
@@ -404,6 +409,7 @@ func TestProxyReplicasRefusedWithoutSharedCounter(t *testing.T) {
 }
 
 func TestProxyPodDisruptionBudgetFollowsReplicas(t *testing.T) {
+	env := apiServer(t)
 	ns := envtest.NewNamespace(t, env.Client, "proxy-pdb")
 	redis := func(p *operatorconfig.Proxy) {
 		p.Replicas = ptr.To[int32](3)
@@ -435,6 +441,7 @@ func TestProxyPodDisruptionBudgetFollowsReplicas(t *testing.T) {
 }
 
 func TestProxyConfigChangeRollsOnlyWhenNeeded(t *testing.T) {
+	env := apiServer(t)
 	ns := envtest.NewNamespace(t, env.Client, "proxy-roll")
 	stop := runProxyReconciler(t, ns, proxyConfig(t, ns, nil))
 	before := waitDeployment(t, ns, reconciled(corev1.ConditionTrue, controller.ReasonApplied))
@@ -474,6 +481,7 @@ func TestProxyConfigChangeRollsOnlyWhenNeeded(t *testing.T) {
 }
 
 func TestProxyDisabledRemovesEverything(t *testing.T) {
+	env := apiServer(t)
 	ns := envtest.NewNamespace(t, env.Client, "proxy-off")
 	stop := runProxyReconciler(t, ns, proxyConfig(t, ns, nil))
 	waitDeployment(t, ns, reconciled(corev1.ConditionTrue, controller.ReasonApplied))
@@ -514,6 +522,7 @@ func TestProxyDisabledRemovesEverything(t *testing.T) {
 // appears only then. The CRD is cluster-wide, so the other tests turn
 // ServiceMonitors off.
 func TestProxyServiceMonitorWithItsCRD(t *testing.T) {
+	env := apiServer(t)
 	ns := envtest.NewNamespace(t, env.Client, "proxy-monitor")
 	runProxyReconciler(t, ns, proxyConfig(t, ns, func(p *operatorconfig.Proxy) {
 		p.ServiceMonitor = operatorconfig.SwitchAuto

@@ -182,3 +182,29 @@ rules:
 		t.Errorf("the embedded config/rbac/proxy/role.yaml: %v", err)
 	}
 }
+
+// TestRenderProxyRollout: a rollout never takes a ready proxy away before its
+// replacement is ready (maxUnavailable 0, one surge pod), so a single-replica
+// proxy keeps serving through every change of its configuration.
+func TestRenderProxyRollout(t *testing.T) {
+	for _, replicas := range []int32{1, 3} {
+		w := renderProxy(workloadInput{Namespace: "ops", JWKSConfigMap: "jwks", Config: defaulted(nil), Replicas: replicas})
+		d := w.deployment
+		if d.Spec == nil || d.Spec.Strategy == nil || d.Spec.Strategy.RollingUpdate == nil {
+			t.Fatalf("%d replicas: no rolling update strategy: %+v", replicas, d.Spec)
+		}
+		s := d.Spec.Strategy
+		if s.Type == nil || *s.Type != "RollingUpdate" {
+			t.Errorf("%d replicas: strategy type %v, want RollingUpdate", replicas, s.Type)
+		}
+		if u := s.RollingUpdate.MaxUnavailable; u == nil || u.String() != "0" {
+			t.Errorf("%d replicas: maxUnavailable %v, want 0", replicas, u)
+		}
+		if u := s.RollingUpdate.MaxSurge; u == nil || u.String() != "1" {
+			t.Errorf("%d replicas: maxSurge %v, want 1", replicas, u)
+		}
+		if d.Spec.Replicas == nil || *d.Spec.Replicas != replicas {
+			t.Errorf("replicas %v, want %d", d.Spec.Replicas, replicas)
+		}
+	}
+}

@@ -21,6 +21,7 @@ import (
 // published, the old key dropped once its tokens can no longer be valid, and
 // the manual trigger.
 func TestSigningKeyRotation(t *testing.T) {
+	env := apiServer(t)
 	ctx := context.Background()
 	ns := envtest.NewNamespace(t, env.Client, "ctrl")
 	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))

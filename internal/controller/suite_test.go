@@ -2,7 +2,6 @@ package controller_test
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -27,24 +26,38 @@ const (
 	baseURL     = "http://proxy.test:8000/v1"
 )
 
-var env *envtest.Env
+// The API server is shared by the package's tests and started by the first
+// that needs it, so that the pure policy and render tests run without one.
+var (
+	envOnce   sync.Once
+	sharedEnv *envtest.Env
+	envErr    error
+)
 
 func TestMain(m *testing.M) {
 	ctrl.SetLogger(zap.New(zap.UseDevMode(true), zap.WriteTo(io.Discard)))
-	var err error
-	if env, err = envtest.New(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
 	code := m.Run()
-	env.Stop()
+	if sharedEnv != nil {
+		sharedEnv.Stop()
+	}
 	os.Exit(code)
 }
 
-// startOperator runs the whole operator against env until the test ends and
-// returns the address of its refresh endpoint.
+// apiServer returns the package's API server, starting it on first use; a
+// test that needs one fails when it cannot start.
+func apiServer(t testing.TB) *envtest.Env {
+	t.Helper()
+	envOnce.Do(func() { sharedEnv, envErr = envtest.New() })
+	if envErr != nil {
+		t.Fatal(envErr)
+	}
+	return sharedEnv
+}
+
+// startOperator runs the whole operator against the API server until the
+// test ends and returns the address of its refresh endpoint.
 func startOperator(t *testing.T) string {
-	addr, _ := runOperator(t, env.Config)
+	addr, _ := runOperator(t, apiServer(t).Config)
 	return addr
 }
 
@@ -103,7 +116,7 @@ func newUser(ns, name, quota string) *llmv1alpha1.LLMUser {
 func getUser(t *testing.T, ns, name string) *llmv1alpha1.LLMUser {
 	t.Helper()
 	u := &llmv1alpha1.LLMUser{}
-	if err := env.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, u); err != nil {
+	if err := apiServer(t).Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, u); err != nil {
 		t.Fatal(err)
 	}
 	return u

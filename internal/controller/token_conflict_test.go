@@ -30,6 +30,7 @@ import (
 // foreignSecret creates a Secret the operator did not write.
 func foreignSecret(t *testing.T, ns, name string, lbls map[string]string, owner *metav1.OwnerReference) *corev1.Secret {
 	t.Helper()
+	env := apiServer(t)
 	s := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: lbls},
 		Data:       map[string][]byte{"password": []byte("hunter2")},
@@ -47,6 +48,7 @@ func foreignSecret(t *testing.T, ns, name string, lbls map[string]string, owner 
 // wrote: no data, label or owner reference of ours.
 func wantUntouched(t *testing.T, want *corev1.Secret) {
 	t.Helper()
+	env := apiServer(t)
 	got := &corev1.Secret{}
 	if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(want), got); err != nil {
 		t.Fatal(err)
@@ -82,6 +84,7 @@ func wantConflict(t *testing.T, ns, name, msg string) {
 // wantWarning waits for a SecretConflict warning Event on the user.
 func wantWarning(t *testing.T, ns, name, msg string) {
 	t.Helper()
+	env := apiServer(t)
 	poll.Until(t, 30*time.Second, func() error {
 		var list eventsv1.EventList
 		if err := env.Client.List(context.Background(), &list, client.InNamespace(ns)); err != nil {
@@ -98,6 +101,7 @@ func wantWarning(t *testing.T, ns, name, msg string) {
 
 func wantIssued(t *testing.T, ns, name, secret string) {
 	t.Helper()
+	env := apiServer(t)
 	poll.Until(t, 30*time.Second, func() error {
 		u := getUser(t, ns, name)
 		if err := wantCondition(u, llmv1alpha1.ConditionReady, metav1.ConditionTrue, llmv1alpha1.ReasonIssued); err != nil {
@@ -125,6 +129,7 @@ func wantIssued(t *testing.T, ns, name, secret string) {
 // garbage-collect it), and each recovers through a watch once the name is
 // free or changed.
 func TestSecretNameConflicts(t *testing.T) {
+	env := apiServer(t)
 	envtest.EnsureNamespace(t, env.Client, opNamespace)
 	startOperator(t)
 	ctx := context.Background()
@@ -260,6 +265,7 @@ func TestSecretNameConflicts(t *testing.T) {
 // with a recheck one minute later, which issues the token once the name is
 // free.
 func TestUnlabelledSecretRecheck(t *testing.T) {
+	env := apiServer(t)
 	ctx := t.Context()
 	ns := envtest.NewNamespace(t, env.Client, "recheck")
 	managed := labels.SelectorFromSet(labels.Set{llmv1alpha1.LabelManagedBy: llmv1alpha1.ManagedByValue})

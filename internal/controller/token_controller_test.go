@@ -30,6 +30,7 @@ import (
 // publishedVerifier verifies against the JWKS the operator published, the way the proxy does.
 func publishedVerifier(t *testing.T) *token.Verifier {
 	t.Helper()
+	env := apiServer(t)
 	cm := &corev1.ConfigMap{}
 	if err := env.Client.Get(context.Background(), types.NamespacedName{Namespace: opNamespace, Name: "llm-user-operator-jwks"}, cm); err != nil {
 		t.Fatal(err)
@@ -62,6 +63,7 @@ func wantCondition(u *llmv1alpha1.LLMUser, typ string, status metav1.ConditionSt
 }
 
 func TestTokenLifecycle(t *testing.T) {
+	env := apiServer(t)
 	envtest.EnsureNamespace(t, env.Client, opNamespace)
 	refreshAddr := startOperator(t)
 	ctx := context.Background()
@@ -268,6 +270,7 @@ func TestTokenLifecycle(t *testing.T) {
 }
 
 func TestQuotaCountsUsers(t *testing.T) {
+	env := apiServer(t)
 	envtest.EnsureNamespace(t, env.Client, opNamespace)
 	startOperator(t)
 	ctx := context.Background()
@@ -343,6 +346,7 @@ func refresh(t *testing.T, addr, tok string, wantStatus int) string {
 // before it, at that moment the token is replaced under the same Secret
 // name, and the next renewal falls at the same point of the new lifetime.
 func TestRenewalScheduledExactly(t *testing.T) {
+	env := apiServer(t)
 	ctx := context.Background()
 	ns := envtest.NewNamespace(t, env.Client, "ctrl")
 	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC))
@@ -428,6 +432,7 @@ func TestRenewalScheduledExactly(t *testing.T) {
 
 func secretToken(t *testing.T, key types.NamespacedName) string {
 	t.Helper()
+	env := apiServer(t)
 	s := &corev1.Secret{}
 	if err := env.Client.Get(context.Background(), key, s); err != nil {
 		t.Fatal(err)
@@ -439,6 +444,7 @@ func secretToken(t *testing.T, key types.NamespacedName) string {
 // a pass writes nothing, whatever the user's state; the keys' arrival
 // enqueues every user again.
 func TestNoKeyNoWrite(t *testing.T) {
+	env := apiServer(t)
 	ctx := context.Background()
 	ns := envtest.NewNamespace(t, env.Client, "ctrl")
 	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC))

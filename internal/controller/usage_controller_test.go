@@ -24,6 +24,7 @@ import (
 // Event per window, QuotaExceeded flips on exhaustion and back at the exact
 // reset, and status.usage is never written by the operator.
 func TestUsageThresholdsAndReset(t *testing.T) {
+	env := apiServer(t)
 	ctx := context.Background()
 	ns := envtest.NewNamespace(t, env.Client, "ctrl")
 	start := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)

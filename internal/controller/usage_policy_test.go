@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -140,5 +141,59 @@ func TestExhaustionAlerts(t *testing.T) {
 	}
 	if again, _ := newAlerts(states, []int32{80, 95}, keep); len(again) != 0 {
 		t.Errorf("fired again: %+v", again)
+	}
+}
+
+// TestAlertFollowsMostUsedLimit: a window's alerts follow its most used cap,
+// whichever of the window's caps it is, so that a requests cap at 96 % alerts
+// although the tokens cap checked before it is at 10 %.
+func TestAlertFollowsMostUsedLimit(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	day := func(input, output, requests int64) []llmv1alpha1.WindowUsage {
+		return []llmv1alpha1.WindowUsage{{
+			Window: llmv1alpha1.WindowDay, WindowStart: metav1.NewTime(time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)),
+			ResetAt:  metav1.NewTime(time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC)),
+			Requests: requests, InputTokens: input, OutputTokens: output, TotalTokens: input + output,
+		}}
+	}
+	tests := []struct {
+		name     string
+		usage    []llmv1alpha1.WindowUsage
+		limit    llmv1alpha1.QuotaLimit
+		resource string
+		percent  int64
+		fired    []int32
+	}{
+		{"tokens at 10 %, requests at 96 %", day(60, 40, 96),
+			llmv1alpha1.QuotaLimit{Tokens: i64(1000), Requests: i64(100)}, "requests", 96, []int32{80, 95}},
+		{"tokens at 96 %, requests at 10 %", day(600, 360, 10),
+			llmv1alpha1.QuotaLimit{Tokens: i64(1000), Requests: i64(100)}, "tokens", 96, []int32{80, 95}},
+		{"output tokens at 85 % between tokens at 50 % and requests at 20 %", day(330, 170, 20),
+			llmv1alpha1.QuotaLimit{Tokens: i64(1000), InputTokens: i64(5000), OutputTokens: i64(200), Requests: i64(100)}, "output tokens", 85, []int32{80}},
+		{"every cap under the first threshold", day(300, 100, 70),
+			llmv1alpha1.QuotaLimit{Tokens: i64(1000), Requests: i64(100)}, "requests", 70, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.limit.Window = llmv1alpha1.WindowDay
+			states := judge(tc.usage, []llmv1alpha1.QuotaLimit{tc.limit}, now)
+			if len(states) != 1 {
+				t.Fatalf("judged %d windows, want 1", len(states))
+			}
+			if s := states[0]; s.Top.Resource != tc.resource || s.Percent != tc.percent {
+				t.Errorf("top cap %s at %d%%, want %s at %d%%", s.Top.Resource, s.Percent, tc.resource, tc.percent)
+			}
+			fired, _ := newAlerts(states, []int32{80, 95}, nil)
+			var got []int32
+			for _, a := range fired {
+				got = append(got, a.Threshold)
+				if a.State.Top.Resource != tc.resource {
+					t.Errorf("the %d%% alert is for %s, want %s", a.Threshold, a.State.Top.Resource, tc.resource)
+				}
+			}
+			if !slices.Equal(got, tc.fired) {
+				t.Errorf("fired %v, want %v", got, tc.fired)
+			}
+		})
 	}
 }

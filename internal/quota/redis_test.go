@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -384,6 +385,45 @@ func TestRedisLeases(t *testing.T) {
 	}
 	if n, _ := client.HLen(ctx, "lease:inflight:"+b.Key).Result(); n != 0 {
 		t.Errorf("in-flight hash has %d fields after every request settled, want 0", n)
+	}
+}
+
+// TestRedisSettledPerReplica checks that two replicas settling reservations
+// with the same id both count: a reservation id is unique only within its
+// process, and every replica numbers its own from 1, so the settled key that
+// makes a retried Settle a no-op must name the replica too.
+func TestRedisSettledPerReplica(t *testing.T) {
+	ctx := context.Background()
+	addr, _ := redisserver.Start(t)
+	client := newRedisClient(t, addr)
+	clock := newFakeClock(t0)
+	opts := func(id string) RedisOptions {
+		return RedisOptions{Prefix: "rep:", Now: clock.Now, ReplicaID: id}
+	}
+	a := seeded(t, NewRedis(client, opts("a")))
+	b := NewRedis(client, opts("b"))
+	budget := UserBudget("team", "alice", "uid-alice", []Limit{{Window: day, Tokens: ptr(1000), Requests: ptr(10)}}, false)
+
+	ra := admit(t, a, []Budget{budget}, amt(1, 100, 100))
+	rb := admit(t, b, []Budget{budget}, amt(1, 100, 100))
+	// Both processes' first reservation.
+	ra.ID, rb.ID = 1, 1
+	settle(t, a, ra, amt(1, 40, 60))
+	settle(t, b, rb, amt(1, 30, 20))
+	checkWindows(t, "both settled", status(t, a, budget), window(budget, 0, t0, amt(2, 70, 80), Amount{}))
+
+	// A retry on either replica is still a no-op.
+	settle(t, a, ra, amt(1, 40, 60))
+	settle(t, b, rb, amt(1, 30, 20))
+	checkWindows(t, "after retries", status(t, b, budget), window(budget, 0, t0, amt(2, 70, 80), Amount{}))
+
+	settled, err := client.Keys(ctx, "rep:settled:*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(settled)
+	if want := []string{"rep:settled:a:1", "rep:settled:b:1"}; !slices.Equal(settled, want) {
+		t.Errorf("settled keys %v, want %v", settled, want)
 	}
 }
 

@@ -914,3 +914,136 @@ func TestPricedStatusRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestAlertOutlivesAPlainCharge: a user whose charge crossed an alert
+// threshold keeps its place at the head of the queue when a plain charge
+// follows before its write: the alert is not forgotten by the next request.
+func TestAlertOutlivesAPlainCharge(t *testing.T) {
+	clock := newClock(t0)
+	// 10 writes a second: one a tick.
+	r := New(nil, Options{Now: clock.Now, WriteRate: 10, FlushInterval: 10 * time.Second})
+	charge := func(name string, alert bool) {
+		r.Charge(quota.Charge{Namespace: "ns", User: name, UserUID: "uid-" + name, Amount: quota.Amount{Requests: 1}, Alert: alert})
+		clock.Step(time.Millisecond)
+	}
+	charge("a", false)
+	charge("b", true)
+	charge("b", false)
+
+	work := make(chan objKey, 10)
+	r.turn(t.Context(), clock.Now(), work)
+	close(work)
+	var got []string
+	for k := range work {
+		got = append(got, k.name)
+	}
+	if strings.Join(got, ",") != "b" {
+		t.Errorf("the turn wrote %v, want the alerting b ahead of the older a", got)
+	}
+	if !r.objects[objKey{kindUser, "ns", "b", "uid-b"}].alert {
+		t.Error("b lost its alert to the plain charge that followed")
+	}
+}
+
+// TestChargeDuringWriteStaysDirty: a charge that arrives while its object's
+// status is being written may not be in what that write read, so the write
+// does not mark it written: the object stays pending (and alerting, if the
+// charge alerted) for the next turn.
+func TestChargeDuringWriteStaysDirty(t *testing.T) {
+	clock := newClock(t0)
+	r := New(nil, Options{Now: clock.Now, FlushInterval: 10 * time.Second})
+	k := objKey{kindUser, "ns", "a", "uid-a"}
+	charge := func(alert bool) {
+		r.Charge(quota.Charge{Namespace: "ns", User: "a", UserUID: "uid-a", Amount: quota.Amount{Requests: 1}, Alert: alert})
+	}
+
+	charge(false)
+	seq, _, ok := r.take(k)
+	if !ok {
+		t.Fatal("take: a is busy")
+	}
+	if _, _, ok := r.take(k); ok {
+		t.Error("take while a write is in flight succeeded: two writes of one object at once")
+	}
+	charge(true) // during the write
+	r.done(k, seq, written)
+	if got := r.Pending(); got != 1 {
+		t.Fatalf("Pending() = %d after a write that missed a charge, want 1", got)
+	}
+	if got := r.due(clock.Now(), true); len(got) != 1 || got[0] != k {
+		t.Errorf("due = %v, want a again", got)
+	}
+	clock.Step(time.Second)
+	if got := r.due(clock.Now(), false); len(got) != 1 || got[0] != k {
+		t.Errorf("due a second later = %v, want a: the charge it missed alerted", got)
+	}
+
+	// The next write sees every charge: nothing left.
+	seq, _, _ = r.take(k)
+	r.done(k, seq, written)
+	if got := r.Pending(); got != 0 {
+		t.Errorf("Pending() = %d after a write that saw every charge, want 0", got)
+	}
+}
+
+// TestChargeDuringPatchWrittenByNextFlush: a request settled while its user's
+// status is being patched is not in that patch (the counter was read before
+// it), so the flush leaves the user pending and the next one writes it.
+func TestChargeDuringPatchWrittenByNextFlush(t *testing.T) {
+	e := apiServer(t)
+	ns := envtest.NewNamespace(t, e.Client, "usage")
+	createQuota(t, e.Client, ns, "q", llmv1alpha1.ScopePerUser,
+		llmv1alpha1.QuotaLimit{Window: llmv1alpha1.WindowDay, Tokens: ptr.To[int64](1000)})
+	createUser(t, e.Client, ns, "u", "q")
+
+	clock := newClock(time.Now().UTC())
+	c := newHookClient(e.Client)
+	counter := quota.NewMemory(clock.Now)
+	r := New(c, Options{Now: clock.Now, Counter: counter})
+	sp := &spender{t: t, c: e.Client, counter: counter, r: r, now: clock.Now}
+
+	sp.spend(ns, "u", quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 5})
+	u := getUser(t, e.Client, ns, "u")
+	budgets := quota.BudgetsFor(u, getQuota(t, e.Client, ns, "q"))
+	// The hook runs on a write worker: it settles the second request as
+	// the proxy does and reports a failure through the patch, not t.
+	c.mu.Lock()
+	c.before = func(ctx context.Context, n int, _ client.Object) error {
+		if n != 1 {
+			return nil
+		}
+		a := quota.Amount{Requests: 1, InputTokens: 100, OutputTokens: 50}
+		res, d, err := counter.Reserve(ctx, quota.Request{Budgets: budgets, Estimate: a})
+		if err != nil || !d.Allowed {
+			return fmt.Errorf("reserving during the patch: %v %+v", err, d.Exceeded)
+		}
+		if err := counter.Settle(ctx, res, a); err != nil {
+			return err
+		}
+		r.Charge(quota.Charge{Namespace: ns, User: "u", UserUID: string(u.UID), Quota: "q", Amount: a, At: clock.Now()})
+		return nil
+	}
+	c.mu.Unlock()
+
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := amountOf(getUser(t, e.Client, ns, "u").Status.Usage[0]); got != (quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 5}) {
+		t.Errorf("day usage after the first flush = %+v, want the charge made before it only", got)
+	}
+	if n := r.Pending(); n != 1 {
+		t.Fatalf("Pending() = %d after a flush whose patch missed a charge, want 1", n)
+	}
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := amountOf(getUser(t, e.Client, ns, "u").Status.Usage[0]); got != (quota.Amount{Requests: 2, InputTokens: 110, OutputTokens: 55}) {
+		t.Errorf("day usage after the second flush = %+v, want both charges", got)
+	}
+	if got := c.written(ns, "u"); got != 2 {
+		t.Errorf("%d status writes, want 2 (one per flush)", got)
+	}
+	if n := r.Pending(); n != 0 {
+		t.Errorf("Pending() = %d after the second flush, want 0", n)
+	}
+}
