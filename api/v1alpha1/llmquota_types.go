@@ -26,6 +26,20 @@ const (
 	EnforcementDryRun Enforcement = "DryRun"
 )
 
+// CacheIsolation says whose requests may share vLLM's prefix cache.
+// +kubebuilder:validation:Enum=User;Quota;None
+type CacheIsolation string
+
+const (
+	// CacheIsolationUser gives every user a prefix cache of their own.
+	CacheIsolationUser CacheIsolation = "User"
+	// CacheIsolationQuota lets the users of one quota share their prefixes.
+	CacheIsolationQuota CacheIsolation = "Quota"
+	// CacheIsolationNone shares the prefix cache with every other request
+	// that sets no cache_salt.
+	CacheIsolationNone CacheIsolation = "None"
+)
+
 // QuotaLimit caps usage within one calendar window. At least one of tokens,
 // inputTokens, outputTokens, requests or cost must be set.
 // +kubebuilder:validation:XValidation:rule="has(self.tokens) || has(self.inputTokens) || has(self.outputTokens) || has(self.requests) || has(self.cost)",message="must set at least one of tokens, inputTokens, outputTokens, requests or cost"
@@ -186,6 +200,18 @@ type LLMQuotaSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self >= -1000 && self <= 1000",message="must be between -1000 and 1000: vLLM serves lower values first (with --scheduling-policy priority), and 0 is its default"
 	// +optional
 	Priority *int32 `json:"priority,omitempty"`
+
+	// cacheIsolation says whose requests may share vLLM's prefix cache. A
+	// shared prefix cache tells a user, by the time to the first token or by
+	// cached_tokens in the usage, whether someone else sent the same prefix
+	// (a system prompt, a document). The proxy writes vLLM's cache_salt into
+	// every request, which keeps cached prefixes apart: User (the default)
+	// per user, Quota per quota (a Shared pool whose users may share their
+	// prefixes and save prefill), None no salt at all. A client's own
+	// cache_salt is always dropped.
+	// +kubebuilder:default=User
+	// +optional
+	CacheIsolation CacheIsolation `json:"cacheIsolation,omitempty"`
 }
 
 // LLMQuotaStatus is the observed state of an LLMQuota.

@@ -318,6 +318,12 @@ func proxyArgs(in workloadInput) []string {
 		dur("upstream-header-timeout", p.Timeouts.UpstreamHeader.Duration),
 		dur("stream-idle-timeout", p.Timeouts.StreamIdle.Duration),
 	)
+	if p.Limits.MediaItemTokens > 0 {
+		args = append(args, "--media-item-tokens="+strconv.FormatInt(p.Limits.MediaItemTokens, 10))
+	}
+	if len(p.KVTransferUpstreams) > 0 {
+		args = append(args, "--kv-transfer-upstreams="+strings.Join(p.KVTransferUpstreams, ","))
+	}
 	// The proxy reads its limit from the cgroup too; saying it keeps the Go
 	// runtime's soft limit right where the cgroup is not mounted as usual.
 	if m, ok := p.Resources.Limits[corev1.ResourceMemory]; ok {

@@ -60,6 +60,8 @@ func TestProxyArgs(t *testing.T) {
 			p.Metrics.UserLabel = ptr.To(false)
 			p.ExtraArgs = []string{"--zap-log-level=debug"}
 			p.Resources = &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("2Gi")}}
+			p.Limits.MediaItemTokens = 1500
+			p.KVTransferUpstreams = []string{"http://prefill:8000", "http://decode:8000"}
 		}, []string{
 			"--listen-address=:18000",
 			"--metrics-bind-address=:19090",
@@ -85,6 +87,8 @@ func TestProxyArgs(t *testing.T) {
 			"--write-timeout=1m0s",
 			"--upstream-header-timeout=10m0s",
 			"--stream-idle-timeout=2m0s",
+			"--media-item-tokens=1500",
+			"--kv-transfer-upstreams=http://prefill:8000,http://decode:8000",
 			"--memory-limit=2Gi",
 			"--zap-log-level=debug",
 		}},

@@ -73,6 +73,11 @@ type Proxy struct {
 	// Upstreams are the base URLs of the vLLM servers. They are mounted as a
 	// file the proxy re-reads, so changing them restarts nothing. Required.
 	Upstreams []string `json:"upstreams,omitempty"`
+	// KVTransferUpstreams are the upstreams (as in Upstreams) that receive
+	// the kv_transfer_params clients send (prefill/decode split serving);
+	// every other upstream gets none, since those instruct a KV connector.
+	// Default none.
+	KVTransferUpstreams []string `json:"kvTransferUpstreams,omitempty"`
 	// BaseURL is the OPENAI_BASE_URL written into every token Secret.
 	// Default http://<name>.<namespace>.svc:<port>/v1; set it when clients
 	// reach the proxy through an Ingress.
@@ -176,6 +181,10 @@ type Limits struct {
 	// DefaultMaxTokens is the output cap written into a request that has
 	// none. Default 4096.
 	DefaultMaxTokens int64 `json:"defaultMaxTokens,omitempty"`
+	// MediaItemTokens bounds the input tokens of one image, audio or video
+	// in a prompt, for admission (the charge is what vLLM reports). Default
+	// 0: the model's context length, the only bound vLLM guarantees.
+	MediaItemTokens int64 `json:"mediaItemTokens,omitempty"`
 }
 
 // Timeouts bound slow clients and upstreams.

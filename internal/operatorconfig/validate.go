@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -70,6 +71,11 @@ func (p *Proxy) validate(path *field.Path) field.ErrorList {
 			add(field.Invalid(path.Child("upstreams").Index(i), u, msg+", e.g. http://vllm.vllm.svc:8000"))
 		}
 	}
+	for i, u := range p.KVTransferUpstreams {
+		if !slices.Contains(p.Upstreams, u) {
+			add(field.Invalid(path.Child("kvTransferUpstreams").Index(i), u, "must be one of proxy.upstreams, as written there"))
+		}
+	}
 	if msg := httpURL(p.BaseURL); msg != "" {
 		add(field.Invalid(path.Child("baseURL"), p.BaseURL, msg+", e.g. https://llm.example.com/v1"))
 	}
@@ -124,6 +130,9 @@ func (p *Proxy) validate(path *field.Path) field.ErrorList {
 		if l.v < 1 {
 			add(field.Invalid(limits.Child(l.name), l.v, "must be at least 1"))
 		}
+	}
+	if p.Limits.MediaItemTokens < 0 {
+		add(field.Invalid(limits.Child("mediaItemTokens"), p.Limits.MediaItemTokens, "must not be negative; 0 reserves the model's context length"))
 	}
 	if p.Limits.MaxBodyMemory < p.Limits.MaxRequestBody {
 		add(field.Invalid(limits.Child("maxBodyMemory"), p.Limits.MaxBodyMemory,

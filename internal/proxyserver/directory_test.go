@@ -13,6 +13,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/internal/proxy"
 	"github.com/llm-user-operator/llm-user-operator/internal/quota"
 )
 
@@ -60,6 +61,23 @@ func TestDirectoryViews(t *testing.T) {
 		t.Errorf("priority %v, pricing %+v: want -5 and m-* at 0.5/0.5/1.25 EUR a million", a.Priority, a.Pricing)
 	}
 	b, _ := d.User("ns", "bob")
+	// Cache isolation: per user by default (the API server defaults the
+	// field; here it is empty, which reads the same).
+	if a.CacheSalt == "" || a.CacheSalt == b.CacheSalt || a.CacheSalt != proxy.CacheSalt("User", "ns", "alice", "uid-alice", "team", "uid-team") {
+		t.Errorf("cache salts %q and %q, want each user their own", a.CacheSalt, b.CacheSalt)
+	}
+	d.setQuota(&llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "pool", UID: "uid-pool"}, Spec: llmv1alpha1.LLMQuotaSpec{
+		Limits: []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowMonth, Requests: int64p(5)}}, Scope: llmv1alpha1.ScopeShared,
+		CacheIsolation: llmv1alpha1.CacheIsolationQuota,
+	}})
+	d.setUser(user("carol", "pool", nil))
+	b, _ = d.User("ns", "bob")
+	c, _ := d.User("ns", "carol")
+	if b.CacheSalt == "" || b.CacheSalt != c.CacheSalt {
+		t.Errorf("Quota isolation: bob %q, carol %q, want one salt for the pool", b.CacheSalt, c.CacheSalt)
+	}
+	d.deleteUser(user("carol", "pool", nil))
+	deleted = nil
 	if len(b.Budgets) != 2 || b.Budgets[1].Key != "quota/ns/pool/uid-pool" || b.Budgets[1].Kind != quota.BudgetPool || b.Budgets[1].DryRun ||
 		b.Budgets[0].Key != "user/ns/bob/uid-bob" || b.Budgets[0].Limits[0].Requests != nil {
 		t.Fatalf("shared view: %+v, want the user's tally and the pool", b)

@@ -40,6 +40,8 @@ type Options struct {
 	MaxBodyMemory        int64
 	MaxBodyMemoryPerUser int64
 	DefaultMaxTokens     int64
+	MediaItemTokens      int64
+	KVTransferUpstreams  []string
 
 	BodyReadTimeout       time.Duration
 	IdleTimeout           time.Duration
@@ -114,6 +116,11 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.Int64Var(&o.MaxBodyMemory, "max-body-memory", o.MaxBodyMemory, "Memory all request bodies in flight may hold together, in bytes (503 above).")
 	fs.Int64Var(&o.MaxBodyMemoryPerUser, "max-body-memory-per-user", o.MaxBodyMemoryPerUser, "Memory one user's request bodies may hold together, in bytes (default an eighth of --max-body-memory).")
 	fs.Int64Var(&o.DefaultMaxTokens, "default-max-tokens", o.DefaultMaxTokens, "Output cap written into a request that sets none, when the model's context length is unknown and the quota has no maxTokensPerRequest.")
+	fs.Int64Var(&o.MediaItemTokens, "media-item-tokens", o.MediaItemTokens, "Input tokens reserved for each image, audio or video of a prompt (0: the model's context length).")
+	fs.Func("kv-transfer-upstreams", "Comma-separated upstreams (as in --upstreams) that receive the kv_transfer_params clients send; others get none.", func(s string) error {
+		o.KVTransferUpstreams = proxy.ParseUpstreams(s)
+		return nil
+	})
 	fs.DurationVar(&o.BodyReadTimeout, "body-read-timeout", o.BodyReadTimeout, "Longest time a request body may take to arrive (408 after).")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", o.IdleTimeout, "How long an idle keep-alive connection is kept.")
 	fs.DurationVar(&o.WriteTimeout, "write-timeout", o.WriteTimeout, "Longest a client may take to accept one write of an answer; a client that stops reading is cut off and charged what it consumed.")

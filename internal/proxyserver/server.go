@@ -134,7 +134,7 @@ func Run(ctx context.Context, o Options) error {
 		Verifier: verifier, Directory: dir, Counter: counter, Sink: rec, DryRun: notices,
 		Upstreams: o.Upstreams, UpstreamsFile: o.UpstreamsFile,
 		MaxRequestBody: o.MaxRequestBody, MaxBodyMemory: o.MaxBodyMemory, MaxBodyMemoryPerUser: o.MaxBodyMemoryPerUser,
-		DefaultMaxTokens: o.DefaultMaxTokens,
+		DefaultMaxTokens: o.DefaultMaxTokens, MediaItemTokens: o.MediaItemTokens, KVTransferUpstreams: o.KVTransferUpstreams,
 		Timeouts: proxy.Timeouts{
 			ResponseHeader: o.UpstreamHeaderTimeout, StreamIdle: o.StreamIdleTimeout,
 			BodyRead: o.BodyReadTimeout, Write: o.WriteTimeout,

@@ -240,6 +240,9 @@ spec: {}
 		if want := []int32{80, 95}; !slices.Equal(q.Spec.AlertThresholds, want) {
 			t.Errorf("spec.alertThresholds = %v, want %v", q.Spec.AlertThresholds, want)
 		}
+		if q.Spec.CacheIsolation != llmv1alpha1.CacheIsolationUser {
+			t.Errorf("spec.cacheIsolation = %q, want %q", q.Spec.CacheIsolation, llmv1alpha1.CacheIsolationUser)
+		}
 	})
 
 	t.Run("LLMQuotaExplicit", func(t *testing.T) {
@@ -548,7 +551,7 @@ func testKubectl(t *testing.T, env *envtest.Env) {
 		}{
 			{"llmuser.spec", []string{"quotaRef", "models", "suspended", "token", "displayName", "contact"}},
 			{"llmuser.status.usage", []string{"windowStart", "resetAt"}},
-			{"llmquota.spec", []string{"limits", "maxTokensPerRequest", "models", "scope", "enforcement", "alertThresholds"}},
+			{"llmquota.spec", []string{"limits", "maxTokensPerRequest", "models", "scope", "enforcement", "alertThresholds", "cacheIsolation"}},
 		} {
 			out := explain(t, bin, env.Kubeconfig, cacheDir, tc.path)
 			listed := explainFields(out)
