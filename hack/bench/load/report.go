@@ -291,19 +291,27 @@ func (r *report) markdown() string {
 	ttft1 := func(s *armStats) []time.Duration { return s.ttft1 }
 	p("## Targets (the full arm)\n\n")
 	p("| target | measured | limit | | the floor's own share |\n|---|---|---|---|---|\n")
-	p("| CPU per request vs the reverseproxy floor | %.2f× (%s vs %s) | ≤ 1.25× | %s | |\n", ratio, us(cpuFull), us(cpuFloor), verdict(ratio <= 1.25 && cpuFloor > 0))
+	p("| CPU per request vs the reverseproxy floor | %.2f× (%s vs %s) | ≤ 1.10× | %s | |\n", ratio, us(cpuFull), us(cpuFloor), verdict(ratio <= 1.10 && cpuFloor > 0))
 	m50, f50, d50 := added(lat1, 0.5)
 	p("| added latency p50, concurrency 1 | %s | ≤ 0.2 ms | %s | full − reverseproxy: %s |\n", m50, verdict(d50 <= 200*time.Microsecond), f50)
 	m99, f99, d99 := added(lat1, 0.99)
 	p("| added latency p99, concurrency 1 | %s | ≤ 1 ms | %s | full − reverseproxy: %s |\n", m99, verdict(d99 <= time.Millisecond), f99)
 	mt, ft, dt := added(ttft1, 0.5)
 	p("| added time to first token p50, streaming, concurrency 1 | %s | ≤ 1 ms | %s | full − reverseproxy: %s |\n", mt, verdict(dt <= time.Millisecond), ft)
+	gaps1 := func(s *armStats) []time.Duration { return s.gaps1 }
+	mg, fg, dg := added(gaps1, 0.99)
+	p("| added inter-chunk p99, streaming, concurrency 1 | %s | ≤ 0.5 ms | %s | full − reverseproxy: %s |\n", mg, verdict(dg <= 500*time.Microsecond), fg)
+	ttft100 := func(s *armStats) []time.Duration { return s.ttft100 }
+	m100, f100, d100 := added(ttft100, 0.99)
+	floor100 := pct(floor.ttft100, 0.99) - pct(direct.ttft100, 0.99)
+	p("| added time to first token p99, streaming, concurrency 100 | %s | ≤ the floor's + 1 ms (%s) | %s | full − reverseproxy: %s |\n",
+		m100, signedMs(floor100+time.Millisecond), verdict(d100 <= floor100+time.Millisecond), f100)
 	if m := full.mem; m != nil {
-		fl := "–"
+		fl, limit := "–", float64(64<<10)
 		if fm := floor.mem; fm != nil {
-			fl = "reverseproxy: " + kib(fm.perStream())
+			fl, limit = "reverseproxy: "+kib(fm.perStream()), fm.perStream()
 		}
-		p("| memory per concurrent stream (%d streams) | %s | ≤ 64 KiB | %s | %s |\n", m.opened, kib(m.perStream()), verdict(m.perStream() <= 64<<10), fl)
+		p("| memory per concurrent stream (%d streams) | %s | ≤ the floor's (%s) | %s | %s |\n", m.opened, kib(m.perStream()), kib(limit), verdict(m.perStream() <= limit), fl)
 	}
 	p("\n")
 
