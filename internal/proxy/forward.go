@@ -18,10 +18,7 @@ import (
 // as nginx does.
 const codeClientClosed = 499
 
-var (
-	errStreamIdle    = errors.New("upstream stream idle for too long")
-	errAnswerTimeout = errors.New("upstream answer not complete in time after the client left")
-)
+var errStreamIdle = errors.New("upstream stream idle for too long")
 
 // forward sends the request to the upstream serving the model, relays the
 // answer and settles what it cost.
@@ -37,16 +34,11 @@ func (ex *exchange) forward() {
 		defer cancel(nil)
 	case ex.ep.metered():
 		// A client that leaves does not stop a non-streamed answer: the
-		// upstream finishes what it was admitted for, within the time any
-		// answer may take, and relayBody reads its usage, so hanging up
-		// before the answer does not make GPU time free.
-		ctx, cancel = context.WithCancelCause(context.WithoutCancel(ctx))
-		defer cancel(nil)
-		stop := context.AfterFunc(r.Context(), func() {
-			t := time.AfterFunc(p.answerTimeout, func() { cancel(errAnswerTimeout) })
-			context.AfterFunc(ctx, func() { t.Stop() })
-		})
-		defer stop()
+		// upstream finishes what it was admitted for (the transport's
+		// response header timeout bounds the wait) and relayBody reads its
+		// usage, so hanging up before the answer does not make GPU time
+		// free. A shutdown past its grace cuts it (CutRequests).
+		ctx = detached{Context: ctx, stop: p.stop}
 	}
 	out := r.WithContext(ctx)
 	out.URL = &url.URL{Scheme: up.scheme, Host: up.host, Path: up.basePath + r.URL.Path, RawQuery: r.URL.RawQuery}

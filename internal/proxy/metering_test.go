@@ -421,3 +421,34 @@ func TestCacheSalt(t *testing.T) {
 	}
 
 }
+
+// TestCutRequestsEndsDetachedAnswers: the upstream requests that outlive
+// their client end when the proxy cuts its requests (a shutdown past its
+// grace), and are charged then: the prompt, since nothing was answered.
+func TestCutRequestsEndsDetachedAnswers(t *testing.T) {
+	up := newUpstream(t, "m")
+	up.handle = func(w http.ResponseWriter, r *http.Request, body []byte) {
+		<-r.Context().Done() // an answer that never comes
+	}
+	e := newEnv(t, nil, up)
+	ctx, cancel := context.WithCancel(t.Context())
+	req, _ := http.NewRequestWithContext(ctx, "POST", e.srv.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[],"max_tokens":40}`))
+	req.Header.Set("Authorization", "Bearer "+alice)
+	go func() {
+		for up.count() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+	}()
+	if _, err := e.srv.Client().Do(req); err == nil {
+		t.Fatal("the request completed")
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := len(e.sink.all()); n != 0 {
+		t.Fatalf("%d charges while the upstream still works on the answer, want 0", n)
+	}
+	e.proxy.CutRequests()
+	if c := e.sink.wait(t); c.Amount != (quota.Amount{Requests: 1, InputTokens: 8}) {
+		t.Errorf("charge = %+v, want the prompt estimate, 8", c.Amount)
+	}
+}

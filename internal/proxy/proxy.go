@@ -240,7 +240,6 @@ type Proxy struct {
 	mediaItem       int64
 	kvAllowed       map[string]bool
 	streamIdle      time.Duration
-	answerTimeout   time.Duration
 	bodyTimeout     time.Duration
 	writeTimeout    time.Duration
 	disableAuth     bool
@@ -253,6 +252,10 @@ type Proxy struct {
 	gates     gates
 	unsettled unsettled
 
+	// stop is canceled by CutRequests: the context of the upstream
+	// requests that outlive their client.
+	stop      context.Context
+	stopNow   context.CancelFunc
 	models    atomic.Pointer[modelTable]
 	refreshMu sync.Mutex
 	handler   http.Handler
@@ -287,7 +290,6 @@ func New(opts Options) (*Proxy, error) {
 		defaultMax:      opts.DefaultMaxTokens,
 		mediaItem:       opts.MediaItemTokens,
 		streamIdle:      opts.Timeouts.StreamIdle,
-		answerTimeout:   opts.Timeouts.ResponseHeader,
 		bodyTimeout:     opts.Timeouts.BodyRead,
 		writeTimeout:    opts.Timeouts.Write,
 		disableAuth:     opts.DisableAuth,
@@ -327,9 +329,6 @@ func New(opts Options) (*Proxy, error) {
 	if p.writeTimeout == 0 {
 		p.writeTimeout = time.Minute
 	}
-	if p.answerTimeout <= 0 {
-		p.answerTimeout = 10 * time.Minute
-	}
 	if p.streamIdle <= 0 {
 		p.streamIdle = 2 * time.Minute
 	}
@@ -351,9 +350,28 @@ func New(opts Options) (*Proxy, error) {
 		}
 		p.kvAllowed[raw] = true
 	}
+	p.stop, p.stopNow = context.WithCancel(context.Background())
 	p.handler = p.routes()
 	return p, nil
 }
+
+// CutRequests ends the upstream requests that outlive their client (a
+// non-streamed answer whose client left is read to its usage): a server
+// shutting down calls it once its grace is over, and each is then charged
+// by the settle rule.
+func (p *Proxy) CutRequests() { p.stopNow() }
+
+// detached is a request's context without the request's cancellation: its
+// values stay, and it ends when the proxy cuts its requests instead of when
+// the client leaves.
+type detached struct {
+	context.Context // the request's, for values
+	stop            context.Context
+}
+
+func (d detached) Deadline() (time.Time, bool) { return d.stop.Deadline() }
+func (d detached) Done() <-chan struct{}       { return d.stop.Done() }
+func (d detached) Err() error                  { return d.stop.Err() }
 
 // NewTransport is the shared upstream transport, tuned for a few upstreams
 // taking many concurrent long requests: plenty of idle keep-alive

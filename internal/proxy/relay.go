@@ -10,7 +10,10 @@ import (
 	"time"
 )
 
-var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+var (
+	copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+	capturePool = sync.Pool{New: func() any { b := make([]byte, 0, maxCapture); return &b }}
+)
 
 // relayBody copies a non-streamed answer to the client while a jsonScan
 // reads its usage as it goes by, so an answer of any size is metered in
@@ -28,6 +31,14 @@ func (ex *exchange) relayBody(resp *http.Response) {
 	var scan jsonScan
 	if metered {
 		scan = newJSONScan()
+		cp := capturePool.Get().(*[]byte)
+		scan.capture = (*cp)[:0]
+		defer func() {
+			if cap(scan.capture) == maxCapture {
+				*cp = scan.capture[:0]
+				capturePool.Put(cp)
+			}
+		}()
 	}
 	var rerr, werr error
 	for {
@@ -39,6 +50,12 @@ func (ex *exchange) relayBody(resp *http.Response) {
 			}
 			if werr == nil {
 				_, werr = out.Write(buf[:n])
+				if werr != nil && metered {
+					// The client left: read on to the usage, but not
+					// from an upstream that stalls.
+					drain := time.AfterFunc(ex.p.streamIdle, func() { _ = resp.Body.Close() })
+					defer drain.Stop()
+				}
 			}
 		}
 		if rerr != nil || (werr != nil && !metered) {

@@ -221,10 +221,13 @@ type servers struct {
 	inflight        sync.WaitGroup
 	errc            chan error
 	upstreamsLogged []string
+	// cut ends the upstream requests that outlive their client (a
+	// non-streamed answer read to its usage) once the grace is over.
+	cut func()
 }
 
 func newServers(o Options, p *proxy.Proxy, dir *Directory, keysLoaded chan struct{}, reg prometheus.Registerer, log logr.Logger) (*servers, error) {
-	s := &servers{grace: o.ShutdownGrace, log: log, errc: make(chan error, 2), upstreamsLogged: o.Upstreams}
+	s := &servers{grace: o.ShutdownGrace, log: log, errc: make(chan error, 2), upstreamsLogged: o.Upstreams, cut: p.CutRequests}
 	api := http.NewServeMux()
 	if o.RefreshURL != "" {
 		rp, err := refreshHandler(o.RefreshURL, log)
@@ -304,6 +307,7 @@ func (s *servers) serve(ctx, bgCtx context.Context) error {
 	if err := s.api.Shutdown(shutdown); err != nil {
 		s.log.Info("grace period over, closing remaining connections", "err", err.Error())
 		_ = s.api.Close()
+		s.cut()
 	}
 	// A closed connection cancels its request, whose handler then settles
 	// what was generated so far: wait for them all.
