@@ -452,3 +452,23 @@ func TestCutRequestsEndsDetachedAnswers(t *testing.T) {
 		t.Errorf("charge = %+v, want the prompt estimate, 8", c.Amount)
 	}
 }
+
+// TestLargeAnswerUsageByDepth: a non-streamed answer larger than what the
+// proxy keeps is scanned as it passes; its usage is the top-level one, not
+// a "usage" the answer carries after it (vLLM's input_messages).
+func TestLargeAnswerUsageByDepth(t *testing.T) {
+	up := newUpstream(t, "m")
+	big := strings.Repeat("t", 200<<10)
+	up.handle = func(w http.ResponseWriter, r *http.Request, body []byte) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"id":"resp_1","object":"response","output":[{"type":"message","content":[{"type":"output_text","text":"`+big+`"}]}],`+
+			`"usage":{"input_tokens":7,"output_tokens":9},"user":null,"input_messages":[{"usage":{"input_tokens":1,"output_tokens":1}},"`+big+`"]}`)
+	}
+	e := newEnv(t, nil, up)
+	resp := e.do(t, "POST", "/v1/responses", `{"model":"m","input":"hi","max_output_tokens":50}`)
+	expectStatus(t, resp, 200)
+	readAll(t, resp)
+	if c := e.sink.wait(t); c.Amount != (quota.Amount{Requests: 1, InputTokens: 7, OutputTokens: 9}) {
+		t.Errorf("charge = %+v, want the top-level usage 7/9", c.Amount)
+	}
+}

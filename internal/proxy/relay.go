@@ -12,15 +12,16 @@ import (
 
 var (
 	copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-	capturePool = sync.Pool{New: func() any { b := make([]byte, 0, maxCapture); return &b }}
+	answerPool  = sync.Pool{New: func() any { b := make([]byte, 0, smallBody); return &b }}
 )
 
-// relayBody copies a non-streamed answer to the client while a jsonScan
-// reads its usage as it goes by, so an answer of any size is metered in
-// flat memory. A client that leaves does not stop the reading: the upstream
-// finishes the answer it was admitted for (forward keeps the upstream
-// request alive for that) and the request is charged exactly what it used,
-// not a guess (README, "Accounting model").
+// relayBody copies a non-streamed answer to the client and reads its
+// usage: an answer of up to smallBody bytes (nearly all) is kept and read
+// whole at the end; a larger one goes through a jsonScan as it passes, so an
+// answer of any size is metered in flat memory. A client that leaves does
+// not stop the reading: the upstream finishes the answer it was admitted for
+// (forward keeps the upstream request alive for that) and the request is
+// charged exactly what it used, not a guess (README, "Accounting model").
 func (ex *exchange) relayBody(resp *http.Response) {
 	out := &clientWriter{w: ex.w, rc: ex.rc, timeout: ex.p.writeTimeout}
 	ex.w.WriteHeader(resp.StatusCode)
@@ -28,17 +29,10 @@ func (ex *exchange) relayBody(resp *http.Response) {
 	defer copyBufPool.Put(bufp)
 	buf := *bufp
 	metered := ex.ep.metered()
-	var scan jsonScan
+	var body bodyMeter
 	if metered {
-		scan = newJSONScan()
-		cp := capturePool.Get().(*[]byte)
-		scan.capture = (*cp)[:0]
-		defer func() {
-			if cap(scan.capture) == maxCapture {
-				*cp = scan.capture[:0]
-				capturePool.Put(cp)
-			}
-		}()
+		body.start()
+		defer body.release()
 	}
 	var rerr, werr error
 	for {
@@ -46,7 +40,7 @@ func (ex *exchange) relayBody(resp *http.Response) {
 		n, rerr = resp.Body.Read(buf)
 		if n > 0 {
 			if metered {
-				scan.feed(buf[:n])
+				body.write(buf[:n])
 			}
 			if werr == nil {
 				_, werr = out.Write(buf[:n])
@@ -66,8 +60,8 @@ func (ex *exchange) relayBody(resp *http.Response) {
 		werr = out.flush()
 	}
 	m := &meter{}
-	if scan.haveUsage {
-		m.final, m.haveFinal = scan.usage, true
+	if metered {
+		m.final, m.haveFinal = body.usage()
 	}
 	o := outcome{answered: true, m: m}
 	switch {
@@ -84,6 +78,51 @@ func (ex *exchange) relayBody(resp *http.Response) {
 	default:
 		o.ending = completed
 		ex.finish(resp.StatusCode, o, "")
+	}
+}
+
+// smallBody is the largest answer kept whole to read its usage.
+const smallBody = 64 << 10
+
+// bodyMeter reads a non-streamed answer's usage: whole when it is small,
+// with a jsonScan as it passes when it is not.
+type bodyMeter struct {
+	bp      *[]byte
+	small   []byte
+	scan    jsonScan
+	scanned bool
+}
+
+func (b *bodyMeter) start() {
+	b.bp = answerPool.Get().(*[]byte)
+	b.small = (*b.bp)[:0]
+}
+
+func (b *bodyMeter) write(p []byte) {
+	if !b.scanned && len(b.small)+len(p) <= smallBody {
+		b.small = append(b.small, p...)
+		return
+	}
+	if !b.scanned {
+		b.scanned = true
+		b.scan = newJSONScan()
+		b.scan.feed(b.small)
+	}
+	b.scan.feed(p)
+}
+
+func (b *bodyMeter) usage() (usage, bool) {
+	if b.scanned {
+		return b.scan.usage, b.scan.haveUsage
+	}
+	ci := inspectJSON(b.small)
+	return ci.usage, ci.hasUsage
+}
+
+func (b *bodyMeter) release() {
+	*b.bp = b.small[:0]
+	if cap(*b.bp) == smallBody {
+		answerPool.Put(b.bp)
 	}
 }
 

@@ -269,7 +269,10 @@ func (s *jsonScan) inString(p []byte, i int) int {
 		default:
 			// Skip to the next quote or backslash at once.
 			j := len(p)
-			if k := bytes.IndexAny(p[i:], `"\\`); k >= 0 {
+			if k := bytes.IndexByte(p[i:], '"'); k >= 0 {
+				j = i + k
+			}
+			if k := bytes.IndexByte(p[i:j], '\\'); k >= 0 {
 				j = i + k
 			}
 			if s.keyStr {
