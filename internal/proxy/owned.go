@@ -29,7 +29,8 @@ func (pr *parsed) ownedEdits(body []byte, ep *endpoint, v ownedValues, sp []spli
 		d := newDropper()
 		it := newObjIter(body, 0)
 		for m, ok := it.next(); ok; m, ok = it.next() {
-			if ep.fields[string(m.key)] == fieldOwned && !(v.keepKV && string(m.key) == ownKVTransfer) {
+			kept := v.keepKV && string(m.key) == ownKVTransfer
+			if ep.fields[string(m.key)] == fieldOwned && !kept {
 				d.drop(m)
 			} else {
 				d.keep(m)

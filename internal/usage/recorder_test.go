@@ -1015,7 +1015,7 @@ func TestChargeDuringPatchWrittenByNextFlush(t *testing.T) {
 		a := quota.Amount{Requests: 1, InputTokens: 100, OutputTokens: 50}
 		res, d, err := counter.Reserve(ctx, quota.Request{Budgets: budgets, Estimate: a})
 		if err != nil || !d.Allowed {
-			return fmt.Errorf("reserving during the patch: %v %+v", err, d.Exceeded)
+			return fmt.Errorf("reserving during the patch: %w %+v", err, d.Exceeded)
 		}
 		if err := counter.Settle(ctx, res, a); err != nil {
 			return err
