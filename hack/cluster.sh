@@ -300,6 +300,10 @@ netns_up() {
 up() {
   [ "$(id -u)" = 0 ] || { echo "cluster: needs root (network namespaces, containerd)" >&2; exit 1; }
   tools
+  # A fresh node every time: what an earlier run left (processes, mounts,
+  # namespaces) goes first, then its etcd, kubelet and containerd state.
+  down
+  rm -rf "${R}" "${LOG}"
   mkdir -p "${S}" "${R}" "${LOG}" "${RUN}"
   pki
   configs
