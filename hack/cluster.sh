@@ -263,12 +263,22 @@ images() {
 
 # ---------------------------------------------------------------- processes
 
-running() { [ -s "${R}/$1.pid" ] && kill -0 "$(cat "${R}/$1.pid")" 2>/dev/null; }
-start() { # name cmd...
-  local name=$1; shift
+# pidof_ is the recorded PID of a daemon, if that process still runs it (a
+# PID the kernel gave to another program since is not ours).
+pidof_() {
+  local f="${R}/$1.pid" pid
+  [ -s "${f}" ] || return 1
+  pid=$(cat "${f}")
+  tr '\0' ' ' < "/proc/${pid}/cmdline" 2>/dev/null | grep -q -- "$1" || return 1
+  echo "${pid}"
+}
+running() { pidof_ "$1" >/dev/null; }
+start() { # name cmd...: the daemon writes its own PID (the shell execs it)
+  local name=$1 i; shift
   if running "${name}"; then say "${name} already running"; return 0; fi
-  inns setsid "$@" > "${LOG}/${name}.log" 2>&1 < /dev/null &
-  echo $! > "${R}/${name}.pid"
+  rm -f "${R}/${name}.pid"
+  inns setsid bash -c 'echo $$ > "$0"; exec "$@"' "${R}/${name}.pid" "$@" > "${LOG}/${name}.log" 2>&1 < /dev/null &
+  for ((i = 0; i < 50; i++)); do [ -s "${R}/${name}.pid" ] && break; sleep 0.1; done
   say "started ${name} (pid $(cat "${R}/${name}.pid"))"
 }
 waitfor() { # what seconds name-of-process cmd...
@@ -345,6 +355,7 @@ up() {
     --root-dir="${R}/kubelet" --cert-dir="${R}/kubelet-pki" -v=1
   start kube-proxy kube-proxy --config="${K}/kube-proxy.yaml" -v=1
 
+  waitfor kube-proxy 60 kube-proxy inns curl -fsS http://127.0.0.1:10256/healthz
   waitfor "node registration" 120 kubelet kc get node "${NODE_NAME}"
   kc wait --for=condition=Ready "node/${NODE_NAME}" --timeout=180s >/dev/null
   say "node Ready"
@@ -435,9 +446,7 @@ EOF
 
 stop() { # name: SIGTERM, up to 15 s, then SIGKILL; by recorded PID only
   local f="${R}/$1.pid" pid i
-  [ -s "${f}" ] || return 0
-  pid=$(cat "${f}")
-  if kill -0 "${pid}" 2>/dev/null; then
+  if pid=$(pidof_ "$1"); then
     kill "${pid}" 2>/dev/null || true
     for ((i = 0; i < 30; i++)); do kill -0 "${pid}" 2>/dev/null || break; sleep 0.5; done
     if kill -0 "${pid}" 2>/dev/null; then kill -9 "${pid}" 2>/dev/null || true; fi
@@ -472,6 +481,13 @@ down() {
   # Mounts under our directories (overlay rootfs, shm, volumes), deepest first.
   for m in $(awk '{print $5}' /proc/self/mountinfo | grep -E "^(${R}|${RUN})(/|$)" | sort -r); do
     umount -l "$m" 2>/dev/null || true
+  done
+  # Pod namespaces containerd could not tell of (it had died): those with
+  # no process left whose eth0 holds an address of our pod range.
+  for ns in $(ls /run/netns 2>/dev/null | grep '^cni-'); do
+    if [ -z "$(ip netns pids "${ns}" 2>/dev/null)" ] && ip -n "${ns}" -4 addr show dev eth0 2>/dev/null | grep -q "inet ${POD_CIDR%.*}\."; then
+      netns+=("${ns}")
+    fi
   done
   for ns in "${netns[@]}"; do
     [ -e "/run/netns/${ns}" ] && { umount "/run/netns/${ns}" 2>/dev/null; rm -f "/run/netns/${ns}"; say "removed pod network namespace ${ns}"; }

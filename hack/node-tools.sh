@@ -128,7 +128,7 @@ fi
 # kube-proxy and the CNI plugins exec iptables by name.
 lib="${node}/root/usr/lib/x86_64-linux-gnu"
 for n in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
-  printf '#!/bin/sh\nexport LD_LIBRARY_PATH=%s XTABLES_LIBDIR=%s\nexec -a %s %s "$@"\n' \
+  printf '#!/bin/bash\nexport LD_LIBRARY_PATH=%s XTABLES_LIBDIR=%s\nexec -a %s %s "$@"\n' \
     "${lib}" "${lib}/xtables" "$n" "${node}/root/usr/sbin/xtables-nft-multi" > "${node}/bin/$n.tmp"
   chmod +x "${node}/bin/$n.tmp" && mv -f "${node}/bin/$n.tmp" "${node}/bin/$n"
 done
