@@ -15,6 +15,7 @@ import (
 	"debug/elf"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -140,7 +141,7 @@ func readImage(t *testing.T, path string) image {
 	tr := tar.NewReader(f)
 	for {
 		h, err := tr.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
@@ -177,7 +178,7 @@ func readImage(t *testing.T, path string) image {
 		lr := tar.NewReader(zr)
 		for {
 			h, err := lr.Next()
-			if err == io.EOF {
+			if errors.Is(err, io.EOF) {
 				break
 			}
 			if err != nil {

@@ -153,7 +153,7 @@ func run(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "imgbuild: %s as %s (%s)\n", *out, ref, d)
+	_, _ = fmt.Fprintf(stderr, "imgbuild: %s as %s (%s)\n", *out, ref, d)
 	return nil
 }
 
