@@ -12,8 +12,8 @@
 #   hack/cluster.sh clean    down, then remove the node's state (./bin/cluster)
 #
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
-# kube-proxy and containerd (with runc and the bridge CNI plugin, Debian's,
-# extracted by hack/node-tools.sh) all run inside a network namespace of
+# kube-proxy, kube-router's network policy controller and containerd (with
+# runc and the bridge CNI plugin, Debian's, extracted by hack/node-tools.sh) all run inside a network namespace of
 # their own, entered with `nsenter --net` (the host's mount namespace and
 # cgroups, which `ip netns exec` would hide). The node's IP sits on a bridge
 # in that namespace and nothing there routes outside, so every address the
@@ -77,8 +77,11 @@ kc() { inns kubectl --kubeconfig "${K}/admin.kubeconfig" "$@"; }
 
 # ---------------------------------------------------------------- state files
 
+IDENTITIES=(admin kubelet kcm scheduler proxy router)
 pki() {
-  [ -s "${PKI}/ca.crt" ] && [ -s "${K}/admin.kubeconfig" ] && return 0
+  local who complete=1
+  for who in "${IDENTITIES[@]}"; do [ -s "${K}/${who}.kubeconfig" ] || complete=0; done
+  [ -s "${PKI}/ca.crt" ] && [ "${complete}" = 1 ] && return 0
   rm -rf "${PKI}"
   mkdir -p "${PKI}"
   (
@@ -95,14 +98,15 @@ pki() {
     openssl x509 -req -in kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out kubelet-client.crt -days 30 -extfile client.ext 2>/dev/null
   )
   : > "${PKI}/tokens.csv"
-  local who user group tok
-  for who in admin kubelet kcm scheduler proxy; do
+  local user group tok
+  for who in "${IDENTITIES[@]}"; do
     case ${who} in
       admin) user=admin; group=system:masters ;;
       kubelet) user=system:node:${NODE_NAME}; group=system:nodes ;;
       kcm) user=system:kube-controller-manager; group=system:masters ;;
       scheduler) user=system:kube-scheduler; group= ;;
       proxy) user=system:kube-proxy; group= ;;
+      router) user=kube-router; group=system:masters ;;
     esac
     tok=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
     echo "${tok},${user},${user}${group:+,\"${group}\"}" >> "${PKI}/tokens.csv"
@@ -346,7 +350,8 @@ up() {
     --bind-address=127.0.0.1 --leader-elect=false --root-ca-file="${PKI}/ca.crt" \
     --service-account-private-key-file="${PKI}/sa.key" --use-service-account-credentials=false \
     --cluster-signing-cert-file="${PKI}/ca.crt" --cluster-signing-key-file="${PKI}/ca.key" \
-    --service-cluster-ip-range="${SVC_CIDR}" --allocate-node-cidrs=false --profiling=false
+    --service-cluster-ip-range="${SVC_CIDR}" --profiling=false \
+    --allocate-node-cidrs=true --cluster-cidr="${POD_CIDR}" --node-cidr-mask-size=24
   start kube-scheduler kube-scheduler --kubeconfig="${K}/scheduler.kubeconfig" \
     --authentication-kubeconfig="${K}/scheduler.kubeconfig" --authorization-kubeconfig="${K}/scheduler.kubeconfig" \
     --bind-address=127.0.0.1 --leader-elect=false --profiling=false
@@ -356,6 +361,12 @@ up() {
   start kube-proxy kube-proxy --config="${K}/kube-proxy.yaml" -v=1
 
   waitfor kube-proxy 60 kube-proxy inns curl -fsS http://127.0.0.1:10256/healthz
+  # kube-router's network policy controller alone: the bridge CNI plugin
+  # enforces no NetworkPolicy.
+  start kube-router kube-router --kubeconfig="${K}/router.kubeconfig" --hostname-override="${NODE_NAME}" \
+    --run-firewall=true --run-router=false --run-service-proxy=false \
+    --service-cluster-ip-range="${SVC_CIDR}" --health-port=20244 --metrics-port=0 -v=1
+  waitfor kube-router 60 kube-router inns curl -fsS http://127.0.0.1:20244/healthz
   waitfor "node registration" 120 kubelet kc get node "${NODE_NAME}"
   kc wait --for=condition=Ready "node/${NODE_NAME}" --timeout=180s >/dev/null
   say "node Ready"
@@ -459,7 +470,7 @@ down() {
   quiet_tools
   local pid ns m t c sub top
   # The kubelet first, so that it restarts nothing while containers go.
-  for n in kubelet kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$n"; done
+  for n in kube-router kubelet kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$n"; done
   # Every container's network namespace (the pods' cni-*), read from
   # containerd before it stops.
   local netns=()

@@ -12,8 +12,9 @@
 #  - containerd 1.6, runc, the CNI plugins, iptables and conntrack from
 #    Debian, downloaded and extracted into ./bin/node/root, never installed,
 #    so that a missing install step cannot hide;
-#  - CoreDNS (hack/tools/coredns, pinned) and the pause binary (built from
-#    k8s.io/kubernetes' build/pause/linux/pause.c);
+#  - CoreDNS (hack/tools/coredns, pinned), kube-router for its network
+#    policy controller (hack/tools/kube-router, pinned; with Debian's ipset)
+#    and the pause binary (built from k8s.io/kubernetes' build/pause/linux/pause.c);
 #  - the image builder (hack/tools/imgbuild).
 # All progress goes to stderr; stdout carries only ./bin/node.
 set -euo pipefail
@@ -22,7 +23,7 @@ K8S_VERSION=${ENVTEST_K8S_VERSION:-1.37.2}
 BINARIES=(kubelet kube-scheduler kube-proxy)
 # Debian bookworm's; the versions are checked (containerd 1.6 is what the
 # node's settings are written for).
-DEBS=(containerd runc containernetworking-plugins iptables conntrack
+DEBS=(containerd runc containernetworking-plugins iptables conntrack ipset libipset13
   libip4tc2 libip6tc2 libxtables12 libnetfilter-conntrack3 libnfnetlink0 libnftnl11 libmnl0)
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -108,7 +109,7 @@ GO
 fi
 
 # --- Debian packages, extracted
-if [ ! -x "${node}/root/usr/bin/containerd" ] || [ ! -x "${node}/root/usr/sbin/runc" ] || [ ! -x "${node}/root/usr/lib/cni/bridge" ] || [ ! -x "${node}/root/usr/sbin/xtables-nft-multi" ]; then
+if [ ! -x "${node}/root/usr/bin/containerd" ] || [ ! -x "${node}/root/usr/sbin/runc" ] || [ ! -x "${node}/root/usr/lib/cni/bridge" ] || [ ! -x "${node}/root/usr/sbin/xtables-nft-multi" ] || [ ! -x "${node}/root/usr/sbin/ipset" ]; then
   debs="${node}/debs"
   rm -rf "${debs}" "${node}/root"
   mkdir -p "${debs}" "${node}/root"
@@ -132,11 +133,20 @@ for n in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tab
     "${lib}" "${lib}/xtables" "$n" "${node}/root/usr/sbin/xtables-nft-multi" > "${node}/bin/$n.tmp"
   chmod +x "${node}/bin/$n.tmp" && mv -f "${node}/bin/$n.tmp" "${node}/bin/$n"
 done
-printf '#!/bin/sh\nexport LD_LIBRARY_PATH=%s\nexec %s "$@"\n' "${lib}" "${node}/root/usr/sbin/conntrack" > "${node}/bin/conntrack"
-chmod +x "${node}/bin/conntrack"
+for n in conntrack ipset; do
+  printf '#!/bin/sh\nexport LD_LIBRARY_PATH=%s\nexec %s "$@"\n' "${lib}" "${node}/root/usr/sbin/$n" > "${node}/bin/$n"
+  chmod +x "${node}/bin/$n"
+done
 
 # --- CoreDNS, the pause binary, the image builder
-coredns_version=$(awk '$1 == "require" && $2 == "github.com/coredns/coredns" {print $3}' "${root}/hack/tools/coredns/go.mod")
+# modversion TOOL MODULE: the version hack/tools/TOOL/go.mod pins MODULE at.
+modversion() {
+  local v
+  v=$(awk -v m="$2" '($1 == m && $2 ~ /^v/) {print $2} ($1 == "require" && $2 == m) {print $3}' "${root}/hack/tools/$1/go.mod")
+  [ -n "$v" ] || { log "no version of $2 in hack/tools/$1/go.mod"; exit 1; }
+  echo "$v"
+}
+coredns_version=$(modversion coredns github.com/coredns/coredns)
 coredns_cache="${XDG_CACHE_HOME:-${HOME}/.cache}/llm-user-operator/coredns-${coredns_version}"
 if [ ! -x "${node}/coredns-${coredns_version}" ]; then
   if [ -x "${coredns_cache}" ]; then
@@ -149,6 +159,19 @@ if [ ! -x "${node}/coredns-${coredns_version}" ]; then
   fi
 fi
 ln -sf "coredns-${coredns_version}" "${node}/coredns"
+router_version=$(modversion kube-router github.com/cloudnativelabs/kube-router/v2)
+router_cache="${XDG_CACHE_HOME:-${HOME}/.cache}/llm-user-operator/kube-router-${router_version}"
+if [ ! -x "${node}/kube-router-${router_version}" ]; then
+  if [ -x "${router_cache}" ]; then
+    cp -f "${router_cache}" "${node}/kube-router-${router_version}"
+  else
+    log "building kube-router ${router_version}"
+    (cd "${root}/hack/tools/kube-router" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "${node}/kube-router.tmp" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router >&2)
+    mv -f "${node}/kube-router.tmp" "${node}/kube-router-${router_version}"
+    mkdir -p "$(dirname "${router_cache}")" && cp -f "${node}/kube-router-${router_version}" "${router_cache}"
+  fi
+fi
+ln -sf "../kube-router-${router_version}" "${node}/bin/kube-router"
 if [ ! -x "${node}/pause" ]; then
   pause_c="$(cd "${root}" && go env GOMODCACHE)/k8s.io/kubernetes@v${K8S_VERSION}/build/pause/linux/pause.c"
   [ -f "${pause_c}" ] || (cd "${root}" && go mod download "k8s.io/kubernetes@v${K8S_VERSION}" >&2)

@@ -55,6 +55,8 @@ type report struct {
 	Errors           []string `json:"errors"`
 	Tokens           int64    `json:"tokens"`
 	Streamed         int64    `json:"streamed"`
+	GetStatus        int      `json:"getStatus"`
+	GetError         string   `json:"getError"`
 	RefreshStatus    int      `json:"refreshStatus"`
 	RefreshExpiresIn int64    `json:"refreshExpiresIn"`
 }
@@ -121,10 +123,10 @@ func TestCluster(t *testing.T) {
 	}
 	t.Run("PodsHoldTheirLimits", s.testPodsHoldTheirLimits)
 	t.Run("MemoryLimitFromCgroup", s.testMemoryLimitFromCgroup)
-	t.Run("NetworkPolicyValid", s.testNetworkPolicy)
 	if !t.Run("ClientPod", s.testClientPod) {
 		t.FailNow()
 	}
+	t.Run("NetworkPolicy", s.testNetworkPolicy)
 	t.Run("RollingUpdate", s.testRollingUpdate)
 	t.Run("OperatorRestart", s.testOperatorRestart)
 	t.Run("Uninstall", s.testUninstall)
@@ -233,7 +235,7 @@ func (s *suite) testPodsHoldTheirLimits(t *testing.T) {
 			}
 		}
 		logs := s.kubectl(t, false, "-n", system, "logs", pod.Name)
-		for _, bad := range []string{"read-only file system", "permission denied"} {
+		for _, bad := range []string{"read-only file system", "permission denied", "forbidden"} {
 			if strings.Contains(strings.ToLower(logs), bad) {
 				t.Errorf("%s logs %q:\n%s", pod.Name, bad, logs)
 			}
@@ -286,9 +288,10 @@ func (s *suite) testMemoryLimitFromCgroup(t *testing.T) {
 	})
 }
 
-// testNetworkPolicy: the operator's NetworkPolicy was accepted by the API
-// server and selects the proxy's pods. Nothing enforces it on this node:
-// the bridge CNI plugin has no policy support.
+// testNetworkPolicy: the operator's NetworkPolicy selects the proxy's pods
+// and is enforced (kube-router's network policy controller runs on the
+// node): any pod reaches the API port, only a Prometheus pod the metrics
+// port, whose per-user series are not for every tenant.
 func (s *suite) testNetworkPolicy(t *testing.T) {
 	var np networkingv1.NetworkPolicy
 	if err := s.c.Get(t.Context(), types.NamespacedName{Namespace: system, Name: proxyName}, &np); err != nil {
@@ -304,6 +307,19 @@ func (s *suite) testNetworkPolicy(t *testing.T) {
 	}
 	if !sel.Matches(labelsSet(pod.Labels)) {
 		t.Errorf("NetworkPolicy %s selects %s, not the proxy pod's labels %v", np.Name, sel, pod.Labels)
+	}
+
+	api := "http://" + proxyName + "." + system + ".svc:8000/v1/models"
+	metrics := "http://" + proxyName + "-metrics." + system + ".svc:9090/metrics"
+	prometheus := map[string]string{"app.kubernetes.io/name": "prometheus"}
+	if rep := s.runClient(t, "np-api", nil, "get", "-url", api); rep.GetStatus == 0 {
+		t.Errorf("a tenant's pod cannot reach the proxy's API port: %s", rep.GetError)
+	}
+	if rep := s.runClient(t, "np-prometheus", prometheus, "get", "-url", metrics); rep.GetStatus != 200 {
+		t.Errorf("a Prometheus pod cannot scrape the proxy: status %d, %s", rep.GetStatus, rep.GetError)
+	}
+	if rep := s.runClient(t, "np-metrics", nil, "get", "-url", metrics); rep.GetStatus != 0 || rep.GetError == "" {
+		t.Errorf("a tenant's pod reaches the proxy's metrics port: status %d", rep.GetStatus)
 	}
 }
 
@@ -333,7 +349,7 @@ func (s *suite) testClientPod(t *testing.T) {
 		t.Errorf("OPENAI_BASE_URL %q, want %q", got, wantBase)
 	}
 
-	rep := s.runClient(t, "journey", "journey")
+	rep := s.runClient(t, "journey", nil, "journey")
 	if rep.BaseURL != wantBase {
 		t.Errorf("the pod's OPENAI_BASE_URL is %q, want %q", rep.BaseURL, wantBase)
 	}
@@ -365,7 +381,7 @@ func (s *suite) testRollingUpdate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := s.startClient(t, "rolling", "loop", "-duration", "75s")
+	done := s.startClient(t, "rolling", nil, "loop", "-duration", "75s")
 	time.Sleep(10 * time.Second)
 	s.run(t, false, s.helm, "upgrade", release, filepath.Join(s.repo, "charts/llm-user-operator"),
 		"-n", system, "--reuse-values", "--set", "proxy.flushInterval=3s")
@@ -397,7 +413,7 @@ func (s *suite) testRollingUpdate(t *testing.T) {
 		t.Logf("KNOWN LOSS (issue 17): clients were served %d tokens in %d requests through the rolling update; status kept %d in %d (lost %d tokens, %d requests)",
 			rep.Tokens, rep.Requests, got.TotalTokens-before.TotalTokens, got.Requests-before.Requests, want.TotalTokens-got.TotalTokens, want.Requests-got.Requests)
 	}
-	after := s.runClient(t, "after-rollout", "journey")
+	after := s.runClient(t, "after-rollout", nil, "journey")
 	if after.Failures != 0 {
 		t.Fatalf("after the rollout: %+v", after)
 	}
@@ -434,7 +450,7 @@ func (s *suite) testOperatorRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := s.startClient(t, "operator-restart", "loop", "-duration", "40s")
+	done := s.startClient(t, "operator-restart", nil, "loop", "-duration", "40s")
 	time.Sleep(5 * time.Second)
 	s.kubectl(t, false, "-n", system, "delete", "pod", op.Name, "--wait=false")
 	poll.Until(t, 3*time.Minute, func() error {
@@ -497,18 +513,18 @@ func (s *suite) waitUsage(t *testing.T, tokens, requests int64) {
 }
 
 // runClient runs the client image in team-a with alice's Secret as its
-// environment until it ends, and returns its report.
-func (s *suite) runClient(t *testing.T, name string, args ...string) report {
+// environment and the given labels until it ends, and returns its report.
+func (s *suite) runClient(t *testing.T, name string, labels map[string]string, args ...string) report {
 	t.Helper()
-	return s.startClient(t, name, args...)()
+	return s.startClient(t, name, labels, args...)()
 }
 
 // startClient starts the client pod; the function it returns waits for the
 // pod to end and returns its report.
-func (s *suite) startClient(t *testing.T, name string, args ...string) func() report {
+func (s *suite) startClient(t *testing.T, name string, labels map[string]string, args ...string) func() report {
 	t.Helper()
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: team, Name: "client-" + name},
+		ObjectMeta: metav1.ObjectMeta{Namespace: team, Name: "client-" + name, Labels: labels},
 		Spec: corev1.PodSpec{
 			RestartPolicy:         corev1.RestartPolicyNever,
 			ActiveDeadlineSeconds: ptr.To[int64](300),

@@ -7,6 +7,7 @@
 //	client journey   one chat completion, one stream, one /auth/refresh
 //	client loop      chat completions one after another for -duration,
 //	                 counting every failure (the SDK retries nothing)
+//	client get       one GET of -url, its status or error (NetworkPolicy checks)
 package main
 
 import (
@@ -37,6 +38,9 @@ type Report struct {
 	// streamed or not; Streamed the part of it that came in streams.
 	Tokens   int64 `json:"tokens"`
 	Streamed int64 `json:"streamed"`
+	// GetStatus and GetError are the answer to client get.
+	GetStatus int    `json:"getStatus,omitempty"`
+	GetError  string `json:"getError,omitempty"`
 	// RefreshStatus and RefreshExpiresIn are /auth/refresh's answer.
 	RefreshStatus    int   `json:"refreshStatus,omitempty"`
 	RefreshExpiresIn int64 `json:"refreshExpiresIn,omitempty"`
@@ -51,6 +55,7 @@ func main() {
 	model := fs.String("model", "", "the model to call")
 	duration := fs.Duration("duration", time.Minute, "loop: how long to send requests")
 	pause := fs.Duration("pause", 50*time.Millisecond, "loop: the pause between two requests")
+	url := fs.String("url", "", "get: the URL")
 	_ = fs.Parse(os.Args[2:])
 
 	baseURL := os.Getenv("OPENAI_BASE_URL")
@@ -60,11 +65,17 @@ func main() {
 	c := openai.NewClient(option.WithMaxRetries(0), option.WithRequestTimeout(30*time.Second))
 	ctx := context.Background()
 	var err error
-	switch os.Args[1] {
-	case "journey":
+	if os.Args[1] != "get" {
+		err = waitReachable(ctx, baseURL+"/models", 30*time.Second)
+	}
+	switch {
+	case err != nil:
+	case os.Args[1] == "journey":
 		err = journey(ctx, c, *model, &rep)
-	case "loop":
+	case os.Args[1] == "loop":
 		loop(ctx, c, *model, *duration, *pause, &rep)
+	case os.Args[1] == "get":
+		get(ctx, *url, &rep)
 	default:
 		err = fmt.Errorf("unknown mode %q", os.Args[1])
 	}
@@ -159,5 +170,47 @@ func loop(ctx context.Context, c openai.Client, model string, d, pause time.Dura
 	for time.Now().Before(deadline) {
 		_ = chat(ctx, c, model, rep)
 		time.Sleep(pause)
+	}
+}
+
+// get reports what GET url answers, asking again for 10 s while the
+// connection is refused or dropped (a network policy controller admits a
+// new pod a moment after it starts); the last error if it never answers.
+func get(ctx context.Context, url string, rep *Report) {
+	status, err := httpStatus(ctx, url, 10*time.Second)
+	rep.GetStatus = status
+	if err != nil {
+		rep.GetError = err.Error()
+	}
+}
+
+// waitReachable waits until url answers anything over HTTP: a network
+// policy controller admits a new pod's traffic a moment after it starts,
+// and the requests the test counts must not fall into that moment.
+func waitReachable(ctx context.Context, url string, d time.Duration) error {
+	_, err := httpStatus(ctx, url, d)
+	return err
+}
+
+func httpStatus(ctx context.Context, url string, d time.Duration) (int, error) {
+	deadline := time.Now().Add(d)
+	for {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		req, err := http.NewRequestWithContext(actx, http.MethodGet, url, nil)
+		if err != nil {
+			cancel()
+			return 0, err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			_ = resp.Body.Close()
+			cancel()
+			return resp.StatusCode, nil
+		}
+		cancel()
+		if time.Now().After(deadline) {
+			return 0, err
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
