@@ -273,7 +273,7 @@ pidof_() {
   local f="${R}/$1.pid" pid
   [ -s "${f}" ] || return 1
   pid=$(cat "${f}")
-  tr '\0' ' ' < "/proc/${pid}/cmdline" 2>/dev/null | grep -q -- "$1" || return 1
+  { tr '\0' ' ' < "/proc/${pid}/cmdline"; } 2>/dev/null | grep -q -- "$1" || return 1
   echo "${pid}"
 }
 running() { pidof_ "$1" >/dev/null; }
@@ -489,6 +489,13 @@ down() {
   for pid in $(ps -eo pid=,args= | awk -v s="-address ${SOCK}" 'index($0, "containerd-shim") && index($0, s) {print $1}'); do
     kill -9 "${pid}" 2>/dev/null && say "killed shim ${pid}"
   done
+  # A container whose shim was killed above (containerd had died) keeps
+  # running, reparented to init: what is left in the kubelet's cgroups goes.
+  for pid in $(cat /sys/fs/cgroup/*/kubepods/cgroup.procs /sys/fs/cgroup/*/kubepods/*/cgroup.procs \
+      /sys/fs/cgroup/*/kubepods/*/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/*/cgroup.procs 2>/dev/null | sort -u); do
+    kill -9 "${pid}" 2>/dev/null && say "killed container process ${pid}"
+  done
+  sleep 0.5
   # Mounts under our directories (overlay rootfs, shm, volumes), deepest first.
   for m in $(awk '{print $5}' /proc/self/mountinfo | grep -E "^(${R}|${RUN})(/|$)" | sort -r); do
     umount -l "$m" 2>/dev/null || true
