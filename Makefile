@@ -92,6 +92,12 @@ test: manifests generate vet $(HELM) ## Run every test: unit, envtest (real API 
 	go test -race -count=1 -timeout 20m $(RACE_PKGS) && \
 	go test -run '^$$' -bench . -benchtime 1x -count=1 -timeout 10m ./...
 
+.PHONY: test-cluster
+test-cluster: $(HELM) ## The real-node test (root): a single-node Kubernetes in a network namespace (hack/cluster.sh), the chart installed with helm, pods serving tokens end to end; always torn down.
+	trap 'hack/cluster.sh down' EXIT; \
+	hack/cluster.sh up && \
+	HELM="$(HELM)" go test -tags cluster -exec "$(CURDIR)/hack/cluster.sh exec" -run '^TestCluster$$' -count=1 -timeout 30m -v ./test/cluster/
+
 .PHONY: bench
 bench: build ## Run the proxy benchmark harness (not part of make test).
 	hack/bench.sh
