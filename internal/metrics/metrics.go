@@ -17,6 +17,8 @@
 // llm_proxy_requests_total and llm_proxy_tokens_total's input and output;
 // a user of a priced quota has a fourth, llm_user_cost_total, in the
 // quota's currency.
+// Forwarded requests are counted by what their charge was worked out from
+// (llm_proxy_charges_total{basis}: four series in all).
 // Status codes are counted per namespace and model (llm_proxy_responses_total),
 // a refused user adds a llm_proxy_rejections_total series per reason, and a
 // user's budget gauges are exported once a window passes its first alert
