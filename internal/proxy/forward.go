@@ -44,7 +44,11 @@ func (ex *exchange) forward() {
 	out.URL = &url.URL{Scheme: up.scheme, Host: up.host, Path: up.basePath + r.URL.Path, RawQuery: r.URL.RawQuery}
 	out.Host = ""
 	out.RequestURI = ""
-	out.Header = outboundHeader(r.Header, ex.id)
+	var fairness []string
+	if ex.user != nil {
+		fairness = ex.user.FairnessID
+	}
+	out.Header = outboundHeader(r.Header, ex.id, fairness)
 	bb, body := ex.bb, ex.body
 	out.Body = bb.reader(body)
 	out.GetBody = func() (io.ReadCloser, error) { return bb.reader(body), nil }
@@ -85,9 +89,14 @@ var forwardedHeaders = []string{"Accept", "Content-Type", "User-Agent", "Tracepa
 
 // outboundHeader builds the upstream request's headers. The proxy's request
 // id goes as X-Request-Id; the client's, if any, travels for correlation as
-// X-Client-Request-Id only.
-func outboundHeader(in http.Header, id string) http.Header {
-	h := make(http.Header, len(forwardedHeaders)+2)
+// X-Client-Request-Id only. fairness, when set, is the verified flow of the
+// request for a scheduler's fair queuing (a client's own is never
+// forwarded: it is not in forwardedHeaders).
+func outboundHeader(in http.Header, id string, fairness []string) http.Header {
+	h := make(http.Header, len(forwardedHeaders)+3)
+	if fairness != nil {
+		h[headerFairnessID] = fairness
+	}
 	for _, k := range forwardedHeaders {
 		if v, ok := in[k]; ok {
 			h[k] = v

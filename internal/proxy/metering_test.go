@@ -379,6 +379,21 @@ func TestOwnedMembers(t *testing.T) {
 		t.Errorf("cache salt %q, want 32 hex digits", u.CacheSalt)
 	}
 
+	// The verified flow for a scheduler's fair queuing replaces the client's.
+	u.FairnessID = FairnessID(u.Namespace, u.Name, u.QuotaName, false)
+	e.dir.set(u)
+	req, _ := http.NewRequest("POST", e.srv.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[],"max_tokens":5}`))
+	req.Header.Set("Authorization", "Bearer "+alice)
+	req.Header.Set("X-Gateway-Inference-Fairness-Id", "team-b/user/bob")
+	fresp, err := e.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, fresp)
+	if got := up.last(t).header.Values("X-Gateway-Inference-Fairness-Id"); len(got) != 1 || got[0] != "team-a/user/alice" {
+		t.Errorf("upstream fairness id %q, want team-a/user/alice alone", got)
+	}
+
 	// An upstream allowed to take kv_transfer_params gets the client's.
 	e2 := newEnv(t, func(o *Options) { o.KVTransferUpstreams = []string{up.URL} }, up)
 	resp := e2.do(t, "POST", "/v1/completions", `{"kv_transfer_params":{"do_remote_prefill":true},"model":"m","prompt":"p","max_tokens":5}`)

@@ -56,6 +56,18 @@ func (pr *parsed) ownedEdits(body []byte, ep *endpoint, v ownedValues, sp []spli
 	return sp
 }
 
+// FairnessID is the flow a user's requests belong to for a scheduler's
+// fair queuing: the quota for the users of a Shared quota (one tenant, one
+// budget: splitting it per user would give a team a share of the GPUs that
+// grows with its head count), the user otherwise. As a header value, ready
+// for [User].
+func FairnessID(namespace, user, quotaName string, shared bool) []string {
+	if shared {
+		return []string{namespace + "/quota/" + quotaName}
+	}
+	return []string{namespace + "/user/" + user}
+}
+
 // CacheSalt is the cache_salt of a user's requests for a quota's
 // spec.cacheIsolation: "User" (the default) gives every user their own,
 // "Quota" one for every user of the quota, "None" none. It is a digest of

@@ -105,6 +105,10 @@ type User struct {
 	// keeps the prefix cache apart per user (or per quota): see [CacheSalt].
 	// Empty sends none; whatever it is, the client's own is dropped.
 	CacheSalt string
+	// FairnessID is the X-Gateway-Inference-Fairness-Id the proxy sends
+	// upstream, for the fair queuing of a Gateway API Inference Extension
+	// (llm-d) scheduler: see [FairnessID]. A client's own is dropped.
+	FairnessID []string
 }
 
 // concurrencyKey names the user's in-flight counter.

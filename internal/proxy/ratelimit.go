@@ -17,6 +17,9 @@ import (
 const (
 	headerRequestID       = "X-Request-Id"
 	headerClientRequestID = "X-Client-Request-Id"
+	// headerFairnessID groups requests into flows for the fair queuing of a
+	// Gateway API Inference Extension (llm-d) scheduler behind the proxy.
+	headerFairnessID = "X-Gateway-Inference-Fairness-Id"
 	// headerDryRunExceeded names what a dry-run quota would have refused
 	// (or shortened) in a request it let through.
 	headerDryRunExceeded = "X-Llm-Quota-Dryrun-Exceeded"

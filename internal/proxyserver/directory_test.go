@@ -73,6 +73,9 @@ func TestDirectoryViews(t *testing.T) {
 	d.setUser(user("carol", "pool", nil))
 	b, _ = d.User("ns", "bob")
 	c, _ := d.User("ns", "carol")
+	if len(a.FairnessID) != 1 || a.FairnessID[0] != "ns/user/alice" || len(b.FairnessID) != 1 || b.FairnessID[0] != "ns/quota/pool" || c.FairnessID[0] != "ns/quota/pool" {
+		t.Errorf("fairness ids %v, %v, %v: want alice's own, one flow for the Shared pool", a.FairnessID, b.FairnessID, c.FairnessID)
+	}
 	if b.CacheSalt == "" || b.CacheSalt != c.CacheSalt {
 		t.Errorf("Quota isolation: bob %q, carol %q, want one salt for the pool", b.CacheSalt, c.CacheSalt)
 	}
