@@ -116,8 +116,12 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 
+	// The in-process counter counts this replica's requests only: before
+	// each write it merges what another (the other pod of a rolling update)
+	// recorded in status.
+	replica, _ := store.(quota.Replica)
 	rec := usage.New(writer, usage.Options{
-		Counter: counter, Reader: c, APIReader: writer,
+		Counter: counter, Replica: replica, Reader: c, APIReader: writer,
 		FlushInterval: o.FlushInterval, WriteRate: o.StatusWriteRate, Registerer: reg, Logger: log.WithName("usage"),
 		Observe: func(b *quota.Budget, quotaName string, ws []quota.WindowStatus) {
 			for _, w := range ws {

@@ -24,6 +24,9 @@ type Memory struct {
 	inflight map[string]int64
 	// lifetime is what each budget was charged since it began or was seeded.
 	lifetime map[string]Amount
+	// lifetimeSeen is the most status was seen to record of each lifetime
+	// (see [Replica]).
+	lifetimeSeen map[string]Amount
 	// nextSweep is when ended windows are next dropped.
 	nextSweep time.Time
 }
@@ -37,6 +40,10 @@ type windowCounter struct {
 	reserved Amount
 	// models splits used by model (see chargeModel).
 	models []ModelAmount
+	// seen and seenModels are the most status was seen to record of this
+	// window: seeded from, merged or written (see [Replica]).
+	seen       Amount
+	seenModels []ModelAmount
 }
 
 // sweepEvery is how often ended windows are dropped: the shortest window, so
@@ -48,7 +55,8 @@ var _ Counter = (*Memory)(nil)
 
 // NewMemory returns an empty in-process counter reading time from now.
 func NewMemory(now func() time.Time) *Memory {
-	return &Memory{now: now, budgets: make(map[string]map[llmv1alpha1.Window]*windowCounter), inflight: make(map[string]int64), lifetime: make(map[string]Amount)}
+	return &Memory{now: now, budgets: make(map[string]map[llmv1alpha1.Window]*windowCounter), inflight: make(map[string]int64),
+		lifetime: make(map[string]Amount), lifetimeSeen: make(map[string]Amount)}
 }
 
 // peek returns s's counts without creating or resetting anything: a counter
@@ -214,6 +222,10 @@ func (m *Memory) Seed(_ context.Context, budget string, w llmv1alpha1.Window, st
 	c := m.counter(s)
 	c.used = raise(c.used, used)
 	c.models = raiseModels(c.models, models)
+	// What was seeded is what status recorded: a later Merge adds only
+	// what another replica recorded beyond it.
+	c.seen = raise(c.seen, used)
+	c.seenModels = raiseModels(c.seenModels, models)
 	return nil
 }
 
@@ -229,6 +241,7 @@ func (m *Memory) SeedLifetime(_ context.Context, budget string, used Amount) err
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.lifetime[budget] = raise(m.lifetime[budget], nonNegative(used))
+	m.lifetimeSeen[budget] = raise(m.lifetimeSeen[budget], nonNegative(used))
 	return nil
 }
 
@@ -239,4 +252,5 @@ func (m *Memory) Forget(budgetKey string) {
 	defer m.mu.Unlock()
 	delete(m.budgets, budgetKey)
 	delete(m.lifetime, budgetKey)
+	delete(m.lifetimeSeen, budgetKey)
 }

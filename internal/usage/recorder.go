@@ -11,6 +11,13 @@
 // server applied it, writes the same values again. Nothing is counted twice,
 // whoever writes, however often.
 //
+// With the in-process counter, each replica counts only what it served, and
+// two run side by side through every rolling update. Before each write the
+// Recorder shows the counter what status records ([quota.Replica.Merge]),
+// and it adds what another replica recorded there beyond what it had seen;
+// the totals it writes then hold both replicas' usage, and status is exact
+// across the update.
+//
 // Writes are rationed: at most WriteRate per second per replica, spent first
 // on the objects whose last request crossed an alert threshold or exhausted a
 // window, then on those whose status is the most out of date; an object is
@@ -65,6 +72,11 @@ type Options struct {
 	// Observe, when set, hears the windows of every budget read to write
 	// status (the budget gauges), with the name of the budget's quota.
 	Observe func(b *quota.Budget, quotaName string, ws []quota.WindowStatus)
+	// Replica, when set, is the replica-local part of Counter (the
+	// in-process counter): before each write it merges what status records
+	// beyond what it has seen, another replica's usage (see [quota.Replica]).
+	// Default: Counter itself, when it is one.
+	Replica quota.Replica
 	// FieldOwner is the field manager of the status writes (default "llm-user-proxy").
 	FieldOwner string
 	// Logger receives write failures (default: discard).
@@ -98,6 +110,7 @@ type Recorder struct {
 	reader     client.Reader
 	apiReader  client.Reader
 	counter    quota.Counter
+	replica    quota.Replica
 	observe    func(b *quota.Budget, quotaName string, ws []quota.WindowStatus)
 	interval   time.Duration
 	workers    int
@@ -120,6 +133,7 @@ func New(c client.Client, opts Options) *Recorder {
 		reader:     opts.Reader,
 		apiReader:  opts.APIReader,
 		counter:    opts.Counter,
+		replica:    opts.Replica,
 		observe:    opts.Observe,
 		interval:   opts.FlushInterval,
 		workers:    opts.Workers,
@@ -130,6 +144,9 @@ func New(c client.Client, opts Options) *Recorder {
 	}
 	if r.reader == nil {
 		r.reader = c
+	}
+	if r.replica == nil {
+		r.replica, _ = opts.Counter.(quota.Replica)
 	}
 	if r.apiReader == nil {
 		r.apiReader = c

@@ -2,6 +2,7 @@ package usage
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"time"
@@ -39,7 +40,7 @@ func (r *Recorder) write(ctx context.Context, k objKey, last time.Time) (outcome
 		}
 		orig := obj.DeepCopyObject().(client.Object)
 		st := statusOf(obj)
-		next, err := r.desired(ctx, reader, obj, st.get(), last)
+		next, budget, err := r.desired(ctx, reader, obj, st.get(), last)
 		if err != nil {
 			r.metrics.write(k.kind, resultError)
 			return failed, err
@@ -52,6 +53,12 @@ func (r *Recorder) write(ctx context.Context, k objKey, last time.Time) (outcome
 		err = r.client.Status().Patch(ctx, obj,
 			client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}),
 			client.FieldOwner(r.fieldOwner))
+		if budget != "" && r.replica != nil && mayHaveApplied(err) {
+			// Assumed applied when the answer is unknown: if it was not,
+			// the next Merge finds status below what it saw and adds
+			// nothing, and this counter's own totals are written again.
+			r.replica.Wrote(budget, recorded(next))
+		}
 		switch {
 		case err == nil:
 			r.metrics.write(k.kind, resultSuccess)
@@ -90,16 +97,24 @@ func (r *Recorder) gone(k objKey, result, newUID string) {
 // request. A value is never lowered within a window: the counters are
 // seeded from status, and a counter that lost its counts (Redis restarted
 // empty, not yet seeded) must not erase what status recorded.
-func (r *Recorder) desired(ctx context.Context, reader client.Reader, obj client.Object, cur usageStatus, last time.Time) (usageStatus, error) {
+//
+// With a replica-local counter (see [quota.Replica]) it first merges what
+// status records beyond what the counter has seen: another replica's usage.
+// budget is the key of the counter shown, or "" when none is.
+func (r *Recorder) desired(ctx context.Context, reader client.Reader, obj client.Object, cur usageStatus, last time.Time) (_ usageStatus, budget string, _ error) {
 	b, limits, pricing, remaining, ok, err := r.budgetOf(ctx, reader, obj)
 	if err != nil {
-		return usageStatus{}, err
+		return usageStatus{}, "", err
 	}
 	out := usageStatus{Usage: cur.Usage, Lifetime: cur.Lifetime, LastRequestAt: cur.LastRequestAt}
 	if ok {
+		budget = b.Key
+		if r.replica != nil {
+			r.replica.Merge(b.Key, recorded(cur))
+		}
 		ws, err := r.counter.Status(ctx, b)
 		if err != nil {
-			return usageStatus{}, err
+			return usageStatus{}, "", err
 		}
 		if r.observe != nil {
 			r.observe(&b, quotaNameOf(obj), ws)
@@ -107,7 +122,7 @@ func (r *Recorder) desired(ctx context.Context, reader client.Reader, obj client
 		out.Usage = windows(cur.Usage, ws, limits, pricing, remaining, r.now())
 		lt, err := r.counter.Lifetime(ctx, b.Key)
 		if err != nil {
-			return usageStatus{}, err
+			return usageStatus{}, "", err
 		}
 		out.Lifetime = lifetime(cur.Lifetime, lt, pricing != nil)
 	}
@@ -119,7 +134,40 @@ func (r *Recorder) desired(ctx context.Context, reader client.Reader, obj client
 			out.LastRequestAt = &metav1.Time{Time: at}
 		}
 	}
-	return out, nil
+	return out, budget, nil
+}
+
+// recorded is what st records, as a counter counts it.
+func recorded(st usageStatus) quota.Recorded {
+	var rec quota.Recorded
+	for i := range st.Usage {
+		e := &st.Usage[i]
+		w := quota.RecordedWindow{Window: e.Window, Start: e.WindowStart.Time, Used: entryAmount(e)}
+		for _, m := range e.Models {
+			w.Models = append(w.Models, quota.ModelAmount{Model: m.Model, Amount: modelAmount(m)})
+		}
+		rec.Windows = append(rec.Windows, w)
+	}
+	if st.Lifetime != nil {
+		lt := totalsAmount(st.Lifetime)
+		rec.Lifetime = &lt
+	}
+	return rec
+}
+
+// mayHaveApplied reports whether a status patch that returned err may have
+// been applied: it succeeded, or its answer was lost (a timeout, a broken
+// connection, a server error). An answer of 4xx says it was not.
+func mayHaveApplied(err error) bool {
+	var st apierrors.APIStatus
+	if err == nil {
+		return true
+	}
+	if errors.As(err, &st) {
+		code := st.Status().Code
+		return code < 400 || code >= 500
+	}
+	return true
 }
 
 func quotaNameOf(obj client.Object) string {

@@ -1,13 +1,17 @@
 package usage
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"testing"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/utils/ptr"
 
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
@@ -197,5 +201,28 @@ func TestRaiseModelsKeepsTheBound(t *testing.T) {
 	got := raiseModels(counted, []llmv1alpha1.ModelUsage{{Model: "a-late", Requests: 4}, {Model: quota.OtherModels, Requests: 2}})
 	if len(got) != 11 || got[10].Model != quota.OtherModels || got[10].Requests != 2 || slices.ContainsFunc(got, func(m quota.ModelAmount) bool { return m.Model == "a-late" }) {
 		t.Errorf("raiseModels = %+v, want the 10 counted models and other, without a-late", got)
+	}
+}
+
+// TestMayHaveApplied: a patch whose answer was lost or failed on the
+// server may have been applied; one refused with a 4xx was not.
+func TestMayHaveApplied(t *testing.T) {
+	gr := schema.GroupResource{Group: "llm.userops.dev", Resource: "llmusers"}
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"success", nil, true},
+		{"conflict", apierrors.NewConflict(gr, "u", errors.New("changed")), false},
+		{"invalid", apierrors.NewBadRequest("bad"), false},
+		{"not found", apierrors.NewNotFound(gr, "u"), false},
+		{"server timeout", apierrors.NewTimeoutError("slow", 1), true},
+		{"internal error", apierrors.NewInternalError(errors.New("etcd")), true},
+		{"connection reset", fmt.Errorf("patch: %w", io.ErrUnexpectedEOF), true},
+	} {
+		if got := mayHaveApplied(tc.err); got != tc.want {
+			t.Errorf("%s: mayHaveApplied = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
