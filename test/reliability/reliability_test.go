@@ -49,6 +49,7 @@ func TestReliability(t *testing.T) {
 	// Alone, before the parallel subtests: it measures the proxy's memory.
 	t.Run("SlowClients", s.testSlowClients)
 	t.Run("Restart", s.testRestart)
+	t.Run("Rollover", s.testRollover)
 	t.Run("Replicas", s.testReplicas)
 	t.Run("APIServerOutage", s.testAPIServerOutage)
 	t.Run("RedisOutage", s.testRedisOutage)
