@@ -201,6 +201,18 @@ type LLMQuotaSpec struct {
 	// +optional
 	Priority *int32 `json:"priority,omitempty"`
 
+	// fairShareWeight is the share of a busy model server that this quota's
+	// users get against the other quotas of the same priority, when the
+	// proxy queues requests in front of it (operator configuration
+	// proxy.fairQueue.maxInFlight): among the requests waiting, the user who
+	// was served the fewest tokens divided by this weight goes first, so a
+	// user of weight 2 is served twice the tokens of a user of weight 1 while
+	// both wait. A Shared quota's users are one flow and share one weight.
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:XValidation:rule="self >= 1 && self <= 1000",message="must be between 1 and 1000: a user of weight 2 gets twice the share of a busy model server of a user of weight 1"
+	// +optional
+	FairShareWeight int32 `json:"fairShareWeight,omitempty"`
+
 	// cacheIsolation says whose requests may share vLLM's prefix cache. A
 	// shared prefix cache tells a user, by the time to the first token or by
 	// cached_tokens in the usage, whether someone else sent the same prefix

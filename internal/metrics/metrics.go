@@ -64,6 +64,10 @@ type Metrics struct {
 	charges    *prometheus.CounterVec
 	// chargeBases are charges' series, made once: a map read on the hot path.
 	chargeBases map[string]prometheus.Counter
+	// The fair queue's: waits and dispatches by tier, and requests waiting.
+	queueWait  *prometheus.HistogramVec
+	queued     prometheus.Gauge
+	queueRefus *prometheus.CounterVec
 }
 
 // Values of llm_proxy_charges_total's basis: what a charge was worked out
@@ -150,10 +154,53 @@ func New(reg prometheus.Registerer, opts Options) *Metrics {
 	for _, b := range []string{BasisUsage, BasisContinuous, BasisDelivered, BasisReservation} {
 		m.chargeBases[b] = m.charges.WithLabelValues(b)
 	}
+	m.queueWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "llm_proxy_queue_wait_seconds",
+		Help:    "Time a request waited in the fair queue of its upstream before it was dispatched (0 when it did not wait), by tier (the quota's spec.priority); the count is the dispatches.",
+		Buckets: queueBuckets,
+	}, []string{"tier"})
+	m.queued = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "llm_proxy_queued_requests",
+		Help: "Requests waiting in the fair queues for a slot at their upstream.",
+	})
+	m.queueRefus = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "llm_proxy_queue_refusals_total",
+		Help: "Requests refused by the fair queue: timeout (waited queueTimeout), full (the queue or the flow's share of it), left (the client left while waiting).",
+	}, []string{"tier", "reason"})
 	if reg != nil {
-		reg.MustRegister(m.tokenUsage, m.duration, m.ttft, m.users, m.responses, m.rejections, m.unsettled, m.budgets, m.charges)
+		reg.MustRegister(m.tokenUsage, m.duration, m.ttft, m.users, m.responses, m.rejections, m.unsettled, m.budgets, m.charges,
+			m.queueWait, m.queued, m.queueRefus)
 	}
 	return m
+}
+
+// queueBuckets run from a millisecond to two minutes.
+var queueBuckets = []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120}
+
+// ObserveDispatch records a request dispatched to its upstream after
+// waiting waited in tier's queue.
+func (m *Metrics) ObserveDispatch(tier string, waited time.Duration) {
+	if m == nil {
+		return
+	}
+	m.queueWait.WithLabelValues(tier).Observe(waited.Seconds())
+}
+
+// Queued adds delta to the requests waiting in the fair queues.
+func (m *Metrics) Queued(delta int) {
+	if m == nil {
+		return
+	}
+	m.queued.Add(float64(delta))
+}
+
+// QueueRefused counts a request the fair queue gave up on: reason timeout,
+// full or left.
+func (m *Metrics) QueueRefused(tier, reason string) {
+	if m == nil {
+		return
+	}
+	m.queueRefus.WithLabelValues(tier, reason).Inc()
 }
 
 // CountCharge counts one forwarded request charged on basis (one of the
@@ -244,6 +291,9 @@ const (
 	ReasonRateLimit         = "rate_limit"
 	ReasonInsufficientQuota = "insufficient_quota"
 	ReasonConcurrency       = "concurrency_limit"
+	// ReasonQueue: the fair queue of the model's upstream timed out or was
+	// full.
+	ReasonQueue = "queue"
 	// ReasonUnmeterable: a request asked for generation the proxy cannot
 	// meter (a background response, a server-side tool).
 	ReasonUnmeterable = "unmeterable"

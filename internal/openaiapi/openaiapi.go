@@ -39,6 +39,8 @@ const (
 	CodeConcurrencyLimit    = "concurrency_limit_exceeded"
 	CodeRequestTimeout      = "request_timeout"
 	CodeServerBusy          = "server_busy"
+	CodeQueueTimeout        = "queue_timeout"
+	CodeQueueFull           = "queue_full"
 	CodeUnsupported         = "unsupported_parameter"
 	CodeUnavailable         = "unavailable"
 	CodeInternal            = "internal_error"

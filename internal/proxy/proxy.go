@@ -109,6 +109,9 @@ type User struct {
 	// upstream, for the fair queuing of a Gateway API Inference Extension
 	// (llm-d) scheduler: see [FairnessID]. A client's own is dropped.
 	FairnessID []string
+	// FairShareWeight is the quota's spec.fairShareWeight: its flow's share
+	// of a busy upstream in the fair queue (0 counts as 1).
+	FairShareWeight int32
 }
 
 // concurrencyKey names the user's in-flight counter.
@@ -203,6 +206,9 @@ type Options struct {
 	// DisableContinuousUsage stops asking vLLM for usage on every streamed
 	// chunk; a stream cut short is then charged by the chunks it had.
 	DisableContinuousUsage bool
+	// FairQueue gates each upstream and orders the requests waiting for it
+	// (see fairq.go). The zero value gates nothing.
+	FairQueue FairQueue
 	// DryRun, when set, hears of DryRun quotas' would-be refusals.
 	DryRun   DryRunNotifier
 	Timeouts Timeouts
@@ -254,6 +260,7 @@ type Proxy struct {
 
 	ids       requestIDs
 	gates     gates
+	fair      *fairQueues
 	unsettled unsettled
 
 	// stop is canceled by CutRequests: the context of the upstream
@@ -353,6 +360,12 @@ func New(opts Options) (*Proxy, error) {
 			p.kvAllowed = map[string]bool{}
 		}
 		p.kvAllowed[raw] = true
+	}
+	if fq := opts.FairQueue; fq.MaxInFlight > 0 || len(fq.PerUpstream) > 0 {
+		if fq.MaxInFlight < 0 || fq.QueueTimeout < 0 || fq.MaxQueued < 0 || fq.MaxQueuedPerFlow < 0 {
+			return nil, errors.New("proxy: FairQueue's limits must not be negative")
+		}
+		p.fair = &fairQueues{cfg: fq, metrics: p.metrics}
 	}
 	p.stop, p.stopNow = context.WithCancel(context.Background())
 	p.handler = p.routes()

@@ -53,6 +53,10 @@ type exchange struct {
 	res *quota.Reservation
 	// gate is the local in-flight slot held, "" if none.
 	gate string
+	// slot is the request's place at its upstream's fair queue, nil if none.
+	slot *slot
+	// charged is what record charged.
+	charged quota.Amount
 	// alert: the reservation crossed an alert threshold (quota.Crossed).
 	alert bool
 	done  bool
@@ -63,7 +67,8 @@ type exchange struct {
 // authenticate (headers only: a body is never read for someone unknown) →
 // enter (the user's in-flight limit, before the body takes memory) → read
 // the body → parse it → authorize the model → admit (cap, reserve, rewrite)
-// → forward, which relays the answer and settles.
+// → dispatch (wait for a slot at the upstream, fairly) → forward, which
+// relays the answer and settles.
 func (p *Proxy) apiHandler(ep *endpoint) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !methodIs(w, r, http.MethodPost) {
@@ -71,7 +76,7 @@ func (p *Proxy) apiHandler(ep *endpoint) http.Handler {
 		}
 		ex := p.newExchange(w, r, ep)
 		defer ex.close()
-		if ex.authenticate() && ex.enter() && ex.readBody() && ex.parse() && ex.authorizeModel() && ex.admit() {
+		if ex.authenticate() && ex.enter() && ex.readBody() && ex.parse() && ex.authorizeModel() && ex.admit() && ex.dispatch() {
 			ex.forward()
 		}
 	})
@@ -276,6 +281,55 @@ func (ex *exchange) admit() bool {
 	return true
 }
 
+// dispatch waits for a slot at the request's upstream when it has a fair
+// queue (see fairq.go), holding the reservation meanwhile. A request that
+// waited too long, or found the queue full, gets 429; one whose client left
+// is released with nothing charged.
+func (ex *exchange) dispatch() bool {
+	g := ex.p.fair.gate(ex.up.raw)
+	if g == nil {
+		return true
+	}
+	key, weight, tier := "", 1.0, int32(0)
+	if u := ex.user; u != nil {
+		if len(u.FairnessID) > 0 {
+			key = u.FairnessID[0]
+		}
+		if u.FairShareWeight > 0 {
+			weight = float64(u.FairShareWeight)
+		}
+		if u.Priority != nil {
+			tier = *u.Priority
+		}
+	}
+	s, err := g.acquire(ex.r.Context(), key, tier, weight, ex.est.InputTokens)
+	tierLabel := strconv.Itoa(int(tier))
+	switch {
+	case err == nil:
+		ex.slot = s
+		ex.p.metrics.ObserveDispatch(tierLabel, s.waited)
+		return true
+	case errors.Is(err, errQueueTimeout):
+		ex.p.metrics.QueueRefused(tierLabel, "timeout")
+		ex.w.Header()["Retry-After"] = []string{"5"}
+		return ex.refuse(http.StatusTooManyRequests, openaiapi.TypeRateLimit, openaiapi.CodeQueueTimeout, "", metrics.ReasonQueue,
+			"The model's upstream is busy: this request waited "+g.timeout.String()+" for its turn. Retry later, or send fewer requests at once.")
+	case errors.Is(err, errQueueFull), errors.Is(err, errFlowFull):
+		ex.p.metrics.QueueRefused(tierLabel, "full")
+		ex.w.Header()["Retry-After"] = []string{"5"}
+		msg := "The model's upstream is busy and its queue is full; retry later."
+		if errors.Is(err, errFlowFull) {
+			msg = "You have " + strconv.Itoa(g.maxPerFlow) + " requests waiting for this model's upstream already; wait for them before sending more."
+		}
+		return ex.refuse(http.StatusTooManyRequests, openaiapi.TypeRateLimit, openaiapi.CodeQueueFull, "", metrics.ReasonQueue, msg)
+	default:
+		// The client left while waiting: nothing to answer, nothing charged.
+		ex.p.metrics.QueueRefused(tierLabel, "left")
+		ex.record(499, quota.Amount{}, basisNone, "client_left")
+		return false
+	}
+}
+
 // reserve holds the estimate (or, for a request without its own cap, as
 // much output as the budgets have left) and sets the rate-limit headers;
 // it answers 429 when a budget has no room.
@@ -375,6 +429,7 @@ func (ex *exchange) record(code int, charge quota.Amount, _ basis, errType strin
 	if !charge.IsZero() {
 		charge.Cost = ex.price.Cost(charge)
 	}
+	ex.charged = charge
 	at := ex.start
 	if ex.res != nil {
 		at = ex.res.At
@@ -411,6 +466,9 @@ func (ex *exchange) close() {
 	}
 	if ex.gate != "" {
 		ex.p.gates.leave(ex.gate)
+	}
+	if ex.slot != nil {
+		ex.slot.end(float64(ex.charged.InputTokens + outputWeight*ex.charged.OutputTokens))
 	}
 	ex.releaseBody()
 }

@@ -180,6 +180,7 @@ func (d *Directory) view(u *llmv1alpha1.LLMUser) proxy.User {
 	v.Budgets = quota.BudgetsFor(u, q)
 	v.Pricing = quota.PricingFromSpec(q.Spec.Pricing)
 	v.Priority = q.Spec.Priority
+	v.FairShareWeight = q.Spec.FairShareWeight
 	v.FairnessID = proxy.FairnessID(u.Namespace, u.Name, q.Name, q.Spec.Scope == llmv1alpha1.ScopeShared)
 	v.CacheSalt = proxy.CacheSalt(string(q.Spec.CacheIsolation), u.Namespace, u.Name, string(u.UID), q.Name, string(q.UID))
 	return v

@@ -1,0 +1,317 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/llm-user-operator/llm-user-operator/internal/metrics"
+)
+
+// The fair queue in front of each upstream.
+//
+// vLLM serves the requests it runs first come, first served (or by the
+// priority the proxy writes), and does not preempt when its running cap
+// (max_num_seqs) is what limits it: without a gate at the proxy there is
+// nothing to reorder, and one user with fifty long requests in flight takes
+// the model from everyone on the same tier. With FairQueue.MaxInFlight set,
+// at most that many requests of this replica run on an upstream at once;
+// the rest wait here, and a freed slot goes
+//
+//   - to the most urgent tier first: the quota's spec.priority, lower first,
+//     as vLLM orders it (no priority is tier 0);
+//   - within a tier, to the flow with the lowest virtual token counter (VTC,
+//     S-LoRA's "Fairness in Serving Large Language Models"): the tokens it
+//     was served, input plus twice output (generation is what takes the GPU's
+//     time), divided by its quota's spec.fairShareWeight. A flow is a user,
+//     or a whole Shared pool (one budget, one tenant: a team with more
+//     members does not get more of the GPU). A flow that comes back after
+//     idling starts at the lowest counter of the tier's busy flows, so idle
+//     time is not banked.
+//
+// A request's counter grows by its input estimate when it is dispatched
+// (fifty requests sent at once do not all pass before the counter moves)
+// and by the rest of its charge when it ends.
+//
+// A request waits at most QueueTimeout (then 429 queue_timeout); the queue
+// holds at most MaxQueued requests, and MaxQueuedPerFlow of one flow (then
+// 429 queue_full). A waiting request holds its reservation, so the budget
+// arithmetic does not change; a client that leaves while waiting is
+// released and charged nothing.
+
+// FairQueue configures the fair queue of every upstream. The zero value is
+// no queue: requests go upstream as they come.
+type FairQueue struct {
+	// MaxInFlight is how many requests of this replica run on one upstream
+	// at once (0: unlimited, no queue). PerUpstream overrides it by
+	// upstream URL. With several replicas each gates its own requests: set
+	// it to the upstream's capacity (vLLM's --max-num-seqs) divided by the
+	// replicas.
+	MaxInFlight int
+	PerUpstream map[string]int
+	// QueueTimeout is the longest a request waits (default 30s).
+	QueueTimeout time.Duration
+	// MaxQueued bounds the requests waiting for one upstream (default 1000);
+	// MaxQueuedPerFlow those of one flow (default 100).
+	MaxQueued, MaxQueuedPerFlow int
+}
+
+// outputWeight is how much more an output token costs the GPU than an
+// input token in the virtual token counter (S-LoRA's w_q = 2, w_p = 1).
+const outputWeight = 2
+
+var (
+	errQueueTimeout = errors.New("queue timeout")
+	errQueueFull    = errors.New("queue full")
+	errFlowFull     = errors.New("flow queue full")
+)
+
+// fairQueues holds one gate per upstream that has a limit.
+type fairQueues struct {
+	cfg   FairQueue
+	mu    sync.Mutex
+	gates map[string]*fairGate
+	metrics *metrics.Metrics
+}
+
+// gate returns upstream's gate, or nil when it has no limit.
+func (q *fairQueues) gate(upstream string) *fairGate {
+	if q == nil {
+		return nil
+	}
+	limit := q.cfg.MaxInFlight
+	if n, ok := q.cfg.PerUpstream[upstream]; ok {
+		limit = n
+	}
+	if limit <= 0 {
+		return nil
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	g := q.gates[upstream]
+	if g == nil {
+		if q.gates == nil {
+			q.gates = make(map[string]*fairGate)
+		}
+		g = &fairGate{limit: limit, timeout: q.cfg.QueueTimeout, maxQueued: q.cfg.MaxQueued, maxPerFlow: q.cfg.MaxQueuedPerFlow,
+			flows: make(map[string]*flow), metrics: q.metrics}
+		if g.timeout <= 0 {
+			g.timeout = 30 * time.Second
+		}
+		if g.maxQueued <= 0 {
+			g.maxQueued = 1000
+		}
+		if g.maxPerFlow <= 0 {
+			g.maxPerFlow = 100
+		}
+		q.gates[upstream] = g
+	}
+	return g
+}
+
+// fairGate is the queue of one upstream.
+type fairGate struct {
+	limit, maxQueued, maxPerFlow int
+	timeout                      time.Duration
+	metrics                      *metrics.Metrics
+
+	mu       sync.Mutex
+	inflight int
+	queued   int
+	flows    map[string]*flow
+	// seq numbers the waiters in arrival order: ties go to the earliest.
+	seq uint64
+}
+
+// flow is one user's (or Shared pool's) requests at one upstream.
+type flow struct {
+	key      string
+	tier     int32
+	vtc      float64
+	inflight int
+	waiting  []*waiter
+}
+
+func (f *flow) busy() bool { return f.inflight > 0 || len(f.waiting) > 0 }
+
+// waiter is one queued request.
+type waiter struct {
+	flow    *flow
+	cost    float64
+	seq     uint64
+	since   time.Time
+	ready   chan struct{}
+	granted bool
+}
+
+// slot is a dispatched request's place at its upstream; end gives it back.
+type slot struct {
+	g      *fairGate
+	f      *flow
+	weight float64
+	// held is what the counter was raised by at dispatch.
+	held float64
+	// waited is how long the request waited for it.
+	waited time.Duration
+}
+
+// acquire waits for a slot for a request of flow key in tier, weighted
+// weight, whose input is estimated at input tokens. It returns
+// errQueueTimeout, errQueueFull, errFlowFull, or ctx's error when the client
+// left first.
+func (g *fairGate) acquire(ctx context.Context, key string, tier int32, weight float64, input int64) (*slot, error) {
+	if weight <= 0 {
+		weight = 1
+	}
+	cost := float64(input) / weight
+	g.mu.Lock()
+	f := g.flows[key]
+	if f == nil {
+		f = &flow{key: key, tier: tier}
+		g.flows[key] = f
+	}
+	f.tier = tier
+	if !f.busy() {
+		// Back from idle: no credit for the time away.
+		if m, ok := g.minVTC(tier, f); ok && m > f.vtc {
+			f.vtc = m
+		}
+	}
+	if g.inflight < g.limit && g.queued == 0 {
+		g.inflight++
+		f.inflight++
+		f.vtc += cost
+		g.mu.Unlock()
+		return &slot{g: g, f: f, weight: weight, held: cost}, nil
+	}
+	switch {
+	case g.queued >= g.maxQueued:
+		g.forgetLocked(f)
+		g.mu.Unlock()
+		return nil, errQueueFull
+	case len(f.waiting) >= g.maxPerFlow:
+		g.mu.Unlock()
+		return nil, errFlowFull
+	}
+	g.seq++
+	w := &waiter{flow: f, cost: cost, seq: g.seq, since: time.Now(), ready: make(chan struct{})}
+	f.waiting = append(f.waiting, w)
+	g.queued++
+	g.mu.Unlock()
+	g.metrics.Queued(1)
+
+	t := time.NewTimer(g.timeout)
+	defer t.Stop()
+	var err error
+	select {
+	case <-w.ready:
+		return &slot{g: g, f: f, weight: weight, held: cost, waited: time.Since(w.since)}, nil
+	case <-t.C:
+		err = errQueueTimeout
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	g.mu.Lock()
+	if w.granted {
+		// Dispatched as it gave up: give the slot to the next.
+		g.mu.Unlock()
+		(&slot{g: g, f: f, weight: weight, held: cost}).end(0)
+		return nil, err
+	}
+	for i, x := range f.waiting {
+		if x == w {
+			f.waiting = append(f.waiting[:i], f.waiting[i+1:]...)
+			break
+		}
+	}
+	g.queued--
+	g.forgetLocked(f)
+	g.mu.Unlock()
+	g.metrics.Queued(-1)
+	return nil, err
+}
+
+// end gives the slot back; served is what the request cost in weighted
+// tokens (input plus outputWeight × output), of which its dispatch counted
+// the input estimate already. The slot goes to the next waiter.
+func (s *slot) end(served float64) {
+	g := s.g
+	g.mu.Lock()
+	g.inflight--
+	s.f.inflight--
+	s.f.vtc += served/s.weight - s.held
+	next := g.nextLocked()
+	g.forgetLocked(s.f)
+	if len(g.flows) > 64+2*(g.inflight+g.queued) {
+		for _, f := range g.flows {
+			g.forgetLocked(f)
+		}
+	}
+	g.mu.Unlock()
+	if next != nil {
+		g.metrics.Queued(-1)
+	}
+}
+
+// nextLocked dispatches the next waiter, if any: the most urgent tier, the
+// lowest counter in it, the longest waiting on a tie.
+func (g *fairGate) nextLocked() *waiter {
+	if g.queued == 0 || g.inflight >= g.limit {
+		return nil
+	}
+	var best *flow
+	for _, f := range g.flows {
+		if len(f.waiting) == 0 {
+			continue
+		}
+		if best == nil || f.tier < best.tier || (f.tier == best.tier && (f.vtc < best.vtc ||
+			(f.vtc == best.vtc && f.waiting[0].seq < best.waiting[0].seq))) {
+			best = f
+		}
+	}
+	w := best.waiting[0]
+	best.waiting = best.waiting[1:]
+	g.queued--
+	g.inflight++
+	best.inflight++
+	best.vtc += w.cost
+	w.granted = true
+	close(w.ready)
+	return w
+}
+
+// minVTC is the lowest counter of the busy flows of tier other than self.
+func (g *fairGate) minVTC(tier int32, self *flow) (float64, bool) {
+	found := false
+	m := 0.0
+	for _, f := range g.flows {
+		if f == self || f.tier != tier || !f.busy() {
+			continue
+		}
+		if !found || f.vtc < m {
+			m, found = f.vtc, true
+		}
+	}
+	return m, found
+}
+
+// forgetLocked drops an idle flow once no busy flow of its tier is behind
+// it: it would be lifted to their lowest counter on its return anyway, so
+// only a flow that is ahead (has used more) needs remembering, and then
+// only while others are busy. Memory is bounded by the flows in use.
+func (g *fairGate) forgetLocked(f *flow) {
+	if f.busy() {
+		return
+	}
+	if m, ok := g.minVTC(f.tier, f); !ok || f.vtc <= m {
+		delete(g.flows, f.key)
+	}
+}
+
+// depth returns the requests waiting and running (tests).
+func (g *fairGate) depth() (queued, inflight int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.queued, g.inflight
+}

@@ -1,0 +1,277 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// sched drives one fair gate of one slot: requests are sent one at a time
+// (each queued, or dispatched, before the next is sent), and finishing the
+// request in flight dispatches the next, whose name it returns. Every
+// request's input estimate is 100 tokens and it is served 100 input and 50
+// output tokens: 200 weighted tokens.
+type sched struct {
+	t          *testing.T
+	g          *fairGate
+	mu         sync.Mutex
+	held       map[string]*slot
+	dispatched chan string
+	errs       chan error
+}
+
+func newSched(t *testing.T, limit int) *sched {
+	q := &fairQueues{cfg: FairQueue{MaxInFlight: limit, QueueTimeout: time.Minute}}
+	return &sched{t: t, g: q.gate("http://vllm"), held: map[string]*slot{}, dispatched: make(chan string, 100), errs: make(chan error, 100)}
+}
+
+// send sends request name of flow key; it returns once the gate holds it,
+// and, when it went straight through, once it is dispatched.
+func (s *sched) send(name, key string, tier int32, weight float64) {
+	s.t.Helper()
+	q0, f0 := s.g.depth()
+	go func() {
+		sl, err := s.g.acquire(context.Background(), key, tier, weight, 100)
+		if err != nil {
+			s.errs <- err
+			return
+		}
+		s.mu.Lock()
+		s.held[name] = sl
+		s.mu.Unlock()
+		s.dispatched <- name
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		q, f := s.g.depth()
+		if q == q0+1 {
+			return
+		}
+		if f == f0+1 {
+			if got := s.next(); got != name {
+				s.t.Fatalf("sent %s, %s was dispatched", name, got)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("the gate did not take %s", name)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func (s *sched) next() string {
+	s.t.Helper()
+	select {
+	case n := <-s.dispatched:
+		return n
+	case err := <-s.errs:
+		s.t.Fatalf("acquire: %v", err)
+	case <-time.After(5 * time.Second):
+		s.t.Fatal("nothing dispatched")
+	}
+	return ""
+}
+
+// finish ends name (served 200 weighted tokens) and returns what was
+// dispatched in its place ("" when nothing waits).
+func (s *sched) finish(name string) string {
+	s.t.Helper()
+	s.mu.Lock()
+	sl := s.held[name]
+	delete(s.held, name)
+	s.mu.Unlock()
+	if sl == nil {
+		s.t.Fatalf("%s is not in flight", name)
+	}
+	q, _ := s.g.depth()
+	sl.end(200)
+	if q == 0 {
+		return ""
+	}
+	return s.next()
+}
+
+// drain finishes the request in flight, and each dispatched after it, and
+// returns the order they were dispatched in.
+func (s *sched) drain(first string) []string {
+	s.t.Helper()
+	var order []string
+	for cur := first; ; {
+		n := s.finish(cur)
+		if n == "" {
+			return order
+		}
+		order = append(order, n)
+		cur = n
+	}
+}
+
+func checkOrder(t *testing.T, what string, got, want []string) {
+	t.Helper()
+	if !slices.Equal(got, want) {
+		t.Errorf("%s: dispatched %v, want %v", what, got, want)
+	}
+}
+
+// TestFairGateTiersAndCounters: the most urgent tier first, whatever the
+// counters; within a tier, the flow served the fewest tokens first, not the
+// first to come; a flow that arrives is lifted to the busy flows' lowest
+// counter.
+func TestFairGateTiersAndCounters(t *testing.T) {
+	s := newSched(t, 1)
+	s.send("h0", "heavy", 0, 1) // straight through: heavy's counter 100
+	s.send("h1", "heavy", 0, 1)
+	s.send("h2", "heavy", 0, 1)
+	s.send("h3", "heavy", 0, 1)
+	s.send("l1", "light", 0, 1)  // lifted to heavy's 100
+	s.send("p1", "urgent", -1, 1) // a more urgent tier
+	// h0 ends: heavy 200. p1 first (tier -1); then light (100) before
+	// heavy (200) though heavy's requests came first.
+	checkOrder(t, "tiers and counters", s.drain("h0"), []string{"p1", "l1", "h1", "h2", "h3"})
+}
+
+// TestFairGateLiftOnReturn: a flow that was idle while another was served
+// does not bank the time: it starts at the busy flow's counter and the two
+// alternate, rather than the newcomer taking every slot until it catches up.
+func TestFairGateLiftOnReturn(t *testing.T) {
+	s := newSched(t, 1)
+	for _, n := range []string{"h0", "h1", "h2", "h3"} {
+		s.send(n, "heavy", 0, 1)
+		if got := s.finish(n); got != "" {
+			t.Fatalf("%s dispatched with nothing queued", got)
+		}
+	}
+	s.send("h4", "heavy", 0, 1) // heavy 900 while it runs
+	s.send("n1", "new", 0, 1)   // lifted to 900, not 0
+	s.send("n2", "new", 0, 1)
+	s.send("n3", "new", 0, 1)
+	s.send("h5", "heavy", 0, 1)
+	s.send("h6", "heavy", 0, 1)
+	checkOrder(t, "lift on return", s.drain("h4"), []string{"n1", "h5", "n2", "h6", "n3"})
+}
+
+// TestFairGateWeights: a flow of weight 2 is served twice the tokens of one
+// of weight 1 while both wait; on equal counters the earlier request goes.
+func TestFairGateWeights(t *testing.T) {
+	s := newSched(t, 1)
+	s.send("x", "blocker", 0, 1)
+	for _, n := range []string{"a1", "a2", "a3", "a4", "a5", "a6"} {
+		s.send(n, "double", 0, 2)
+	}
+	for _, n := range []string{"b1", "b2", "b3", "b4", "b5", "b6"} {
+		s.send(n, "single", 0, 1)
+	}
+	checkOrder(t, "weights", s.drain("x"),
+		[]string{"a1", "b1", "a2", "a3", "b2", "a4", "a5", "b3", "a6", "b4", "b5", "b6"})
+}
+
+// TestFairGateBounds: a request waits at most the timeout; a client that
+// leaves is taken out of the queue; the queue and each flow's share of it
+// are bounded; and every slot comes back.
+func TestFairGateBounds(t *testing.T) {
+	q := &fairQueues{cfg: FairQueue{MaxInFlight: 1, QueueTimeout: 50 * time.Millisecond, MaxQueued: 2, MaxQueuedPerFlow: 1}}
+	g := q.gate("http://vllm")
+	ctx := context.Background()
+	held, err := g.acquire(ctx, "a", 0, 1, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.acquire(ctx, "b", 0, 1, 10); !errors.Is(err, errQueueTimeout) {
+		t.Errorf("waiting past the timeout: %v, want %v", err, errQueueTimeout)
+	}
+	if n, _ := g.depth(); n != 0 {
+		t.Errorf("%d queued after the timeout, want 0", n)
+	}
+
+	left, leave := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { _, err := g.acquire(left, "c", 0, 1, 10); done <- err }()
+	waitQueued(t, g, 1)
+	// c's one place is taken; a second flow fills the queue; a third finds
+	// it full.
+	if _, err := g.acquire(ctx, "c", 0, 1, 10); !errors.Is(err, errFlowFull) {
+		t.Errorf("a second request of c: %v, want %v", err, errFlowFull)
+	}
+	go func() { _, _ = g.acquire(left, "d", 0, 1, 10) }()
+	waitQueued(t, g, 2)
+	if _, err := g.acquire(ctx, "e", 0, 1, 10); !errors.Is(err, errQueueFull) {
+		t.Errorf("with the queue full: %v, want %v", err, errQueueFull)
+	}
+	leave()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("a client that left: %v, want %v", err, context.Canceled)
+	}
+	waitQueued(t, g, 0)
+	held.end(20)
+	if q, f := g.depth(); q != 0 || f != 0 {
+		t.Errorf("%d queued and %d in flight at the end, want none", q, f)
+	}
+	if s, err := g.acquire(ctx, "b", 0, 1, 10); err != nil {
+		t.Errorf("the freed slot: %v", err)
+	} else {
+		s.end(20)
+	}
+}
+
+func waitQueued(t *testing.T, g *fairGate, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if q, _ := g.depth(); q == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			q, _ := g.depth()
+			t.Fatalf("%d queued, want %d", q, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestFairGateUnlimited: no limit, no gate.
+func TestFairGateUnlimited(t *testing.T) {
+	var none *fairQueues
+	if none.gate("http://vllm") != nil {
+		t.Error("a nil fairQueues gave a gate")
+	}
+	q := &fairQueues{cfg: FairQueue{PerUpstream: map[string]int{"http://a": 2}}}
+	if q.gate("http://b") != nil {
+		t.Error("an upstream without a limit got a gate")
+	}
+	if g := q.gate("http://a"); g == nil || g.limit != 2 {
+		t.Errorf("the upstream with its own limit: %+v", g)
+	}
+}
+
+// TestFairGateCounterUnits: a dispatch raises the flow's counter by its
+// input estimate over its weight, and its end by the rest of what it was
+// served (input plus twice output) over its weight.
+func TestFairGateCounterUnits(t *testing.T) {
+	q := &fairQueues{cfg: FairQueue{MaxInFlight: 4}}
+	g := q.gate("http://vllm")
+	vtc := func(key string) float64 {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return g.flows[key].vtc
+	}
+	s1, err := g.acquire(context.Background(), "w", 0, 2, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := vtc("w"); got != 50 {
+		t.Errorf("after a dispatch of 100 input tokens at weight 2: counter %v, want 50", got)
+	}
+	s2, err := g.acquire(context.Background(), "w", 0, 2, 40)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s1.end(float64(120 + outputWeight*90)) // 300 weighted tokens
+	if got := vtc("w"); got != 170 {
+		t.Errorf("after the first ended having served 300 weighted tokens: counter %v, want 170 (150 + 20 held by the second)", got)
+	}
+	s2.end(40)
+}
