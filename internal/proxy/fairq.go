@@ -69,9 +69,9 @@ var (
 
 // fairQueues holds one gate per upstream that has a limit.
 type fairQueues struct {
-	cfg   FairQueue
-	mu    sync.Mutex
-	gates map[string]*fairGate
+	cfg     FairQueue
+	mu      sync.Mutex
+	gates   map[string]*fairGate
 	metrics *metrics.Metrics
 }
 

@@ -127,7 +127,7 @@ func TestFairGateTiersAndCounters(t *testing.T) {
 	s.send("h1", "heavy", 0, 1)
 	s.send("h2", "heavy", 0, 1)
 	s.send("h3", "heavy", 0, 1)
-	s.send("l1", "light", 0, 1)  // lifted to heavy's 100
+	s.send("l1", "light", 0, 1)   // lifted to heavy's 100
 	s.send("p1", "urgent", -1, 1) // a more urgent tier
 	// h0 ends: heavy 200. p1 first (tier -1); then light (100) before
 	// heavy (200) though heavy's requests came first.
