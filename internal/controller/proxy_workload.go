@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -320,6 +322,19 @@ func proxyArgs(in workloadInput) []string {
 	)
 	if p.Limits.MediaItemTokens > 0 {
 		args = append(args, "--media-item-tokens="+strconv.FormatInt(p.Limits.MediaItemTokens, 10))
+	}
+	if fq := p.FairQueue; fq.MaxInFlight > 0 || len(fq.PerUpstream) > 0 {
+		args = append(args, "--max-in-flight-per-upstream="+strconv.Itoa(int(fq.MaxInFlight)))
+		if len(fq.PerUpstream) > 0 {
+			var per []string
+			for _, u := range slices.Sorted(maps.Keys(fq.PerUpstream)) {
+				per = append(per, u+"="+strconv.Itoa(int(fq.PerUpstream[u])))
+			}
+			args = append(args, "--upstream-max-in-flight="+strings.Join(per, ","))
+		}
+		args = append(args, dur("queue-timeout", fq.QueueTimeout.Duration),
+			"--max-queued="+strconv.Itoa(int(fq.MaxQueued)),
+			"--max-queued-per-user="+strconv.Itoa(int(fq.MaxQueuedPerUser)))
 	}
 	if len(p.KVTransferUpstreams) > 0 {
 		args = append(args, "--kv-transfer-upstreams="+strings.Join(p.KVTransferUpstreams, ","))

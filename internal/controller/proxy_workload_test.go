@@ -62,6 +62,8 @@ func TestProxyArgs(t *testing.T) {
 			p.Resources = &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("2Gi")}}
 			p.Limits.MediaItemTokens = 1500
 			p.KVTransferUpstreams = []string{"http://prefill:8000", "http://decode:8000"}
+			p.FairQueue.MaxInFlight = 16
+			p.FairQueue.PerUpstream = map[string]int32{"http://vllm:8000": 64, "http://small:8000": 4}
 		}, []string{
 			"--listen-address=:18000",
 			"--metrics-bind-address=:19090",
@@ -88,6 +90,11 @@ func TestProxyArgs(t *testing.T) {
 			"--upstream-header-timeout=10m0s",
 			"--stream-idle-timeout=2m0s",
 			"--media-item-tokens=1500",
+			"--max-in-flight-per-upstream=16",
+			"--upstream-max-in-flight=http://small:8000=4,http://vllm:8000=64",
+			"--queue-timeout=30s",
+			"--max-queued=1000",
+			"--max-queued-per-user=100",
 			"--kv-transfer-upstreams=http://prefill:8000,http://decode:8000",
 			"--memory-limit=2Gi",
 			"--zap-log-level=debug",

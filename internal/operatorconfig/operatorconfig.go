@@ -103,6 +103,8 @@ type Proxy struct {
 	Metrics Metrics `json:"metrics,omitempty"`
 	// Limits bound what one request, and all requests together, may hold.
 	Limits Limits `json:"limits,omitempty"`
+	// FairQueue shares each upstream fairly between users when it is busy.
+	FairQueue FairQueue `json:"fairQueue,omitempty"`
 	// Timeouts bound slow clients and upstreams.
 	Timeouts Timeouts `json:"timeouts,omitempty"`
 	// Resources of the proxy container. Default requests cpu 250m, memory
@@ -185,6 +187,29 @@ type Limits struct {
 	// in a prompt, for admission (the charge is what vLLM reports). Default
 	// 0: the model's context length, the only bound vLLM guarantees.
 	MediaItemTokens int64 `json:"mediaItemTokens,omitempty"`
+}
+
+// FairQueue gates each upstream: at most MaxInFlight requests of one proxy
+// replica run on it at once, and the rest wait, served by the quota's
+// spec.priority and then the user who was served the fewest tokens
+// (divided by the quota's spec.fairShareWeight) first. README, "Fair share".
+type FairQueue struct {
+	// MaxInFlight is how many requests one proxy replica sends to one
+	// upstream at once. Default 0: unlimited, no queue. Size it to the
+	// upstream's vLLM --max-num-seqs divided by the proxy's replicas.
+	MaxInFlight int32 `json:"maxInFlight,omitempty"`
+	// PerUpstream overrides MaxInFlight for the upstreams it names (by URL,
+	// as in upstreams); 0 leaves one unlimited.
+	PerUpstream map[string]int32 `json:"perUpstream,omitempty"`
+	// QueueTimeout is the longest a request waits (then 429 queue_timeout).
+	// Default 30s.
+	QueueTimeout metav1.Duration `json:"queueTimeout,omitempty"`
+	// MaxQueued bounds the requests waiting for one upstream (then 429
+	// queue_full). Default 1000.
+	MaxQueued int32 `json:"maxQueued,omitempty"`
+	// MaxQueuedPerUser bounds those of one user, or one Shared quota's
+	// users together. Default 100.
+	MaxQueuedPerUser int32 `json:"maxQueuedPerUser,omitempty"`
 }
 
 // Timeouts bound slow clients and upstreams.
@@ -302,6 +327,13 @@ func (c *OperatorConfig) Default(namespace, operatorImage string) {
 	defInt(&p.Limits.MaxRequestBody, 10<<20)
 	defInt(&p.Limits.MaxBodyMemory, 256<<20)
 	defInt(&p.Limits.DefaultMaxTokens, 4096)
+	defDuration(&p.FairQueue.QueueTimeout, 30*time.Second)
+	if p.FairQueue.MaxQueued == 0 {
+		p.FairQueue.MaxQueued = 1000
+	}
+	if p.FairQueue.MaxQueuedPerUser == 0 {
+		p.FairQueue.MaxQueuedPerUser = 100
+	}
 	defDuration(&p.Timeouts.BodyRead, 60*time.Second)
 	defDuration(&p.Timeouts.Idle, 120*time.Second)
 	defDuration(&p.Timeouts.Write, 60*time.Second)

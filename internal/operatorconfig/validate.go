@@ -2,6 +2,7 @@ package operatorconfig
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
 	"slices"
@@ -137,6 +138,25 @@ func (p *Proxy) validate(path *field.Path) field.ErrorList {
 	if p.Limits.MaxBodyMemory < p.Limits.MaxRequestBody {
 		add(field.Invalid(limits.Child("maxBodyMemory"), p.Limits.MaxBodyMemory,
 			fmt.Sprintf("must be at least limits.maxRequestBody (%d): one request could never be read", p.Limits.MaxRequestBody)))
+	}
+	fq := path.Child("fairQueue")
+	if p.FairQueue.MaxInFlight < 0 {
+		add(field.Invalid(fq.Child("maxInFlight"), p.FairQueue.MaxInFlight, "must not be negative; 0 sends every request at once (no queue)"))
+	}
+	for _, u := range slices.Sorted(maps.Keys(p.FairQueue.PerUpstream)) {
+		if n := p.FairQueue.PerUpstream[u]; n < 0 {
+			add(field.Invalid(fq.Child("perUpstream").Key(u), n, "must not be negative; 0 sends every request at once (no queue)"))
+		}
+		if !slices.Contains(p.Upstreams, u) {
+			add(field.Invalid(fq.Child("perUpstream").Key(u), u, "is not one of upstreams: name an upstream by its URL exactly as upstreams lists it"))
+		}
+	}
+	positive(fq.Child("queueTimeout"), p.FairQueue.QueueTimeout)
+	if p.FairQueue.MaxQueued < 1 {
+		add(field.Invalid(fq.Child("maxQueued"), p.FairQueue.MaxQueued, "must be at least 1"))
+	}
+	if p.FairQueue.MaxQueuedPerUser < 1 || p.FairQueue.MaxQueuedPerUser > p.FairQueue.MaxQueued {
+		add(field.Invalid(fq.Child("maxQueuedPerUser"), p.FairQueue.MaxQueuedPerUser, fmt.Sprintf("must be between 1 and maxQueued (%d)", p.FairQueue.MaxQueued)))
 	}
 	timeouts := path.Child("timeouts")
 	positive(timeouts.Child("bodyRead"), p.Timeouts.BodyRead)

@@ -43,7 +43,7 @@ func TestDirectoryViews(t *testing.T) {
 	d.setQuota(&llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "team", UID: "uid-team"}, Spec: llmv1alpha1.LLMQuotaSpec{
 		Limits: []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowDay, Tokens: int64p(10)}}, Models: []string{"*"},
 		MaxTokensPerRequest: int64p(7), Scope: llmv1alpha1.ScopePerUser, Enforcement: llmv1alpha1.EnforcementDryRun,
-		Priority: ptr.To[int32](-5),
+		Priority: ptr.To[int32](-5), FairShareWeight: 3,
 		Pricing:  &llmv1alpha1.Pricing{Currency: "EUR", Models: []llmv1alpha1.ModelPrice{{Model: "m-*", Input: "0.5", Output: "1.25"}}},
 	}})
 	d.setQuota(&llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "pool", UID: "uid-pool"}, Spec: llmv1alpha1.LLMQuotaSpec{
@@ -55,6 +55,9 @@ func TestDirectoryViews(t *testing.T) {
 	}
 	if a.UserModels[0] != "m-*" || a.Models[0] != "*" {
 		t.Errorf("models: %v %v", a.Models, a.UserModels)
+	}
+	if a.FairShareWeight != 3 {
+		t.Errorf("fair share weight %d, want the quota's 3", a.FairShareWeight)
 	}
 	if a.Priority == nil || *a.Priority != -5 || a.Pricing == nil || a.Pricing.Currency != "EUR" ||
 		a.Pricing.Price("m-1") != (quota.Price{Input: 500_000, CachedInput: 500_000, Output: 1_250_000}) {

@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -42,6 +44,8 @@ type Options struct {
 	DefaultMaxTokens     int64
 	MediaItemTokens      int64
 	KVTransferUpstreams  []string
+	// FairQueue gates each upstream (proxy.FairQueue).
+	FairQueue proxy.FairQueue
 
 	BodyReadTimeout       time.Duration
 	IdleTimeout           time.Duration
@@ -121,6 +125,15 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 		o.KVTransferUpstreams = proxy.ParseUpstreams(s)
 		return nil
 	})
+	fs.IntVar(&o.FairQueue.MaxInFlight, "max-in-flight-per-upstream", o.FairQueue.MaxInFlight, "Requests this replica sends to one upstream at once; the rest wait in its fair queue (0: unlimited, no queue).")
+	fs.Func("upstream-max-in-flight", "Comma-separated URL=N: --max-in-flight-per-upstream for the upstreams named.", func(s string) error {
+		per, err := parsePerUpstream(s)
+		o.FairQueue.PerUpstream = per
+		return err
+	})
+	fs.DurationVar(&o.FairQueue.QueueTimeout, "queue-timeout", 30*time.Second, "Longest a request waits in a fair queue (429 queue_timeout after).")
+	fs.IntVar(&o.FairQueue.MaxQueued, "max-queued", 1000, "Requests that may wait for one upstream (429 queue_full above).")
+	fs.IntVar(&o.FairQueue.MaxQueuedPerFlow, "max-queued-per-user", 100, "Requests of one user (or Shared quota) that may wait for one upstream (429 queue_full above).")
 	fs.DurationVar(&o.BodyReadTimeout, "body-read-timeout", o.BodyReadTimeout, "Longest time a request body may take to arrive (408 after).")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", o.IdleTimeout, "How long an idle keep-alive connection is kept.")
 	fs.DurationVar(&o.WriteTimeout, "write-timeout", o.WriteTimeout, "Longest a client may take to accept one write of an answer; a client that stops reading is cut off and charged what it consumed.")
@@ -159,6 +172,10 @@ func (o *Options) Validate() error {
 	}
 	if min := proxy.MinBodyMemory(o.MaxRequestBody); o.MaxBodyMemory < min {
 		errs = append(errs, fmt.Errorf("--max-body-memory (%d) must be at least %d: a body of --max-request-body (%d) and its edited copy", o.MaxBodyMemory, min, o.MaxRequestBody))
+	}
+	if fq := o.FairQueue; fq.MaxInFlight < 0 || fq.QueueTimeout <= 0 || fq.MaxQueued < 1 || fq.MaxQueuedPerFlow < 1 {
+		errs = append(errs, fmt.Errorf("--max-in-flight-per-upstream (%d) must not be negative, --queue-timeout (%s) must be positive, --max-queued (%d) and --max-queued-per-user (%d) at least 1",
+			fq.MaxInFlight, fq.QueueTimeout, fq.MaxQueued, fq.MaxQueuedPerFlow))
 	}
 	if o.DefaultMaxTokens <= 0 {
 		errs = append(errs, fmt.Errorf("--default-max-tokens must be positive, not %d", o.DefaultMaxTokens))
@@ -199,4 +216,25 @@ func envOr(key, def string) string {
 		return v
 	}
 	return def
+}
+
+// parsePerUpstream reads URL=N,URL=N.
+func parsePerUpstream(s string) (map[string]int, error) {
+	out := map[string]int{}
+	for item := range strings.SplitSeq(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		i := strings.LastIndexByte(item, '=')
+		if i <= 0 {
+			return nil, fmt.Errorf("%q is not URL=N", item)
+		}
+		n, err := strconv.Atoi(item[i+1:])
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("%q: N must be a whole number, 0 or more", item)
+		}
+		out[item[:i]] = n
+	}
+	return out, nil
 }

@@ -139,6 +139,7 @@ func Run(ctx context.Context, o Options) error {
 		Upstreams: o.Upstreams, UpstreamsFile: o.UpstreamsFile,
 		MaxRequestBody: o.MaxRequestBody, MaxBodyMemory: o.MaxBodyMemory, MaxBodyMemoryPerUser: o.MaxBodyMemoryPerUser,
 		DefaultMaxTokens: o.DefaultMaxTokens, MediaItemTokens: o.MediaItemTokens, KVTransferUpstreams: o.KVTransferUpstreams,
+		FairQueue: o.FairQueue,
 		Timeouts: proxy.Timeouts{
 			ResponseHeader: o.UpstreamHeaderTimeout, StreamIdle: o.StreamIdleTimeout,
 			BodyRead: o.BodyReadTimeout, Write: o.WriteTimeout,

@@ -54,6 +54,7 @@ func testSchema(t *testing.T) {
 		{file: "unknown-top-level-key.yaml", want: []string{"additional properties 'replicas' not allowed"}},
 		{file: "invalid-duration.yaml", want: []string{"at '/operator/keyRotationPeriod': 'thirty days' does not match pattern"}},
 		{file: "invalid-enum.yaml", want: []string{"at '/proxy/counter/store': value must be one of 'memory', 'redis'"}},
+		{set: []string{"proxy.fairQueue.maxInFlight=-1"}, want: []string{"at '/proxy/fairQueue/maxInFlight': minimum: got -1, want 0"}},
 		{set: []string{"proxy.replicas=2"}, want: []string{"proxy.replicas > 1 needs a shared counter store: set redis.enabled=true"}},
 		{set: []string{"proxy.counter.store=redis"}, want: []string{"proxy.counter.store=redis needs proxy.counter.redis.address"}},
 	} {
@@ -149,6 +150,8 @@ func testDefaults(t *testing.T, env *envtest.Env) {
 		"proxy.networkPolicy.enabled":                 true,
 		"proxy.metrics.userLabel":                     true,
 		"proxy.timeouts.upstreamHeader":               "10m",
+		"proxy.fairQueue.maxInFlight":                 int64(0),
+		"proxy.fairQueue.queueTimeout":                "30s",
 		"proxy.resources.limits.memory":               "512Mi",
 		"proxy.upstreams":                             []any{"http://vllm.vllm.svc:8000"},
 		"proxy.networkPolicy.clientNamespaceSelector": map[string]any{},
