@@ -44,7 +44,7 @@ func TestDirectoryViews(t *testing.T) {
 		Limits: []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowDay, Tokens: int64p(10)}}, Models: []string{"*"},
 		MaxTokensPerRequest: int64p(7), Scope: llmv1alpha1.ScopePerUser, Enforcement: llmv1alpha1.EnforcementDryRun,
 		Priority: ptr.To[int32](-5), FairShareWeight: 3,
-		Pricing:  &llmv1alpha1.Pricing{Currency: "EUR", Models: []llmv1alpha1.ModelPrice{{Model: "m-*", Input: "0.5", Output: "1.25"}}},
+		Pricing: &llmv1alpha1.Pricing{Currency: "EUR", Models: []llmv1alpha1.ModelPrice{{Model: "m-*", Input: "0.5", Output: "1.25"}}},
 	}})
 	d.setQuota(&llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "pool", UID: "uid-pool"}, Spec: llmv1alpha1.LLMQuotaSpec{
 		Limits: []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowMonth, Requests: int64p(5)}}, Scope: llmv1alpha1.ScopeShared,
