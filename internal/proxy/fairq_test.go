@@ -3,10 +3,15 @@ package proxy
 import (
 	"context"
 	"errors"
+	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/llm-user-operator/llm-user-operator/internal/quota"
+	"github.com/llm-user-operator/llm-user-operator/internal/token"
 )
 
 // sched drives one fair gate of one slot: requests are sent one at a time
@@ -274,4 +279,95 @@ func TestFairGateCounterUnits(t *testing.T) {
 		t.Errorf("after the first ended having served 300 weighted tokens: counter %v, want 170 (150 + 20 held by the second)", got)
 	}
 	s2.end(40)
+}
+
+// TestFairQueueThroughTheProxy: with one slot at the upstream, a second
+// user's request waits holding its reservation, and gets an OpenAI-shaped
+// 429 queue_timeout with Retry-After when the slot does not come in time;
+// a client that leaves while waiting is released; nothing either of them
+// did is charged, and the upstream never runs two requests at once.
+func TestFairQueueThroughTheProxy(t *testing.T) {
+	up := newUpstream(t, "meta-llama/Llama-3.1-8B")
+	release := make(chan struct{})
+	var mu sync.Mutex
+	running, most := 0, 0
+	up.handle = func(w http.ResponseWriter, r *http.Request, body []byte) {
+		mu.Lock()
+		running++
+		most = max(most, running)
+		mu.Unlock()
+		<-release
+		mu.Lock()
+		running--
+		mu.Unlock()
+		defaultHandler(w, r, body)
+	}
+	e := newEnv(t, func(o *Options) {
+		o.FairQueue = FairQueue{MaxInFlight: 1, QueueTimeout: 300 * time.Millisecond}
+	}, up)
+	bob := aliceUser()
+	bob.Name, bob.UID = "bob", "uid-bob"
+	bob.Budgets = []quota.Budget{quota.UserBudget("team-a", "bob", "uid-bob", bob.Budgets[0].Limits, false)}
+	bob.FairnessID = FairnessID("team-a", "bob", "gold", false)
+	e.dir.set(bob)
+	e.verifier().claims["tok-bob"] = &token.Claims{Namespace: "team-a", Name: "bob", UID: "uid-bob", Generation: 2}
+	g := e.proxy.fair.gate(up.URL)
+	body := `{"model":"meta-llama/Llama-3.1-8B","messages":[{"role":"user","content":"hi"}],"max_tokens":10}`
+
+	first := make(chan *http.Response, 1)
+	go func() { first <- e.do(t, http.MethodPost, "/v1/chat/completions", body) }()
+	waitDepth(t, g, 0, 1)
+
+	resp := e.do(t, http.MethodPost, "/v1/chat/completions", body, "tok-bob")
+	expectStatus(t, resp, http.StatusTooManyRequests)
+	if ra := resp.Header.Get("Retry-After"); ra != "5" {
+		t.Errorf("Retry-After %q, want 5", ra)
+	}
+	if e := readErr(t, resp); str(e.Error.Code) != "queue_timeout" || e.Error.Type != "rate_limit_error" || !strings.Contains(e.Error.Message, "waited 300ms") {
+		t.Errorf("error %+v, want rate_limit_error queue_timeout saying how long it waited", e.Error)
+	}
+
+	ctx, leave := context.WithCancel(t.Context())
+	left := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, e.srv.URL+"/v1/chat/completions", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer tok-bob")
+		_, err := e.srv.Client().Do(req)
+		left <- err
+	}()
+	waitDepth(t, g, 1, 1)
+	bobBudget := bob.Budgets[0]
+	if ws, _ := e.mem.Status(t.Context(), bobBudget); ws[0].Reserved.Requests != 1 {
+		t.Errorf("a waiting request holds %+v, want its reservation", ws[0].Reserved)
+	}
+	leave()
+	if err := <-left; err == nil {
+		t.Error("the request whose client left got an answer")
+	}
+	waitDepth(t, g, 0, 1)
+
+	close(release)
+	expectStatus(t, <-first, http.StatusOK)
+	waitDepth(t, g, 0, 0)
+	if ws, _ := e.mem.Status(t.Context(), bobBudget); ws[0].Used != (quota.Amount{}) || ws[0].Reserved != (quota.Amount{}) {
+		t.Errorf("bob's budget used %+v and reserved %+v, want nothing: neither request ran", ws[0].Used, ws[0].Reserved)
+	}
+	if most != 1 {
+		t.Errorf("the upstream ran %d requests at once, want 1", most)
+	}
+}
+
+func waitDepth(t *testing.T, g *fairGate, queued, inflight int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		q, f := g.depth()
+		if q == queued && f == inflight {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d queued and %d in flight, want %d and %d", q, f, queued, inflight)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
