@@ -102,6 +102,10 @@ test-cluster: $(HELM) ## The real-node test (root): a single-node Kubernetes in 
 bench: build ## Run the proxy benchmark harness (not part of make test).
 	hack/bench.sh
 
+.PHONY: bench-fairness
+bench-fairness: ## Run the fairness benchmark: the fair queue against FCFS in front of a busy simulator (not part of make test).
+	hack/bench-fairness.sh
+
 .PHONY: bench-scale
 bench-scale: ## Run the scale benchmark: SCALE_USERS (10000) users through the operator and the proxy (not part of make test).
 	hack/bench-scale.sh

@@ -69,6 +69,9 @@ type options struct {
 	stats     string
 	users     int
 	tokenFile string
+	// maxInFlight, when positive, puts the fair queue in front of the
+	// upstream (the full arm only).
+	maxInFlight int
 }
 
 func main() {
@@ -79,6 +82,7 @@ func main() {
 	flag.StringVar(&o.stats, "stats-listen", "127.0.0.1:0", "address of the charge counters")
 	flag.IntVar(&o.users, "users", 100, "users (and tokens) of the full arm")
 	flag.StringVar(&o.tokenFile, "token-file", "", "where the full arm writes its tokens, one a line")
+	flag.IntVar(&o.maxInFlight, "max-in-flight", 0, "the full arm's fair queue: requests at once on the upstream (0: no queue)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -127,6 +131,9 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 				return err
 			}
 			opts.Verifier, opts.Directory, opts.Counter = v, dir, quota.NewMemory(time.Now)
+			if o.maxInFlight > 0 {
+				opts.FairQueue = proxy.FairQueue{MaxInFlight: o.maxInFlight, QueueTimeout: 10 * time.Minute, MaxQueued: 100000, MaxQueuedPerFlow: 100000}
+			}
 			if o.tokenFile == "" {
 				return errors.New("--token-file is required for the full arm")
 			}
@@ -215,7 +222,7 @@ func users(n int) (*token.Verifier, *directory, []string, error) {
 		tokens = append(tokens, tok)
 		dir.users[ns+"/"+name] = proxy.User{
 			Namespace: ns, Name: name, UID: uid, TokenGeneration: 1,
-			QuotaFound: true, QuotaName: "bench",
+			QuotaFound: true, QuotaName: "bench", FairnessID: proxy.FairnessID(ns, name, "bench", false),
 			Models:              []string{"bench/*"},
 			MaxTokensPerRequest: big(4096),
 			Budgets: []quota.Budget{quota.UserBudget(ns, name, uid, []quota.Limit{

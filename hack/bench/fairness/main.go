@@ -1,0 +1,419 @@
+// Command fairness is `make bench-fairness`: what the proxy's fair queue
+// (proxy.fairQueue, internal/proxy/fairq.go) does for users sharing a busy
+// model server, against the proxy without a gate (first come, first served
+// inside the server), both in front of the same llm-d-inference-sim with a
+// small --max-num-seqs, a realistic time to first token and inter-token
+// latency, and --time-factor-under-load.
+//
+// Each arm is a fresh simulator and a fresh proxy (hack/bench/proxyarm, the
+// full arm: real token verification, quotas, metering), on loopback:
+//
+//  1. the victim alone: one streamed request at a time; its time to first
+//     token;
+//  2. the victim beside a noisy user who keeps 50 long streams in flight;
+//  3. eight backlogged users of unequal demand (2 to 9 streams in flight
+//     each): Jain's fairness index of their output tokens per second, and
+//     the total output tokens per second.
+//
+// Results: bench/results/fairness-<UTC time>.md and fairness-latest.md.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const model = "bench/fair-sim"
+
+type options struct {
+	bin, simulator, out string
+	slots               int
+	ttft, itl           time.Duration
+	victimRequests      int
+	window              time.Duration
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.bin, "bin", "bin", "directory with bench-proxyarm")
+	flag.StringVar(&o.simulator, "simulator", os.Getenv("LLM_SIM_BINARY"), "llm-d-inference-sim binary")
+	flag.StringVar(&o.out, "out", "bench/results", "where the report goes")
+	flag.IntVar(&o.slots, "slots", 8, "the simulator's --max-num-seqs, and the fair arm's maxInFlight")
+	flag.DurationVar(&o.ttft, "sim-ttft", 100*time.Millisecond, "simulator time to first token")
+	flag.DurationVar(&o.itl, "sim-itl", 20*time.Millisecond, "simulator inter-token latency")
+	flag.IntVar(&o.victimRequests, "victim-requests", 20, "the victim's requests in each of scenarios 1 and 2")
+	flag.DurationVar(&o.window, "window", 20*time.Second, "how long scenario 3 measures")
+	flag.Parse()
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-fairness:", err)
+		os.Exit(1)
+	}
+}
+
+// arm is one system under test: a simulator and a proxy in front of it.
+type arm struct {
+	name   string
+	base   string // the proxy's /v1 base URL
+	tokens []string
+	procs  []*exec.Cmd
+}
+
+func (a *arm) stop() {
+	for _, p := range slices.Backward(a.procs) {
+		_ = p.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { _ = p.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = p.Process.Kill()
+			<-done
+		}
+	}
+}
+
+type results struct {
+	alone, noisy         []time.Duration // the victim's TTFTs
+	perUser              []float64       // scenario 3: output tokens/s of each user
+	throughput           float64         // scenario 3: all users' output tokens/s
+	noisyTokensPerSecond float64
+}
+
+func run(o options) error {
+	if o.simulator == "" {
+		return errors.New("--simulator (or LLM_SIM_BINARY) is required")
+	}
+	work, err := os.MkdirTemp("", "bench-fairness-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	out := map[string]*results{}
+	for _, name := range []string{"fcfs", "fair"} {
+		a, err := startArm(o, name, work)
+		if err != nil {
+			return err
+		}
+		r, err := measure(o, a)
+		a.stop()
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		out[name] = r
+	}
+	report := render(o, out)
+	fmt.Print(report)
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	stamp := time.Now().UTC().Format("20060102T150405Z")
+	for _, f := range []string{"fairness-" + stamp + ".md", "fairness-latest.md"} {
+		if err := os.WriteFile(filepath.Join(o.out, f), []byte(report), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func startArm(o options, name, work string) (*arm, error) {
+	a := &arm{name: name}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	simLog, err := os.Create(filepath.Join(work, name+"-sim.log"))
+	if err != nil {
+		return nil, err
+	}
+	sim := exec.Command(o.simulator, "--port", strconv.Itoa(port), "--model", model, "--force-dummy-tokenizer",
+		"--mode", "random", "--max-num-seqs", strconv.Itoa(o.slots), "--max-model-len", "8192",
+		"--time-to-first-token", o.ttft.String(), "--inter-token-latency", o.itl.String(),
+		"--time-factor-under-load", "1.5")
+	sim.Stdout, sim.Stderr = simLog, simLog
+	if err := sim.Start(); err != nil {
+		return nil, err
+	}
+	a.procs = append(a.procs, sim)
+	upstream := "http://127.0.0.1:" + strconv.Itoa(port)
+	if err := waitHTTP(upstream + "/v1/models"); err != nil {
+		a.stop()
+		return nil, fmt.Errorf("simulator: %w (see %s)", err, simLog.Name())
+	}
+	tokenFile := filepath.Join(work, name+"-tokens")
+	args := []string{"--arm", "full", "--upstream", upstream, "--users", "16", "--token-file", tokenFile}
+	if name == "fair" {
+		args = append(args, "--max-in-flight", strconv.Itoa(o.slots))
+	}
+	px := exec.Command(filepath.Join(o.bin, "bench-proxyarm"), args...)
+	px.Stderr = os.Stderr
+	stdout, err := px.StdoutPipe()
+	if err != nil {
+		a.stop()
+		return nil, err
+	}
+	if err := px.Start(); err != nil {
+		a.stop()
+		return nil, err
+	}
+	a.procs = append(a.procs, px)
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		a.stop()
+		return nil, fmt.Errorf("proxy arm: %w", err)
+	}
+	var addrs struct{ Addr string }
+	if err := json.Unmarshal([]byte(line), &addrs); err != nil {
+		a.stop()
+		return nil, fmt.Errorf("proxy arm said %q: %w", line, err)
+	}
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	a.base = "http://" + addrs.Addr + "/v1"
+	raw, err := os.ReadFile(tokenFile)
+	if err != nil {
+		a.stop()
+		return nil, err
+	}
+	a.tokens = strings.Fields(string(raw))
+	return a, nil
+}
+
+func measure(o options, a *arm) (*results, error) {
+	r := &results{}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+	victim, noisy := a.tokens[0], a.tokens[1]
+	// Warm up: connections, the proxy's caches.
+	if _, _, err := stream(context.Background(), client, a.base, victim, 4, nil); err != nil {
+		return nil, err
+	}
+	say("%s: 1. the victim alone", a.name)
+	for range o.victimRequests {
+		ttft, _, err := stream(context.Background(), client, a.base, victim, 20, nil)
+		if err != nil {
+			return nil, err
+		}
+		r.alone = append(r.alone, ttft)
+	}
+
+	say("%s: 2. the victim beside 50 noisy streams", a.name)
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var noisyTokens atomic.Int64
+	keep(ctx, &wg, 50, func() error {
+		_, _, err := stream(ctx, client, a.base, noisy, 100, &noisyTokens)
+		return err
+	})
+	time.Sleep(3 * time.Second) // the noisy streams fill the server and the queue
+	began, before := time.Now(), noisyTokens.Load()
+	for range o.victimRequests {
+		ttft, _, err := stream(context.Background(), client, a.base, victim, 20, nil)
+		if err != nil {
+			stop()
+			wg.Wait()
+			return nil, err
+		}
+		r.noisy = append(r.noisy, ttft)
+	}
+	r.noisyTokensPerSecond = float64(noisyTokens.Load()-before) / time.Since(began).Seconds()
+	stop()
+	wg.Wait()
+
+	say("%s: 3. eight backlogged users of unequal demand, %s", a.name, o.window)
+	ctx, stop = context.WithCancel(context.Background())
+	counts := make([]atomic.Int64, 8)
+	for u := range 8 {
+		tok := a.tokens[2+u]
+		keep(ctx, &wg, u+2, func() error {
+			_, _, err := stream(ctx, client, a.base, tok, 60, &counts[u])
+			return err
+		})
+	}
+	time.Sleep(3 * time.Second) // every user backlogged
+	start := make([]int64, 8)
+	for u := range counts {
+		start[u] = counts[u].Load()
+	}
+	began = time.Now()
+	time.Sleep(o.window)
+	secs := time.Since(began).Seconds()
+	for u := range counts {
+		x := float64(counts[u].Load()-start[u]) / secs
+		r.perUser = append(r.perUser, x)
+		r.throughput += x
+	}
+	stop()
+	wg.Wait()
+	return r, nil
+}
+
+// keep runs n loops of f until ctx ends; an error other than ctx's ends
+// nothing (it is printed).
+func keep(ctx context.Context, wg *sync.WaitGroup, n int, f func() error) {
+	for range n {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				if err := f(); err != nil && ctx.Err() == nil {
+					say("request: %v", err)
+					time.Sleep(100 * time.Millisecond)
+				}
+			}
+		})
+	}
+}
+
+// stream sends one streamed chat request of maxTokens output tokens (the
+// simulator generates exactly that many with ignore_eos) and returns its
+// time to the first content chunk and its content chunks, counting each
+// into count as it arrives.
+func stream(ctx context.Context, c *http.Client, base, tok string, maxTokens int, count *atomic.Int64) (time.Duration, int, error) {
+	body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"Tell me a long story about a lighthouse keeper."}],"max_tokens":%d,"ignore_eos":true,"stream":true}`, model, maxTokens)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/chat/completions", strings.NewReader(body))
+	if err != nil {
+		return 0, 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Type", "application/json")
+	sent := time.Now()
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return 0, 0, fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	var ttft time.Duration
+	chunks := 0
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if !bytes.HasPrefix(line, []byte("data: {")) || !bytes.Contains(line, []byte(`"content":"`)) || bytes.Contains(line, []byte(`"content":""`)) {
+			continue
+		}
+		if chunks == 0 {
+			ttft = time.Since(sent)
+		}
+		chunks++
+		if count != nil {
+			count.Add(1)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, 0, err
+	}
+	if chunks == 0 {
+		return 0, 0, errors.New("no content")
+	}
+	return ttft, chunks, nil
+}
+
+func render(o options, out map[string]*results) string {
+	fcfs, fair := out["fcfs"], out["fair"]
+	var b strings.Builder
+	fmt.Fprintf(&b, "# make bench-fairness, %s\n\n", time.Now().UTC().Format(time.RFC3339))
+	fmt.Fprintf(&b, "llm-d-inference-sim --max-num-seqs %d, time to first token %s, inter-token latency %s, --time-factor-under-load 1.5; "+
+		"the proxy's full arm (hack/bench/proxyarm) without a gate (FCFS) and with proxy.fairQueue.maxInFlight %d (fair). "+
+		"%d victim requests of 20 output tokens in scenarios 1 and 2; the noisy user keeps 50 streams of 100 tokens in flight; "+
+		"scenario 3 measures %s of eight users keeping 2 to 9 streams of 60 tokens in flight each.\n\n",
+		o.slots, o.ttft, o.itl, o.slots, o.victimRequests, o.window)
+	alone := percentile(fair.alone, 0.99)
+	limit := time.Duration(1.5 * float64(alone))
+	b.WriteString("| figure | FCFS | fair queue | target | result |\n|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "| victim TTFT p50, alone | %s | %s | | |\n", ms(percentile(fcfs.alone, 0.5)), ms(percentile(fair.alone, 0.5)))
+	fmt.Fprintf(&b, "| victim TTFT p99, alone | %s | %s | | |\n", ms(percentile(fcfs.alone, 0.99)), ms(alone))
+	fmt.Fprintf(&b, "| victim TTFT p50, beside the noisy user | %s | %s | | |\n", ms(percentile(fcfs.noisy, 0.5)), ms(percentile(fair.noisy, 0.5)))
+	got := percentile(fair.noisy, 0.99)
+	fmt.Fprintf(&b, "| victim TTFT p99, beside the noisy user | %s | %s | ≤ 1.5 × alone (%s) | %s |\n", ms(percentile(fcfs.noisy, 0.99)), ms(got), ms(limit), verdict(got <= limit))
+	fmt.Fprintf(&b, "| noisy user's output tokens/s meanwhile | %.0f | %.0f | | |\n", fcfs.noisyTokensPerSecond, fair.noisyTokensPerSecond)
+	jf, jq := jain(fcfs.perUser), jain(fair.perUser)
+	fmt.Fprintf(&b, "| Jain's index, 8 backlogged users of equal weight | %.3f | %.3f | ≥ 0.95 | %s |\n", jf, jq, verdict(jq >= 0.95))
+	ratio := fair.throughput / fcfs.throughput
+	fmt.Fprintf(&b, "| output tokens/s, 8 users | %.0f | %.0f (%.1f %% of FCFS) | ≥ 95 %% of FCFS | %s |\n", fcfs.throughput, fair.throughput, 100*ratio, verdict(ratio >= 0.95))
+	b.WriteString("\nOutput tokens/s of each of the eight users (demand 2 to 9 streams):\n\n| user | demand | FCFS | fair |\n|---|---|---|---|\n")
+	for u := range fair.perUser {
+		fmt.Fprintf(&b, "| %d | %d | %.1f | %.1f |\n", u, u+2, fcfs.perUser[u], fair.perUser[u])
+	}
+	return b.String()
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "MISS"
+}
+
+func ms(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f', 1, 64) + " ms" }
+
+func percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(math.Ceil(p*float64(len(s)))) - 1
+	return s[max(0, min(i, len(s)-1))]
+}
+
+// jain is Jain's fairness index: 1 when every x is equal, 1/n when one
+// takes everything.
+func jain(xs []float64) float64 {
+	var sum, sq float64
+	for _, x := range xs {
+		sum += x
+		sq += x * x
+	}
+	if sq == 0 {
+		return 0
+	}
+	return sum * sum / (float64(len(xs)) * sq)
+}
+
+func say(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench-fairness: "+format+"\n", args...)
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func waitHTTP(url string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not answer within 30s: %v", url, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
