@@ -27,12 +27,15 @@ import (
 //     time), divided by its quota's spec.fairShareWeight. A flow is a user,
 //     or a whole Shared pool (one budget, one tenant: a team with more
 //     members does not get more of the GPU). A flow that comes back after
-//     idling starts at the lowest counter of the tier's busy flows, so idle
-//     time is not banked.
+//     idling starts level with the least served of the tier's busy flows
+//     (what they were served, not what their running requests are
+//     estimated at), so idle time is not banked; on a tie, the flow with
+//     fewer requests running goes first.
 //
-// A request's counter grows by its input estimate when it is dispatched
-// (fifty requests sent at once do not all pass before the counter moves)
-// and by the rest of its charge when it ends.
+// A request's counter grows by its estimate when it is dispatched (its input
+// and the output it was admitted for: fifty requests sent at once do not
+// all pass before the counter moves) and is set right by its charge when it
+// ends.
 //
 // A request waits at most QueueTimeout (then 429 queue_timeout); the queue
 // holds at most MaxQueued requests, and MaxQueuedPerFlow of one flow (then
@@ -130,7 +133,10 @@ type flow struct {
 	tier     int32
 	vtc      float64
 	inflight int
-	waiting  []*waiter
+	// holding is what its running requests' dispatches added to vtc: their
+	// estimates, set right when they end.
+	holding float64
+	waiting []*waiter
 }
 
 func (f *flow) busy() bool { return f.inflight > 0 || len(f.waiting) > 0 }
@@ -157,14 +163,14 @@ type slot struct {
 }
 
 // acquire waits for a slot for a request of flow key in tier, weighted
-// weight, whose input is estimated at input tokens. It returns
-// errQueueTimeout, errQueueFull, errFlowFull, or ctx's error when the client
-// left first.
-func (g *fairGate) acquire(ctx context.Context, key string, tier int32, weight float64, input int64) (*slot, error) {
+// weight, estimated at estimate weighted tokens (input plus outputWeight ×
+// the output it was admitted for). It returns errQueueTimeout,
+// errQueueFull, errFlowFull, or ctx's error when the client left first.
+func (g *fairGate) acquire(ctx context.Context, key string, tier int32, weight float64, estimate int64) (*slot, error) {
 	if weight <= 0 {
 		weight = 1
 	}
-	cost := float64(input) / weight
+	cost := float64(estimate) / weight
 	g.mu.Lock()
 	f := g.flows[key]
 	if f == nil {
@@ -182,6 +188,7 @@ func (g *fairGate) acquire(ctx context.Context, key string, tier int32, weight f
 		g.inflight++
 		f.inflight++
 		f.vtc += cost
+		f.holding += cost
 		g.mu.Unlock()
 		return &slot{g: g, f: f, weight: weight, held: cost}, nil
 	}
@@ -233,14 +240,15 @@ func (g *fairGate) acquire(ctx context.Context, key string, tier int32, weight f
 }
 
 // end gives the slot back; served is what the request cost in weighted
-// tokens (input plus outputWeight × output), of which its dispatch counted
-// the input estimate already. The slot goes to the next waiter.
+// tokens (input plus outputWeight × output), which replaces the estimate
+// its dispatch counted. The slot goes to the next waiter.
 func (s *slot) end(served float64) {
 	g := s.g
 	g.mu.Lock()
 	g.inflight--
 	s.f.inflight--
 	s.f.vtc += served/s.weight - s.held
+	s.f.holding -= s.held
 	next := g.nextLocked()
 	g.forgetLocked(s.f)
 	if len(g.flows) > 64+2*(g.inflight+g.queued) {
@@ -265,8 +273,7 @@ func (g *fairGate) nextLocked() *waiter {
 		if len(f.waiting) == 0 {
 			continue
 		}
-		if best == nil || f.tier < best.tier || (f.tier == best.tier && (f.vtc < best.vtc ||
-			(f.vtc == best.vtc && f.waiting[0].seq < best.waiting[0].seq))) {
+		if best == nil || before(f, best) {
 			best = f
 		}
 	}
@@ -276,12 +283,34 @@ func (g *fairGate) nextLocked() *waiter {
 	g.inflight++
 	best.inflight++
 	best.vtc += w.cost
+	best.holding += w.cost
 	w.granted = true
 	close(w.ready)
 	return w
 }
 
-// minVTC is the lowest counter of the busy flows of tier other than self.
+// before reports whether f's next request goes before g's: the more urgent
+// tier, then the lower counter, then the flow with fewer requests running
+// (a flow just lifted to the busy flows' counter ties with them, and it is
+// the one with nothing on the GPU), then the earlier request.
+func before(f, g *flow) bool {
+	switch {
+	case f.tier != g.tier:
+		return f.tier < g.tier
+	case f.vtc != g.vtc:
+		return f.vtc < g.vtc
+	case f.inflight != g.inflight:
+		return f.inflight < g.inflight
+	}
+	return f.waiting[0].seq < g.waiting[0].seq
+}
+
+// minVTC is the lowest counter of the busy flows of tier other than self,
+// without what their running requests hold: what they were served. A flow
+// lifted to it is level with the busy ones for what is done, and ahead of
+// them by what they are running now, so it gets the next free slot rather
+// than waiting behind a busy flow whose running requests turned out
+// cheaper than estimated.
 func (g *fairGate) minVTC(tier int32, self *flow) (float64, bool) {
 	found := false
 	m := 0.0
@@ -289,8 +318,8 @@ func (g *fairGate) minVTC(tier int32, self *flow) (float64, bool) {
 		if f == self || f.tier != tier || !f.busy() {
 			continue
 		}
-		if !found || f.vtc < m {
-			m, found = f.vtc, true
+		if v := f.vtc - f.holding; !found || v < m {
+			m, found = v, true
 		}
 	}
 	return m, found

@@ -85,6 +85,11 @@ func (s *sched) next() string {
 // dispatched in its place ("" when nothing waits).
 func (s *sched) finish(name string) string {
 	s.t.Helper()
+	return s.finishServed(name, 200)
+}
+
+func (s *sched) finishServed(name string, served float64) string {
+	s.t.Helper()
 	s.mu.Lock()
 	sl := s.held[name]
 	delete(s.held, name)
@@ -93,7 +98,7 @@ func (s *sched) finish(name string) string {
 		s.t.Fatalf("%s is not in flight", name)
 	}
 	q, _ := s.g.depth()
-	sl.end(200)
+	sl.end(served)
 	if q == 0 {
 		return ""
 	}
@@ -139,24 +144,61 @@ func TestFairGateTiersAndCounters(t *testing.T) {
 	checkOrder(t, "tiers and counters", s.drain("h0"), []string{"p1", "l1", "h1", "h2", "h3"})
 }
 
+// TestFairGateTieGoesToTheIdle: a flow lifted to a busy flow's counter ties
+// with it; the tie goes to the one with nothing running, not to the busy
+// flow's earlier request.
+func TestFairGateTieGoesToTheIdle(t *testing.T) {
+	s := newSched(t, 2)
+	s.send("a0", "a", 0, 1) // a: 100, of which 100 running
+	s.send("b0", "b", 0, 1) // b: lifted to a's 0 done, then 100 running
+	s.send("b1", "b", 0, 1)
+	s.send("a1", "a", 0, 1)
+	// a0 served what it was estimated at: a stays at 100, like b, but has
+	// nothing running: a1 goes before the earlier b1.
+	if got := s.finishServed("a0", 100); got != "a1" {
+		t.Errorf("after a0: %s dispatched, want a1", got)
+	}
+}
+
+// TestFairGateLiftBelowRunning: a flow that arrives is lifted to what the
+// busy flows were served, not to what their running requests are estimated
+// at: a running request that costs less than its estimate does not put the
+// busy flow's next request ahead of the newcomer.
+func TestFairGateLiftBelowRunning(t *testing.T) {
+	s := newSched(t, 1)
+	s.send("n0", "noisy", 0, 1) // noisy: 0 served, 100 running
+	s.send("n1", "noisy", 0, 1)
+	s.send("v1", "victim", 0, 1) // lifted to 0
+	// n0 was cheaper than estimated: noisy 50.
+	if got := s.finishServed("n0", 50); got != "v1" {
+		t.Errorf("after n0: %s dispatched, want v1", got)
+	}
+}
+
 // TestFairGateLiftOnReturn: a flow that was idle while another was served
-// does not bank the time: it starts at the busy flow's counter and the two
+// does not bank the time: it starts where the busy flow is, and the two
 // alternate, rather than the newcomer taking every slot until it catches up.
+// (A flow that goes idle while nobody else is busy is forgotten: counters
+// only order busy flows.)
 func TestFairGateLiftOnReturn(t *testing.T) {
 	s := newSched(t, 1)
-	for _, n := range []string{"h0", "h1", "h2", "h3"} {
+	// heavy is served three requests back to back, always one waiting.
+	s.send("h0", "heavy", 0, 1)
+	for i, n := range []string{"h1", "h2", "h3"} {
 		s.send(n, "heavy", 0, 1)
-		if got := s.finish(n); got != "" {
-			t.Fatalf("%s dispatched with nothing queued", got)
+		if got := s.finish([]string{"h0", "h1", "h2"}[i]); got != n {
+			t.Fatalf("%s dispatched, want %s", got, n)
 		}
 	}
-	s.send("h4", "heavy", 0, 1) // heavy 900 while it runs
-	s.send("n1", "new", 0, 1)   // lifted to 900, not 0
+	// heavy: 600 served, h3 running.
+	s.send("n1", "new", 0, 1) // lifted to 600, not 0
 	s.send("n2", "new", 0, 1)
 	s.send("n3", "new", 0, 1)
+	s.send("h4", "heavy", 0, 1)
 	s.send("h5", "heavy", 0, 1)
-	s.send("h6", "heavy", 0, 1)
-	checkOrder(t, "lift on return", s.drain("h4"), []string{"n1", "h5", "n2", "h6", "n3"})
+	// h3 ends: heavy 800, new 600: n1 (800 once done); a tie, both idle: n2,
+	// the earlier (1000); h4 (1000); a tie: n3; h5.
+	checkOrder(t, "lift on return", s.drain("h3"), []string{"n1", "n2", "h4", "n3", "h5"})
 }
 
 // TestFairGateWeights: a flow of weight 2 is served twice the tokens of one

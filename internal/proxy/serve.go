@@ -302,7 +302,7 @@ func (ex *exchange) dispatch() bool {
 			tier = *u.Priority
 		}
 	}
-	s, err := g.acquire(ex.r.Context(), key, tier, weight, ex.est.InputTokens)
+	s, err := g.acquire(ex.r.Context(), key, tier, weight, ex.est.InputTokens+outputWeight*ex.est.OutputTokens)
 	tierLabel := strconv.Itoa(int(tier))
 	switch {
 	case err == nil:

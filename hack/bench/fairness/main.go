@@ -108,14 +108,20 @@ func run(o options) error {
 	defer os.RemoveAll(work)
 	out := map[string]*results{}
 	for _, name := range []string{"fcfs", "fair"} {
-		a, err := startArm(o, name, work)
-		if err != nil {
-			return err
-		}
-		r, err := measure(o, a)
-		a.stop()
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+		r := &results{}
+		// Each scenario on a fresh simulator and proxy: the simulator goes on
+		// generating for requests whose client left, which would slow the
+		// next scenario.
+		for _, sc := range []func(options, *arm, *results) error{victimAlone, victimBesideNoisy, backlogged} {
+			a, err := startArm(o, name, work)
+			if err != nil {
+				return err
+			}
+			err = sc(o, a, r)
+			a.stop()
+			if err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
 		}
 		out[name] = r
 	}
@@ -195,62 +201,80 @@ func startArm(o options, name, work string) (*arm, error) {
 	return a, nil
 }
 
-func measure(o options, a *arm) (*results, error) {
-	r := &results{}
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
-	victim, noisy := a.tokens[0], a.tokens[1]
-	// Warm up: connections, the proxy's caches.
-	if _, _, err := stream(context.Background(), client, a.base, victim, 4, nil); err != nil {
-		return nil, err
-	}
+var client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+
+// victimAlone: one streamed request at a time, nobody else.
+func victimAlone(o options, a *arm, r *results) error {
 	say("%s: 1. the victim alone", a.name)
+	victim := a.tokens[0]
+	if _, _, err := stream(context.Background(), a.base, victim, 4, nil); err != nil { // warm up
+		return err
+	}
 	for range o.victimRequests {
-		ttft, _, err := stream(context.Background(), client, a.base, victim, 20, nil)
+		ttft, _, err := stream(context.Background(), a.base, victim, 20, nil)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		r.alone = append(r.alone, ttft)
 	}
+	return nil
+}
 
+// victimBesideNoisy: the same victim while a noisy user keeps 50 streams in
+// flight, each of 20 to 180 output tokens (100 on average), so that they
+// end at staggered times as real ones do.
+func victimBesideNoisy(o options, a *arm, r *results) error {
 	say("%s: 2. the victim beside 50 noisy streams", a.name)
+	victim, noisy := a.tokens[0], a.tokens[1]
+	if _, _, err := stream(context.Background(), a.base, victim, 4, nil); err != nil {
+		return err
+	}
 	ctx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stop()
 	var noisyTokens atomic.Int64
+	var n atomic.Int64
 	keep(ctx, &wg, 50, func() error {
-		_, _, err := stream(ctx, client, a.base, noisy, 100, &noisyTokens)
+		_, _, err := stream(ctx, a.base, noisy, 20+int(n.Add(37)%161), &noisyTokens)
 		return err
 	})
-	time.Sleep(3 * time.Second) // the noisy streams fill the server and the queue
+	time.Sleep(5 * time.Second) // the noisy streams fill the server and the queue
 	began, before := time.Now(), noisyTokens.Load()
 	for range o.victimRequests {
-		ttft, _, err := stream(context.Background(), client, a.base, victim, 20, nil)
+		ttft, _, err := stream(context.Background(), a.base, victim, 20, nil)
 		if err != nil {
-			stop()
-			wg.Wait()
-			return nil, err
+			return err
 		}
 		r.noisy = append(r.noisy, ttft)
 	}
 	r.noisyTokensPerSecond = float64(noisyTokens.Load()-before) / time.Since(began).Seconds()
-	stop()
-	wg.Wait()
+	return nil
+}
 
+// backlogged: eight users keep 2 to 9 streams of 20 to 100 output tokens in
+// flight each, all backlogged (a fair share is one slot each).
+func backlogged(o options, a *arm, r *results) error {
 	say("%s: 3. eight backlogged users of unequal demand, %s", a.name, o.window)
-	ctx, stop = context.WithCancel(context.Background())
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stop()
 	counts := make([]atomic.Int64, 8)
+	var n atomic.Int64
 	for u := range 8 {
 		tok := a.tokens[2+u]
 		keep(ctx, &wg, u+2, func() error {
-			_, _, err := stream(ctx, client, a.base, tok, 60, &counts[u])
+			_, _, err := stream(ctx, a.base, tok, 20+int(n.Add(29)%81), &counts[u])
 			return err
 		})
 	}
-	time.Sleep(3 * time.Second) // every user backlogged
+	time.Sleep(5 * time.Second) // every user backlogged
 	start := make([]int64, 8)
 	for u := range counts {
 		start[u] = counts[u].Load()
 	}
-	began = time.Now()
+	began := time.Now()
 	time.Sleep(o.window)
 	secs := time.Since(began).Seconds()
 	for u := range counts {
@@ -258,9 +282,7 @@ func measure(o options, a *arm) (*results, error) {
 		r.perUser = append(r.perUser, x)
 		r.throughput += x
 	}
-	stop()
-	wg.Wait()
-	return r, nil
+	return nil
 }
 
 // keep runs n loops of f until ctx ends; an error other than ctx's ends
@@ -282,7 +304,7 @@ func keep(ctx context.Context, wg *sync.WaitGroup, n int, f func() error) {
 // simulator generates exactly that many with ignore_eos) and returns its
 // time to the first content chunk and its content chunks, counting each
 // into count as it arrives.
-func stream(ctx context.Context, c *http.Client, base, tok string, maxTokens int, count *atomic.Int64) (time.Duration, int, error) {
+func stream(ctx context.Context, base, tok string, maxTokens int, count *atomic.Int64) (time.Duration, int, error) {
 	body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"Tell me a long story about a lighthouse keeper."}],"max_tokens":%d,"ignore_eos":true,"stream":true}`, model, maxTokens)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/chat/completions", strings.NewReader(body))
 	if err != nil {
@@ -291,7 +313,7 @@ func stream(ctx context.Context, c *http.Client, base, tok string, maxTokens int
 	req.Header.Set("Authorization", "Bearer "+tok)
 	req.Header.Set("Content-Type", "application/json")
 	sent := time.Now()
-	resp, err := c.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -332,8 +354,8 @@ func render(o options, out map[string]*results) string {
 	fmt.Fprintf(&b, "# make bench-fairness, %s\n\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Fprintf(&b, "llm-d-inference-sim --max-num-seqs %d, time to first token %s, inter-token latency %s, --time-factor-under-load 1.5; "+
 		"the proxy's full arm (hack/bench/proxyarm) without a gate (FCFS) and with proxy.fairQueue.maxInFlight %d (fair). "+
-		"%d victim requests of 20 output tokens in scenarios 1 and 2; the noisy user keeps 50 streams of 100 tokens in flight; "+
-		"scenario 3 measures %s of eight users keeping 2 to 9 streams of 60 tokens in flight each.\n\n",
+		"%d victim requests of 20 output tokens in scenarios 1 and 2; the noisy user keeps 50 streams of 20 to 180 tokens in flight; "+
+		"scenario 3 measures %s of eight users keeping 2 to 9 streams of 20 to 100 tokens in flight each. Each scenario runs on a fresh simulator and proxy.\n\n",
 		o.slots, o.ttft, o.itl, o.slots, o.victimRequests, o.window)
 	alone := percentile(fair.alone, 0.99)
 	limit := time.Duration(1.5 * float64(alone))
