@@ -127,6 +127,17 @@ func admin() *dashboardBuilder {
 			series(qTTFTP50, "p50 {{gen_ai_request_model}}"), series(qTTFTP95, "p95 {{gen_ai_request_model}}"))).
 		WithPanel(graph("Upstream errors", "Requests per second that vLLM did not answer: 502 no connection or a broken response, 504 no answer in time.", "reqps", 8, 8,
 			series(qUpstreamErrors, "{{model}} {{code}}"))).
+		WithRow(dashboard.NewRowBuilder("Fair share")).
+		WithPanel(graph("Who has the GPU", "Each user's share of the output tokens generated (the work that holds a model server's slots). With proxy.fairQueue, backlogged users of equal weight converge to equal shares.", "percentunit", 12, 8,
+			series(qOutputShare, "{{namespace}}/{{user}}"))).
+		WithPanel(graph("Dispatches by tier", "Requests sent upstream per second through the fair queues, by tier (the quota's spec.priority).", "reqps", 12, 8,
+			series(qDispatchByTier, "tier {{tier}}"))).
+		WithPanel(graph("Queue wait by tier", "95th percentile of the time a request waited in its upstream's fair queue, by tier.", "s", 8, 8,
+			series(qQueueWaitP95, "p95 tier {{tier}}"))).
+		WithPanel(graph("Requests waiting", "Requests waiting in each replica's fair queues for a slot at their upstream.", "short", 8, 8,
+			series(qQueued, "{{instance}}"))).
+		WithPanel(graph("Queue refusals", "Requests per second the fair queue gave up on: timeout, full, or left (the client left while waiting).", "reqps", 8, 8,
+			series(qQueueRefusals, "tier {{tier}} {{reason}}"))).
 		WithRow(dashboard.NewRowBuilder("Proxy health")).
 		WithPanel(graph("Usage flush: status writes", "Usage write-backs to LLMUser/LLMQuota status per second, by kind and result; error means usage is waiting.", "ops", 6, 8,
 			series(qStatusWrites, "{{kind}} {{result}}"))).

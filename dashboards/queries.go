@@ -28,6 +28,9 @@ const (
 	mCounterUp       = "llm_proxy_counter_available"
 	mCounterErrors   = "llm_proxy_counter_errors_total"
 	mCost            = "llm_user_cost_total" // per user, model and currency, for priced quotas
+	mQueueWait       = "llm_proxy_queue_wait_seconds"
+	mQueued          = "llm_proxy_queued_requests"
+	mQueueRefusals   = "llm_proxy_queue_refusals_total"
 )
 
 // budgetKey identifies a budget window; every proxy replica exports the same
@@ -130,6 +133,14 @@ var (
 	qPending             = fmt.Sprintf("sum by (instance) (%s)", mPending)
 	qCounterAvailable    = fmt.Sprintf("min by (instance) (%s)", mCounterUp)
 	qCounterErrors       = fmt.Sprintf("sum by (operation, action) (%s)", rate(mCounterErrors))
+	// Who has the GPU: each user's share of the output tokens generated,
+	// the work that holds a model server's slots.
+	qOutputShare = fmt.Sprintf("sum by (namespace, user) (%s) / scalar(sum(%s))",
+		rate(mTokens, selAdmin, `type="output"`), rate(mTokens, `type="output"`))
+	qQueueWaitP95   = quantile(0.95, mQueueWait, "tier")
+	qQueued         = fmt.Sprintf("sum by (instance) (%s)", mQueued)
+	qQueueRefusals  = fmt.Sprintf("sum by (tier, reason) (%s)", rate(mQueueRefusals))
+	qDispatchByTier = fmt.Sprintf("sum by (tier) (%s)", rate(mQueueWait+"_count"))
 )
 
 // My usage dashboard queries.

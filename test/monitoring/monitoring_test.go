@@ -125,6 +125,8 @@ func TestDashboardsAndAlerts(t *testing.T) {
 	mgr := env.StartManager(t, harness.ManagerConfig{Proxy: func(p *operatorconfig.Proxy) {
 		p.Upstreams = []string{sim.URL}
 		p.FlushInterval = metav1.Duration{Duration: time.Second}
+		// Every request of the main proxy goes through a fair queue.
+		p.FairQueue.MaxInFlight = 64
 	}})
 
 	flush := []string{"--flush-interval=1s"}
@@ -289,6 +291,16 @@ func TestDashboardsAndAlerts(t *testing.T) {
 			has(map[string]string{"instance": urlHost(t, proxies["redis"].MetricsURL)}, equal(0)),
 			has(map[string]string{"instance": urlHost(t, proxies["main"].MetricsURL)}, equal(1))),
 		"llm-user-operator-admin / Redis errors / A": has(map[string]string{"action": "refused"}, atLeast(0)),
+		// Shares of the output tokens, every proxy together.
+		"llm-user-operator-admin / Who has the GPU / A": all(
+			has(user(usage), between(0.01, 0.99)), has(user(near), between(0.01, 0.99))),
+		// Only the main proxy has a fair queue: tier 0 (no priority).
+		"llm-user-operator-admin / Dispatches by tier / A": all(count(1), has(map[string]string{"tier": "0"}, positive)),
+		"llm-user-operator-admin / Queue wait by tier / A": all(count(1), has(map[string]string{"tier": "0"}, atLeast(0))),
+		"llm-user-operator-admin / Requests waiting / A": all(
+			has(map[string]string{"instance": urlHost(t, proxies["main"].MetricsURL)}, equal(0))),
+		// Nothing waited long enough to be refused.
+		"llm-user-operator-admin / Queue refusals / A": count(0),
 
 		// My usage, for the usage account.
 		"llm-user-operator-my-usage / Tokens used / A":        exactly(nil, map[string]float64{"": float64(usage.tokens)}),
