@@ -105,7 +105,7 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(work)
+	defer func() { _ = os.RemoveAll(work) }()
 	out := map[string]*results{}
 	for _, name := range []string{"fcfs", "fair"} {
 		r := &results{}
@@ -317,7 +317,7 @@ func stream(ctx context.Context, base, tok string, maxTokens int, count *atomic.
 	if err != nil {
 		return 0, 0, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(resp.Body)
 		return 0, 0, fmt.Errorf("%s: %s", resp.Status, b)
@@ -419,7 +419,7 @@ func freePort() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
@@ -434,7 +434,7 @@ func waitHTTP(url string) error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not answer within 30s: %v", url, err)
+			return fmt.Errorf("%s did not answer within 30s: %w", url, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
