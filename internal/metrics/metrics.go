@@ -18,7 +18,10 @@
 // a user of a priced quota has a fourth, llm_user_cost_total, in the
 // quota's currency.
 // Forwarded requests are counted by what their charge was worked out from
-// (llm_proxy_charges_total{basis}: four series in all).
+// (llm_proxy_charges_total{basis}: four series in all). The fair queues
+// add llm_proxy_queue_wait_seconds{tier}, llm_proxy_queued_requests and
+// llm_proxy_queue_refusals_total{tier,reason}: series per priority tier in
+// use, none per user.
 // Status codes are counted per namespace and model (llm_proxy_responses_total),
 // a refused user adds a llm_proxy_rejections_total series per reason, and a
 // user's budget gauges are exported once a window passes its first alert
