@@ -144,14 +144,17 @@ func runHandler(b *testing.B, h http.Handler, body string) {
 }
 
 // BenchmarkProxyNonStreamingHandler has one sub-benchmark per arm, to tell
-// the cost of each step: everything, no quota (auth, model checks, usage,
-// metrics), no auth (routing, usage, metrics).
+// the cost of each step: everything, everything through a fair queue that
+// never makes a request wait (its own cost: the gate, the flow, the slot),
+// no quota (auth, model checks, usage, metrics), no auth (routing, usage,
+// metrics).
 func BenchmarkProxyNonStreamingHandler(b *testing.B) {
 	for _, arm := range []struct {
 		name string
 		f    func(*Options)
 	}{
 		{"full", func(*Options) {}},
+		{"fair_queue", func(o *Options) { o.FairQueue = FairQueue{MaxInFlight: 1 << 20} }},
 		{"no_quota", func(o *Options) { o.DisableQuota = true }},
 		{"no_auth", func(o *Options) { o.DisableAuth = true }},
 	} {
