@@ -31,6 +31,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -417,13 +418,22 @@ func floorArm(ctx context.Context, c config, cl client.Client, ns string, withCr
 	if err != nil {
 		return m, err
 	}
-	// Leave nothing an operator started later would act on.
+	// Leave nothing an operator started later would act on. Deleting tens of
+	// thousands of objects outlasts the API server's request timeout, which
+	// it answers while it goes on deleting: ask again until it is done.
 	for _, obj := range []client.Object{&llmv1alpha1.LLMUser{}, &corev1.Secret{}, &llmv1alpha1.LLMQuota{}} {
-		if err := cl.DeleteAllOf(ctx, obj, client.InNamespace(ns)); err != nil {
-			return m, err
+		deadline := time.Now().Add(15 * time.Minute)
+		for {
+			err := cl.DeleteAllOf(ctx, obj, client.InNamespace(ns))
+			if err == nil {
+				break
+			}
+			if retry := apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err); !retry || time.Now().After(deadline) {
+				return m, err
+			}
 		}
 	}
-	return m, until(ctx, 5*time.Minute, func() error {
+	return m, until(ctx, 15*time.Minute, func() error {
 		var l llmv1alpha1.LLMUserList
 		if err := cl.List(ctx, &l, client.InNamespace(ns), client.Limit(1)); err != nil {
 			return err
