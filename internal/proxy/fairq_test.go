@@ -345,7 +345,7 @@ func TestFairQueueThroughTheProxy(t *testing.T) {
 		defaultHandler(w, r, body)
 	}
 	e := newEnv(t, func(o *Options) {
-		o.FairQueue = FairQueue{MaxInFlight: 1, QueueTimeout: 300 * time.Millisecond}
+		o.FairQueue = FairQueue{MaxInFlight: 1, QueueTimeout: 300 * time.Millisecond, MaxQueuedPerFlow: 1}
 	}, up)
 	bob := aliceUser()
 	bob.Name, bob.UID = "bob", "uid-bob"
@@ -381,6 +381,16 @@ func TestFairQueueThroughTheProxy(t *testing.T) {
 	bobBudget := bob.Budgets[0]
 	if ws, _ := e.mem.Status(t.Context(), bobBudget); ws[0].Reserved.Requests != 1 {
 		t.Errorf("a waiting request holds %+v, want its reservation", ws[0].Reserved)
+	}
+	// bob has his one place in the queue: another request of his is
+	// refused at once.
+	full := e.do(t, http.MethodPost, "/v1/chat/completions", body, "tok-bob")
+	expectStatus(t, full, http.StatusTooManyRequests)
+	if ra := full.Header.Get("Retry-After"); ra != "5" {
+		t.Errorf("queue_full: Retry-After %q, want 5", ra)
+	}
+	if e := readErr(t, full); str(e.Error.Code) != "queue_full" || e.Error.Type != "rate_limit_error" || !strings.Contains(e.Error.Message, "at the limit (1)") {
+		t.Errorf("error %+v, want rate_limit_error queue_full saying how many wait", e.Error)
 	}
 	leave()
 	if err := <-left; err == nil {

@@ -319,7 +319,7 @@ func (ex *exchange) dispatch() bool {
 		ex.w.Header()["Retry-After"] = []string{"5"}
 		msg := "The model's upstream is busy and its queue is full; retry later."
 		if errors.Is(err, errFlowFull) {
-			msg = "You have " + strconv.Itoa(g.maxPerFlow) + " requests waiting for this model's upstream already; wait for them before sending more."
+			msg = "Your requests waiting for this model's upstream are at the limit (" + strconv.Itoa(g.maxPerFlow) + "); wait for them to be served before sending more."
 		}
 		return ex.refuse(http.StatusTooManyRequests, openaiapi.TypeRateLimit, openaiapi.CodeQueueFull, "", metrics.ReasonQueue, msg)
 	default:
