@@ -138,6 +138,8 @@ func admin() *dashboardBuilder {
 			series(qQueued, "{{instance}}"))).
 		WithPanel(graph("Queue refusals", "Requests per second the fair queue gave up on: timeout, full, or left (the client left while waiting).", "reqps", 8, 8,
 			series(qQueueRefusals, "tier {{tier}} {{reason}}"))).
+		WithPanel(graph("Overflow by quota", "Tokens served past a soft limit (limits[].overage: Demote) over the selected time range, by quota: served after every request within quota, counted apart in status.usage[].overflow.", "short", 24, 8,
+			series(qOverflowTokens, "{{namespace}}/{{quota}}"))).
 		WithRow(dashboard.NewRowBuilder("Proxy health")).
 		WithPanel(graph("Usage flush: status writes", "Usage write-backs to LLMUser/LLMQuota status per second, by kind and result; error means usage is waiting.", "ops", 6, 8,
 			series(qStatusWrites, "{{kind}} {{result}}"))).

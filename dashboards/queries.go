@@ -31,6 +31,8 @@ const (
 	mQueueWait       = "llm_proxy_queue_wait_seconds"
 	mQueued          = "llm_proxy_queued_requests"
 	mQueueRefusals   = "llm_proxy_queue_refusals_total"
+	// Per quota: tokens admitted past a soft limit.
+	mOverflowTokens = "llm_proxy_overflow_tokens_total"
 )
 
 // budgetKey identifies a budget window; every proxy replica exports the same
@@ -141,6 +143,7 @@ var (
 	qQueued         = fmt.Sprintf("sum by (instance) (%s)", mQueued)
 	qQueueRefusals  = fmt.Sprintf("sum by (tier, reason) (%s)", rate(mQueueRefusals))
 	qDispatchByTier = fmt.Sprintf("sum by (tier) (%s)", rate(mQueueWait+"_count"))
+	qOverflowTokens = fmt.Sprintf("sum by (namespace, quota) %s", inRange(mOverflowTokens, selAdmin))
 )
 
 // My usage dashboard queries.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system packages the tests need (Debian): redis-server for the
+# Installs the system packages the tests need (Debian): redis-server (and
+# redis-cli, which it depends on, to create test clusters) for the
 # shared-counter tests, prometheus (with promtool) for the monitoring tests
 # (test/monitoring: dashboards and alerts against a real Prometheus). kubectl
 # is not one of them: tests use the pinned one from hack/kube-tools.sh.

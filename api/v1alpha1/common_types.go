@@ -83,6 +83,12 @@ type WindowUsage struct {
 	// +optional
 	Currency string `json:"currency,omitempty"`
 
+	// overflow is the part of this window's usage that was admitted past a
+	// soft limit (spec.limits[].overage: Demote): already counted in the
+	// totals above, shown apart. Absent when there was none.
+	// +optional
+	Overflow *UsageTotals `json:"overflow,omitempty"`
+
 	// remainingCost is what is left of this window's cost budget
 	// (spec.limits[].cost), if it has one.
 	// +kubebuilder:validation:MaxLength=32

@@ -40,9 +40,58 @@ const (
 	CacheIsolationNone CacheIsolation = "None"
 )
 
+// Overage says what a request past a limit gets.
+// +kubebuilder:validation:Enum=Refuse;Demote
+type Overage string
+
+const (
+	// OverageRefuse refuses a request past the limit with HTTP 429.
+	OverageRefuse Overage = "Refuse"
+	// OverageDemote admits a request past the limit as overflow: it waits
+	// until no request within its quota waits for the same model server,
+	// goes upstream with the lowest priority, and is counted apart.
+	OverageDemote Overage = "Demote"
+)
+
+// LimitCaps are the caps of a hard ceiling above a soft limit. At least one
+// must be set.
+// +kubebuilder:validation:XValidation:rule="has(self.tokens) || has(self.inputTokens) || has(self.outputTokens) || has(self.requests) || has(self.cost)",message="must set at least one of tokens, inputTokens, outputTokens, requests or cost"
+type LimitCaps struct {
+	// tokens caps input plus output tokens in the window.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	Tokens *int64 `json:"tokens,omitempty"`
+
+	// inputTokens caps prompt tokens in the window.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	InputTokens *int64 `json:"inputTokens,omitempty"`
+
+	// outputTokens caps completion tokens in the window.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	OutputTokens *int64 `json:"outputTokens,omitempty"`
+
+	// requests caps the number of requests in the window.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	Requests *int64 `json:"requests,omitempty"`
+
+	// cost caps what the window's usage may cost, in spec.pricing.currency,
+	// as a decimal string (at most 9000000).
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^9[0-9]{6}') || self.matches('^9000000([.]0{1,6})?$')",message="must be at most 9000000: costs are counted exactly, in 10^-12 units of the currency, in 64-bit integers"
+	// +optional
+	Cost *Decimal `json:"cost,omitempty"`
+}
+
 // QuotaLimit caps usage within one calendar window. At least one of tokens,
 // inputTokens, outputTokens, requests or cost must be set.
 // +kubebuilder:validation:XValidation:rule="has(self.tokens) || has(self.inputTokens) || has(self.outputTokens) || has(self.requests) || has(self.cost)",message="must set at least one of tokens, inputTokens, outputTokens, requests or cost"
+// +kubebuilder:validation:XValidation:rule="!has(self.hardLimit) || (has(self.overage) && self.overage == 'Demote')",message="hardLimit is the ceiling above a soft limit: set overage: Demote, or remove hardLimit (a Refuse limit is hard already)"
+// +kubebuilder:validation:XValidation:rule="!has(self.hardLimit) || !has(self.tokens) || !has(self.hardLimit.tokens) || self.hardLimit.tokens >= self.tokens",message="hardLimit.tokens must be at least tokens: the hard ceiling sits above the soft limit"
+// +kubebuilder:validation:XValidation:rule="!has(self.hardLimit) || !has(self.inputTokens) || !has(self.hardLimit.inputTokens) || self.hardLimit.inputTokens >= self.inputTokens",message="hardLimit.inputTokens must be at least inputTokens: the hard ceiling sits above the soft limit"
+// +kubebuilder:validation:XValidation:rule="!has(self.hardLimit) || !has(self.outputTokens) || !has(self.hardLimit.outputTokens) || self.hardLimit.outputTokens >= self.outputTokens",message="hardLimit.outputTokens must be at least outputTokens: the hard ceiling sits above the soft limit"
+// +kubebuilder:validation:XValidation:rule="!has(self.hardLimit) || !has(self.requests) || !has(self.hardLimit.requests) || self.hardLimit.requests >= self.requests",message="hardLimit.requests must be at least requests: the hard ceiling sits above the soft limit"
 type QuotaLimit struct {
 	// window is the calendar period (UTC) the limit applies to: Minute, Hour,
 	// Day, Week (Monday 00:00 UTC) or Month (first day, 00:00 UTC).
@@ -78,6 +127,25 @@ type QuotaLimit struct {
 	// +kubebuilder:validation:XValidation:rule="!self.matches('^9[0-9]{6}') || self.matches('^9000000([.]0{1,6})?$')",message="must be at most 9000000: costs are counted exactly, in 10^-12 units of the currency, in 64-bit integers"
 	// +optional
 	Cost *Decimal `json:"cost,omitempty"`
+
+	// overage says what a request past this limit gets: Refuse (the
+	// default) answers HTTP 429 until the window resets; Demote makes the
+	// limit soft: the request is still admitted, as overflow. Overflow waits
+	// at the proxy's fair queue until no request within its quota waits for
+	// the same model server, goes upstream with the lowest priority (when
+	// spec.priority is set), is counted apart in status.usage[].overflow,
+	// and its response carries x-llm-overage: true. Idle GPUs at night serve
+	// it at full speed; by day it yields to in-quota work.
+	// +kubebuilder:default=Refuse
+	// +optional
+	Overage Overage `json:"overage,omitempty"`
+
+	// hardLimit is a hard ceiling above a soft limit (overage: Demote):
+	// past it, requests are refused with HTTP 429 as past a Refuse limit.
+	// Unset, a soft limit has no ceiling. Each of its caps must be at least
+	// the soft limit's cap of the same resource.
+	// +optional
+	HardLimit *LimitCaps `json:"hardLimit,omitempty"`
 }
 
 // Pricing says what each model's tokens cost, in one currency.
@@ -129,7 +197,8 @@ type ModelPrice struct {
 // +kubebuilder:validation:XValidation:rule="!has(self.limits) || !self.limits.exists(l, has(l.cost)) || has(self.pricing)",message="limits[].cost is a budget in spec.pricing.currency: set spec.pricing (a currency and the models' prices), or remove cost"
 type LLMQuotaSpec struct {
 	// limits are the budgets, at most one per window. Requests are refused once
-	// any window's limit is reached, until that window resets. Empty means no
+	// any window's limit is reached, until that window resets (or, for a limit
+	// with overage: Demote, admitted as overflow). Empty means no
 	// usage limit (the quota then only restricts models and request size).
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=5

@@ -240,6 +240,12 @@ func renderDeployment(in workloadInput, labels map[string]string) *appsv1ac.Depl
 			WithRunAsNonRoot(true).
 			WithCapabilities(corev1ac.Capabilities().WithDrop("ALL"))).
 		WithVolumeMounts(corev1ac.VolumeMount().WithName("upstreams").WithMountPath(UpstreamsMountPath).WithReadOnly(true))
+	if s := p.Counter.Redis.PasswordSecret; s != nil && p.Counter.Store == operatorconfig.CounterRedis {
+		// The proxy reads it from $REDIS_PASSWORD, not a flag, which would
+		// show in ps.
+		container.WithEnv(corev1ac.EnvVar().WithName("REDIS_PASSWORD").
+			WithValueFrom(corev1ac.EnvVarSource().WithSecretKeyRef(corev1ac.SecretKeySelector().WithName(s.Name).WithKey(s.Key))))
+	}
 
 	spec := corev1ac.PodSpec().
 		WithServiceAccountName(name).
@@ -299,11 +305,22 @@ func proxyArgs(in workloadInput) []string {
 		"--refresh-url=" + p.RefreshURL,
 		"--counter=" + string(p.Counter.Store),
 	}
-	if p.Counter.Store == operatorconfig.CounterRedis {
+	if r := p.Counter.Redis; p.Counter.Store == operatorconfig.CounterRedis {
+		switch r.Mode {
+		case operatorconfig.RedisSentinel, operatorconfig.RedisCluster:
+			args = append(args, "--redis-mode="+string(r.Mode), "--redis-addrs="+strings.Join(r.Addresses, ","))
+			if r.MasterName != "" {
+				args = append(args, "--redis-master-name="+r.MasterName)
+			}
+		default:
+			args = append(args, "--redis-addr="+r.Address)
+		}
+		if r.TLS {
+			args = append(args, "--redis-tls=true")
+		}
 		args = append(args,
-			"--redis-addr="+p.Counter.Redis.Address,
-			"--redis-fail-open="+strconv.FormatBool(p.Counter.Redis.FailOpen),
-			dur("redis-lease", p.Counter.Redis.Lease.Duration))
+			"--redis-fail-open="+strconv.FormatBool(r.FailOpen),
+			dur("redis-lease", r.Lease.Duration))
 	}
 	args = append(args,
 		dur("flush-interval", p.FlushInterval.Duration),
@@ -335,6 +352,9 @@ func proxyArgs(in workloadInput) []string {
 		args = append(args, dur("queue-timeout", fq.QueueTimeout.Duration),
 			"--max-queued="+strconv.Itoa(int(fq.MaxQueued)),
 			"--max-queued-per-user="+strconv.Itoa(int(fq.MaxQueuedPerUser)))
+	}
+	if p.InferenceObjectivePrefix != "" {
+		args = append(args, "--inference-objective-prefix="+p.InferenceObjectivePrefix)
 	}
 	if len(p.KVTransferUpstreams) > 0 {
 		args = append(args, "--kv-transfer-upstreams="+strings.Join(p.KVTransferUpstreams, ","))

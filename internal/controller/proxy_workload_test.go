@@ -64,6 +64,7 @@ func TestProxyArgs(t *testing.T) {
 			p.KVTransferUpstreams = []string{"http://prefill:8000", "http://decode:8000"}
 			p.FairQueue.MaxInFlight = 16
 			p.FairQueue.PerUpstream = map[string]int32{"http://vllm:8000": 64, "http://small:8000": 4}
+			p.InferenceObjectivePrefix = "llm-tier-"
 		}, []string{
 			"--listen-address=:18000",
 			"--metrics-bind-address=:19090",
@@ -95,6 +96,7 @@ func TestProxyArgs(t *testing.T) {
 			"--queue-timeout=30s",
 			"--max-queued=1000",
 			"--max-queued-per-user=100",
+			"--inference-objective-prefix=llm-tier-",
 			"--kv-transfer-upstreams=http://prefill:8000,http://decode:8000",
 			"--memory-limit=2Gi",
 			"--zap-log-level=debug",
@@ -107,6 +109,61 @@ func TestProxyArgs(t *testing.T) {
 				t.Errorf("args\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
 			}
 		})
+	}
+}
+
+// TestProxyArgsRedisModes: sentinel and cluster pass their addresses as a
+// list, and the mode.
+func TestProxyArgsRedisModes(t *testing.T) {
+	for _, tc := range []struct {
+		redis operatorconfig.Redis
+		want  []string
+	}{
+		{operatorconfig.Redis{Mode: operatorconfig.RedisCluster, Addresses: []string{"r-0.r:6379", "r-1.r:6379"}},
+			[]string{"--redis-mode=cluster", "--redis-addrs=r-0.r:6379,r-1.r:6379"}},
+		{operatorconfig.Redis{Mode: operatorconfig.RedisSentinel, Addresses: []string{"s:26379"}, MasterName: "counters"},
+			[]string{"--redis-mode=sentinel", "--redis-addrs=s:26379", "--redis-master-name=counters"}},
+	} {
+		c := defaulted(func(p *operatorconfig.Proxy) {
+			p.Counter = operatorconfig.Counter{Store: operatorconfig.CounterRedis, Redis: tc.redis}
+		})
+		got := proxyArgs(workloadInput{Namespace: "ops", JWKSConfigMap: "jwks", Config: c})
+		i := slices.Index(got, "--counter=redis")
+		if i < 0 || len(got) < i+1+len(tc.want) || !slices.Equal(got[i+1:i+1+len(tc.want)], tc.want) || slices.ContainsFunc(got, func(a string) bool { return strings.HasPrefix(a, "--redis-addr=") }) {
+			t.Errorf("mode %s: args\n%s\nwant after --counter=redis\n%s", tc.redis.Mode, strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+		}
+	}
+}
+
+// TestRenderProxyRedisAuth: the Redis password reaches the proxy from its
+// Secret through the environment, never through args; TLS through a flag.
+func TestRenderProxyRedisAuth(t *testing.T) {
+	c := defaulted(func(p *operatorconfig.Proxy) {
+		p.Counter = operatorconfig.Counter{Store: operatorconfig.CounterRedis, Redis: operatorconfig.Redis{Address: "redis:6379", TLS: true,
+			PasswordSecret: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "redis-auth"}, Key: "password"}}}
+	})
+	d := renderProxy(workloadInput{Namespace: "ops", JWKSConfigMap: "jwks", Config: c}).deployment
+	ct := d.Spec.Template.Spec.Containers[0]
+	var ref *corev1.SecretKeySelector
+	for _, e := range ct.Env {
+		if e.Name != nil && *e.Name == "REDIS_PASSWORD" && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+			ref = &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: *e.ValueFrom.SecretKeyRef.Name}, Key: *e.ValueFrom.SecretKeyRef.Key}
+		}
+	}
+	if ref == nil || ref.Name != "redis-auth" || ref.Key != "password" {
+		t.Errorf("REDIS_PASSWORD from %+v, want Secret redis-auth key password", ref)
+	}
+	if !slices.Contains(ct.Args, "--redis-tls=true") {
+		t.Errorf("args %v lack --redis-tls=true", ct.Args)
+	}
+	if slices.ContainsFunc(ct.Args, func(a string) bool { return strings.Contains(a, "password") }) {
+		t.Errorf("args %v name the password", ct.Args)
+	}
+	plain := renderProxy(workloadInput{Namespace: "ops", JWKSConfigMap: "jwks", Config: defaulted(nil)}).deployment
+	for _, e := range plain.Spec.Template.Spec.Containers[0].Env {
+		if *e.Name == "REDIS_PASSWORD" {
+			t.Error("REDIS_PASSWORD set without a password Secret")
+		}
 	}
 }
 

@@ -87,10 +87,17 @@ func judge(entries []llmv1alpha1.WindowUsage, limits []llmv1alpha1.QuotaLimit, n
 		}
 		ws := windowState{Window: e.Window, Start: e.WindowStart.Time, ResetAt: e.ResetAt.Time}
 		seen := false
+		var caps []quota.Limit
 		for _, l := range quota.LimitsFromSpec(limits) {
 			if l.Window != e.Window {
 				continue
 			}
+			caps = append(caps, l)
+			if c := l.Ceiling; c != nil {
+				caps = append(caps, *c)
+			}
+		}
+		for _, l := range caps {
 			currency := e.Currency
 			if currency == "" {
 				currency = "cost"
@@ -124,7 +131,9 @@ func judge(entries []llmv1alpha1.WindowUsage, limits []llmv1alpha1.QuotaLimit, n
 					ws.Top, ws.Percent = cu, pct
 				}
 				seen = true
-				if ws.Exhausted == nil && cu.Exhausted() {
+				// A soft limit refuses nothing: past it requests are
+				// overflow, and only its ceiling exhausts the window.
+				if ws.Exhausted == nil && !l.Soft && cu.Exhausted() {
 					ws.Exhausted = &cu
 				}
 			}

@@ -100,6 +100,15 @@ func TestQuotaExceededDecision(t *testing.T) {
 			"Day window exhausted: 9000000 of 9000000 USD used, none left; requests are refused until it resets at 2026-11-26T00:00:00Z"},
 		{"a window without a limit counts nothing", []llmv1alpha1.WindowUsage{minute(5000, 60)},
 			dayLimit(llmv1alpha1.QuotaLimit{Tokens: i64(100000)}), metav1.ConditionFalse, within},
+		{"past a soft limit without a ceiling: overflow, not exhausted", []llmv1alpha1.WindowUsage{day(900, 600, 300, 9)},
+			dayLimit(llmv1alpha1.QuotaLimit{Tokens: i64(400), Overage: llmv1alpha1.OverageDemote}), metav1.ConditionFalse, within},
+		{"past a soft limit, under its ceiling", []llmv1alpha1.WindowUsage{day(900, 600, 300, 9)},
+			dayLimit(llmv1alpha1.QuotaLimit{Tokens: i64(400), Overage: llmv1alpha1.OverageDemote, HardLimit: &llmv1alpha1.LimitCaps{Tokens: i64(1000)}}),
+			metav1.ConditionFalse, within},
+		{"a soft limit's ceiling reached", []llmv1alpha1.WindowUsage{day(995, 600, 395, 9)},
+			dayLimit(llmv1alpha1.QuotaLimit{Tokens: i64(400), Overage: llmv1alpha1.OverageDemote, HardLimit: &llmv1alpha1.LimitCaps{Tokens: i64(1000)}}),
+			metav1.ConditionTrue,
+			"Day window exhausted: 5 of 1000 tokens left, fewer than the 9 the smallest request needs; requests are refused until it resets at 2026-11-26T00:00:00Z"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

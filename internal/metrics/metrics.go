@@ -21,7 +21,9 @@
 // (llm_proxy_charges_total{basis}: four series in all). The fair queues
 // add llm_proxy_queue_wait_seconds{tier}, llm_proxy_queued_requests and
 // llm_proxy_queue_refusals_total{tier,reason}: series per priority tier in
-// use, none per user.
+// use, none per user; overflow (requests admitted past a soft limit) is
+// counted per quota (llm_proxy_overflow_requests_total and
+// llm_proxy_overflow_tokens_total{type}), not per user.
 // Status codes are counted per namespace and model (llm_proxy_responses_total),
 // a refused user adds a llm_proxy_rejections_total series per reason, and a
 // user's budget gauges are exported once a window passes its first alert
@@ -71,6 +73,27 @@ type Metrics struct {
 	queueWait  *prometheus.HistogramVec
 	queued     prometheus.Gauge
 	queueRefus *prometheus.CounterVec
+	// overflowReqs and overflowTokens count overflow per quota: per-user
+	// series would add a fourth and fifth per user.
+	overflowReqs, overflowTokens *prometheus.CounterVec
+}
+
+// TierOverflow is the tier label of overflow in the fair queue's metrics:
+// requests admitted past a soft limit, served after every priority.
+const TierOverflow = "overflow"
+
+// Overflow counts one charged overflow request of quota.
+func (m *Metrics) Overflow(namespace, quota string, input, output int64) {
+	if m == nil {
+		return
+	}
+	m.overflowReqs.WithLabelValues(namespace, quota).Inc()
+	if input > 0 {
+		m.overflowTokens.WithLabelValues(namespace, quota, "input").Add(float64(input))
+	}
+	if output > 0 {
+		m.overflowTokens.WithLabelValues(namespace, quota, "output").Add(float64(output))
+	}
 }
 
 // Values of llm_proxy_charges_total's basis: what a charge was worked out
@@ -170,9 +193,17 @@ func New(reg prometheus.Registerer, opts Options) *Metrics {
 		Name: "llm_proxy_queue_refusals_total",
 		Help: "Requests refused by the fair queue: timeout (waited queueTimeout), full (the queue or the flow's share of it), left (the client left while waiting).",
 	}, []string{"tier", "reason"})
+	m.overflowReqs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "llm_proxy_overflow_requests_total",
+		Help: "Requests admitted past a soft limit (limits[].overage: Demote) and charged, by namespace and quota: overflow, also counted in llm_user_tokens_total. Each user's own overflow is in status.usage[].overflow and GET /v1/usage.",
+	}, []string{"namespace", "quota"})
+	m.overflowTokens = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "llm_proxy_overflow_tokens_total",
+		Help: "Tokens charged to overflow requests (admitted past a soft limit), by namespace, quota and type (input or output).",
+	}, []string{"namespace", "quota", "type"})
 	if reg != nil {
 		reg.MustRegister(m.tokenUsage, m.duration, m.ttft, m.users, m.responses, m.rejections, m.unsettled, m.budgets, m.charges,
-			m.queueWait, m.queued, m.queueRefus)
+			m.queueWait, m.queued, m.queueRefus, m.overflowReqs, m.overflowTokens)
 	}
 	return m
 }

@@ -78,6 +78,13 @@ type Proxy struct {
 	// every other upstream gets none, since those instruct a KV connector.
 	// Default none.
 	KVTransferUpstreams []string `json:"kvTransferUpstreams,omitempty"`
+	// InferenceObjectivePrefix, when set, sends each request upstream with
+	// X-Gateway-Inference-Objective: the prefix and the request's tier (the
+	// quota's spec.priority, 0 without one, or "overflow" past a soft
+	// limit), for a Gateway API Inference Extension (llm-d) scheduler behind
+	// the proxy: create an InferenceObjective of each such name. Default
+	// none sent.
+	InferenceObjectivePrefix string `json:"inferenceObjectivePrefix,omitempty"`
 	// BaseURL is the OPENAI_BASE_URL written into every token Secret.
 	// Default http://<name>.<namespace>.svc:<port>/v1; set it when clients
 	// reach the proxy through an Ingress.
@@ -151,10 +158,39 @@ type Counter struct {
 	Redis Redis `json:"redis,omitempty"`
 }
 
+// RedisMode says how the proxy reaches Redis.
+type RedisMode string
+
+const (
+	// RedisStandalone is one Redis at Address.
+	RedisStandalone RedisMode = "standalone"
+	// RedisSentinel is the master MasterName, found through the Sentinels at
+	// Addresses.
+	RedisSentinel RedisMode = "sentinel"
+	// RedisCluster is a Redis Cluster, found through the nodes at Addresses;
+	// each request's keys share one hash slot.
+	RedisCluster RedisMode = "cluster"
+)
+
 // Redis is the shared counter store.
 type Redis struct {
-	// Address is the Redis host:port. Required for store redis.
+	// Mode is standalone, sentinel or cluster. Default standalone.
+	Mode RedisMode `json:"mode,omitempty"`
+	// Address is the Redis host:port. Required for store redis in mode
+	// standalone.
 	Address string `json:"address,omitempty"`
+	// Addresses are host:port of the Sentinels (mode sentinel) or of some
+	// of the cluster's nodes (mode cluster).
+	Addresses []string `json:"addresses,omitempty"`
+	// MasterName is the master the Sentinels watch (mode sentinel).
+	MasterName string `json:"masterName,omitempty"`
+	// PasswordSecret is the key of a Secret, in the proxy's namespace,
+	// holding the password the proxies authenticate to Redis with (AUTH, to
+	// the master or the cluster's nodes; not to the Sentinels). Unset: none.
+	PasswordSecret *corev1.SecretKeySelector `json:"passwordSecret,omitempty"`
+	// TLS connects to Redis over TLS, verifying its certificate against the
+	// system's roots.
+	TLS bool `json:"tls,omitempty"`
 	// FailOpen admits requests when Redis is unreachable; default false
 	// refuses them with 503.
 	FailOpen bool `json:"failOpen,omitempty"`
@@ -318,6 +354,9 @@ func (c *OperatorConfig) Default(namespace, operatorImage string) {
 		p.Counter.Store = CounterMemory
 	}
 	defDuration(&p.Counter.Redis.Lease, 30*time.Second)
+	if p.Counter.Redis.Mode == "" {
+		p.Counter.Redis.Mode = RedisStandalone
+	}
 	if p.Metrics.UserBudgets == "" {
 		p.Metrics.UserBudgets = "alerting"
 	}
@@ -388,7 +427,7 @@ func defInt(i *int64, v int64) {
 // what to set, or "" when they can. It is not a validation error: the
 // operator keeps issuing tokens and runs one proxy replica until it is fixed.
 func (p *Proxy) SharedCounterProblem() string {
-	if p.Replicas == nil || *p.Replicas <= 1 || (p.Counter.Store == CounterRedis && p.Counter.Redis.Address != "") {
+	if p.Replicas == nil || *p.Replicas <= 1 || (p.Counter.Store == CounterRedis && p.Counter.Redis.located()) {
 		return ""
 	}
 	return fmt.Sprintf("proxy.replicas is %d but proxy.counter.store is %q: each replica would count quotas on its own "+
@@ -396,3 +435,6 @@ func (p *Proxy) SharedCounterProblem() string {
 		"Set proxy.counter.store: redis and proxy.counter.redis.address: <host:port> (or proxy.replicas: 1)",
 		*p.Replicas, p.Counter.Store, *p.Replicas)
 }
+
+// located reports whether r says where Redis is, whatever its mode.
+func (r *Redis) located() bool { return r.Address != "" || len(r.Addresses) > 0 }

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -125,6 +126,7 @@ func TestDefault(t *testing.T) {
 		{"proxy.shutdownGrace", p.ShutdownGrace.Duration, 30 * time.Second},
 		{"proxy.counter.store", p.Counter.Store, CounterMemory},
 		{"proxy.counter.redis.lease", p.Counter.Redis.Lease.Duration, 30 * time.Second},
+		{"proxy.counter.redis.mode", p.Counter.Redis.Mode, RedisStandalone},
 		{"proxy.metrics.userLabel", *p.Metrics.UserLabel, true},
 		{"proxy.metrics.userBudgets", p.Metrics.UserBudgets, "alerting"},
 		{"proxy.limits.maxRequestBody", p.Limits.MaxRequestBody, int64(10485760)},
@@ -226,6 +228,10 @@ func TestValidate(t *testing.T) {
 		{"relative upstream", func(c *OperatorConfig) { c.Proxy.Upstreams = []string{"vllm:8000"} }, []string{"proxy.upstreams[0]", "absolute http:// or https:// URL"}},
 		{"kv transfer to an unknown upstream", func(c *OperatorConfig) { c.Proxy.KVTransferUpstreams = []string{"http://prefill:8000"} },
 			[]string{"proxy.kvTransferUpstreams[0]", "must be one of proxy.upstreams"}},
+		{"objective prefix in upper case", func(c *OperatorConfig) { c.Proxy.InferenceObjectivePrefix = "LLM-" },
+			[]string{"proxy.inferenceObjectivePrefix", "lower-case letters"}},
+		{"objective prefix ending in a dot", func(c *OperatorConfig) { c.Proxy.InferenceObjectivePrefix = "llm.tier." },
+			[]string{"proxy.inferenceObjectivePrefix", "e.g. llm-tier-"}},
 		{"negative media bound", func(c *OperatorConfig) { c.Proxy.Limits.MediaItemTokens = -1 }, []string{"proxy.limits.mediaItemTokens", "must not be negative"}},
 		{"negative in-flight limit", func(c *OperatorConfig) { c.Proxy.FairQueue.MaxInFlight = -1 }, []string{"proxy.fairQueue.maxInFlight", "must not be negative"}},
 		{"in-flight limit of an unknown upstream", func(c *OperatorConfig) { c.Proxy.FairQueue.PerUpstream = map[string]int32{"http://vllm:8000/": 8} },
@@ -246,6 +252,35 @@ func TestValidate(t *testing.T) {
 			c.Proxy.Counter.Store = CounterRedis
 			c.Proxy.Counter.Redis.Address = "redis"
 		}, []string{"proxy.counter.redis.address", "must be host:port"}},
+		{"unknown redis mode", func(c *OperatorConfig) {
+			c.Proxy.Counter.Store = CounterRedis
+			c.Proxy.Counter.Redis.Mode = "replicated"
+		}, []string{"proxy.counter.redis.mode: Unsupported value", `"cluster"`}},
+		{"cluster without addresses", func(c *OperatorConfig) {
+			c.Proxy.Counter.Store = CounterRedis
+			c.Proxy.Counter.Redis.Mode = RedisCluster
+		}, []string{"proxy.counter.redis.addresses: Required value", "cluster's nodes"}},
+		{"cluster with one address", func(c *OperatorConfig) {
+			c.Proxy.Counter.Store = CounterRedis
+			c.Proxy.Counter.Redis = Redis{Mode: RedisCluster, Address: "redis:6379", Lease: c.Proxy.Counter.Redis.Lease}
+		}, []string{"proxy.counter.redis.address: Forbidden", "mode cluster reads addresses", "proxy.counter.redis.addresses: Required value"}},
+		{"cluster address without port", func(c *OperatorConfig) {
+			c.Proxy.Counter.Store = CounterRedis
+			c.Proxy.Counter.Redis = Redis{Mode: RedisCluster, Addresses: []string{"a:6379", "b"}, Lease: c.Proxy.Counter.Redis.Lease}
+		}, []string{"proxy.counter.redis.addresses[1]", "must be host:port"}},
+		{"sentinel without master name", func(c *OperatorConfig) {
+			c.Proxy.Counter.Store = CounterRedis
+			c.Proxy.Counter.Redis = Redis{Mode: RedisSentinel, Addresses: []string{"s:26379"}, Lease: c.Proxy.Counter.Redis.Lease}
+		}, []string{"proxy.counter.redis.masterName: Required value"}},
+		{"password secret without key", func(c *OperatorConfig) {
+			c.Proxy.Counter.Store = CounterRedis
+			c.Proxy.Counter.Redis.Address = "r:6379"
+			c.Proxy.Counter.Redis.PasswordSecret = &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "auth"}}
+		}, []string{"proxy.counter.redis.passwordSecret.key: Required value"}},
+		{"standalone with addresses", func(c *OperatorConfig) {
+			c.Proxy.Counter.Store = CounterRedis
+			c.Proxy.Counter.Redis = Redis{Mode: RedisStandalone, Address: "r:6379", Addresses: []string{"s:6379"}, MasterName: "m", Lease: c.Proxy.Counter.Redis.Lease}
+		}, []string{"proxy.counter.redis.addresses: Forbidden", "proxy.counter.redis.masterName: Forbidden"}},
 		{"body memory below one body", func(c *OperatorConfig) { c.Proxy.Limits.MaxBodyMemory = 5 }, []string{"proxy.limits.maxBodyMemory", "at least limits.maxRequestBody (10485760)"}},
 		{"negative max tokens", func(c *OperatorConfig) { c.Proxy.Limits.DefaultMaxTokens = -1 }, []string{"proxy.limits.defaultMaxTokens"}},
 		{"write timeout", func(c *OperatorConfig) { c.Proxy.Timeouts.Write = metav1.Duration{Duration: -time.Second} }, []string{"proxy.timeouts.write"}},
@@ -286,23 +321,43 @@ func TestValidateDisabledProxyNeedsNoUpstreams(t *testing.T) {
 	}
 }
 
+func TestParseRedisCluster(t *testing.T) {
+	c, err := Parse([]byte("audience: a\nproxy: {upstreams: [http://vllm:8000], counter: {store: redis, redis: {mode: cluster, addresses: [r-0.r:6379, r-1.r:6379], " +
+		"tls: true, passwordSecret: {name: redis-auth, key: password}}}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Default("ns", "img:1")
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if r := c.Proxy.Counter.Redis; r.Mode != RedisCluster || !slices.Equal(r.Addresses, []string{"r-0.r:6379", "r-1.r:6379"}) {
+		t.Errorf("redis = %+v, want mode cluster at r-0.r:6379 and r-1.r:6379", r)
+	}
+	if r := c.Proxy.Counter.Redis; !r.TLS || r.PasswordSecret == nil || r.PasswordSecret.Name != "redis-auth" || r.PasswordSecret.Key != "password" {
+		t.Errorf("redis = %+v, want TLS and the password from redis-auth's key password", r)
+	}
+}
+
 func TestSharedCounterProblem(t *testing.T) {
 	cases := []struct {
 		name     string
 		replicas int32
 		store    CounterStore
 		address  string
+		addrs    []string
 		want     string // "" for no problem, else a fragment
 	}{
-		{"one replica in memory", 1, CounterMemory, "", ""},
-		{"three replicas on redis", 3, CounterRedis, "redis:6379", ""},
-		{"two replicas in memory", 2, CounterMemory, "", `proxy.replicas is 2 but proxy.counter.store is "memory"`},
-		{"says what to set", 4, CounterMemory, "", "Set proxy.counter.store: redis and proxy.counter.redis.address"},
-		{"redis without address", 2, CounterRedis, "", "only 1 replica runs"},
+		{"one replica in memory", 1, CounterMemory, "", nil, ""},
+		{"three replicas on redis", 3, CounterRedis, "redis:6379", nil, ""},
+		{"three replicas on a redis cluster", 3, CounterRedis, "", []string{"a:6379", "b:6379"}, ""},
+		{"two replicas in memory", 2, CounterMemory, "", nil, `proxy.replicas is 2 but proxy.counter.store is "memory"`},
+		{"says what to set", 4, CounterMemory, "", nil, "Set proxy.counter.store: redis and proxy.counter.redis.address"},
+		{"redis without address", 2, CounterRedis, "", nil, "only 1 replica runs"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			p := Proxy{Replicas: ptr.To(tc.replicas), Counter: Counter{Store: tc.store, Redis: Redis{Address: tc.address}}}
+			p := Proxy{Replicas: ptr.To(tc.replicas), Counter: Counter{Store: tc.store, Redis: Redis{Address: tc.address, Addresses: tc.addrs}}}
 			got := p.SharedCounterProblem()
 			if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
 				t.Errorf("got %q, want %q", got, tc.want)

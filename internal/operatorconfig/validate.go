@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net"
 	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -13,6 +14,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 )
+
+// objectivePrefix is what may start an InferenceObjective's name that a
+// tier ("0", "-5", "overflow") ends.
+var objectivePrefix = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]*[-a-z0-9])?$`)
 
 // Validate checks a defaulted configuration and returns every problem at
 // once, each naming its field and what to set, or nil.
@@ -77,6 +82,13 @@ func (p *Proxy) validate(path *field.Path) field.ErrorList {
 			add(field.Invalid(path.Child("kvTransferUpstreams").Index(i), u, "must be one of proxy.upstreams, as written there"))
 		}
 	}
+	if o := p.InferenceObjectivePrefix; o != "" {
+		// The longest tier appended is "-1000", "overflow" or "1000".
+		if msgs := validation.IsDNS1123Subdomain(o + "overflow"); len(msgs) > 0 || !objectivePrefix.MatchString(o) {
+			add(field.Invalid(path.Child("inferenceObjectivePrefix"), o,
+				"must start an InferenceObjective's name: lower-case letters, digits, '-' and '.', starting with a letter or digit, e.g. llm-tier-"))
+		}
+	}
 	if msg := httpURL(p.BaseURL); msg != "" {
 		add(field.Invalid(path.Child("baseURL"), p.BaseURL, msg+", e.g. https://llm.example.com/v1"))
 	}
@@ -113,11 +125,7 @@ func (p *Proxy) validate(path *field.Path) field.ErrorList {
 	switch p.Counter.Store {
 	case CounterMemory:
 	case CounterRedis:
-		if p.Counter.Redis.Address == "" {
-			add(field.Required(counter.Child("redis", "address"), "counter.store redis needs the Redis address, host:port"))
-		} else if _, _, err := net.SplitHostPort(p.Counter.Redis.Address); err != nil {
-			add(field.Invalid(counter.Child("redis", "address"), p.Counter.Redis.Address, "must be host:port, e.g. redis.llm-user-operator-system.svc:6379"))
-		}
+		errs = append(errs, validateRedis(counter.Child("redis"), &p.Counter.Redis)...)
 	default:
 		add(field.NotSupported(counter.Child("store"), p.Counter.Store, []CounterStore{CounterMemory, CounterRedis}))
 	}
@@ -197,4 +205,58 @@ func httpURL(u string) string {
 		return "must be an absolute http:// or https:// URL"
 	}
 	return ""
+}
+
+// validateRedis checks that r says where Redis is, in the way its mode
+// needs: one address standalone, a list of addresses (and a master name
+// for Sentinel) otherwise.
+func validateRedis(path *field.Path, r *Redis) field.ErrorList {
+	var errs field.ErrorList
+	hostPort := func(p *field.Path, a string) {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			errs = append(errs, field.Invalid(p, a, "must be host:port, e.g. redis.llm-user-operator-system.svc:6379"))
+		}
+	}
+	switch r.Mode {
+	case RedisStandalone:
+		if r.Address == "" {
+			errs = append(errs, field.Required(path.Child("address"), "counter.store redis needs the Redis address, host:port"))
+		} else {
+			hostPort(path.Child("address"), r.Address)
+		}
+		if len(r.Addresses) > 0 {
+			errs = append(errs, field.Forbidden(path.Child("addresses"), "mode standalone reads address; addresses are for mode sentinel or cluster"))
+		}
+	case RedisSentinel, RedisCluster:
+		if r.Address != "" {
+			errs = append(errs, field.Forbidden(path.Child("address"), fmt.Sprintf("mode %s reads addresses, a list of host:port", r.Mode)))
+		}
+		if len(r.Addresses) == 0 {
+			what := "some of the cluster's nodes"
+			if r.Mode == RedisSentinel {
+				what = "the Sentinels"
+			}
+			errs = append(errs, field.Required(path.Child("addresses"), fmt.Sprintf("mode %s needs the host:port of %s", r.Mode, what)))
+		}
+		for i, a := range r.Addresses {
+			hostPort(path.Child("addresses").Index(i), a)
+		}
+	default:
+		errs = append(errs, field.NotSupported(path.Child("mode"), r.Mode, []RedisMode{RedisStandalone, RedisSentinel, RedisCluster}))
+	}
+	if r.Mode == RedisSentinel && r.MasterName == "" {
+		errs = append(errs, field.Required(path.Child("masterName"), "mode sentinel needs the name of the master the Sentinels watch"))
+	}
+	if r.Mode != RedisSentinel && r.MasterName != "" {
+		errs = append(errs, field.Forbidden(path.Child("masterName"), "masterName is for mode sentinel"))
+	}
+	if s := r.PasswordSecret; s != nil {
+		if s.Name == "" {
+			errs = append(errs, field.Required(path.Child("passwordSecret", "name"), "the Secret holding the Redis password"))
+		}
+		if s.Key == "" {
+			errs = append(errs, field.Required(path.Child("passwordSecret", "key"), "the Secret's key holding the Redis password"))
+		}
+	}
+	return errs
 }

@@ -3,6 +3,8 @@ package proxy
 import (
 	"context"
 	"errors"
+	"maps"
+	"math"
 	"sync"
 	"time"
 
@@ -58,7 +60,42 @@ type FairQueue struct {
 	// MaxQueued bounds the requests waiting for one upstream (default 1000);
 	// MaxQueuedPerFlow those of one flow (default 100).
 	MaxQueued, MaxQueuedPerFlow int
+	// Shared, when set, shares the virtual token counters with the other
+	// replicas every SyncInterval (default 500ms): see [SharedCounters].
+	Shared       SharedCounters
+	SyncInterval time.Duration
 }
+
+// SharedCounters shares what each flow was served between the replicas
+// that gate the same upstream, so that a user whose requests land on three
+// replicas is not served three times as fast as one whose requests land on
+// one. Each replica adds what it served a flow (weighted tokens divided by
+// the flow's weight, the counter's unit) to the flow's shared total, and
+// adds to its own counter of the flow what the total grew by beyond its
+// own additions: the other replicas' service. A flow's counter on a replica
+// therefore lags the others' service by at most one SyncInterval.
+type SharedCounters interface {
+	// Exchange adds served (per flow: what this replica served it since the
+	// last call) to the shared totals of upstream's flows, and returns the
+	// totals of flows, which include every key of served. A flow without a
+	// total yet is absent or 0.
+	Exchange(ctx context.Context, upstream string, served map[string]float64, flows []string) (map[string]float64, error)
+}
+
+// Overflow, a request admitted past a soft limit (overage: Demote), is a
+// flow of its own (the user's key and overflowFlow) in overflowTier, after
+// every priority: it is dispatched only when no request within its quota
+// waits for the upstream, and it shares what is left fairly with the
+// other overflow flows.
+const (
+	overflowTier = math.MaxInt32
+	overflowFlow = "\x00overflow"
+)
+
+// overflowPriority is the priority written into overflow sent to a vLLM
+// that schedules by priority (the quota sets spec.priority): after the
+// largest a quota may set (1000).
+var overflowPriority int32 = 1001
 
 // outputWeight is how much more an output token costs the GPU than an
 // input token in the virtual token counter (S-LoRA's w_q = 2, w_p = 1).
@@ -137,6 +174,10 @@ type flow struct {
 	// estimates, set right when they end.
 	holding float64
 	waiting []*waiter
+	// unsent is what this replica served the flow since its last exchange
+	// of shared counters; shared is the flow's shared total as last seen,
+	// negative before the first exchange.
+	unsent, shared float64
 }
 
 func (f *flow) busy() bool { return f.inflight > 0 || len(f.waiting) > 0 }
@@ -174,7 +215,7 @@ func (g *fairGate) acquire(ctx context.Context, key string, tier int32, weight f
 	g.mu.Lock()
 	f := g.flows[key]
 	if f == nil {
-		f = &flow{key: key, tier: tier}
+		f = &flow{key: key, tier: tier, shared: -1}
 		g.flows[key] = f
 	}
 	f.tier = tier
@@ -249,6 +290,7 @@ func (s *slot) end(served float64) {
 	s.f.inflight--
 	s.f.vtc += served/s.weight - s.held
 	s.f.holding -= s.held
+	s.f.unsent += served / s.weight
 	next := g.nextLocked()
 	g.forgetLocked(s.f)
 	if len(g.flows) > 64+2*(g.inflight+g.queued) {
@@ -325,12 +367,88 @@ func (g *fairGate) minVTC(tier int32, self *flow) (float64, bool) {
 	return m, found
 }
 
+// syncShared exchanges the counters of every gate's flows with the other
+// replicas, every SyncInterval until ctx ends.
+func (q *fairQueues) syncShared(ctx context.Context) {
+	every := q.cfg.SyncInterval
+	if every <= 0 {
+		every = 500 * time.Millisecond
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		q.mu.Lock()
+		gates := make(map[string]*fairGate, len(q.gates))
+		maps.Copy(gates, q.gates)
+		q.mu.Unlock()
+		for upstream, g := range gates {
+			_ = g.exchange(ctx, q.cfg.Shared, upstream)
+		}
+	}
+}
+
+// exchange sends what this replica served each flow since the last
+// exchange, and adds to each flow's counter what the others served it.
+// On an error the service is sent again next time.
+func (g *fairGate) exchange(ctx context.Context, sc SharedCounters, upstream string) error {
+	g.mu.Lock()
+	served := make(map[string]float64)
+	flows := make([]string, 0, len(g.flows))
+	for k, f := range g.flows {
+		if f.unsent != 0 {
+			served[k] = f.unsent
+			f.unsent = 0
+		}
+		if served[k] != 0 || f.busy() {
+			flows = append(flows, k)
+		}
+	}
+	g.mu.Unlock()
+	if len(flows) == 0 {
+		return nil
+	}
+	totals, err := sc.Exchange(ctx, upstream, served, flows)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err != nil {
+		for k, v := range served {
+			if f := g.flows[k]; f != nil {
+				f.unsent += v
+			}
+		}
+		return err
+	}
+	for _, k := range flows {
+		f := g.flows[k]
+		if f == nil {
+			continue
+		}
+		total := totals[k]
+		if f.shared >= 0 {
+			// What the total grew by beyond this replica's own service.
+			if others := total - f.shared - served[k]; others > 0 {
+				f.vtc += others
+			}
+		}
+		f.shared = total
+		g.forgetLocked(f)
+	}
+	return nil
+}
+
 // forgetLocked drops an idle flow once no busy flow of its tier is behind
 // it: it would be lifted to their lowest counter on its return anyway, so
 // only a flow that is ahead (has used more) needs remembering, and then
 // only while others are busy. Memory is bounded by the flows in use.
 func (g *fairGate) forgetLocked(f *flow) {
-	if f.busy() {
+	if f.busy() || f.unsent != 0 {
+		// Busy, or what it was served is still to be shared (exchange
+		// forgets it then).
 		return
 	}
 	if m, ok := g.minVTC(f.tier, f); !ok || f.vtc <= m {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/llm-user-operator/llm-user-operator/internal/metrics"
 	"github.com/llm-user-operator/llm-user-operator/internal/openaiapi"
 )
 
@@ -49,6 +50,9 @@ func (ex *exchange) forward() {
 		fairness = ex.user.FairnessID
 	}
 	out.Header = outboundHeader(r.Header, ex.id, fairness)
+	if o := ex.objective(); o != "" {
+		out.Header[headerObjective] = []string{o}
+	}
 	bb, body := ex.bb, ex.body
 	out.Body = bb.reader(body)
 	out.GetBody = func() (io.ReadCloser, error) { return bb.reader(body), nil }
@@ -77,6 +81,22 @@ func (ex *exchange) forward() {
 		return
 	}
 	ex.relayBody(resp)
+}
+
+// objective is the InferenceObjective the request's tier names, "" when
+// the proxy names none.
+func (ex *exchange) objective() string {
+	p, u := ex.p, ex.user
+	if p.objectivePrefix == "" || u == nil {
+		return ""
+	}
+	switch {
+	case ex.overflow:
+		return p.objectivePrefix + metrics.TierOverflow
+	case u.Priority != nil:
+		return p.objectivePrefix + strconv.Itoa(int(*u.Priority))
+	}
+	return p.objectivePrefix + "0"
 }
 
 // forwardedHeaders are the client headers that reach the upstream: content

@@ -200,6 +200,12 @@ type Options struct {
 	// processor), so the default, 0, is the model's context length, which
 	// no prompt can exceed.
 	MediaItemTokens int64
+	// InferenceObjectivePrefix, when set, names the request's tier for a
+	// Gateway API Inference Extension scheduler behind the proxy: the
+	// X-Gateway-Inference-Objective header is the prefix and the tier (the
+	// quota's spec.priority, 0 without one, or "overflow" past a soft
+	// limit). A client's own copy is never forwarded.
+	InferenceObjectivePrefix string
 	// KVTransferUpstreams are the upstreams (as in Upstreams) that receive
 	// the kv_transfer_params clients send; every other upstream gets none.
 	KVTransferUpstreams []string
@@ -258,10 +264,12 @@ type Proxy struct {
 	disableContinuousUsage bool
 	dryRunNotifier         DryRunNotifier
 
-	ids       requestIDs
-	gates     gates
-	fair      *fairQueues
-	unsettled unsettled
+	ids   requestIDs
+	gates gates
+	fair  *fairQueues
+	// objectivePrefix names the tiers' InferenceObjectives ("": none sent).
+	objectivePrefix string
+	unsettled       unsettled
 
 	// stop is canceled by CutRequests: the context of the upstream
 	// requests that outlive their client.
@@ -355,6 +363,7 @@ func New(opts Options) (*Proxy, error) {
 		p.upstreams = append(p.upstreams, u)
 	}
 	p.static, p.upstreamsFile = len(p.upstreams), opts.UpstreamsFile
+	p.objectivePrefix = opts.InferenceObjectivePrefix
 	for _, raw := range opts.KVTransferUpstreams {
 		if p.kvAllowed == nil {
 			p.kvAllowed = map[string]bool{}
@@ -436,6 +445,9 @@ func (p *Proxy) Ready() bool {
 // Start discovers the upstreams' models now and every ModelRefreshInterval
 // until ctx is done. It blocks, like a controller-runtime Runnable.
 func (p *Proxy) Start(ctx context.Context) error {
+	if p.fair != nil && p.fair.cfg.Shared != nil {
+		go p.fair.syncShared(ctx)
+	}
 	for {
 		wait := p.refreshInterval
 		if !p.RefreshModels(ctx) {

@@ -20,9 +20,15 @@ const (
 	// headerFairnessID groups requests into flows for the fair queuing of a
 	// Gateway API Inference Extension (llm-d) scheduler behind the proxy.
 	headerFairnessID = "X-Gateway-Inference-Fairness-Id"
+	// headerObjective names the InferenceObjective of the request's tier
+	// for the same scheduler (Options.InferenceObjectivePrefix).
+	headerObjective = "X-Gateway-Inference-Objective"
 	// headerDryRunExceeded names what a dry-run quota would have refused
 	// (or shortened) in a request it let through.
 	headerDryRunExceeded = "X-Llm-Quota-Dryrun-Exceeded"
+	// headerOverage says a request was admitted past a soft limit
+	// (overage: Demote), as overflow.
+	headerOverage = "X-Llm-Overage"
 )
 
 // refuseQuota answers 429 for a budget without room, saying which window

@@ -132,6 +132,15 @@ type UsageWindow struct {
 	// Models splits Used by model: the window's first models by name, the
 	// usage of any further one summed under "other".
 	Models []UsageModel `json:"models"`
+	// Overage is "Demote" when Limit is soft: past it, requests are still
+	// admitted, as overflow, up to HardLimit (if any). Absent for a hard
+	// limit.
+	Overage llmv1alpha1.Overage `json:"overage,omitempty"`
+	// HardLimit is a soft limit's ceiling, past which requests are refused.
+	HardLimit *UsageUnits `json:"hard_limit,omitempty"`
+	// Overflow is the part of Used admitted past a soft limit; absent when
+	// there was none.
+	Overflow *UsageAmount `json:"overflow,omitempty"`
 }
 
 // UsageAmount is an amount of usage.
@@ -234,30 +243,36 @@ func (p *Proxy) usageOf(ctx context.Context, u *User, claims *token.Claims, now 
 	}
 	priced := u.QuotaFound && u.Pricing != nil
 	var all []quota.WindowStatus
-	userKey := quota.UserKey(u.Namespace, u.Name, u.UID)
+	missing := true
 	for _, b := range u.Budgets {
 		ws, err := p.counter.Status(ctx, b)
 		if err != nil {
 			return nil, nil, err
 		}
 		all = append(all, ws...)
-		life, err := p.counter.Lifetime(ctx, b.Key)
+		var ows []quota.WindowStatus
+		if b.HasSoft() {
+			if ows, err = p.counter.Status(ctx, quota.OverflowBudget(b)); err != nil {
+				return nil, nil, err
+			}
+		}
+		life, err := p.counter.Lifetime(ctx, b)
 		if err != nil {
 			return nil, nil, err
 		}
 		switch b.Kind {
 		case quota.BudgetPool:
-			out.Shared = &UsagePool{Quota: b.Name, Windows: usageWindows(ws, priced), Lifetime: usageAmount(life, priced)}
+			out.Shared = &UsagePool{Quota: b.Name, Windows: usageWindows(ws, ows, priced), Lifetime: usageAmount(life, priced)}
 		default:
-			out.Windows = usageWindows(ws, priced)
+			out.Windows = usageWindows(ws, ows, priced)
 			out.Lifetime = usageAmount(life, priced)
-			userKey = ""
+			missing = false
 		}
 	}
-	if userKey != "" {
+	if missing {
 		// No budget (the quota is missing): what the user was charged
 		// before still counts in their lifetime.
-		life, err := p.counter.Lifetime(ctx, userKey)
+		life, err := p.counter.Lifetime(ctx, quota.UserBudget(u.Namespace, u.Name, u.UID, nil, false))
 		if err != nil {
 			return nil, nil, err
 		}
@@ -266,10 +281,12 @@ func (p *Proxy) usageOf(ctx context.Context, u *User, claims *token.Claims, now 
 	return out, all, nil
 }
 
-// usageWindows converts a budget's windows; priced shows their costs.
-func usageWindows(ws []quota.WindowStatus, priced bool) []UsageWindow {
+// usageWindows converts a budget's windows, with their overflow from ows
+// (the overflow tally's windows in the same order, nil when not read);
+// priced shows their costs.
+func usageWindows(ws, ows []quota.WindowStatus, priced bool) []UsageWindow {
 	out := make([]UsageWindow, 0, len(ws))
-	for _, s := range ws {
+	for i, s := range ws {
 		w := UsageWindow{
 			Window:   s.Limit.Window,
 			Start:    s.Start.UTC(),
@@ -282,6 +299,16 @@ func usageWindows(ws []quota.WindowStatus, priced bool) []UsageWindow {
 			w.Models = append(w.Models, UsageModel{Model: m.Model, UsageAmount: usageAmount(m.Amount, priced)})
 		}
 		w.Limit, w.Remaining = usageLimits(s)
+		if s.Limit.Soft && w.Limit != nil {
+			w.Overage = llmv1alpha1.OverageDemote
+			if c := s.Limit.Ceiling; c != nil {
+				w.HardLimit, _ = usageLimits(quota.WindowStatus{Limit: *c})
+			}
+		}
+		if i < len(ows) && !ows[i].Used.IsZero() {
+			o := usageAmount(ows[i].Used, priced)
+			w.Overflow = &o
+		}
 		out = append(out, w)
 	}
 	return out

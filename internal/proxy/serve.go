@@ -59,8 +59,10 @@ type exchange struct {
 	charged quota.Amount
 	// alert: the reservation crossed an alert threshold (quota.Crossed).
 	alert bool
-	done  bool
-	ttft  time.Duration
+	// overflow: admitted past a soft limit (quota.Decision.Overflow).
+	overflow bool
+	done     bool
+	ttft     time.Duration
 }
 
 // apiHandler serves one endpoint as a short sequence of named phases:
@@ -265,6 +267,11 @@ func (ex *exchange) admit() bool {
 	own := ownedValues{requestID: ex.id, keepKV: p.kvAllowed[ex.up.raw]}
 	if u != nil {
 		own.priority, own.cacheSalt = u.Priority, u.CacheSalt
+		if ex.overflow && u.Priority != nil {
+			// A quota with a priority tells that vLLM schedules by it:
+			// overflow goes after every quota's requests.
+			own.priority = &overflowPriority
+		}
 	}
 	edits = ex.pr.ownedEdits(ex.bb.b, ex.ep, own, edits)
 	if ex.ep.streamUsage && ex.pr.stream {
@@ -302,8 +309,13 @@ func (ex *exchange) dispatch() bool {
 			tier = *u.Priority
 		}
 	}
-	s, err := g.acquire(ex.r.Context(), key, tier, weight, ex.est.InputTokens+outputWeight*ex.est.OutputTokens)
 	tierLabel := strconv.Itoa(int(tier))
+	if ex.overflow {
+		// Overflow is a flow of its own in the last tier: it waits while
+		// any request within its quota waits, the user's own included.
+		key, tier, tierLabel = key+overflowFlow, overflowTier, metrics.TierOverflow
+	}
+	s, err := g.acquire(ex.r.Context(), key, tier, weight, ex.est.InputTokens+outputWeight*ex.est.OutputTokens)
 	switch {
 	case err == nil:
 		ex.slot = s
@@ -359,6 +371,10 @@ func (ex *exchange) reserve() bool {
 	}
 	ex.res, ex.est = res, dec.Granted
 	ex.alert = quota.Crossed(dec.Windows, u.Budgets, dec.Granted)
+	if dec.Overflow {
+		ex.overflow = true
+		ex.w.Header()[headerOverage] = []string{"true"}
+	}
 	if dec.Granted.OutputTokens < req.Estimate.OutputTokens {
 		p.metrics.Reject(u.Namespace, u.Name, metrics.ReasonShortened)
 	}
@@ -448,6 +464,9 @@ func (ex *exchange) record(code int, charge quota.Amount, _ basis, errType strin
 		p.settle(context.WithoutCancel(ex.r.Context()), settlement{res: ex.res, actual: charge, charge: c})
 	} else {
 		p.charged(c)
+	}
+	if ex.overflow && !charge.IsZero() {
+		p.metrics.Overflow(ns, ex.user.QuotaName, charge.InputTokens, charge.OutputTokens)
 	}
 	p.metrics.ObserveRequest(metrics.Request{
 		Namespace: ns, User: name, Model: ex.modelID(), Operation: ex.ep.operation, Code: code,

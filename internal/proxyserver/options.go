@@ -44,6 +44,9 @@ type Options struct {
 	DefaultMaxTokens     int64
 	MediaItemTokens      int64
 	KVTransferUpstreams  []string
+	// InferenceObjectivePrefix names the tiers' InferenceObjectives
+	// (proxy.Options.InferenceObjectivePrefix).
+	InferenceObjectivePrefix string
 	// FairQueue gates each upstream (proxy.FairQueue).
 	FairQueue proxy.FairQueue
 
@@ -54,8 +57,19 @@ type Options struct {
 	StreamIdleTimeout     time.Duration
 
 	// Counter is "memory" (exact for one replica) or "redis" (shared by replicas).
-	Counter       string
-	RedisAddr     string
+	Counter string
+	// RedisMode is "standalone" (RedisAddr), "sentinel" (the master
+	// RedisMasterName through the Sentinels at RedisAddrs) or "cluster"
+	// (the Redis Cluster of the nodes at RedisAddrs).
+	RedisMode       string
+	RedisAddr       string
+	RedisAddrs      []string
+	RedisMasterName string
+	// RedisPassword authenticates to Redis (env REDIS_PASSWORD; no flag, so
+	// that it shows in no process list).
+	RedisPassword string
+	// RedisTLS connects to Redis over TLS, verified by the system's roots.
+	RedisTLS      bool
 	RedisFailOpen bool
 	RedisLease    time.Duration
 
@@ -72,6 +86,10 @@ type Options struct {
 	Logger          logr.Logger
 	RegisterMetric  prometheus.Registerer
 }
+
+// EnvRedisPassword is the environment variable the Redis password is read
+// from.
+const EnvRedisPassword = "REDIS_PASSWORD"
 
 // Defaults are the values a bare command line gets.
 func Defaults() Options {
@@ -92,6 +110,8 @@ func Defaults() Options {
 		UpstreamHeaderTimeout: 10 * time.Minute,
 		StreamIdleTimeout:     2 * time.Minute,
 		Counter:               "memory",
+		RedisMode:             "standalone",
+		RedisPassword:         os.Getenv(EnvRedisPassword),
 		RedisLease:            30 * time.Second,
 		FlushInterval:         10 * time.Second,
 		StatusWriteRate:       200,
@@ -121,6 +141,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.Int64Var(&o.MaxBodyMemoryPerUser, "max-body-memory-per-user", o.MaxBodyMemoryPerUser, "Memory one user's request bodies may hold together, in bytes (default an eighth of --max-body-memory).")
 	fs.Int64Var(&o.DefaultMaxTokens, "default-max-tokens", o.DefaultMaxTokens, "Output cap written into a request that sets none, when the model's context length is unknown and the quota has no maxTokensPerRequest.")
 	fs.Int64Var(&o.MediaItemTokens, "media-item-tokens", o.MediaItemTokens, "Input tokens reserved for each image, audio or video of a prompt (0: the model's context length).")
+	fs.StringVar(&o.InferenceObjectivePrefix, "inference-objective-prefix", "", "When set, each request goes upstream with X-Gateway-Inference-Objective: this prefix and its tier (the quota's spec.priority, 0 without one, or overflow), for an Inference Extension scheduler.")
 	fs.Func("kv-transfer-upstreams", "Comma-separated upstreams (as in --upstreams) that receive the kv_transfer_params clients send; others get none.", func(s string) error {
 		o.KVTransferUpstreams = proxy.ParseUpstreams(s)
 		return nil
@@ -140,7 +161,19 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.UpstreamHeaderTimeout, "upstream-header-timeout", o.UpstreamHeaderTimeout, "Longest wait for an upstream's response headers (a non-streamed answer sends them when generation is done).")
 	fs.DurationVar(&o.StreamIdleTimeout, "stream-idle-timeout", o.StreamIdleTimeout, "Longest gap between two reads of a streamed answer before the stream is cut.")
 	fs.StringVar(&o.Counter, "counter", o.Counter, `Quota counters: "memory" (exact with one replica) or "redis" (shared by replicas).`)
-	fs.StringVar(&o.RedisAddr, "redis-addr", o.RedisAddr, "Redis address for --counter=redis.")
+	fs.StringVar(&o.RedisMode, "redis-mode", o.RedisMode, `How --counter=redis reaches Redis: "standalone" (--redis-addr), "sentinel" (--redis-master-name through the Sentinels at --redis-addrs) or "cluster" (the Redis Cluster of the nodes at --redis-addrs).`)
+	fs.StringVar(&o.RedisAddr, "redis-addr", o.RedisAddr, "Redis address for --counter=redis in --redis-mode=standalone.")
+	fs.Func("redis-addrs", "Comma-separated host:port of the Sentinels (--redis-mode=sentinel) or of some of the cluster's nodes (--redis-mode=cluster).", func(s string) error {
+		o.RedisAddrs = nil
+		for a := range strings.SplitSeq(s, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				o.RedisAddrs = append(o.RedisAddrs, a)
+			}
+		}
+		return nil
+	})
+	fs.StringVar(&o.RedisMasterName, "redis-master-name", o.RedisMasterName, "The master the Sentinels watch, for --redis-mode=sentinel.")
+	fs.BoolVar(&o.RedisTLS, "redis-tls", o.RedisTLS, "Connect to Redis over TLS, verifying its certificate against the system's roots. The password, if any, is read from $"+EnvRedisPassword+".")
 	fs.BoolVar(&o.RedisFailOpen, "redis-fail-open", o.RedisFailOpen, "Admit requests when Redis is unreachable (default: refuse with 503).")
 	fs.DurationVar(&o.RedisLease, "redis-lease", o.RedisLease, "A replica that stops renewing its lease (it crashed) loses its reservations in Redis after this long.")
 	fs.Func("memory-limit", "The container's memory limit (a quantity such as 512Mi; default: the cgroup's). The Go runtime keeps 85% of it as a soft limit, unless GOMEMLIMIT is set.", func(s string) error {
@@ -192,8 +225,20 @@ func (o *Options) Validate() error {
 	switch o.Counter {
 	case "memory":
 	case "redis":
-		if o.RedisAddr == "" {
-			errs = append(errs, errors.New("--counter=redis needs --redis-addr"))
+		switch o.RedisMode {
+		case "standalone":
+			if o.RedisAddr == "" {
+				errs = append(errs, errors.New("--counter=redis needs --redis-addr"))
+			}
+		case "sentinel", "cluster":
+			if len(o.RedisAddrs) == 0 {
+				errs = append(errs, fmt.Errorf("--redis-mode=%s needs --redis-addrs", o.RedisMode))
+			}
+			if o.RedisMode == "sentinel" && o.RedisMasterName == "" {
+				errs = append(errs, errors.New("--redis-mode=sentinel needs --redis-master-name"))
+			}
+		default:
+			errs = append(errs, fmt.Errorf("unknown --redis-mode %q: use standalone, sentinel or cluster", o.RedisMode))
 		}
 		if o.RedisLease < time.Second {
 			errs = append(errs, fmt.Errorf("--redis-lease must be at least 1s, not %s", o.RedisLease))

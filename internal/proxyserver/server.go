@@ -7,12 +7,16 @@ package proxyserver
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"sync"
 	"time"
 
@@ -120,8 +124,14 @@ func Run(ctx context.Context, o Options) error {
 	// each write it merges what another (the other pod of a rolling update)
 	// recorded in status.
 	replica, _ := store.(quota.Replica)
+	var owners *usage.RedisOwners
+	if shared {
+		// One writer per object: the replicas share the counters, so any
+		// of them can write a user's status, and its owner alone does.
+		owners = usage.NewRedisOwners(rs.Client(), "llmq:", replicaID(), o.RedisLease, time.Now)
+	}
 	rec := usage.New(writer, usage.Options{
-		Counter: counter, Replica: replica, Reader: c, APIReader: writer,
+		Counter: counter, Replica: replica, Reader: c, APIReader: writer, Owners: ownersOption(owners),
 		FlushInterval: o.FlushInterval, WriteRate: o.StatusWriteRate, Registerer: reg, Logger: log.WithName("usage"),
 		Observe: func(b *quota.Budget, quotaName string, ws []quota.WindowStatus) {
 			for _, w := range ws {
@@ -139,7 +149,7 @@ func Run(ctx context.Context, o Options) error {
 		Upstreams: o.Upstreams, UpstreamsFile: o.UpstreamsFile,
 		MaxRequestBody: o.MaxRequestBody, MaxBodyMemory: o.MaxBodyMemory, MaxBodyMemoryPerUser: o.MaxBodyMemoryPerUser,
 		DefaultMaxTokens: o.DefaultMaxTokens, MediaItemTokens: o.MediaItemTokens, KVTransferUpstreams: o.KVTransferUpstreams,
-		FairQueue: o.FairQueue,
+		FairQueue: fairQueue(o.FairQueue, store), InferenceObjectivePrefix: o.InferenceObjectivePrefix,
 		Timeouts: proxy.Timeouts{
 			ResponseHeader: o.UpstreamHeaderTimeout, StreamIdle: o.StreamIdleTimeout,
 			BodyRead: o.BodyReadTimeout, Write: o.WriteTimeout,
@@ -187,6 +197,12 @@ func Run(ctx context.Context, o Options) error {
 	if err := rec.Flush(flushCtx); err != nil {
 		log.Error(err, "final usage flush incomplete")
 		serveErr = errors.Join(serveErr, err)
+	}
+	if owners != nil {
+		// What was charged since the flush goes to the other replicas.
+		if err := owners.Leave(flushCtx); err != nil {
+			log.Error(err, "handing this replica's status writes to the others failed; they take them when its lease expires")
+		}
 	}
 	srv.stopOps(flushCtx)
 	if errors.Is(bgErr, context.Canceled) {
@@ -325,16 +341,60 @@ func (s *servers) serve(ctx, bgCtx context.Context) error {
 
 func (s *servers) stopOps(ctx context.Context) { _ = s.ops.Shutdown(ctx) }
 
+// ownersOption keeps a nil *RedisOwners from becoming a non-nil interface.
+func ownersOption(o *usage.RedisOwners) usage.Owners {
+	if o == nil {
+		return nil
+	}
+	return o
+}
+
+// replicaID names this replica among the writers: the pod's name (the
+// Deployment sets HOSTNAME to it) and a random suffix, so that a pod
+// restarted under the same name is a new replica.
+func replicaID() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	host, _ := os.Hostname()
+	return host + "-" + hex.EncodeToString(b[:])
+}
+
+// fairQueue is the fair queue's configuration: with the Redis counter, the
+// replicas share their virtual token counters through it.
+func fairQueue(fq proxy.FairQueue, store quota.Counter) proxy.FairQueue {
+	if rs, ok := store.(*quota.Redis); ok {
+		fq.Shared = proxy.NewRedisCounters(rs.Client(), "llmq:fairq:", 0)
+	}
+	return fq
+}
+
 func newCounter(o Options) (quota.Counter, func(), error) {
 	switch o.Counter {
 	case "memory":
 		return quota.NewMemory(time.Now), func() {}, nil
 	case "redis":
-		rc := redis.NewClient(&redis.Options{Addr: o.RedisAddr})
-		return quota.NewRedis(rc, quota.RedisOptions{Prefix: "llmq:", Lease: o.RedisLease}), func() { _ = rc.Close() }, nil
+		rc := newRedisClient(o)
+		c := quota.NewRedis(rc, quota.RedisOptions{Prefix: "llmq:", Lease: o.RedisLease, Cluster: o.RedisMode == "cluster"})
+		return c, func() { _ = rc.Close() }, nil
 	default:
 		return nil, nil, fmt.Errorf("unknown counter %q: use memory or redis", o.Counter)
 	}
+}
+
+// newRedisClient is the client of o's Redis, in its mode.
+func newRedisClient(o Options) redis.UniversalClient {
+	var tc *tls.Config
+	if o.RedisTLS {
+		tc = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	switch o.RedisMode {
+	case "cluster":
+		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: o.RedisAddrs, Password: o.RedisPassword, TLSConfig: tc})
+	case "sentinel":
+		return redis.NewFailoverClient(&redis.FailoverOptions{MasterName: o.RedisMasterName, SentinelAddrs: o.RedisAddrs,
+			Password: o.RedisPassword, TLSConfig: tc})
+	}
+	return redis.NewClient(&redis.Options{Addr: o.RedisAddr, Password: o.RedisPassword, TLSConfig: tc})
 }
 
 // watchJWKS keeps the verifier's keys equal to the published JWKS.

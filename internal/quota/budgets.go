@@ -1,6 +1,10 @@
 package quota
 
-import llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+import (
+	"cmp"
+
+	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+)
 
 // DefaultAlertThresholds are the alert thresholds of a quota that sets none
 // (the API's default).
@@ -11,7 +15,7 @@ var DefaultAlertThresholds = []int32{80, 95}
 // for a PerUser quota; for a Shared quota, a tally of the same windows with
 // no caps, which refuses nothing and counts the user's share of the pool for
 // status; and without limits, a lifetime alone. A Shared quota's pool comes
-// second.
+// second, and the user's tally carries its Tag.
 func BudgetsFor(u *llmv1alpha1.LLMUser, q *llmv1alpha1.LLMQuota) []Budget {
 	dry := q.Spec.Enforcement == llmv1alpha1.EnforcementDryRun
 	limits := LimitsFromSpec(q.Spec.Limits)
@@ -26,12 +30,20 @@ func BudgetsFor(u *llmv1alpha1.LLMUser, q *llmv1alpha1.LLMQuota) []Budget {
 	}
 	tally := make([]Limit, 0, len(limits))
 	for _, l := range limits {
-		tally = append(tally, Limit{Window: l.Window})
+		tally = append(tally, Limit{Window: l.Window, Soft: l.Soft})
 	}
 	pool := PoolBudget(q.Namespace, q.Name, string(q.UID), limits, dry)
 	pool.Thresholds = thresholds
-	return []Budget{UserBudget(u.Namespace, u.Name, string(u.UID), tally, dry), pool}
+	// The tally shares the pool's tag: one script charges both.
+	user := UserBudget(u.Namespace, u.Name, string(u.UID), tally, dry)
+	user.Tag = pool.Tag
+	return []Budget{user, pool}
 }
+
+// TagOf is the tag of b's counters: its Tag, else its key. A budget
+// derived from b, to be charged in the same request (a tally of it), must
+// carry Tag: TagOf(b).
+func TagOf(b Budget) string { return cmp.Or(b.Tag, b.Key) }
 
 // Crossed reports whether a reservation of granted, after which the windows
 // stand as ws, took one of them across one of its budget's alert thresholds

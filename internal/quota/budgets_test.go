@@ -22,14 +22,15 @@ func TestBudgetsFor(t *testing.T) {
 		want []Budget
 	}{
 		{"per user", quotaOf(llmv1alpha1.ScopePerUser, "", []int32{50}, day), []Budget{
-			{Key: "user/ns/alice/u1", Kind: BudgetUser, Namespace: "ns", Name: "alice", UID: "u1", Limits: []Limit{{Window: llmv1alpha1.WindowDay, Tokens: ptr(100)}}, Thresholds: []int32{50}},
+			{Key: "user/ns/alice/u1", Kind: BudgetUser, Namespace: "ns", Name: "alice", UID: "u1", Limits: []Limit{{Window: llmv1alpha1.WindowDay, Tokens: ptr(100)}}, Thresholds: []int32{50}, Tag: "user/ns/alice/u1"},
 		}},
 		{"no limits: a lifetime", quotaOf(llmv1alpha1.ScopePerUser, "", nil), []Budget{
-			{Key: "user/ns/alice/u1", Kind: BudgetUser, Namespace: "ns", Name: "alice", UID: "u1", Limits: []Limit{}, Thresholds: []int32{80, 95}},
+			{Key: "user/ns/alice/u1", Kind: BudgetUser, Namespace: "ns", Name: "alice", UID: "u1", Limits: []Limit{}, Thresholds: []int32{80, 95}, Tag: "user/ns/alice/u1"},
 		}},
+		// The user's tally shares its pool's tag: one script charges both.
 		{"shared, dry run", quotaOf(llmv1alpha1.ScopeShared, llmv1alpha1.EnforcementDryRun, nil, day), []Budget{
-			{Key: "user/ns/alice/u1", Kind: BudgetUser, Namespace: "ns", Name: "alice", UID: "u1", Limits: []Limit{{Window: llmv1alpha1.WindowDay}}, DryRun: true},
-			{Key: "quota/ns/q/q1", Kind: BudgetPool, Namespace: "ns", Name: "q", UID: "q1", Limits: []Limit{{Window: llmv1alpha1.WindowDay, Tokens: ptr(100)}}, DryRun: true, Thresholds: []int32{80, 95}},
+			{Key: "user/ns/alice/u1", Kind: BudgetUser, Namespace: "ns", Name: "alice", UID: "u1", Limits: []Limit{{Window: llmv1alpha1.WindowDay}}, DryRun: true, Tag: "quota/ns/q/q1"},
+			{Key: "quota/ns/q/q1", Kind: BudgetPool, Namespace: "ns", Name: "q", UID: "q1", Limits: []Limit{{Window: llmv1alpha1.WindowDay, Tokens: ptr(100)}}, DryRun: true, Thresholds: []int32{80, 95}, Tag: "quota/ns/q/q1"},
 		}},
 	} {
 		if got := BudgetsFor(u, tc.q); !reflect.DeepEqual(got, tc.want) {
@@ -92,5 +93,23 @@ func TestAlerting(t *testing.T) {
 	}
 	if Alerting(WindowStatus{Limit: Limit{Window: llmv1alpha1.WindowDay}, Used: amt(100, 100, 100)}, []int32{1}) {
 		t.Error("a window with no caps is never alerting")
+	}
+}
+
+func TestTagOf(t *testing.T) {
+	pool := PoolBudget("ns", "q", "q1", nil, false)
+	derived := Budget{Key: "overflow/" + pool.Key, Tag: TagOf(pool)}
+	for _, tc := range []struct {
+		b    Budget
+		want string
+	}{
+		{UserBudget("ns", "alice", "u1", nil, false), "user/ns/alice/u1"},
+		{pool, "quota/ns/q/q1"},
+		{derived, "quota/ns/q/q1"},
+		{Budget{Key: "bare"}, "bare"},
+	} {
+		if got := TagOf(tc.b); got != tc.want {
+			t.Errorf("TagOf(%s) = %q, want %q", tc.b.Key, got, tc.want)
+		}
 	}
 }

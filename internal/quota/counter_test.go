@@ -464,7 +464,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 				t.Errorf("%s other = %+v", w.Limit.Window, got)
 			}
 		}
-		if got, _ := c.Lifetime(ctx, b.Key); got != ws[0].Used {
+		if got, _ := c.Lifetime(ctx, b); got != ws[0].Used {
 			t.Errorf("lifetime %+v, want the window's %+v", got, ws[0].Used)
 		}
 	})
@@ -475,7 +475,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 		start := WindowStart(day, t0)
 		seed := func(used Amount, models ...ModelAmount) {
 			t.Helper()
-			if err := c.Seed(ctx, b.Key, day, start, used, models); err != nil {
+			if err := c.Seed(ctx, b, day, start, used, models); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -491,10 +491,10 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 		if want := "[{org/a {2 20 2 9 700}} {org/b {1 10 1 0 300}}]"; fmt.Sprint(ws[0].Models) != want {
 			t.Errorf("models %v, want %s", ws[0].Models, want)
 		}
-		if err := c.SeedLifetime(ctx, b.Key, Amount{Requests: 1, CachedInputTokens: 5, Cost: 123_456_789_012_345_678}); err != nil {
+		if err := c.SeedLifetime(ctx, b, Amount{Requests: 1, CachedInputTokens: 5, Cost: 123_456_789_012_345_678}); err != nil {
 			t.Fatal(err)
 		}
-		if got, _ := c.Lifetime(ctx, b.Key); got != (Amount{Requests: 1, CachedInputTokens: 5, Cost: 123_456_789_012_345_678}) {
+		if got, _ := c.Lifetime(ctx, b); got != (Amount{Requests: 1, CachedInputTokens: 5, Cost: 123_456_789_012_345_678}) {
 			t.Errorf("lifetime %+v", got)
 		}
 	})
@@ -504,7 +504,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 		const capv = 9_000_000_000_000_000_000 // 9,000,000 currency units
 		b := UserBudget("team", "rich", "uid-rich", []Limit{{Window: day, Cost: ptr(capv)}}, false)
 		used := Amount{Requests: 1, Cost: capv - 1000 - 3}
-		if err := c.Seed(ctx, b.Key, day, WindowStart(day, t0), used, nil); err != nil {
+		if err := c.Seed(ctx, b, day, WindowStart(day, t0), used, nil); err != nil {
 			t.Fatal(err)
 		}
 		// 1003 left: 1 input token at 3, then 142 output tokens at 7.
@@ -519,7 +519,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 		r, _ = priced(c, []Budget{b}, amt(1, 0, 0), 0, Price{})
 		settle(t, c, r, costed(amt(1, 0, 0), math.MaxInt64-5))
 		checkWindows(t, "saturated", status(t, c, b), window(b, 0, t0, costed(amt(3, 1, 100), math.MaxInt64), Amount{}))
-		if got, _ := c.Lifetime(ctx, b.Key); got.Cost != math.MaxInt64 {
+		if got, _ := c.Lifetime(ctx, b); got.Cost != math.MaxInt64 {
 			t.Errorf("lifetime cost %d, want it saturated at %d", got.Cost, int64(math.MaxInt64))
 		}
 		// Prices at the API's highest (9999999.999999 per million tokens).
@@ -740,7 +740,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 		b := UserBudget("team", "judy", "uid-judy", []Limit{{Window: hour, Tokens: ptr(1000)}, {Window: day, Tokens: ptr(200)}}, false)
 		seed := func(w llmv1alpha1.Window, start time.Time, used Amount) {
 			t.Helper()
-			if err := c.Seed(ctx, b.Key, w, start, used, nil); err != nil {
+			if err := c.Seed(ctx, b, w, start, used, nil); err != nil {
 				t.Fatalf("Seed: %v", err)
 			}
 		}
@@ -763,7 +763,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 		checkExceeded(t, d.Exceeded, &Exceeded{Budget: b.Key, Window: day, Resource: ResourceTokens, Limit: 200, Used: 132, ResetAt: WindowEnd(day, t0)})
 
 		settle(t, c, pending, Amount{})
-		if err := c.Seed(ctx, b.Key, "Year", dayStart, amt(1, 1, 1), nil); err == nil {
+		if err := c.Seed(ctx, b, "Year", dayStart, amt(1, 1, 1), nil); err == nil {
 			t.Error("Seed of an unknown window succeeded")
 		}
 
@@ -783,23 +783,23 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 		r := admit(t, c, []Budget{alice}, amt(1, 100, 100))
 		settle(t, c, r, Amount{}) // released, never charged
 		for _, tc := range []struct {
-			key  string
+			b    Budget
 			want Amount
 		}{
-			{alice.Key, amt(2, 11, 22)},
-			{pool.Key, amt(2, 11, 22)},
-			{free.Key, amt(1, 5, 5)},
-			{UserKey("team", "nobody", "uid-nobody"), Amount{}},
+			{alice, amt(2, 11, 22)},
+			{pool, amt(2, 11, 22)},
+			{free, amt(1, 5, 5)},
+			{UserBudget("team", "nobody", "uid-nobody", nil, false), Amount{}},
 		} {
-			got, err := c.Lifetime(ctx, tc.key)
+			got, err := c.Lifetime(ctx, tc.b)
 			if err != nil || got != tc.want {
-				t.Errorf("Lifetime(%s) = %+v, %v; want %+v", tc.key, got, err, tc.want)
+				t.Errorf("Lifetime(%s) = %+v, %v; want %+v", tc.b.Key, got, err, tc.want)
 			}
 		}
-		if err := c.SeedLifetime(ctx, alice.Key, amt(1, 50, 3)); err != nil {
+		if err := c.SeedLifetime(ctx, alice, amt(1, 50, 3)); err != nil {
 			t.Fatal(err)
 		}
-		if got, _ := c.Lifetime(ctx, alice.Key); got != (amt(2, 50, 22)) {
+		if got, _ := c.Lifetime(ctx, alice); got != (amt(2, 50, 22)) {
 			t.Errorf("Lifetime after seeding = %+v, want each field raised, never lowered", got)
 		}
 	})
@@ -812,7 +812,7 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 		settle(t, c, r, amt(1, 10, 20)) // a retry whose first try landed
 		// The retry neither charges again nor releases the other hold.
 		checkWindows(t, "status", status(t, c, alice), window(alice, 0, t0, amt(1, 10, 20), amt(1, 50, 50)))
-		if got, _ := c.Lifetime(ctx, alice.Key); got != (amt(1, 10, 20)) {
+		if got, _ := c.Lifetime(ctx, alice); got != (amt(1, 10, 20)) {
 			t.Errorf("Lifetime = %+v, want one charge", got)
 		}
 		settle(t, c, other, Amount{})
@@ -929,6 +929,8 @@ func testCounter(t *testing.T, newCounter func(now func() time.Time) Counter) {
 			t.Errorf("%d admitted, %d refused: the run never reached the edge", admitted.Load(), refused.Load())
 		}
 	})
+
+	t.Run("soft limits", func(t *testing.T) { testSoftLimits(t, newCounter) })
 }
 
 func show(p *int64) string {

@@ -128,7 +128,8 @@ func (m *Memory) Reserve(_ context.Context, req Request) (*Reservation, Decision
 		inflight = m.inflight[c.Key]
 	}
 	v := p.decide(state, req, inflight)
-	d := Decision{Allowed: v.allowed, Granted: v.grant, WouldGrant: v.wouldGrant, Exceeded: v.exceeded}
+	d := Decision{Allowed: v.allowed, Granted: v.grant, WouldGrant: v.wouldGrant, Exceeded: v.exceeded,
+		Overflow: v.allowed && v.overage != nil, Overage: v.overage}
 	if !v.allowed {
 		d.Windows = p.windows(state)
 		return nil, d, nil
@@ -139,6 +140,9 @@ func (m *Memory) Reserve(_ context.Context, req Request) (*Reservation, Decision
 		state[i].reserved = c.reserved
 	}
 	r := &Reservation{Budgets: slices.Clone(req.Budgets), Amount: v.grant, At: now, Model: req.Model, ID: reservationIDs.Add(1)}
+	if d.Overflow {
+		r.Overflow = overflowBudgets(req.Budgets)
+	}
 	if c := req.Concurrency; c != nil {
 		m.inflight[c.Key]++
 		r.concurrency = c.Key
@@ -156,6 +160,14 @@ func (m *Memory) Settle(_ context.Context, r *Reservation, actual Amount) error 
 	p, err := newPlan(r.Budgets, r.At)
 	if err != nil {
 		return err
+	}
+	var over plan
+	var now time.Time
+	if len(r.Overflow) > 0 {
+		if over, err = newPlan(r.Overflow, r.At); err != nil {
+			return err
+		}
+		now = m.now()
 	}
 	held := nonNegative(r.Amount)
 	actual = nonNegative(actual)
@@ -180,6 +192,19 @@ func (m *Memory) Settle(_ context.Context, r *Reservation, actual Amount) error 
 	if !actual.IsZero() {
 		for _, k := range keys(r.Budgets) {
 			m.lifetime[k] = m.lifetime[k].Add(actual)
+		}
+		// Overflow tallies hold nothing reserved: their counters start with
+		// the first charge, in the window the request was admitted in.
+		for _, s := range over.slots {
+			c := m.budgets[s.key][s.window]
+			switch {
+			case c == nil && now.Before(s.end):
+				c = m.counter(s)
+			case c == nil || !c.start.Equal(s.start):
+				continue
+			}
+			c.used = c.used.Add(actual)
+			c.models = chargeModel(c.models, r.Model, actual)
 		}
 	}
 	if k := r.concurrency; k != "" {
@@ -211,8 +236,8 @@ func (m *Memory) Status(_ context.Context, b Budget) ([]WindowStatus, error) {
 }
 
 // Seed implements [Counter].
-func (m *Memory) Seed(_ context.Context, budget string, w llmv1alpha1.Window, start time.Time, used Amount, models []ModelAmount) error {
-	s, ok, err := seedSlot(budget, w, start, m.now())
+func (m *Memory) Seed(_ context.Context, b Budget, w llmv1alpha1.Window, start time.Time, used Amount, models []ModelAmount) error {
+	s, ok, err := seedSlot(b.Key, w, start, m.now())
 	if err != nil || !ok {
 		return err
 	}
@@ -230,14 +255,15 @@ func (m *Memory) Seed(_ context.Context, budget string, w llmv1alpha1.Window, st
 }
 
 // Lifetime implements [Counter].
-func (m *Memory) Lifetime(_ context.Context, budget string) (Amount, error) {
+func (m *Memory) Lifetime(_ context.Context, b Budget) (Amount, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.lifetime[budget], nil
+	return m.lifetime[b.Key], nil
 }
 
 // SeedLifetime implements [Counter].
-func (m *Memory) SeedLifetime(_ context.Context, budget string, used Amount) error {
+func (m *Memory) SeedLifetime(_ context.Context, b Budget, used Amount) error {
+	budget := b.Key
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.lifetime[budget] = raise(m.lifetime[budget], nonNegative(used))

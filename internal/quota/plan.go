@@ -29,6 +29,12 @@ import (
 // rounded down to a multiple of the step, and is refused only when that is
 // below one step.
 //
+// A soft limit (overage: Demote) refuses nothing: a request it has no room
+// for, as granted by the others, is admitted as overflow. Its hard ceiling,
+// when it has one, is an enforcing limit of the same window. A dry-run
+// budget's soft limits say nothing (dry-run tells refusals), its ceilings
+// are dry-run too.
+//
 // A cost cap follows the same rule in pico-units, with the estimate priced
 // at its worst case (Price.Bound): its room in output tokens is what is left
 // after the prompt's bound, divided by the output price. A request whose
@@ -144,6 +150,33 @@ type check struct {
 	budget string
 	limit  Limit
 	dryRun bool
+	// soft checks never refuse: they tell overflow (Limit.Soft).
+	soft bool
+	// ceiling checks are a soft limit's hard caps: enforced, but not a
+	// window of their own in what Status and a Decision report.
+	ceiling bool
+}
+
+// checkMode selects the checks that fit applies.
+type checkMode uint8
+
+const (
+	// enforcing: the checks that refuse (neither dry-run nor soft).
+	enforcing checkMode = iota
+	// withDryRun: the enforcing ones and the dry-run ones.
+	withDryRun
+	// softOnly: the soft checks of budgets that enforce.
+	softOnly
+)
+
+func (m checkMode) applies(c check) bool {
+	switch m {
+	case enforcing:
+		return !c.dryRun && !c.soft
+	case withDryRun:
+		return !c.soft
+	}
+	return c.soft && !c.dryRun
 }
 
 // counts is a counter's state in its current window.
@@ -186,7 +219,12 @@ func newPlan(budgets []Budget, now time.Time) (plan, error) {
 					end:    WindowEnd(l.Window, now),
 				})
 			}
-			p.checks = append(p.checks, check{slot: i, budget: b.Key, limit: l, dryRun: b.DryRun})
+			p.checks = append(p.checks, check{slot: i, budget: b.Key, limit: l, dryRun: b.DryRun, soft: l.Soft})
+			if l.Soft && l.Ceiling != nil {
+				c := *l.Ceiling
+				c.Window, c.Soft, c.Ceiling = l.Window, false, nil
+				p.checks = append(p.checks, check{slot: i, budget: b.Key, limit: c, dryRun: b.DryRun, ceiling: true})
+			}
 		}
 	}
 	return p, nil
@@ -200,6 +238,8 @@ type verdict struct {
 	// wouldGrant is what the dry-run limits would have granted as well.
 	wouldGrant Amount
 	exceeded   *Exceeded
+	// overage is the soft limit the grant went past, nil when none did.
+	overage *Exceeded
 }
 
 // decide applies the admission rule to every check, given each slot's state
@@ -208,7 +248,7 @@ type verdict struct {
 // one the caller must report.
 func (p plan) decide(state []counts, req Request, inflight int64) verdict {
 	est := newEstimate(req.Estimate, req.Price)
-	enforced, enfEx := p.fit(state, est, req.OutputStep, false)
+	enforced, enfEx := p.fit(state, est, req.OutputStep, enforcing)
 	v := verdict{grant: enforced, wouldGrant: enforced}
 	if c := req.Concurrency; c != nil && inflight >= c.Limit && enfEx == nil {
 		ex := &Exceeded{Budget: c.Key, Resource: ResourceConcurrency, Limit: c.Limit, Used: inflight, DryRun: c.DryRun}
@@ -225,23 +265,25 @@ func (p plan) decide(state []counts, req Request, inflight int64) verdict {
 	// What the dry-run limits make of the grant: reported, never applied.
 	granted := est
 	granted.Amount = enforced
-	all, dryEx := p.fit(state, granted, req.OutputStep, true)
+	all, dryEx := p.fit(state, granted, req.OutputStep, withDryRun)
 	v.wouldGrant = all
 	if v.exceeded == nil {
 		v.exceeded = dryEx
 	}
+	// A soft limit that has no room for the whole grant makes the request
+	// overflow; it never shortens it.
+	_, v.overage = p.fit(state, granted, 0, softOnly)
 	return v
 }
 
-// fit returns what the checks admit of est: est itself, or with step > 0 as
-// much output as fits in multiples of step; and the limit that refused it,
-// if any. Only enforcing checks count unless withDryRun, in which case a
-// refusal by a dry-run check is reported with DryRun set.
-func (p plan) fit(state []counts, est estimate, step int64, withDryRun bool) (Amount, *Exceeded) {
+// fit returns what the checks mode selects admit of est: est itself, or
+// with step > 0 as much output as fits in multiples of step; and the limit
+// that refused it, if any (a dry-run check's refusal with DryRun set).
+func (p plan) fit(state []counts, est estimate, step int64, mode checkMode) (Amount, *Exceeded) {
 	bind, bindRoom := -1, int64(math.MaxInt64)
 	var bindRooms [5]int64
 	for i, c := range p.checks {
-		if c.dryRun && !withDryRun {
+		if !mode.applies(c) {
 			continue
 		}
 		held := state[c.slot].used.Add(state[c.slot].reserved)
@@ -281,10 +323,14 @@ func (p plan) exceeded(c check, held Amount, r Resource) *Exceeded {
 	}
 }
 
-// windows reports every check's window, in request order.
+// windows reports every limit's window, in request order: one per limit,
+// its ceiling (if any) reported with it.
 func (p plan) windows(state []counts) []WindowStatus {
 	out := make([]WindowStatus, 0, len(p.checks))
 	for _, c := range p.checks {
+		if c.ceiling {
+			continue
+		}
 		s := p.slots[c.slot]
 		out = append(out, WindowStatus{
 			Budget:   c.budget,

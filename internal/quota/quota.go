@@ -64,14 +64,57 @@ type Limit struct {
 	Requests     *int64
 	// Cost caps the cost, in pico-units.
 	Cost *int64
+	// Soft caps never refuse (overage: Demote): a request they have no
+	// room for is admitted as overflow ([Decision.Overflow]).
+	Soft bool
+	// Ceiling is the hard caps above soft ones (hardLimit), enforced as any
+	// limit of the same window; nil for none. Its Window, Soft and Ceiling
+	// are ignored.
+	Ceiling *Limit
 }
 
 // LimitsFromSpec converts an LLMQuota's limits.
 func LimitsFromSpec(in []llmv1alpha1.QuotaLimit) []Limit {
 	out := make([]Limit, 0, len(in))
 	for _, l := range in {
-		out = append(out, Limit{Window: l.Window, Tokens: l.Tokens, InputTokens: l.InputTokens, OutputTokens: l.OutputTokens,
-			Requests: l.Requests, Cost: costCap(l.Cost)})
+		lim := Limit{Window: l.Window, Tokens: l.Tokens, InputTokens: l.InputTokens, OutputTokens: l.OutputTokens,
+			Requests: l.Requests, Cost: costCap(l.Cost), Soft: l.Overage == llmv1alpha1.OverageDemote}
+		if h := l.HardLimit; h != nil && lim.Soft {
+			lim.Ceiling = &Limit{Window: l.Window, Tokens: h.Tokens, InputTokens: h.InputTokens, OutputTokens: h.OutputTokens,
+				Requests: h.Requests, Cost: costCap(h.Cost)}
+		}
+		out = append(out, lim)
+	}
+	return out
+}
+
+// HasSoft reports whether any of b's limits is soft: only then can its
+// requests be overflow.
+func (b Budget) HasSoft() bool {
+	return slices.ContainsFunc(b.Limits, func(l Limit) bool { return l.Soft })
+}
+
+// OverflowKey is the key of the counters that count what budget key was
+// charged for overflow.
+func OverflowKey(budget string) string { return "overflow/" + budget }
+
+// OverflowBudget is the tally of b's overflow: the same windows, no caps.
+// Its windows count the part of b's usage that was admitted past a soft
+// limit; b's own windows count it as well.
+func OverflowBudget(b Budget) Budget {
+	o := Budget{Key: OverflowKey(b.Key), Kind: b.Kind, Namespace: b.Namespace, Name: b.Name, UID: b.UID,
+		Limits: make([]Limit, 0, len(b.Limits)), Tag: TagOf(b)}
+	for _, l := range b.Limits {
+		o.Limits = append(o.Limits, Limit{Window: l.Window})
+	}
+	return o
+}
+
+// overflowBudgets are the overflow tallies of a request's budgets.
+func overflowBudgets(bs []Budget) []Budget {
+	out := make([]Budget, 0, len(bs))
+	for _, b := range bs {
+		out = append(out, OverflowBudget(b))
 	}
 	return out
 }
@@ -118,16 +161,24 @@ type Budget struct {
 	// Thresholds are the percentages of a limit whose crossing is worth
 	// telling at once (alerts); 100 is always one.
 	Thresholds []int32
+	// Tag groups the budgets one request draws on: on Redis Cluster every
+	// key of a budget lives in the hash slot of its tag, so that one script
+	// can touch all of a request's budgets. UserBudget and PoolBudget set it
+	// to the key; a Shared quota's user tally takes its pool's
+	// ([BudgetsFor]); a budget derived from another copies it.
+	Tag string
 }
 
 // UserBudget is the budget of an LLMUser's own counters.
 func UserBudget(namespace, name, uid string, limits []Limit, dryRun bool) Budget {
-	return Budget{Key: UserKey(namespace, name, uid), Kind: BudgetUser, Namespace: namespace, Name: name, UID: uid, Limits: limits, DryRun: dryRun}
+	key := UserKey(namespace, name, uid)
+	return Budget{Key: key, Kind: BudgetUser, Namespace: namespace, Name: name, UID: uid, Limits: limits, DryRun: dryRun, Tag: key}
 }
 
 // PoolBudget is the budget of a Shared LLMQuota's pooled counters.
 func PoolBudget(namespace, name, uid string, limits []Limit, dryRun bool) Budget {
-	return Budget{Key: PoolKey(namespace, name, uid), Kind: BudgetPool, Namespace: namespace, Name: name, UID: uid, Limits: limits, DryRun: dryRun}
+	key := PoolKey(namespace, name, uid)
+	return Budget{Key: key, Kind: BudgetPool, Namespace: namespace, Name: name, UID: uid, Limits: limits, DryRun: dryRun, Tag: key}
 }
 
 // UserKey is the budget key of a user's own counters.
@@ -275,6 +326,11 @@ type Decision struct {
 	// Exceeded is the limit without room (nil when every limit had room),
 	// for an enforcing limit or, with Allowed true, a dry-run one.
 	Exceeded *Exceeded
+	// Overflow: a soft limit had no room for the grant, so the request was
+	// admitted past it; Overage names that limit. Its charge is also counted
+	// in each budget's [OverflowBudget].
+	Overflow bool
+	Overage  *Exceeded
 	// Windows is every window of every budget after the reservation (or
 	// before it, when refused), in request order: for rate-limit headers.
 	Windows []WindowStatus
@@ -292,6 +348,9 @@ type Reservation struct {
 	Model string
 	// ID is unique within the process.
 	ID uint64
+	// Overflow are the overflow tallies ([OverflowBudget]) the charge also
+	// goes to, when the request was admitted past a soft limit.
+	Overflow []Budget
 	// concurrency is the in-flight counter held, "" if none.
 	concurrency string
 	// settled is set by the Memory counter once it settled r.
@@ -333,12 +392,13 @@ type Counter interface {
 	// to at least used (per field), and each model's share to at least what
 	// models say. Counts already higher are kept. It restores what status
 	// recorded before a restart; a window that has ended is ignored.
-	Seed(ctx context.Context, budget string, w llmv1alpha1.Window, start time.Time, used Amount, models []ModelAmount) error
-	// Lifetime returns everything charged to a budget (by its key), in every
-	// window, since its counters began or were seeded.
-	Lifetime(ctx context.Context, budget string) (Amount, error)
+	// Only the budget's Key and Tag are read.
+	Seed(ctx context.Context, b Budget, w llmv1alpha1.Window, start time.Time, used Amount, models []ModelAmount) error
+	// Lifetime returns everything charged to a budget, in every window,
+	// since its counters began or were seeded. Only its Key and Tag are read.
+	Lifetime(ctx context.Context, b Budget) (Amount, error)
 	// SeedLifetime raises a budget's lifetime to at least used (per field).
-	SeedLifetime(ctx context.Context, budget string, used Amount) error
+	SeedLifetime(ctx context.Context, b Budget, used Amount) error
 }
 
 // keys returns the distinct keys of budgets, in order.

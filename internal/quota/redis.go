@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -35,21 +36,50 @@ import (
 // the window ends. Its in-flight requests were never charged, since it never
 // saw their usage.
 //
-// One request touches a user's keys and a Shared quota's pool keys, which no
-// hash tag can put in one Redis Cluster slot. Use a single Redis instance,
-// optionally behind Sentinel ([redis.NewFailoverClient]); Cluster refuses the
-// scripts with CROSSSLOT.
-//
 // Counts kept by Redis are lost if it restarts without persistence. A marker
 // key, set by [Redis.MarkSeeded] once the counts were restored from recorded
 // status with [Counter.Seed], tells: while it is missing Reserve fails with
 // [ErrUnseeded] instead of admitting against empty counters.
+//
+// On a single instance (optionally behind Sentinel, [redis.NewFailoverClient])
+// the keys are laid out as above. With [RedisOptions.Cluster] they are laid
+// out for Redis Cluster, whose scripts may only touch keys of one hash slot:
+//
+//   - every key of a request's budgets, its in-flight hash and its settled
+//     key carry the request's hash tag, the budgets' [Budget.Tag] (a Shared
+//     quota's pool key, also for the user's tally; else the user's key):
+//     <prefix>{<tag>}<budget key>:<window>:<start unix>, or
+//     <prefix>{<budget key>}:... when the tag is the key;
+//   - the leases and the seeded marker are kept once per hash slot, at
+//     <prefix>leases:{<s>} and <prefix>seeded:{<s>}, where s is a short
+//     string that hashes to that slot. [Redis.MarkSeeded] sets all 16384
+//     markers; a master that comes back empty lost exactly the markers of
+//     its slots, so its requests fail with ErrUnseeded until the next
+//     seeding, while the other masters' keep admitting. A replica renews
+//     its lease in the slots it holds reservations in.
+//
+// A failover to a replica that had not yet received the master's last
+// writes (replication is asynchronous) loses them without losing the
+// marker: those few requests' charges and holds, at most the replication
+// lag's worth, go uncounted. A slot migration moves every key of the slot,
+// its marker and leases included, each atomically; meanwhile Redis refuses
+// with TRYAGAIN a script that would create a key in the slot (every Settle
+// does), and the caller retries. A user moved to a quota of another tag (from a
+// PerUser quota to a Shared one, or between pools) starts counting its own
+// share in the new slot; status keeps what it recorded.
 type Redis struct {
 	client  redis.UniversalClient
 	prefix  string
 	now     func() time.Time
 	lease   time.Duration
 	replica string
+	cluster bool
+
+	// held counts this replica's reservations in flight per hash slot
+	// (cluster only): Start renews the lease of those slots.
+	mu    sync.Mutex
+	held  map[uint16]int
+	slots map[uint64]uint16
 }
 
 var _ Counter = (*Redis)(nil)
@@ -67,6 +97,9 @@ type RedisOptions struct {
 	// ReplicaID names this replica's holds (default: random). Two live
 	// replicas must never share one.
 	ReplicaID string
+	// Cluster lays the keys out for Redis Cluster (see [Redis]). Every
+	// replica must agree; the prefix must then have no '{'.
+	Cluster bool
 }
 
 // keyGrace is how long a window's key outlives the window, so that a Settle
@@ -96,42 +129,135 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) *Redis {
 		_, _ = rand.Read(b[:])
 		o.ReplicaID = hex.EncodeToString(b[:])
 	}
-	return &Redis{client: client, prefix: o.Prefix, now: o.Now, lease: o.Lease, replica: o.ReplicaID}
+	return &Redis{client: client, prefix: o.Prefix, now: o.Now, lease: o.Lease, replica: o.ReplicaID, cluster: o.Cluster,
+		held: map[uint16]int{}, slots: map[uint64]uint16{}}
 }
 
 // ErrUnseeded means the shared store lost its counts (a Redis restart) and
 // they must be seeded from status again before admission can be trusted.
 var ErrUnseeded = errors.New("quota: the shared counters are not seeded")
 
-func (r *Redis) marker() string { return r.prefix + "seeded" }
-func (r *Redis) leases() string { return r.prefix + "leases" }
+// requestTag is the one hash tag of a request's keys: its budgets', else
+// its concurrency key's. On a cluster, budgets of different tags cannot
+// share a script.
+func (r *Redis) requestTag(budgets []Budget, concurrency string) (string, error) {
+	if len(budgets) == 0 {
+		return concurrency, nil
+	}
+	tag := TagOf(budgets[0])
+	if r.cluster && !validTag(tag) {
+		return "", fmt.Errorf("quota: budget %q has no valid hash tag %q", budgets[0].Key, tag)
+	}
+	for _, b := range budgets[1:] {
+		if r.cluster && TagOf(b) != tag {
+			return "", fmt.Errorf("quota: budgets %q and %q of one request have different tags %q and %q", budgets[0].Key, b.Key, tag, TagOf(b))
+		}
+	}
+	return tag, nil
+}
+
+// name is how key appears in the keys of a request tagged tag: as it is on
+// a single instance, else with the tag in braces in front (or in braces
+// itself when it is the tag), so that Redis Cluster hashes the tag alone.
+func (r *Redis) name(tag, key string) string {
+	switch {
+	case !r.cluster:
+		return key
+	case tag == key:
+		return "{" + key + "}"
+	}
+	return "{" + tag + "}" + key
+}
+
+// marker is the seeded marker that the keys tagged tag are checked against.
+func (r *Redis) marker(tag string) string {
+	if !r.cluster {
+		return r.prefix + "seeded"
+	}
+	return r.prefix + "seeded:{" + slotTag(hashSlot(tag)) + "}"
+}
+
+// leases is the hash of replica leases for the keys tagged tag.
+func (r *Redis) leases(tag string) string {
+	if !r.cluster {
+		return r.prefix + "leases"
+	}
+	return r.leasesOf(hashSlot(tag))
+}
+
+func (r *Redis) leasesOf(slot uint16) string { return r.prefix + "leases:{" + slotTag(slot) + "}" }
 
 // settledKey marks a reservation settled; the replica id makes the
 // process-wide reservation id unique across replicas.
-func (r *Redis) settledKey(res *Reservation) string {
-	return r.prefix + "settled:" + r.replica + ":" + strconv.FormatUint(res.ID, 36)
+func (r *Redis) settledKey(tag string, res *Reservation) string {
+	t := ""
+	if r.cluster {
+		t = "{" + tag + "}:"
+	}
+	return r.prefix + "settled:" + t + r.replica + ":" + strconv.FormatUint(res.ID, 36)
 }
 
 // lifetimeKey is the hash of a budget's lifetime usage. It never expires:
 // it is one small hash per user, and status restores it after a loss.
-func (r *Redis) lifetimeKey(budget string) string { return r.prefix + budget + ":lifetime" }
-
-// inflightKey is the hash counting a concurrency key's requests in flight.
-func (r *Redis) inflightKey(k string) string { return r.prefix + "inflight:" + k }
-
-// MarkSeeded records that the counters hold what status recorded. Call it
-// after seeding; it never expires.
-func (r *Redis) MarkSeeded(ctx context.Context) error {
-	return r.client.Set(ctx, r.marker(), "1", 0).Err()
+func (r *Redis) lifetimeKey(tag, budget string) string {
+	return r.prefix + r.name(tag, budget) + ":lifetime"
 }
 
-func (r *Redis) key(s slot) string {
-	return r.prefix + s.key + ":" + string(s.window) + ":" + strconv.FormatInt(s.start.Unix(), 10)
+// inflightKey is the hash counting a concurrency key's requests in flight.
+func (r *Redis) inflightKey(tag, k string) string { return r.prefix + "inflight:" + r.name(tag, k) }
+
+// MarkSeeded records that the counters hold what status recorded. Call it
+// after seeding; it never expires. On a cluster it marks every hash slot.
+func (r *Redis) MarkSeeded(ctx context.Context) error {
+	if !r.cluster {
+		return r.client.Set(ctx, r.marker(""), "1", 0).Err()
+	}
+	const batch = 1024
+	for from := 0; from < hashSlots; from += batch {
+		p := r.client.Pipeline()
+		for s := from; s < from+batch; s++ {
+			p.Set(ctx, r.prefix+"seeded:{"+slotTag(uint16(s))+"}", "1", 0)
+		}
+		if _, err := p.Exec(ctx); err != nil {
+			return fmt.Errorf("quota: marking the counters seeded: %w", err)
+		}
+	}
+	return nil
+}
+
+func (r *Redis) key(tag string, s slot) string {
+	return r.prefix + r.name(tag, s.key) + ":" + string(s.window) + ":" + strconv.FormatInt(s.start.Unix(), 10)
 }
 
 // modelsKey is the hash of a window's usage split by model: one field per
 // model ([MaxModels] at most, then "other"), "req in cin out cost".
-func (r *Redis) modelsKey(s slot) string { return r.key(s) + ":models" }
+func (r *Redis) modelsKey(tag string, s slot) string { return r.key(tag, s) + ":models" }
+
+// track remembers a reservation held in tag's hash slot, whose lease Start
+// must then renew; untrack forgets it once settled.
+func (r *Redis) track(id uint64, tag string) {
+	if !r.cluster {
+		return
+	}
+	s := hashSlot(tag)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.slots[id] = s
+	r.held[s]++
+}
+
+func (r *Redis) untrack(id uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.slots[id]
+	if !ok {
+		return
+	}
+	delete(r.slots, id)
+	if r.held[s]--; r.held[s] <= 0 {
+		delete(r.held, s)
+	}
+}
 
 // ttl is the key's lifetime in milliseconds, relative so that it depends on
 // the injected clock alone and not on Redis's clock agreeing with it.
@@ -154,6 +280,14 @@ func (r *Redis) Reserve(ctx context.Context, req Request) (*Reservation, Decisio
 	if err != nil {
 		return nil, Decision{}, err
 	}
+	var conc string
+	if req.Concurrency != nil {
+		conc = req.Concurrency.Key
+	}
+	tag, err := r.requestTag(req.Budgets, conc)
+	if err != nil {
+		return nil, Decision{}, err
+	}
 	est := newEstimate(req.Estimate, req.Price)
 	n := len(p.slots)
 	ks := make([]string, 0, n+3)
@@ -161,10 +295,10 @@ func (r *Redis) Reserve(ctx context.Context, req Request) (*Reservation, Decisio
 	args = append(args, r.replica, now.UnixMilli(), r.lease.Milliseconds(), max(req.OutputStep, 0),
 		est.Requests, est.InputTokens, est.OutputTokens, costArg(est.Cost), costArg(est.inCost), est.outPrice, n)
 	for _, s := range p.slots {
-		ks = append(ks, r.key(s))
+		ks = append(ks, r.key(tag, s))
 	}
 	if c := req.Concurrency; c != nil {
-		ks = append(ks, r.inflightKey(c.Key))
+		ks = append(ks, r.inflightKey(tag, c.Key))
 		args = append(args, 1, c.Limit, boolArg(c.DryRun))
 	} else {
 		args = append(args, 0, -1, 0)
@@ -173,7 +307,7 @@ func (r *Redis) Reserve(ctx context.Context, req Request) (*Reservation, Decisio
 		args = append(args, ttl(s, now))
 	}
 	for _, c := range p.checks {
-		if c.dryRun {
+		if !enforcing.applies(c) {
 			continue
 		}
 		l := c.limit
@@ -183,7 +317,7 @@ func (r *Redis) Reserve(ctx context.Context, req Request) (*Reservation, Decisio
 		}
 		args = append(args, c.slot+1, capArg(l.Tokens), capArg(l.InputTokens), capArg(l.OutputTokens), capArg(l.Requests), costCap)
 	}
-	ks = append(ks, r.leases(), r.marker())
+	ks = append(ks, r.leases(tag), r.marker(tag))
 	reply, err := reserveScript.Run(ctx, r.client, ks, args...).Slice()
 	if err != nil {
 		return nil, Decision{}, fmt.Errorf("quota: reserve in redis: %w", err)
@@ -204,7 +338,7 @@ func (r *Redis) Reserve(ctx context.Context, req Request) (*Reservation, Decisio
 	}
 	// The script decided; the same rule over the same state names why.
 	v := p.decide(state, req, running)
-	d := Decision{Allowed: ok == 1, Exceeded: v.exceeded, WouldGrant: v.wouldGrant}
+	d := Decision{Allowed: ok == 1, Exceeded: v.exceeded, WouldGrant: v.wouldGrant, Overflow: ok == 1 && v.overage != nil, Overage: v.overage}
 	if !d.Allowed {
 		d.WouldGrant = Amount{}
 		if d.Exceeded == nil || d.Exceeded.DryRun {
@@ -220,9 +354,13 @@ func (r *Redis) Reserve(ctx context.Context, req Request) (*Reservation, Decisio
 	}
 	d.Windows = p.windows(state)
 	res := &Reservation{Budgets: slices.Clone(req.Budgets), Amount: d.Granted, At: now, Model: req.Model, ID: reservationIDs.Add(1)}
+	if d.Overflow {
+		res.Overflow = overflowBudgets(req.Budgets)
+	}
 	if c := req.Concurrency; c != nil {
 		res.concurrency = c.Key
 	}
+	r.track(res.ID, tag)
 	return res, d, nil
 }
 
@@ -311,11 +449,25 @@ func (r *Redis) Settle(ctx context.Context, res *Reservation, actual Amount) err
 	if err != nil {
 		return err
 	}
+	if len(res.Overflow) > 0 {
+		// The overflow tallies' windows are charged like the budgets' own;
+		// they hold nothing, so releasing the hold there releases nothing.
+		over, err := newPlan(res.Overflow, res.At)
+		if err != nil {
+			return err
+		}
+		p.slots = append(p.slots, over.slots...)
+	}
 	held := nonNegative(res.Amount)
 	actual = nonNegative(actual)
 	budgets := keys(res.Budgets)
 	if len(p.slots) == 0 && res.concurrency == "" && (actual.IsZero() || len(budgets) == 0) {
+		r.untrack(res.ID)
 		return nil
+	}
+	tag, err := r.requestTag(res.Budgets, res.concurrency)
+	if err != nil {
+		return err
 	}
 	ks := make([]string, 0, 2*len(p.slots)+3+len(budgets))
 	args := make([]any, 0, 14+len(p.slots))
@@ -323,19 +475,19 @@ func (r *Redis) Settle(ctx context.Context, res *Reservation, actual Amount) err
 		actual.Requests, actual.InputTokens, actual.CachedInputTokens, actual.OutputTokens, costArg(actual.Cost),
 		len(p.slots), boolArg(res.concurrency != ""), settledTTL.Milliseconds(), res.Model)
 	for _, s := range p.slots {
-		ks = append(ks, r.key(s))
+		ks = append(ks, r.key(tag, s))
 		args = append(args, ttl(s, now))
 	}
 	for _, s := range p.slots {
-		ks = append(ks, r.modelsKey(s))
+		ks = append(ks, r.modelsKey(tag, s))
 	}
 	if res.concurrency != "" {
-		ks = append(ks, r.inflightKey(res.concurrency))
+		ks = append(ks, r.inflightKey(tag, res.concurrency))
 	}
 	for _, b := range budgets {
-		ks = append(ks, r.lifetimeKey(b))
+		ks = append(ks, r.lifetimeKey(tag, b))
 	}
-	ks = append(ks, r.marker(), r.settledKey(res))
+	ks = append(ks, r.marker(tag), r.settledKey(tag, res))
 	n, err := settleScript.Run(ctx, r.client, ks, args...).Int64()
 	if err != nil {
 		return fmt.Errorf("quota: settle in redis: %w", err)
@@ -343,6 +495,7 @@ func (r *Redis) Settle(ctx context.Context, res *Reservation, actual Amount) err
 	if n < 0 {
 		return ErrUnseeded
 	}
+	r.untrack(res.ID)
 	return nil
 }
 
@@ -355,14 +508,15 @@ func (r *Redis) Status(ctx context.Context, b Budget) ([]WindowStatus, error) {
 	}
 	state := make([]counts, len(p.slots))
 	if len(p.slots) > 0 {
+		tag := TagOf(b)
 		keys := make([]string, 0, 2*len(p.slots)+1)
 		for _, s := range p.slots {
-			keys = append(keys, r.key(s))
+			keys = append(keys, r.key(tag, s))
 		}
 		for _, s := range p.slots {
-			keys = append(keys, r.modelsKey(s))
+			keys = append(keys, r.modelsKey(tag, s))
 		}
-		reply, err := statusScript.Run(ctx, r.client, append(keys, r.leases()), now.UnixMilli(), r.replica).Slice()
+		reply, err := statusScript.Run(ctx, r.client, append(keys, r.leases(tag)), now.UnixMilli(), r.replica).Slice()
 		if err != nil {
 			return nil, fmt.Errorf("quota: status from redis: %w", err)
 		}
@@ -386,9 +540,9 @@ func (r *Redis) Status(ctx context.Context, b Budget) ([]WindowStatus, error) {
 }
 
 // Seed implements [Counter].
-func (r *Redis) Seed(ctx context.Context, budget string, w llmv1alpha1.Window, start time.Time, used Amount, models []ModelAmount) error {
+func (r *Redis) Seed(ctx context.Context, b Budget, w llmv1alpha1.Window, start time.Time, used Amount, models []ModelAmount) error {
 	now := r.now()
-	s, ok, err := seedSlot(budget, w, start, now)
+	s, ok, err := seedSlot(b.Key, w, start, now)
 	if err != nil || !ok {
 		return err
 	}
@@ -400,15 +554,17 @@ func (r *Redis) Seed(ctx context.Context, budget string, w llmv1alpha1.Window, s
 	for _, m := range models {
 		args = append(args, m.Model, packModel(nonNegative(m.Amount)))
 	}
-	if err := seedScript.Run(ctx, r.client, []string{r.key(s), r.modelsKey(s)}, args...).Err(); err != nil {
+	tag := TagOf(b)
+	if err := seedScript.Run(ctx, r.client, []string{r.key(tag, s), r.modelsKey(tag, s)}, args...).Err(); err != nil {
 		return fmt.Errorf("quota: seed in redis: %w", err)
 	}
 	return nil
 }
 
 // Lifetime implements [Counter].
-func (r *Redis) Lifetime(ctx context.Context, budget string) (Amount, error) {
-	v, err := r.client.HMGet(ctx, r.lifetimeKey(budget), "req", "in", "cin", "out", "cost").Result()
+func (r *Redis) Lifetime(ctx context.Context, b Budget) (Amount, error) {
+	key := r.lifetimeKey(TagOf(b), b.Key)
+	v, err := r.client.HMGet(ctx, key, "req", "in", "cin", "out", "cost").Result()
 	if err != nil {
 		return Amount{}, fmt.Errorf("quota: lifetime from redis: %w", err)
 	}
@@ -416,7 +572,7 @@ func (r *Redis) Lifetime(ctx context.Context, budget string) (Amount, error) {
 	for i, f := range v {
 		if s, ok := f.(string); ok {
 			if a[i], err = strconv.ParseInt(s, 10, 64); err != nil {
-				return Amount{}, fmt.Errorf("quota: lifetime from redis: %s field %d is %q", r.lifetimeKey(budget), i, s)
+				return Amount{}, fmt.Errorf("quota: lifetime from redis: %s field %d is %q", key, i, s)
 			}
 		}
 	}
@@ -424,22 +580,35 @@ func (r *Redis) Lifetime(ctx context.Context, budget string) (Amount, error) {
 }
 
 // SeedLifetime implements [Counter].
-func (r *Redis) SeedLifetime(ctx context.Context, budget string, used Amount) error {
+func (r *Redis) SeedLifetime(ctx context.Context, b Budget, used Amount) error {
 	used = nonNegative(used)
 	if used.IsZero() {
 		return nil
 	}
-	if err := seedLifetimeScript.Run(ctx, r.client, []string{r.lifetimeKey(budget)},
+	if err := seedLifetimeScript.Run(ctx, r.client, []string{r.lifetimeKey(TagOf(b), b.Key)},
 		used.Requests, used.InputTokens, used.CachedInputTokens, used.OutputTokens, costArg(used.Cost)).Err(); err != nil {
 		return fmt.Errorf("quota: seed lifetime in redis: %w", err)
 	}
 	return nil
 }
 
-// Renew renews this replica's lease now.
+// Renew renews this replica's lease now: on a cluster, in every hash slot
+// it holds reservations in (Reserve renews it in the slot it reserves in).
 func (r *Redis) Renew(ctx context.Context) error {
-	if err := renewScript.Run(ctx, r.client, []string{r.leases()}, r.replica, r.now().UnixMilli(), r.lease.Milliseconds()).Err(); err != nil {
-		return fmt.Errorf("quota: renewing the lease in redis: %w", err)
+	keys := []string{r.leases("")}
+	if r.cluster {
+		r.mu.Lock()
+		keys = keys[:0]
+		for s := range r.held {
+			keys = append(keys, r.leasesOf(s))
+		}
+		r.mu.Unlock()
+	}
+	now := r.now().UnixMilli()
+	for _, k := range keys {
+		if err := renewScript.Run(ctx, r.client, []string{k}, r.replica, now, r.lease.Milliseconds()).Err(); err != nil {
+			return fmt.Errorf("quota: renewing the lease in redis: %w", err)
+		}
 	}
 	return nil
 }
@@ -460,3 +629,7 @@ func (r *Redis) Start(ctx context.Context) error {
 		}
 	}
 }
+
+// Client is the Redis client the counter uses, for the proxy's other state
+// shared between replicas (the fair queues' counters).
+func (r *Redis) Client() redis.UniversalClient { return r.client }

@@ -170,10 +170,10 @@ func TestRedisMatchesMemory(t *testing.T) {
 			w := b.Limits[rng.IntN(len(b.Limits))].Window
 			start := WindowStart(w, clock.Now())
 			used := amount(400)
-			if err := mem.Seed(ctx, b.Key, w, start, used, nil); err != nil {
+			if err := mem.Seed(ctx, b, w, start, used, nil); err != nil {
 				t.Fatal(err)
 			}
-			if err := red.Seed(ctx, b.Key, w, start, used, nil); err != nil {
+			if err := red.Seed(ctx, b, w, start, used, nil); err != nil {
 				t.Fatal(err)
 			}
 		default:
@@ -185,8 +185,8 @@ func TestRedisMatchesMemory(t *testing.T) {
 	}
 	for _, b := range budgets {
 		checkWindows(t, "final redis vs memory "+b.Key, status(t, red, b), status(t, mem, b)...)
-		lr, _ := red.Lifetime(ctx, b.Key)
-		lm, _ := mem.Lifetime(ctx, b.Key)
+		lr, _ := red.Lifetime(ctx, b)
+		lm, _ := mem.Lifetime(ctx, b)
 		if lr != lm {
 			t.Errorf("lifetime of %s: redis %+v, memory %+v", b.Key, lr, lm)
 		}
@@ -278,10 +278,10 @@ func TestRedisMatchesMemoryCosts(t *testing.T) {
 						used.Cost = c - rng.Int64N(scale.unit/2)
 					}
 					seed := []ModelAmount{{Model: models[rng.IntN(len(models))], Amount: used}, {Model: OtherModels, Amount: amount(50)}}
-					if err := mem.Seed(ctx, b.Key, w, start, used, seed); err != nil {
+					if err := mem.Seed(ctx, b, w, start, used, seed); err != nil {
 						t.Fatal(err)
 					}
-					if err := red.Seed(ctx, b.Key, w, start, used, seed); err != nil {
+					if err := red.Seed(ctx, b, w, start, used, seed); err != nil {
 						t.Fatal(err)
 					}
 					if w == minute {
@@ -308,8 +308,8 @@ func TestRedisMatchesMemoryCosts(t *testing.T) {
 						t.Errorf("%s %s models: redis %v, memory %v", b.Key, sr[i].Limit.Window, sr[i].Models, sm[i].Models)
 					}
 				}
-				lr, _ := red.Lifetime(ctx, b.Key)
-				lm, _ := mem.Lifetime(ctx, b.Key)
+				lr, _ := red.Lifetime(ctx, b)
+				lm, _ := mem.Lifetime(ctx, b)
 				if lr != lm {
 					t.Errorf("lifetime of %s: redis %+v, memory %+v", b.Key, lr, lm)
 				}
@@ -322,12 +322,15 @@ func TestRedisMatchesMemoryCosts(t *testing.T) {
 // its lease (it crashed) are dropped once the lease has expired, while a live
 // replica's holds stay as long as it renews.
 func TestRedisLeases(t *testing.T) {
-	ctx := context.Background()
 	addr, _ := redisserver.Start(t)
-	client := newRedisClient(t, addr)
+	testLeases(t, newRedisClient(t, addr), false)
+}
+
+func testLeases(t *testing.T, client redis.UniversalClient, cluster bool) {
+	ctx := context.Background()
 	clock := newFakeClock(t0)
 	opts := func(id string) RedisOptions {
-		return RedisOptions{Prefix: "lease:", Now: clock.Now, Lease: 30 * time.Second, ReplicaID: id}
+		return RedisOptions{Prefix: "lease:", Now: clock.Now, Lease: 30 * time.Second, ReplicaID: id, Cluster: cluster}
 	}
 	crashed := seeded(t, NewRedis(client, opts("crashed")))
 	alive := NewRedis(client, opts("alive"))
@@ -366,7 +369,7 @@ func TestRedisLeases(t *testing.T) {
 	}
 	checkWindows(t, "after the crashed replica's lease", status(t, alive, b), window(b, 0, clock.Now(), Amount{}, amt(1, 100, 100)))
 	r := hold(alive, amt(1, 600, 200))
-	key := "lease:" + b.Key + ":Day:" + fmt.Sprint(WindowStart(day, t0).Unix())
+	key := alive.key(b.Tag, slot{key: b.Key, window: day, start: WindowStart(day, t0)})
 	got, err := client.HGetAll(ctx, key).Result()
 	if err != nil {
 		t.Fatal(err)
@@ -383,7 +386,7 @@ func TestRedisLeases(t *testing.T) {
 	if want := map[string]string{"req": "2", "in": "700", "out": "240"}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("%s = %v after settling, want %v", key, got, want)
 	}
-	if n, _ := client.HLen(ctx, "lease:inflight:"+b.Key).Result(); n != 0 {
+	if n, _ := client.HLen(ctx, alive.inflightKey(b.Tag, b.Key)).Result(); n != 0 {
 		t.Errorf("in-flight hash has %d fields after every request settled, want 0", n)
 	}
 }
@@ -448,7 +451,7 @@ func TestRedisUnavailable(t *testing.T) {
 	if _, err := c.Status(ctx, b); err == nil {
 		t.Error("Status succeeded with Redis down")
 	}
-	if err := c.Seed(ctx, b.Key, hour, t0, amt(1, 1, 1), nil); err == nil {
+	if err := c.Seed(ctx, b, hour, t0, amt(1, 1, 1), nil); err == nil {
 		t.Error("Seed succeeded with Redis down")
 	}
 

@@ -21,10 +21,10 @@ func TestMemoryMerge(t *testing.T) {
 
 	// Started from status (the new pod of a rolling update), then served
 	// one request of its own.
-	if err := m.Seed(ctx, b.Key, day, start, amt(2, 60, 40), []ModelAmount{{"llama", amt(2, 60, 40)}}); err != nil {
+	if err := m.Seed(ctx, b, day, start, amt(2, 60, 40), []ModelAmount{{"llama", amt(2, 60, 40)}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.SeedLifetime(ctx, b.Key, amt(7, 560, 540)); err != nil {
+	if err := m.SeedLifetime(ctx, b, amt(7, 560, 540)); err != nil {
 		t.Fatal(err)
 	}
 	charge(t, m, []Budget{b}, amt(1, 10, 10))
@@ -32,7 +32,7 @@ func TestMemoryMerge(t *testing.T) {
 	// The old pod wrote 1 request, 5 in and 7 out beyond the seed.
 	m.Merge(b.Key, rec(amt(3, 65, 47), ModelAmount{"llama", amt(3, 65, 47)}))
 	checkWindows(t, "after the other replica's write", status(t, m, b), window(b, 0, t0, amt(4, 75, 57), Amount{}))
-	if lt, _ := m.Lifetime(ctx, b.Key); lt != amt(9, 575, 557) {
+	if lt, _ := m.Lifetime(ctx, b); lt != amt(9, 575, 557) {
 		t.Errorf("lifetime %+v, want %+v", lt, amt(9, 575, 557))
 	}
 	// Seen already: nothing more.
@@ -47,7 +47,7 @@ func TestMemoryMerge(t *testing.T) {
 	m.Wrote(b.Key, rec(amt(4, 75, 57), ours...))
 	m.Merge(b.Key, rec(amt(4, 75, 57), ours...))
 	checkWindows(t, "its own write read back", status(t, m, b), window(b, 0, t0, amt(4, 75, 57), Amount{}))
-	if lt, _ := m.Lifetime(ctx, b.Key); lt != amt(9, 575, 557) {
+	if lt, _ := m.Lifetime(ctx, b); lt != amt(9, 575, 557) {
 		t.Errorf("lifetime after its own write %+v, want %+v", lt, amt(9, 575, 557))
 	}
 
@@ -75,7 +75,7 @@ func TestMemoryMergeFirstSight(t *testing.T) {
 	lt := amt(2, 30, 20)
 	m.Merge(b.Key, Recorded{Windows: []RecordedWindow{{Window: day, Start: WindowStart(day, t0), Used: amt(2, 30, 20)}}, Lifetime: &lt})
 	checkWindows(t, "first sight", status(t, m, b), window(b, 0, t0, amt(2, 30, 20), Amount{}))
-	if got, _ := m.Lifetime(context.Background(), b.Key); got != amt(2, 30, 20) {
+	if got, _ := m.Lifetime(context.Background(), b); got != amt(2, 30, 20) {
 		t.Errorf("lifetime %+v, want %+v", got, amt(2, 30, 20))
 	}
 }

@@ -35,6 +35,8 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -77,6 +79,10 @@ type Options struct {
 	// beyond what it has seen, another replica's usage (see [quota.Replica]).
 	// Default: Counter itself, when it is one.
 	Replica quota.Replica
+	// Owners, when set, makes each object's status written by one replica
+	// only, its owner (see [Owners]); the others mark what they charged for
+	// it. Default: every replica writes what it charged.
+	Owners Owners
 	// FieldOwner is the field manager of the status writes (default "llm-user-proxy").
 	FieldOwner string
 	// Logger receives write failures (default: discard).
@@ -119,6 +125,9 @@ type Recorder struct {
 	fieldOwner string
 	log        logr.Logger
 	metrics    *recorderMetrics
+	owners     Owners
+	// nextSync is when the owners' marks are next exchanged.
+	nextSync time.Time
 
 	mu sync.Mutex
 	// objects are those with something to write, or written lately.
@@ -138,6 +147,7 @@ func New(c client.Client, opts Options) *Recorder {
 		interval:   opts.FlushInterval,
 		workers:    opts.Workers,
 		now:        opts.Now,
+		owners:     opts.Owners,
 		fieldOwner: opts.FieldOwner,
 		log:        opts.Logger,
 		objects:    make(map[objKey]*objState),
@@ -227,6 +237,26 @@ type objState struct {
 	written time.Time
 	// busy: a write of it is in flight.
 	busy bool
+	// mark is its owner's mark in Redis (with [Owners]), removed once the
+	// object is written.
+	mark OwnedMark
+}
+
+// ownersSync is how often the marks of changed objects are exchanged with
+// their owners.
+const ownersSync = time.Second
+
+// String names k in the owners' marks.
+func (k objKey) String() string {
+	return strconv.Itoa(int(k.kind)) + "/" + k.namespace + "/" + k.name + "/" + k.uid
+}
+
+func parseObjKey(s string) (objKey, bool) {
+	parts := strings.SplitN(s, "/", 4)
+	if len(parts) != 4 || (parts[0] != "0" && parts[0] != "1") {
+		return objKey{}, false
+	}
+	return objKey{kind(parts[0][0] - '0'), parts[1], parts[2], parts[3]}, true
 }
 
 // Charge records that c changed the usage of its user (and, for a Shared
@@ -240,13 +270,47 @@ func (r *Recorder) Charge(c quota.Charge) {
 	if at.IsZero() {
 		at = r.now()
 	}
+	user := objKey{kindUser, c.Namespace, c.User, c.UserUID}
+	pool := objKey{kindQuota, c.Namespace, c.Quota, c.QuotaUID}
+	if r.owners != nil {
+		// The owner writes it, this replica included when it is the owner.
+		r.owners.Mark(user.String(), at, c.Alert)
+		if c.Pool && c.Quota != "" {
+			r.owners.Mark(pool.String(), at, c.Alert)
+		}
+		return
+	}
 	now := r.now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.markLocked(objKey{kindUser, c.Namespace, c.User, c.UserUID}, now, at, c.Alert)
+	r.markLocked(user, now, at, c.Alert)
 	if c.Pool && c.Quota != "" {
-		r.markLocked(objKey{kindQuota, c.Namespace, c.Quota, c.QuotaUID}, now, at, c.Alert)
+		r.markLocked(pool, now, at, c.Alert)
 	}
+}
+
+// syncOwners sends this replica's marks to their owners and marks dirty the
+// objects this replica owns that anyone charged.
+func (r *Recorder) syncOwners(ctx context.Context) error {
+	marks, err := r.owners.Sync(ctx)
+	if err != nil {
+		return err
+	}
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, m := range marks {
+		k, ok := parseObjKey(m.Key)
+		if !ok {
+			continue
+		}
+		if s := r.objects[k]; s != nil && s.mark.value == m.value {
+			continue // already known, written or not
+		}
+		r.markLocked(k, now, m.At, m.Alert)
+		r.objects[k].mark = m
+	}
+	return nil
 }
 
 func (r *Recorder) markLocked(k objKey, now, at time.Time, alert bool) {
@@ -345,8 +409,9 @@ func (r *Recorder) take(k objKey) (seq uint64, last time.Time, ok bool) {
 	return s.seq, s.last, true
 }
 
-// done records the end of a write of k that saw the charges up to seq.
-func (r *Recorder) done(k objKey, seq uint64, out outcome) {
+// done records the end of a write of k that saw the charges up to seq. It
+// returns the owner's mark to clear, when the write covered it.
+func (r *Recorder) done(k objKey, seq uint64, out outcome) OwnedMark {
 	now := r.now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -355,16 +420,19 @@ func (r *Recorder) done(k objKey, seq uint64, out outcome) {
 	switch out {
 	case dropped:
 		delete(r.objects, k)
+		return s.mark
 	case written:
 		s.written = now
 		if s.seq == seq {
 			s.dirty, s.alert = false, false
+			return s.mark
 		}
 	case failed:
 		// Kept dirty: the next turn retries. written moves so that a failing
 		// object waits its interval instead of spinning.
 		s.written = now
 	}
+	return OwnedMark{}
 }
 
 // markStale marks dirty the objects whose status shows a window that has
@@ -380,6 +448,9 @@ func (r *Recorder) markStale(keys []objKey) {
 	for _, k := range keys {
 		if s := r.objects[k]; s != nil && s.dirty {
 			continue
+		}
+		if r.owners != nil && !r.owners.Owns(k.String()) {
+			continue // its owner rolls it over
 		}
 		s := r.objects[k]
 		if s == nil {
@@ -434,6 +505,21 @@ func (r *Recorder) Start(ctx context.Context) error {
 		case <-t.C:
 		}
 		now := r.now()
+		if r.owners != nil {
+			// Marks go out every tick, so that a replica killed loses at
+			// most a tick of them; the lease and this replica's own marks
+			// every ownersSync.
+			var err error
+			if !now.Before(r.nextSync) {
+				r.nextSync = now.Add(ownersSync)
+				err = r.syncOwners(ctx)
+			} else {
+				err = r.owners.Send(ctx)
+			}
+			if err != nil {
+				r.log.V(1).Info("Exchanging the changed objects with their writers failed", "error", err.Error())
+			}
+		}
 		if !now.Before(nextScan) {
 			nextScan = now.Add(r.interval)
 			r.markStale(r.stale(ctx, now))
@@ -469,6 +555,11 @@ func (r *Recorder) NeedLeaderElection() bool { return false }
 // flush on the way out, and tests. It returns an error when some could not
 // be written; they stay dirty, so calling Flush again retries them.
 func (r *Recorder) Flush(ctx context.Context) error {
+	if r.owners != nil {
+		if err := r.syncOwners(ctx); err != nil {
+			return fmt.Errorf("usage: flushing: %w", err)
+		}
+	}
 	keys := r.due(r.now(), true)
 	work := make(chan objKey)
 	var wg sync.WaitGroup
@@ -515,7 +606,12 @@ func (r *Recorder) writeOne(ctx context.Context, k objKey) error {
 		return nil
 	}
 	out, err := r.write(ctx, k, last)
-	r.done(k, seq, out)
+	if m := r.done(k, seq, out); m.value != "" {
+		if err := r.owners.Written(ctx, m); err != nil {
+			// The mark stays: the object is written again, to the same totals.
+			r.log.V(1).Info("Clearing a written object's mark failed", "object", m.Key, "error", err.Error())
+		}
+	}
 	if out == failed {
 		r.log.V(1).Info("Usage write failed", "kind", k.kind.String(), "namespace", k.namespace, "name", k.name, "error", err.Error())
 	}

@@ -503,8 +503,22 @@ func TestSeedFromStatusRestoresBudgets(t *testing.T) {
 	if want := (quota.Amount{Requests: 1, InputTokens: 10, OutputTokens: 10}); st[0].Used != want {
 		t.Errorf("fresh seeded with %+v, want %+v", st[0].Used, want)
 	}
-	if got, _ := m.Lifetime(t.Context(), solo("spent").Key); got != (quota.Amount{Requests: 3, InputTokens: 600, OutputTokens: 400}) {
+	if got, _ := m.Lifetime(t.Context(), solo("spent")); got != (quota.Amount{Requests: 3, InputTokens: 600, OutputTokens: 400}) {
 		t.Errorf("spent's lifetime seeded with %+v, want 3/600/400", got)
+	}
+
+	// Each budget is seeded under the tag its requests use: a Shared
+	// quota's user under its pool's, so that on Redis Cluster the seeded
+	// counters are the ones the user's requests draw on.
+	tags := &seedTags{Counter: quota.NewMemory(clock.Now), tags: map[string]string{}}
+	if err := SeedFromStatus(t.Context(), tags, e.Client, now, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	m1 := quota.UserKey(ns, "m1", string(getUser(t, e.Client, ns, "m1").UID))
+	for key, want := range map[string]string{solo("spent").Key: solo("spent").Key, m1: pool.Key, pool.Key: pool.Key} {
+		if got := tags.tags[key]; got != want {
+			t.Errorf("%s seeded under tag %q, want %q", key, got, want)
+		}
 	}
 
 	// A replica restarted the next day: the recorded windows have ended.
@@ -907,8 +921,8 @@ func TestPricedStatusRoundTrip(t *testing.T) {
 		if got[0].Used != want[0].Used || fmt.Sprint(got[0].Models) != fmt.Sprint(want[0].Models) {
 			t.Errorf("%s seeded with %+v %+v, want %+v %+v", b.Key, got[0].Used, got[0].Models, want[0].Used, want[0].Models)
 		}
-		lg, _ := m.Lifetime(t.Context(), b.Key)
-		lw, _ := counter.Lifetime(t.Context(), b.Key)
+		lg, _ := m.Lifetime(t.Context(), b)
+		lw, _ := counter.Lifetime(t.Context(), b)
 		if lg != lw {
 			t.Errorf("%s lifetime seeded with %+v, want %+v", b.Key, lg, lw)
 		}
@@ -1046,4 +1060,20 @@ func TestChargeDuringPatchWrittenByNextFlush(t *testing.T) {
 	if n := r.Pending(); n != 0 {
 		t.Errorf("Pending() = %d after the second flush, want 0", n)
 	}
+}
+
+// seedTags records the tag each budget was seeded under.
+type seedTags struct {
+	quota.Counter
+	tags map[string]string
+}
+
+func (s *seedTags) Seed(ctx context.Context, b quota.Budget, w llmv1alpha1.Window, start time.Time, used quota.Amount, models []quota.ModelAmount) error {
+	s.tags[b.Key] = b.Tag
+	return s.Counter.Seed(ctx, b, w, start, used, models)
+}
+
+func (s *seedTags) SeedLifetime(ctx context.Context, b quota.Budget, used quota.Amount) error {
+	s.tags[b.Key] = b.Tag
+	return s.Counter.SeedLifetime(ctx, b, used)
 }

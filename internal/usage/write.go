@@ -58,6 +58,9 @@ func (r *Recorder) write(ctx context.Context, k objKey, last time.Time) (outcome
 			// the next Merge finds status below what it saw and adds
 			// nothing, and this counter's own totals are written again.
 			r.replica.Wrote(budget, recorded(next))
+			if rec := recordedOverflow(next); len(rec.Windows) > 0 {
+				r.replica.Wrote(quota.OverflowKey(budget), rec)
+			}
 		}
 		switch {
 		case err == nil:
@@ -119,8 +122,20 @@ func (r *Recorder) desired(ctx context.Context, reader client.Reader, obj client
 		if r.observe != nil {
 			r.observe(&b, quotaNameOf(obj), ws)
 		}
-		out.Usage = windows(cur.Usage, ws, limits, pricing, remaining, r.now())
-		lt, err := r.counter.Lifetime(ctx, b.Key)
+		// The overflow tally is read only where there can be overflow: a
+		// soft limit, or overflow status already shows.
+		var ows []quota.WindowStatus
+		if rec := recordedOverflow(cur); b.HasSoft() || len(rec.Windows) > 0 {
+			ob := quota.OverflowBudget(b)
+			if r.replica != nil {
+				r.replica.Merge(ob.Key, rec)
+			}
+			if ows, err = r.counter.Status(ctx, ob); err != nil {
+				return usageStatus{}, "", err
+			}
+		}
+		out.Usage = windows(cur.Usage, ws, ows, limits, pricing, remaining, r.now())
+		lt, err := r.counter.Lifetime(ctx, b)
 		if err != nil {
 			return usageStatus{}, "", err
 		}
@@ -135,6 +150,18 @@ func (r *Recorder) desired(ctx context.Context, reader client.Reader, obj client
 		}
 	}
 	return out, budget, nil
+}
+
+// recordedOverflow is what st records of overflow, as the overflow tally
+// ([quota.OverflowBudget]) counts it: the entries that show any.
+func recordedOverflow(st usageStatus) quota.Recorded {
+	var rec quota.Recorded
+	for i := range st.Usage {
+		if e := &st.Usage[i]; e.Overflow != nil {
+			rec.Windows = append(rec.Windows, quota.RecordedWindow{Window: e.Window, Start: e.WindowStart.Time, Used: totalsAmount(e.Overflow)})
+		}
+	}
+	return rec
 }
 
 // recorded is what st records, as a counter counts it.
@@ -205,10 +232,11 @@ func (r *Recorder) budgetOf(ctx context.Context, reader client.Reader, obj clien
 // windows returns one entry per window of limits, in their order, with the
 // counter's usage of the window current now, split by model: an entry of the
 // same window keeps whatever of its counts (and of each model's) is higher,
-// an entry of an ended window starts again from the counter's. With
-// remaining, entries carry what is left. With pricing, they carry the cost
-// in its currency.
-func windows(old []llmv1alpha1.WindowUsage, ws []quota.WindowStatus, limits []quota.Limit, pricing *quota.Pricing, remaining bool, now time.Time) []llmv1alpha1.WindowUsage {
+// an entry of an ended window starts again from the counter's. ows, when
+// read, are the overflow tally's windows, in the same order: entries show
+// their overflow likewise. With remaining, entries carry what is left. With
+// pricing, they carry the cost in its currency.
+func windows(old []llmv1alpha1.WindowUsage, ws, ows []quota.WindowStatus, limits []quota.Limit, pricing *quota.Pricing, remaining bool, now time.Time) []llmv1alpha1.WindowUsage {
 	if len(limits) == 0 {
 		return nil
 	}
@@ -219,11 +247,18 @@ func windows(old []llmv1alpha1.WindowUsage, ws []quota.WindowStatus, limits []qu
 		}
 		start := quota.WindowStart(l.Window, now)
 		used, models := ws[i].Used, ws[i].Models
+		var overflow quota.Amount
+		if i < len(ows) {
+			overflow = ows[i].Used
+		}
 		if e := find(old, l.Window); e != nil {
 			switch s := e.WindowStart.Time; {
 			case s.Equal(start):
 				used = raise(used, entryAmount(e))
 				models = raiseModels(models, e.Models)
+				if e.Overflow != nil {
+					overflow = raise(overflow, totalsAmount(e.Overflow))
+				}
 			case s.After(start):
 				// A replica whose clock runs ahead has already begun the next
 				// window: going back would lose its counts.
@@ -245,6 +280,13 @@ func windows(old []llmv1alpha1.WindowUsage, ws []quota.WindowStatus, limits []qu
 		}
 		if pricing != nil {
 			w.Cost, w.Currency = quota.FormatCost(used.Cost), pricing.Currency
+		}
+		if !overflow.IsZero() {
+			w.Overflow = &llmv1alpha1.UsageTotals{Requests: overflow.Requests, InputTokens: overflow.InputTokens,
+				OutputTokens: overflow.OutputTokens, TotalTokens: overflow.Total(), CachedInputTokens: overflow.CachedInputTokens}
+			if pricing != nil {
+				w.Overflow.Cost = quota.FormatCost(overflow.Cost)
+			}
 		}
 		if remaining {
 			// The same arithmetic as the proxy's rate-limit headers and

@@ -93,7 +93,7 @@ func TestWindows(t *testing.T) {
 		},
 		{name: "no limits, no windows", old: []llmv1alpha1.WindowUsage{entry(llmv1alpha1.WindowDay, now, a)}},
 	} {
-		got := windows(tc.old, tc.ws, tc.limits, nil, tc.remaining, now)
+		got := windows(tc.old, tc.ws, nil, tc.limits, nil, tc.remaining, now)
 		if !equality.Semantic.DeepEqual(got, tc.want) {
 			t.Errorf("%s:\n got %+v\nwant %+v", tc.name, got, tc.want)
 		}
@@ -120,7 +120,7 @@ func TestWindowsPriced(t *testing.T) {
 		{Model: "org/b", Requests: 1, InputTokens: 120, OutputTokens: 10, Cost: "0.3"},
 		{Model: "org/c", Requests: 1, InputTokens: 7, OutputTokens: 1, Cost: "0.000005"},
 	}
-	got := windows([]llmv1alpha1.WindowUsage{old}, ws, []quota.Limit{day}, pricing, true, now)
+	got := windows([]llmv1alpha1.WindowUsage{old}, ws, nil, []quota.Limit{day}, pricing, true, now)
 	want := []llmv1alpha1.WindowUsage{{
 		Window: llmv1alpha1.WindowDay, WindowStart: mt(t0.Truncate(24 * time.Hour)), ResetAt: mt(t0.Truncate(24 * time.Hour).Add(24 * time.Hour)),
 		Requests: 3, InputTokens: 300, CachedInputTokens: 100, OutputTokens: 30, TotalTokens: 330,
@@ -135,9 +135,43 @@ func TestWindowsPriced(t *testing.T) {
 		t.Errorf("\n got %+v\nwant %+v", got, want)
 	}
 	// Without pricing, no cost, currency or model costs.
-	got = windows(nil, ws, []quota.Limit{day}, nil, true, now)
+	got = windows(nil, ws, nil, []quota.Limit{day}, nil, true, now)
 	if got[0].Cost != "" || got[0].Currency != "" || got[0].RemainingCost != "" || got[0].Models[0].Cost != "" {
 		t.Errorf("unpriced window shows cost: %+v", got[0])
+	}
+}
+
+// TestWindowsOverflow: the overflow tally shows apart in each entry of a
+// window with any, never below what status recorded for the same window,
+// and not at all in a window without overflow.
+func TestWindowsOverflow(t *testing.T) {
+	now := t0.Add(90 * time.Second)
+	day := quota.Limit{Window: llmv1alpha1.WindowDay, Tokens: ptr.To[int64](1000), Soft: true}
+	hour := quota.Limit{Window: llmv1alpha1.WindowHour, Requests: ptr.To[int64](50)}
+	ws := []quota.WindowStatus{
+		{Limit: day, Used: quota.Amount{Requests: 9, InputTokens: 900, OutputTokens: 300}},
+		{Limit: hour, Used: quota.Amount{Requests: 4, InputTokens: 400, OutputTokens: 100}},
+	}
+	ows := []quota.WindowStatus{
+		{Limit: quota.Limit{Window: llmv1alpha1.WindowDay}, Used: quota.Amount{Requests: 2, InputTokens: 150, OutputTokens: 40}},
+		{Limit: quota.Limit{Window: llmv1alpha1.WindowHour}},
+	}
+	old := entry(llmv1alpha1.WindowDay, now, quota.Amount{Requests: 8, InputTokens: 800, OutputTokens: 250})
+	// Another replica recorded more output overflow than this counter has.
+	old.Overflow = &llmv1alpha1.UsageTotals{Requests: 1, InputTokens: 100, OutputTokens: 70, TotalTokens: 170}
+	got := windows([]llmv1alpha1.WindowUsage{old}, ws, ows, []quota.Limit{day, hour}, nil, false, now)
+	if len(got) != 2 {
+		t.Fatalf("%d entries, want 2", len(got))
+	}
+	want := llmv1alpha1.UsageTotals{Requests: 2, InputTokens: 150, OutputTokens: 70, TotalTokens: 220}
+	if got[0].Overflow == nil || *got[0].Overflow != want {
+		t.Errorf("day overflow = %+v, want %+v", got[0].Overflow, want)
+	}
+	if got[0].TotalTokens != 1200 {
+		t.Errorf("day total = %d, want 1200 (overflow is counted in the totals too)", got[0].TotalTokens)
+	}
+	if got[1].Overflow != nil {
+		t.Errorf("hour overflow = %+v, want none", got[1].Overflow)
 	}
 }
 

@@ -57,6 +57,10 @@ func testSchema(t *testing.T) {
 		{set: []string{"proxy.fairQueue.maxInFlight=-1"}, want: []string{"at '/proxy/fairQueue/maxInFlight': minimum: got -1, want 0"}},
 		{set: []string{"proxy.replicas=2"}, want: []string{"proxy.replicas > 1 needs a shared counter store: set redis.enabled=true"}},
 		{set: []string{"proxy.counter.store=redis"}, want: []string{"proxy.counter.store=redis needs proxy.counter.redis.address"}},
+		{set: []string{"proxy.counter.redis.passwordSecret.name=auth"}, want: []string{"at '/proxy/counter/redis/passwordSecret': missing property 'key'"}},
+		{set: []string{"proxy.counter.redis.mode=ring"}, want: []string{"at '/proxy/counter/redis/mode': value must be one of 'standalone', 'sentinel', 'cluster'"}},
+		{set: []string{"proxy.counter.store=redis", "proxy.counter.redis.mode=cluster"}, want: []string{"proxy.counter.redis.mode=cluster needs proxy.counter.redis.addresses"}},
+		{set: []string{"redis.enabled=true", "proxy.counter.redis.mode=cluster", "proxy.counter.redis.addresses={r:6379}"}, want: []string{"redis.enabled runs one standalone Redis, but proxy.counter.redis.mode is cluster"}},
 	} {
 		name := tc.file
 		if name == "" {
@@ -196,6 +200,28 @@ func testDefaults(t *testing.T, env *envtest.Env) {
 	apply(t, env, objs)
 	for _, u := range objs {
 		mustExist(t, env, u)
+	}
+}
+
+// testRedisCluster renders several replicas on a Redis Cluster: the
+// operator gets the mode and the nodes, and would accept them.
+func testRedisCluster(t *testing.T) {
+	objs := mustRender(t, "llm-rc", "llm-rc", nil, "proxy.replicas=3", "proxy.counter.store=redis",
+		"proxy.counter.redis.mode=cluster", "proxy.counter.redis.addresses={redis-0.redis:6379,redis-1.redis:6379}",
+		"proxy.counter.redis.tls=true", "proxy.counter.redis.passwordSecret.name=redis-auth", "proxy.counter.redis.passwordSecret.key=password")
+	cfg, _, oc := operatorConfig(t, find(t, objs, "ConfigMap", "llm-rc-operator-config"))
+	for path, want := range map[string]any{
+		"proxy.counter.store":           "redis",
+		"proxy.counter.redis.mode":      "cluster",
+		"proxy.counter.redis.addresses": []any{"redis-0.redis:6379", "redis-1.redis:6379"},
+	} {
+		if got := lookup(cfg, path); !reflect.DeepEqual(got, want) {
+			t.Errorf("config %s = %#v, want %#v", path, got, want)
+		}
+	}
+	if r := oc.Proxy.Counter.Redis; r.Mode != operatorconfig.RedisCluster || len(r.Addresses) != 2 || !r.TLS ||
+		r.PasswordSecret == nil || r.PasswordSecret.Name != "redis-auth" || r.PasswordSecret.Key != "password" {
+		t.Errorf("the operator reads redis %+v", r)
 	}
 }
 

@@ -50,6 +50,7 @@ func TestInstall(t *testing.T) {
 	t.Run("Schema", testSchema)
 	t.Run("Defaults", func(t *testing.T) { testDefaults(t, env) })
 	t.Run("HighAvailability", func(t *testing.T) { testHighAvailability(t, env) })
+	t.Run("RedisCluster", testRedisCluster)
 	t.Run("Notes", func(t *testing.T) { testNotes(t, env) })
 	t.Run("HelmInstallUninstall", func(t *testing.T) { testHelmInstallUninstall(t, env) })
 	t.Run("Kustomize", func(t *testing.T) { testKustomize(t, env) })

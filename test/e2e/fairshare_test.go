@@ -24,16 +24,7 @@ import (
 // The test asserts the order of completion, not times.
 func TestFairShare(t *testing.T) {
 	const slots, noisy = 2, 10
-	env := harness.Start(t, harness.Options{Issuer: "https://e2e-fair", Model: modelID, NamespacePrefix: "fair", FlushWait: flushWait})
-	// Echo mode: a 40-word prompt streams back a token every 20ms, so a
-	// request lasts about a second and the noisy ones take five rounds.
-	sim := env.StartSimulator(t, "llm-d-inference-sim", "--mode", "echo", "--max-num-seqs", strconv.Itoa(slots),
-		"--time-to-first-token", "50ms", "--inter-token-latency", "20ms")
-	mgr := env.StartManager(t, harness.ManagerConfig{Proxy: func(p *operatorconfig.Proxy) {
-		proxySettings(sim.URL, proxyFlushInterval)(p)
-		p.FairQueue.MaxInFlight = slots
-	}})
-	proxy := env.StartReconciledProxy(t, "proxy", mgr)
+	env, proxy := startFairQueue(t, "fair", slots)
 	noisyUser := env.NewAccount(t, harness.DayTokens(10_000_000))
 	victim := env.NewAccount(t, harness.DayTokens(10_000_000))
 	prompt := strings.TrimSpace(strings.Repeat("the quick brown fox jumps over the lazy dog again ", 4))
@@ -56,10 +47,7 @@ func TestFairShare(t *testing.T) {
 		})
 	}
 	// Every noisy request is in: two run, eight wait in the proxy.
-	poll.Until(t, 30*time.Second, func() error {
-		q, _ := harness.Scrape(t, proxy.MetricsURL).Value("llm_proxy_queued_requests")
-		return poll.Check(q == noisy-slots, "the proxy holds "+strconv.FormatFloat(q, 'f', -1, 64)+" requests, want "+strconv.Itoa(noisy-slots))
-	})
+	waitQueued(t, proxy.MetricsURL, noisy-slots)
 	vc := harness.NewClient(proxy.BaseURL, victim.APIKey())
 	res, err := vc.Chat.Completions.New(t.Context(), harness.ChatParams(modelID, prompt, 64))
 	if err != nil {
@@ -93,6 +81,31 @@ func TestFairShare(t *testing.T) {
 	if dispatched != noisy+1 {
 		t.Errorf("llm_proxy_queue_wait_seconds{tier=\"0\"} counts %d dispatches, want %d", dispatched, noisy+1)
 	}
+}
+
+// startFairQueue starts an operator whose reconciled proxy gates the
+// simulator with a fair queue of slots, in front of a simulator that runs
+// as many: in echo mode a 40-word prompt streams back a token every 20ms,
+// so a request lasts about a second.
+func startFairQueue(t *testing.T, name string, slots int) (*harness.Env, harness.Proxy) {
+	t.Helper()
+	env := harness.Start(t, harness.Options{Issuer: "https://e2e-" + name, Model: modelID, NamespacePrefix: name, FlushWait: flushWait})
+	sim := env.StartSimulator(t, "llm-d-inference-sim", "--mode", "echo", "--max-num-seqs", strconv.Itoa(slots),
+		"--time-to-first-token", "50ms", "--inter-token-latency", "20ms")
+	mgr := env.StartManager(t, harness.ManagerConfig{Proxy: func(p *operatorconfig.Proxy) {
+		proxySettings(sim.URL, proxyFlushInterval)(p)
+		p.FairQueue.MaxInFlight = int32(slots)
+	}})
+	return env, env.StartReconciledProxy(t, "proxy", mgr)
+}
+
+// waitQueued waits until the proxy's fair queues hold n requests.
+func waitQueued(t *testing.T, metricsURL string, n int) {
+	t.Helper()
+	poll.Until(t, 30*time.Second, func() error {
+		q, _ := harness.Scrape(t, metricsURL).Value("llm_proxy_queued_requests")
+		return poll.Check(q == float64(n), "the proxy holds "+strconv.FormatFloat(q, 'f', -1, 64)+" requests, want "+strconv.Itoa(n))
+	})
 }
 
 func checkCompletionUsage(t *testing.T, res *openai.ChatCompletion) {

@@ -167,7 +167,11 @@ func TestDashboardsAndAlerts(t *testing.T) {
 		down    = on("upstream-down", perUser(100))
 		counted = on("redis", perUser(100))
 		unflush = on("readonly", perUser(100))
-		served  = []*sender{usage, near, spent, pool, counted, unflush}
+		// owl's one request a day is a soft limit: the rest is overflow.
+		owl = on("main", llmv1alpha1.LLMQuotaSpec{Limits: []llmv1alpha1.QuotaLimit{
+			{Window: llmv1alpha1.WindowDay, Requests: ptr.To[int64](1), Overage: llmv1alpha1.OverageDemote}},
+			MaxTokensPerRequest: ptr.To[int64](maxTokensPerRequest)})
+		served = []*sender{usage, near, spent, pool, counted, unflush, owl}
 	)
 
 	// Phase 1 creates every series the rates are taken over, and waits
@@ -182,6 +186,9 @@ func TestDashboardsAndAlerts(t *testing.T) {
 	down.chat(t, http.StatusBadGateway)
 	counted.chat(t, http.StatusOK)
 	unflush.chat(t, http.StatusOK)
+	owl.chat(t, http.StatusOK)
+	owlInQuota := owl.tokens
+	owl.chat(t, http.StatusOK)
 	for _, expr := range []string{
 		fmt.Sprintf(`llm_proxy_tokens_total{job="main", namespace=%q}`, usage.Namespace),
 		fmt.Sprintf(`llm_proxy_rejections_total{job="main", namespace=%q}`, usage.Namespace),
@@ -211,12 +218,15 @@ func TestDashboardsAndAlerts(t *testing.T) {
 	unflush.chat(t, http.StatusOK)
 	redis.Stop()
 	counted.chat(t, http.StatusServiceUnavailable)
+	owl.chat(t, http.StatusOK)
+	owlOverflow := float64(owl.tokens - owlInQuota)
 
 	// Wait until Prometheus holds the final counts.
 	for _, s := range served {
 		waitFor(t, prom, fmt.Sprintf(`sum(llm_proxy_tokens_total{namespace=%q})`, s.Namespace), equals(float64(s.tokens)))
 	}
 	waitFor(t, prom, `sum(llm_proxy_responses_total{job="upstream-down", code="502"})`, equals(2))
+	waitFor(t, prom, fmt.Sprintf(`sum(llm_proxy_overflow_tokens_total{namespace=%q})`, owl.Namespace), equals(owlOverflow))
 	waitFor(t, prom, `llm_proxy_counter_available{job="redis"}`, equals(0))
 	waitFor(t, prom, fmt.Sprintf(`min(llm_proxy_budget_remaining_requests{namespace=%q})`, near.Namespace), equals(1))
 
@@ -294,9 +304,14 @@ func TestDashboardsAndAlerts(t *testing.T) {
 		// Shares of the output tokens, every proxy together.
 		"llm-user-operator-admin / Who has the GPU / A": all(
 			has(user(usage), between(0.01, 0.99)), has(user(near), between(0.01, 0.99))),
-		// Only the main proxy has a fair queue: tier 0 (no priority).
-		"llm-user-operator-admin / Dispatches by tier / A": all(count(1), has(map[string]string{"tier": "0"}, positive)),
-		"llm-user-operator-admin / Queue wait by tier / A": all(count(1), has(map[string]string{"tier": "0"}, atLeast(0))),
+		// Only the main proxy has a fair queue: tier 0 (no priority), and
+		// owl's overflow.
+		"llm-user-operator-admin / Dispatches by tier / A": all(count(2), has(map[string]string{"tier": "0"}, positive),
+			has(map[string]string{"tier": "overflow"}, positive)),
+		"llm-user-operator-admin / Queue wait by tier / A": all(count(2), has(map[string]string{"tier": "0"}, atLeast(0)),
+			has(map[string]string{"tier": "overflow"}, atLeast(0))),
+		"llm-user-operator-admin / Overflow by quota / A": exactly([]string{"namespace", "quota"},
+			map[string]float64{owl.Namespace + "/quota": owlOverflow}),
 		"llm-user-operator-admin / Requests waiting / A": all(
 			has(map[string]string{"instance": urlHost(t, proxies["main"].MetricsURL)}, equal(0))),
 		// Nothing waited long enough to be refused.

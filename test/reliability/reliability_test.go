@@ -51,6 +51,7 @@ func TestReliability(t *testing.T) {
 	t.Run("Restart", s.testRestart)
 	t.Run("Rollover", s.testRollover)
 	t.Run("Replicas", s.testReplicas)
+	t.Run("OwnerKilled", s.testOwnerKilled)
 	t.Run("APIServerOutage", s.testAPIServerOutage)
 	t.Run("RedisOutage", s.testRedisOutage)
 	t.Run("Lease", s.testLease)

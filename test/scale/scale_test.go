@@ -42,6 +42,7 @@ import (
 	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
 	"github.com/llm-user-operator/llm-user-operator/internal/operatorconfig"
 	"github.com/llm-user-operator/llm-user-operator/internal/testutil/poll"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/redisserver"
 	"github.com/llm-user-operator/llm-user-operator/test/harness"
 )
 
@@ -94,9 +95,20 @@ func TestScale(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// SCALE_REPLICAS proxies (default 1) share one Redis, and each user
+	// sends one request through each of them: each user's status must
+	// still be written once per flush (one writer per object).
+	replicas := 1
+	if v := os.Getenv("SCALE_REPLICAS"); v != "" {
+		var err error
+		if replicas, err = strconv.Atoi(v); err != nil || replicas < 1 {
+			t.Fatalf("SCALE_REPLICAS=%q: want a number of proxies, at least 1", v)
+		}
+	}
 	logf.SetLogger(logr.Discard())
 	rep := &report{t: t}
 	defer rep.write()
+	rep.add("proxy_replicas", replicas)
 	rep.add("proxy_users", n)
 	ctx := t.Context()
 
@@ -145,8 +157,20 @@ func TestScale(t *testing.T) {
 
 	tokens := readTokens(t, env, nss, n)
 
-	p := env.StartReconciledProxy(t, "proxy", mgr)
-	waitModels(t, p.BaseURL, tokens[0])
+	var ps []harness.Proxy
+	if replicas == 1 {
+		ps = append(ps, env.StartReconciledProxy(t, "proxy", mgr))
+	} else {
+		rs := redisserver.New(t)
+		for i := range replicas {
+			ps = append(ps, env.StartProxy(t, "proxy-"+strconv.Itoa(i), harness.ProxyConfig{Upstream: up.URL,
+				Flags: []string{"--counter=redis", "--redis-addr", rs.Addr()}}))
+		}
+	}
+	p := ps[0]
+	for _, px := range ps {
+		waitModels(t, px.BaseURL, tokens[0])
+	}
 
 	// Idle: nothing is written while nobody does anything.
 	before = apiWrites(t, kc)
@@ -154,15 +178,18 @@ func TestScale(t *testing.T) {
 	idle := apiWrites(t, kc).sub(before)
 	rep.add("idle_writes_20s", idle.total())
 
-	// One request per user, 64 at a time.
+	// One request per user and replica, 64 at a time.
 	before = apiWrites(t, kc)
 	sampler := startSampler(t, kc)
 	var failed atomic.Int64
 	cl := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: requestConcurrency}}
 	body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"Hello"}],"max_tokens":%d}`, modelID, completionTokens)
 	reqStart := time.Now()
-	parallel(n, requestConcurrency, func(i int) {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, p.BaseURL+"/chat/completions", strings.NewReader(body))
+	// A user's requests go one after another, one through each replica, as
+	// a client behind a round-robin Service sends them.
+	parallel(n*replicas, requestConcurrency, func(j int) {
+		i, px := j/replicas, ps[j%replicas]
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, px.BaseURL+"/chat/completions", strings.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+tokens[i])
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := cl.Do(req)
@@ -182,14 +209,15 @@ func TestScale(t *testing.T) {
 	rep.add("requests_seconds", seconds(lastRequest.Sub(reqStart)))
 	rep.add("requests_failed", failed.Load())
 
-	// Until every user's status shows exactly its one request.
+	// Until every user's status shows exactly its requests.
+	r := int64(replicas)
 	exact := func(u *llmv1alpha1.LLMUser) bool {
 		lt := u.Status.Lifetime
-		if lt == nil || lt.Requests != 1 || lt.InputTokens != promptTokens || lt.OutputTokens != completionTokens || len(u.Status.Usage) != 1 {
+		if lt == nil || lt.Requests != r || lt.InputTokens != r*promptTokens || lt.OutputTokens != r*completionTokens || len(u.Status.Usage) != 1 {
 			return false
 		}
 		w := u.Status.Usage[0]
-		return w.Requests == 1 && w.InputTokens == promptTokens && w.OutputTokens == completionTokens
+		return w.Requests == r && w.InputTokens == r*promptTokens && w.OutputTokens == r*completionTokens
 	}
 	poll.Until(t, 15*time.Minute, func() error {
 		done := users.count(exact)
@@ -199,10 +227,12 @@ func TestScale(t *testing.T) {
 	writes := sampler.stop()
 	rep.add("flush_lag_seconds", seconds(flushed.Sub(lastRequest)))
 	rep.add("flush_lag_target_seconds", seconds(targetFlushLag))
-	rep.add("flush_status_patches", apiWrites(t, kc).sub(before).statusPatches)
+	patches := apiWrites(t, kc).sub(before).statusPatches
+	rep.add("flush_status_patches", patches)
+	rep.add("flush_status_patches_per_user", fmt.Sprintf("%.2f", float64(patches)/float64(n)))
 	rep.add("flush_write_rate_peak_per_second", fmt.Sprintf("%.1f", writes.peak))
 	rep.add("flush_write_rate_mean_per_second", fmt.Sprintf("%.1f", writes.mean))
-	rep.add("status_write_rate_cap", 200)
+	rep.add("status_write_rate_cap", 200*replicas) // per replica
 
 	// And nothing more once it is written.
 	before = apiWrites(t, kc)

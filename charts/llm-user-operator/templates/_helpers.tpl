@@ -31,7 +31,11 @@ the counter store pointed at the chart's Redis when redis.enabled.
 */}}
 {{- define "llmuo.proxyConfig" -}}
 {{- $p := deepCopy .Values.proxy -}}
+{{- $mode := $p.counter.redis.mode | default "standalone" -}}
 {{- if .Values.redis.enabled -}}
+{{- if ne $mode "standalone" -}}
+{{- fail (printf "redis.enabled runs one standalone Redis, but proxy.counter.redis.mode is %s: unset one of them" $mode) -}}
+{{- end -}}
 {{- $_ := set $p.counter "store" "redis" -}}
 {{- if not $p.counter.redis.address -}}
 {{- $_ := set $p.counter.redis "address" (printf "%s.%s.svc:6379" (include "llmuo.redisService" .) .Release.Namespace) -}}
@@ -40,8 +44,15 @@ the counter store pointed at the chart's Redis when redis.enabled.
 {{- if and (gt (int $p.replicas) 1) (ne $p.counter.store "redis") -}}
 {{- fail "proxy.replicas > 1 needs a shared counter store: set redis.enabled=true, or proxy.counter.store=redis with proxy.counter.redis.address" -}}
 {{- end -}}
-{{- if and (eq $p.counter.store "redis") (not $p.counter.redis.address) -}}
+{{- if and (eq $p.counter.store "redis") (eq $mode "standalone") (not $p.counter.redis.address) -}}
 {{- fail "proxy.counter.store=redis needs proxy.counter.redis.address (or redis.enabled=true to run one)" -}}
+{{- end -}}
+{{- if and (eq $p.counter.store "redis") (ne $mode "standalone") (not $p.counter.redis.addresses) -}}
+{{- fail (printf "proxy.counter.redis.mode=%s needs proxy.counter.redis.addresses, a list of host:port" $mode) -}}
+{{- end -}}
+{{- if eq $mode "standalone" -}}
+{{- $_ := unset $p.counter.redis "addresses" -}}
+{{- $_ := unset $p.counter.redis "masterName" -}}
 {{- end -}}
 {{- toYaml $p -}}
 {{- end -}}

@@ -420,7 +420,9 @@ func floorArm(ctx context.Context, c config, cl client.Client, ns string, withCr
 	}
 	// Leave nothing an operator started later would act on. Deleting tens of
 	// thousands of objects outlasts the API server's request timeout, which
-	// it answers while it goes on deleting: ask again until it is done.
+	// it answers while it goes on deleting, or it resets the stream (50,000
+	// Secrets did): ask again, a little later, until it is done. Each call
+	// deletes what is left, so the calls converge.
 	for _, obj := range []client.Object{&llmv1alpha1.LLMUser{}, &corev1.Secret{}, &llmv1alpha1.LLMQuota{}} {
 		deadline := time.Now().Add(15 * time.Minute)
 		for {
@@ -428,9 +430,14 @@ func floorArm(ctx context.Context, c config, cl client.Client, ns string, withCr
 			if err == nil {
 				break
 			}
-			if retry := apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err); !retry || time.Now().After(deadline) {
+			var status apierrors.APIStatus
+			transient := apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err) || apierrors.IsTooManyRequests(err) ||
+				!errors.As(err, &status) // no answer: a reset stream, a broken connection
+			if !transient || time.Now().After(deadline) {
 				return m, err
 			}
+			logf("%s: deleting %T again after: %v", ns, obj, err)
+			time.Sleep(2 * time.Second)
 		}
 	}
 	return m, until(ctx, 15*time.Minute, func() error {

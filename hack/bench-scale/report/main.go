@@ -6,6 +6,7 @@
 package main
 
 import (
+	"cmp"
 	"flag"
 	"fmt"
 	"maps"
@@ -65,6 +66,7 @@ var rows = []row{
 	{what: "failed requests", key: "requests_failed", target: "0"},
 	{what: "last request → every user exact in status", key: "flush_lag_seconds", unit: "s", target: "60"},
 	{what: "status patches for the flush (API server's count)", key: "flush_status_patches"},
+	{what: "… per user (one request per user through each proxy replica)", key: "flush_status_patches_per_user", target: "1"},
 	{what: "status patch rate, peak over 5 s (API server's count)", key: "flush_write_rate_peak_per_second", unit: "/s", target: "status_write_rate_cap"},
 	{what: "status patch rate, mean of busy seconds", key: "flush_write_rate_mean_per_second", unit: "/s"},
 	{what: "writes after the flush, 20 s", key: "after_flush_writes_20s", target: "0"},
@@ -79,7 +81,8 @@ func render(kv map[string]string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Scale benchmark, %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
 	fmt.Fprintf(&b, "`make bench-scale`: %s users onboarded by the operator (%s users for the proxy run), on %s CPUs (GOMAXPROCS). "+
-		"Floors are measured in the same run, against a fresh API server.\n\n", kv["users"], kv["proxy_users"], kv["gomaxprocs"])
+		"%s proxy replica(s), on one Redis when more than one. Floors are measured in the same run, against a fresh API server.\n\n",
+		kv["users"], kv["proxy_users"], kv["gomaxprocs"], cmp.Or(kv["proxy_replicas"], "1"))
 	b.WriteString("| figure | value | target | met |\n|---|---|---|---|\n")
 	for _, r := range rows {
 		v, ok := kv[r.key]

@@ -13,7 +13,10 @@
 //  2. the victim beside a noisy user who keeps 50 long streams in flight;
 //  3. eight backlogged users of unequal demand (2 to 9 streams in flight
 //     each): Jain's fairness index of their output tokens per second, and
-//     the total output tokens per second.
+//     the total output tokens per second;
+//  4. a user past a soft limit (overage: Demote), every request overflow:
+//     at night (nobody else) against a user within quota alone, and by day
+//     beside four backlogged users within quota: its share of the output.
 //
 // Results: bench/results/fairness-<UTC time>.md and fairness-latest.md.
 package main
@@ -95,6 +98,10 @@ type results struct {
 	perUser              []float64       // scenario 3: output tokens/s of each user
 	throughput           float64         // scenario 3: all users' output tokens/s
 	noisyTokensPerSecond float64
+	// scenario 4: output tokens/s of a user within quota alone, of the
+	// overflow user alone (night), and by day of the four users within
+	// quota and of the overflow user beside them.
+	soloInQuota, soloOverflow, dayInQuota, dayOverflow float64
 }
 
 func run(o options) error {
@@ -112,7 +119,7 @@ func run(o options) error {
 		// Each scenario on a fresh simulator and proxy: the simulator goes on
 		// generating for requests whose client left, which would slow the
 		// next scenario.
-		for _, sc := range []func(options, *arm, *results) error{victimAlone, victimBesideNoisy, backlogged} {
+		for _, sc := range []func(options, *arm, *results) error{victimAlone, victimBesideNoisy, backlogged, soloInQuota, soloOverflow, overflowByDay} {
 			a, err := startArm(o, name, work)
 			if err != nil {
 				return err
@@ -164,7 +171,8 @@ func startArm(o options, name, work string) (*arm, error) {
 		return nil, fmt.Errorf("simulator: %w (see %s)", err, simLog.Name())
 	}
 	tokenFile := filepath.Join(work, name+"-tokens")
-	args := []string{"--arm", "full", "--upstream", upstream, "--users", "16", "--token-file", tokenFile}
+	// The last user is past a soft limit: its every request is overflow.
+	args := []string{"--arm", "full", "--upstream", upstream, "--users", "16", "--soft-users", "1", "--token-file", tokenFile}
 	if name == "fair" {
 		args = append(args, "--max-in-flight", strconv.Itoa(o.slots))
 	}
@@ -285,6 +293,73 @@ func backlogged(o options, a *arm, r *results) error {
 	return nil
 }
 
+// overflowUser is the index of the user past a soft limit (--soft-users 1
+// of 16 users).
+const overflowUser = 15
+
+// soloInQuota: a user within quota alone keeps as many streams as the
+// server has slots; its output tokens/s.
+func soloInQuota(o options, a *arm, r *results) error {
+	say("%s: 4a. a user within quota alone", a.name)
+	var err error
+	r.soloInQuota, err = alone(o, a, a.tokens[0])
+	return err
+}
+
+// soloOverflow: the same load from the user past a soft limit, at night.
+func soloOverflow(o options, a *arm, r *results) error {
+	say("%s: 4b. a user past a soft limit alone (night)", a.name)
+	var err error
+	r.soloOverflow, err = alone(o, a, a.tokens[overflowUser])
+	return err
+}
+
+func alone(o options, a *arm, tok string) (float64, error) {
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stop()
+	var count atomic.Int64
+	keep(ctx, &wg, o.slots, func() error {
+		_, _, err := stream(ctx, a.base, tok, 100, &count)
+		return err
+	})
+	time.Sleep(3 * time.Second)
+	before, began := count.Load(), time.Now()
+	time.Sleep(o.window / 2)
+	return float64(count.Load()-before) / time.Since(began).Seconds(), nil
+}
+
+// overflowByDay: four users within quota keep four streams each (twice the
+// server's slots) while the user past a soft limit keeps as many as there
+// are slots; the output tokens/s of each side.
+func overflowByDay(o options, a *arm, r *results) error {
+	say("%s: 4c. a user past a soft limit beside four backlogged users within quota (day)", a.name)
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stop()
+	var in, over atomic.Int64
+	for u := range 4 {
+		tok := a.tokens[2+u]
+		keep(ctx, &wg, 4, func() error {
+			_, _, err := stream(ctx, a.base, tok, 100, &in)
+			return err
+		})
+	}
+	time.Sleep(2 * time.Second) // the users within quota first: a working day
+	keep(ctx, &wg, o.slots, func() error {
+		_, _, err := stream(ctx, a.base, a.tokens[overflowUser], 100, &over)
+		return err
+	})
+	time.Sleep(3 * time.Second)
+	in0, over0, began := in.Load(), over.Load(), time.Now()
+	time.Sleep(o.window / 2)
+	secs := time.Since(began).Seconds()
+	r.dayInQuota, r.dayOverflow = float64(in.Load()-in0)/secs, float64(over.Load()-over0)/secs
+	return nil
+}
+
 // keep runs n loops of f until ctx ends; an error other than ctx's ends
 // nothing (it is printed).
 func keep(ctx context.Context, wg *sync.WaitGroup, n int, f func() error) {
@@ -355,8 +430,10 @@ func render(o options, out map[string]*results) string {
 	fmt.Fprintf(&b, "llm-d-inference-sim --max-num-seqs %d, time to first token %s, inter-token latency %s, --time-factor-under-load 1.5; "+
 		"the proxy's full arm (hack/bench/proxyarm) without a gate (FCFS) and with proxy.fairQueue.maxInFlight %d (fair). "+
 		"%d victim requests of 20 output tokens in scenarios 1 and 2; the noisy user keeps 50 streams of 20 to 180 tokens in flight; "+
-		"scenario 3 measures %s of eight users keeping 2 to 9 streams of 20 to 100 tokens in flight each. Each scenario runs on a fresh simulator and proxy.\n\n",
-		o.slots, o.ttft, o.itl, o.slots, o.victimRequests, o.window)
+		"scenario 3 measures %s of eight users keeping 2 to 9 streams of 20 to 100 tokens in flight each; "+
+		"scenario 4 measures %s of a user past a soft limit (every request overflow) keeping %d streams of 100 tokens, alone (night) and beside four users within quota keeping 4 each (day). "+
+		"Each scenario runs on a fresh simulator and proxy.\n\n",
+		o.slots, o.ttft, o.itl, o.slots, o.victimRequests, o.window, o.window/2, o.slots)
 	alone := percentile(fair.alone, 0.99)
 	limit := time.Duration(1.5 * float64(alone))
 	b.WriteString("| figure | FCFS | fair queue | target | result |\n|---|---|---|---|---|\n")
@@ -370,6 +447,14 @@ func render(o options, out map[string]*results) string {
 	fmt.Fprintf(&b, "| Jain's index, 8 backlogged users of equal weight | %.3f | %.3f | ≥ 0.95 | %s |\n", jf, jq, verdict(jq >= 0.95))
 	ratio := fair.throughput / fcfs.throughput
 	fmt.Fprintf(&b, "| output tokens/s, 8 users | %.0f | %.0f (%.1f %% of FCFS) | ≥ 95 %% of FCFS | %s |\n", fcfs.throughput, fair.throughput, 100*ratio, verdict(ratio >= 0.95))
+	night := fair.soloOverflow / fair.soloInQuota
+	fmt.Fprintf(&b, "| 4. night: output tokens/s past a soft limit, alone (within quota, alone) | %.0f (%.0f) | %.0f (%.0f, %.1f %%) | ≥ 95 %% of within quota | %s |\n",
+		fcfs.soloOverflow, fcfs.soloInQuota, fair.soloOverflow, fair.soloInQuota, 100*night, verdict(night >= 0.95))
+	share := func(r *results) float64 { return r.dayOverflow / (r.dayOverflow + r.dayInQuota) }
+	fmt.Fprintf(&b, "| 4. day: overflow's share of the output beside 4 backlogged users within quota | %.1f %% | %.1f %% | ≤ 5 %% | %s |\n",
+		100*share(fcfs), 100*share(fair), verdict(share(fair) <= 0.05))
+	fmt.Fprintf(&b, "| 4. day: output tokens/s within quota (overflow) | %.0f (%.0f) | %.0f (%.0f) | | |\n",
+		fcfs.dayInQuota, fcfs.dayOverflow, fair.dayInQuota, fair.dayOverflow)
 	b.WriteString("\nOutput tokens/s of each of the eight users (demand 2 to 9 streams):\n\n| user | demand | FCFS | fair |\n|---|---|---|---|\n")
 	for u := range fair.perUser {
 		fmt.Fprintf(&b, "| %d | %d | %.1f | %.1f |\n", u, u+2, fcfs.perUser[u], fair.perUser[u])

@@ -72,6 +72,9 @@ type options struct {
 	// maxInFlight, when positive, puts the fair queue in front of the
 	// upstream (the full arm only).
 	maxInFlight int
+	// softUsers are the last users of the full arm whose daily limit is a
+	// soft limit of zero requests: every request of theirs is overflow.
+	softUsers int
 }
 
 func main() {
@@ -83,6 +86,7 @@ func main() {
 	flag.IntVar(&o.users, "users", 100, "users (and tokens) of the full arm")
 	flag.StringVar(&o.tokenFile, "token-file", "", "where the full arm writes its tokens, one a line")
 	flag.IntVar(&o.maxInFlight, "max-in-flight", 0, "the full arm's fair queue: requests at once on the upstream (0: no queue)")
+	flag.IntVar(&o.softUsers, "soft-users", 0, "the last users of the full arm past a soft limit (overage: Demote): their every request is overflow")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -126,7 +130,7 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 		if o.arm == "noauth" {
 			opts.DisableAuth = true
 		} else {
-			v, dir, tokens, err := users(o.users)
+			v, dir, tokens, err := users(o.users, o.softUsers)
 			if err != nil {
 				return err
 			}
@@ -197,8 +201,10 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 }
 
 // users returns a verifier trusting one fresh key, a directory of n users
-// with a quota that never refuses, and one token per user.
-func users(n int) (*token.Verifier, *directory, []string, error) {
+// with a quota that never refuses, and one token per user. The last soft
+// users have a soft daily limit of no requests (overage: Demote): every
+// request of theirs is admitted as overflow.
+func users(n, soft int) (*token.Verifier, *directory, []string, error) {
 	if n < 1 {
 		return nil, nil, nil, errors.New("--users must be at least 1")
 	}
@@ -220,6 +226,10 @@ func users(n int) (*token.Verifier, *directory, []string, error) {
 			return nil, nil, nil, err
 		}
 		tokens = append(tokens, tok)
+		day := quota.Limit{Window: llmv1alpha1.WindowDay, Tokens: big(1 << 55)}
+		if i >= n-soft {
+			day = quota.Limit{Window: llmv1alpha1.WindowDay, Requests: big(0), Soft: true}
+		}
 		dir.users[ns+"/"+name] = proxy.User{
 			Namespace: ns, Name: name, UID: uid, TokenGeneration: 1,
 			QuotaFound: true, QuotaName: "bench", FairnessID: proxy.FairnessID(ns, name, "bench", false),
@@ -227,7 +237,7 @@ func users(n int) (*token.Verifier, *directory, []string, error) {
 			MaxTokensPerRequest: big(4096),
 			Budgets: []quota.Budget{quota.UserBudget(ns, name, uid, []quota.Limit{
 				{Window: llmv1alpha1.WindowMinute, Tokens: big(1 << 50), Requests: big(1 << 40)},
-				{Window: llmv1alpha1.WindowDay, Tokens: big(1 << 55)},
+				day,
 			}, false)},
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,6 +47,11 @@ type Server struct {
 	dir     string
 	addr    string
 	durable bool
+	// busPort is the cluster bus port of a cluster node, 0 for none.
+	busPort int
+	// sentinel, when set, makes the server a Sentinel with this
+	// configuration.
+	sentinel string
 
 	mu   sync.Mutex
 	proc *process
@@ -92,6 +98,11 @@ func New(t testing.TB, opts ...Option) *Server {
 			break
 		}
 		s.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		if s.busPort < 0 {
+			if s.busPort, err = freePort(); err != nil {
+				break
+			}
+		}
 		if err = s.start(); err == nil {
 			return s
 		}
@@ -167,13 +178,28 @@ func (s *Server) start() error {
 	if s.durable {
 		appendOnly = []string{"--appendonly", "yes", "--appendfsync", "always"}
 	}
-	cmd := exec.Command(s.bin, append([]string{
+	args := append([]string{
 		"--port", port,
 		"--bind", "127.0.0.1",
 		"--save", "",
 		"--dir", s.dir,
 		"--daemonize", "no",
-	}, appendOnly...)...)
+	}, appendOnly...)
+	if s.busPort > 0 {
+		args = append(args, "--cluster-enabled", "yes", "--cluster-port", strconv.Itoa(s.busPort),
+			"--cluster-config-file", "nodes.conf", "--cluster-node-timeout", strconv.Itoa(int(nodeTimeout.Milliseconds())),
+			// A loaded test machine must not fail a master over behind a
+			// test's back; the tests promote replicas themselves.
+			"--cluster-replica-no-failover", "yes")
+	}
+	if s.sentinel != "" {
+		conf := filepath.Join(s.dir, "sentinel.conf")
+		if err := os.WriteFile(conf, []byte("port "+port+"\nbind 127.0.0.1\ndir "+s.dir+"\n"+s.sentinel), 0o600); err != nil {
+			return err
+		}
+		args = []string{conf, "--sentinel"}
+	}
+	cmd := exec.Command(s.bin, args...)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = sysProcAttr()
@@ -277,4 +303,16 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// NewSentinel runs a Sentinel for t that watches the master at addr under
+// name; a master that stops answering for a second is down to it.
+func NewSentinel(t testing.TB, name, addr string) *Server {
+	t.Helper()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := fmt.Sprintf("sentinel monitor %[1]s %[2]s %[3]s 1\nsentinel down-after-milliseconds %[1]s 1000\n", name, host, port)
+	return New(t, func(s *Server) { s.sentinel = conf })
 }

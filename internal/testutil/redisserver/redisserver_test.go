@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestStartStopRestart(t *testing.T) {
@@ -100,4 +101,41 @@ func TestMissingBinary(t *testing.T) {
 			t.Errorf("got %+v, want a skip", out)
 		}
 	})
+}
+
+func TestCluster(t *testing.T) {
+	c := NewCluster(t)
+	masters, replicas := 0, 0
+	for _, n := range c.Nodes {
+		info, err := Command(n.Addr(), "INFO", "replication")
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case strings.Contains(info, "role:master"):
+			masters++
+		case strings.Contains(info, "role:slave"):
+			replicas++
+		}
+	}
+	if masters != 3 || replicas != 3 {
+		t.Errorf("%d masters and %d replicas, want 3 and 3", masters, replicas)
+	}
+	if _, err := Command(c.Nodes[0].Addr(), "SET", "{a}x", "1"); err != nil && !strings.Contains(err.Error(), "MOVED") {
+		t.Errorf("SET on a cluster node: %v", err)
+	}
+}
+
+func TestSentinel(t *testing.T) {
+	m := New(t)
+	s := NewSentinel(t, "counters", m.Addr())
+	for deadline := time.Now().Add(startTimeout); ; time.Sleep(20 * time.Millisecond) {
+		info, err := Command(s.Addr(), "INFO", "sentinel")
+		if err == nil && strings.Contains(info, "name=counters,status=ok,address="+m.Addr()) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the Sentinel does not watch %s: %v\n%s", m.Addr(), err, info)
+		}
+	}
 }

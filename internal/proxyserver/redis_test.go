@@ -1,0 +1,141 @@
+package proxyserver
+
+import (
+	"context"
+	"flag"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	llmv1alpha1 "github.com/llm-user-operator/llm-user-operator/api/v1alpha1"
+	"github.com/llm-user-operator/llm-user-operator/internal/quota"
+	"github.com/llm-user-operator/llm-user-operator/internal/testutil/redisserver"
+)
+
+func parseRedisFlags(t *testing.T, args ...string) (Options, error) {
+	t.Helper()
+	o := Defaults()
+	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
+	o.BindFlags(fs)
+	if err := fs.Parse(append([]string{"--upstreams=http://vllm:8000", "--counter=redis"}, args...)); err != nil {
+		t.Fatal(err)
+	}
+	return o, o.Validate()
+}
+
+// TestRedisModeFlags: the Redis flags as the operator writes them, and
+// what is missing said plainly.
+func TestRedisModeFlags(t *testing.T) {
+	o, err := parseRedisFlags(t, "--redis-mode=cluster", "--redis-addrs=r-0.r:6379, r-1.r:6379")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.RedisMode != "cluster" || !slices.Equal(o.RedisAddrs, []string{"r-0.r:6379", "r-1.r:6379"}) {
+		t.Errorf("mode %q addrs %q", o.RedisMode, o.RedisAddrs)
+	}
+	if _, ok := newRedisClient(o).(*redis.ClusterClient); !ok {
+		t.Error("--redis-mode=cluster does not build a cluster client")
+	}
+	if o, _ := parseRedisFlags(t, "--redis-addr=r:6379"); o.RedisMode != "standalone" {
+		t.Errorf("default mode %q, want standalone", o.RedisMode)
+	}
+	t.Setenv(EnvRedisPassword, "s3cret")
+	o, _ = parseRedisFlags(t, "--redis-addr=r:6379", "--redis-tls")
+	if ro := newRedisClient(o).(*redis.Client).Options(); ro.Password != "s3cret" || ro.TLSConfig == nil {
+		t.Errorf("standalone client: password %q, TLS %v; want the password from $%s and TLS", ro.Password, ro.TLSConfig, EnvRedisPassword)
+	}
+	o, _ = parseRedisFlags(t, "--redis-mode=cluster", "--redis-addrs=a:1")
+	if ro := newRedisClient(o).(*redis.ClusterClient).Options(); ro.Password != "s3cret" || ro.TLSConfig != nil {
+		t.Errorf("cluster client: password %q, TLS %v; want the password and no TLS", ro.Password, ro.TLSConfig)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--redis-mode=cluster"}, "--redis-mode=cluster needs --redis-addrs"},
+		{[]string{"--redis-mode=sentinel", "--redis-addrs=s:26379"}, "needs --redis-master-name"},
+		{[]string{"--redis-mode=ring", "--redis-addr=r:6379"}, `unknown --redis-mode "ring"`},
+		{nil, "--counter=redis needs --redis-addr"},
+	} {
+		if _, err := parseRedisFlags(t, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want an error saying %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+// TestCounterOnRedisSentinel: the counter the proxy builds for
+// --redis-mode=sentinel finds the master through the Sentinel and keeps
+// the single-instance layout there.
+func TestCounterOnRedisSentinel(t *testing.T) {
+	master := redisserver.New(t)
+	sentinel := redisserver.NewSentinel(t, "counters", master.Addr())
+	store := seededCounter(t, "--redis-mode=sentinel", "--redis-addrs="+sentinel.Addr(), "--redis-master-name=counters")
+	ctx := context.Background()
+	if v, err := redisserver.Command(master.Addr(), "GET", "llmq:seeded"); err != nil || v != "1" {
+		t.Errorf("llmq:seeded on the master = %q, %v; want 1", v, err)
+	}
+	b := quota.UserBudget("team", "alice", "u1", []quota.Limit{{Window: llmv1alpha1.WindowDay, Requests: new(int64(1))}}, false)
+	r, d, err := store.Reserve(ctx, quota.Request{Budgets: []quota.Budget{b}, Estimate: quota.Amount{Requests: 1}})
+	if err != nil || !d.Allowed {
+		t.Fatalf("Reserve: %v %+v", err, d)
+	}
+	if err := store.Settle(ctx, r, quota.Amount{Requests: 1, InputTokens: 5}); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := redisserver.Command(master.Addr(), "HGET", "llmq:user/team/alice/u1:lifetime", "in"); err != nil || v != "5" {
+		t.Errorf("the lifetime's input tokens on the master = %q, %v; want 5", v, err)
+	}
+}
+
+// TestCounterOnRedisCluster: the counter the proxy builds for
+// --redis-mode=cluster admits a Shared quota's request (the user's tally and
+// the pool in one script) and a PerUser one, on a real cluster.
+func TestCounterOnRedisCluster(t *testing.T) {
+	cl := redisserver.NewCluster(t)
+	store := seededCounter(t, "--redis-mode=cluster", "--redis-addrs="+strings.Join(cl.Addrs()[:2], ","))
+	ctx := context.Background()
+	u := &llmv1alpha1.LLMUser{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "alice", UID: "u1"}}
+	for _, scope := range []llmv1alpha1.QuotaScope{llmv1alpha1.ScopeShared, llmv1alpha1.ScopePerUser} {
+		tokens := int64(100)
+		q := &llmv1alpha1.LLMQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "q-" + strings.ToLower(string(scope)), UID: "q1"},
+			Spec: llmv1alpha1.LLMQuotaSpec{Scope: scope, Limits: []llmv1alpha1.QuotaLimit{{Window: llmv1alpha1.WindowDay, Tokens: &tokens}}}}
+		bs := quota.BudgetsFor(u, q)
+		req := quota.Request{Budgets: bs, Estimate: quota.Amount{Requests: 1, InputTokens: 40, OutputTokens: 40},
+			Concurrency: &quota.Concurrency{Key: bs[0].Key, Limit: 4}}
+		r, d, err := store.Reserve(ctx, req)
+		if err != nil || !d.Allowed {
+			t.Fatalf("%s: Reserve: %v %+v", scope, err, d)
+		}
+		if err := store.Settle(ctx, r, quota.Amount{Requests: 1, InputTokens: 40, OutputTokens: 30}); err != nil {
+			t.Fatalf("%s: Settle: %v", scope, err)
+		}
+		if _, d, err := store.Reserve(ctx, req); err != nil || d.Allowed {
+			t.Errorf("%s: 80 more tokens after 70 of 100: allowed %v, %v", scope, d.Allowed, err)
+		}
+		if lt, err := store.Lifetime(ctx, bs[len(bs)-1]); err != nil || lt.Total() != 70 {
+			t.Errorf("%s: lifetime %+v, %v; want 70 tokens", scope, lt, err)
+		}
+	}
+}
+
+// seededCounter is the counter the proxy builds for its Redis flags args,
+// marked seeded, closed when t ends.
+func seededCounter(t *testing.T, args ...string) quota.Counter {
+	t.Helper()
+	o, err := parseRedisFlags(t, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, closeCounter, err := newCounter(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(closeCounter)
+	if err := store.(*quota.Redis).MarkSeeded(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return store
+}
