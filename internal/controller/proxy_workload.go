@@ -40,6 +40,10 @@ const (
 	// UpstreamsMountPath is where the upstreams ConfigMap is mounted; the
 	// proxy re-reads UpstreamsFile at every model refresh.
 	UpstreamsMountPath = "/etc/llm-user-proxy/upstreams"
+	// redisCADir and redisClientTLSDir are where the proxy finds the CA
+	// bundle and the client certificate of a Redis reached over TLS.
+	redisCADir        = "/etc/llm-user-proxy/redis-ca"
+	redisClientTLSDir = "/etc/llm-user-proxy/redis-client-tls"
 	// UpstreamsKey is the upstreams ConfigMap's key, one URL per line.
 	UpstreamsKey  = "upstreams"
 	UpstreamsFile = UpstreamsMountPath + "/" + UpstreamsKey
@@ -240,11 +244,32 @@ func renderDeployment(in workloadInput, labels map[string]string) *appsv1ac.Depl
 			WithRunAsNonRoot(true).
 			WithCapabilities(corev1ac.Capabilities().WithDrop("ALL"))).
 		WithVolumeMounts(corev1ac.VolumeMount().WithName("upstreams").WithMountPath(UpstreamsMountPath).WithReadOnly(true))
-	if s := p.Counter.Redis.PasswordSecret; s != nil && p.Counter.Store == operatorconfig.CounterRedis {
-		// The proxy reads it from $REDIS_PASSWORD, not a flag, which would
-		// show in ps.
-		container.WithEnv(corev1ac.EnvVar().WithName("REDIS_PASSWORD").
-			WithValueFrom(corev1ac.EnvVarSource().WithSecretKeyRef(corev1ac.SecretKeySelector().WithName(s.Name).WithKey(s.Key))))
+	var volumes []*corev1ac.VolumeApplyConfiguration
+	if r := p.Counter.Redis; p.Counter.Store == operatorconfig.CounterRedis {
+		// The proxy reads the passwords from the environment, not from
+		// flags, which would show in ps.
+		// In a fixed order: the template must render the same every time.
+		for _, e := range []struct {
+			env string
+			s   *corev1.SecretKeySelector
+		}{{"REDIS_PASSWORD", r.PasswordSecret}, {"REDIS_SENTINEL_PASSWORD", r.SentinelPasswordSecret}} {
+			if s := e.s; s != nil {
+				container.WithEnv(corev1ac.EnvVar().WithName(e.env).
+					WithValueFrom(corev1ac.EnvVarSource().WithSecretKeyRef(corev1ac.SecretKeySelector().WithName(s.Name).WithKey(s.Key))))
+			}
+		}
+		if s := r.CASecret; s != nil && r.TLS {
+			container.WithVolumeMounts(corev1ac.VolumeMount().WithName("redis-ca").WithMountPath(redisCADir).WithReadOnly(true))
+			volumes = append(volumes, corev1ac.Volume().WithName("redis-ca").WithSecret(corev1ac.SecretVolumeSource().
+				WithSecretName(s.Name).WithItems(corev1ac.KeyToPath().WithKey(s.Key).WithPath("ca.crt"))))
+		}
+		if r.ClientCertSecret != "" && r.TLS {
+			container.WithVolumeMounts(corev1ac.VolumeMount().WithName("redis-client-tls").WithMountPath(redisClientTLSDir).WithReadOnly(true))
+			volumes = append(volumes, corev1ac.Volume().WithName("redis-client-tls").WithSecret(corev1ac.SecretVolumeSource().
+				WithSecretName(r.ClientCertSecret).WithItems(
+				corev1ac.KeyToPath().WithKey(corev1.TLSCertKey).WithPath(corev1.TLSCertKey),
+				corev1ac.KeyToPath().WithKey(corev1.TLSPrivateKeyKey).WithPath(corev1.TLSPrivateKeyKey))))
+		}
 	}
 
 	spec := corev1ac.PodSpec().
@@ -257,7 +282,8 @@ func renderDeployment(in workloadInput, labels map[string]string) *appsv1ac.Depl
 			WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault))).
 		WithContainers(container).
 		WithVolumes(corev1ac.Volume().WithName("upstreams").
-			WithConfigMap(corev1ac.ConfigMapVolumeSource().WithName(upstreamsConfigMapName(name))))
+			WithConfigMap(corev1ac.ConfigMapVolumeSource().WithName(upstreamsConfigMapName(name)))).
+		WithVolumes(volumes...)
 	if len(p.NodeSelector) > 0 {
 		spec.WithNodeSelector(p.NodeSelector)
 	}
@@ -317,6 +343,13 @@ func proxyArgs(in workloadInput) []string {
 		}
 		if r.TLS {
 			args = append(args, "--redis-tls=true")
+			if r.CASecret != nil {
+				args = append(args, "--redis-tls-ca-file="+redisCADir+"/ca.crt")
+			}
+			if r.ClientCertSecret != "" {
+				args = append(args, "--redis-tls-cert-file="+redisClientTLSDir+"/"+corev1.TLSCertKey,
+					"--redis-tls-key-file="+redisClientTLSDir+"/"+corev1.TLSPrivateKeyKey)
+			}
 		}
 		args = append(args,
 			"--redis-fail-open="+strconv.FormatBool(r.FailOpen),

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -164,6 +165,61 @@ func TestRenderProxyRedisAuth(t *testing.T) {
 		if *e.Name == "REDIS_PASSWORD" {
 			t.Error("REDIS_PASSWORD set without a password Secret")
 		}
+	}
+}
+
+// TestRenderProxyRedisTLS: a private CA and a client certificate are
+// mounted from their Secrets and named by flags; the Sentinels' password
+// comes through the environment like Redis's.
+func TestRenderProxyRedisTLS(t *testing.T) {
+	c := defaulted(func(p *operatorconfig.Proxy) {
+		p.Counter = operatorconfig.Counter{Store: operatorconfig.CounterRedis, Redis: operatorconfig.Redis{
+			Mode: operatorconfig.RedisSentinel, Addresses: []string{"s-0:26379"}, MasterName: "counters", TLS: true,
+			CASecret:               &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "redis-tls"}, Key: "ca.crt"},
+			ClientCertSecret:       "proxy-redis-client",
+			SentinelPasswordSecret: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "sentinel-auth"}, Key: "pw"}}}
+	})
+	d := renderProxy(workloadInput{Namespace: "ops", JWKSConfigMap: "jwks", Config: c}).deployment
+	pod := d.Spec.Template.Spec
+	ct := pod.Containers[0]
+	for _, want := range []string{"--redis-tls=true", "--redis-tls-ca-file=/etc/llm-user-proxy/redis-ca/ca.crt",
+		"--redis-tls-cert-file=/etc/llm-user-proxy/redis-client-tls/tls.crt", "--redis-tls-key-file=/etc/llm-user-proxy/redis-client-tls/tls.key"} {
+		if !slices.Contains(ct.Args, want) {
+			t.Errorf("args lack %s:\n%s", want, strings.Join(ct.Args, "\n"))
+		}
+	}
+	var env []string
+	for _, e := range ct.Env {
+		if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+			env = append(env, *e.Name+"="+*e.ValueFrom.SecretKeyRef.Name+"/"+*e.ValueFrom.SecretKeyRef.Key)
+		}
+	}
+	if !slices.Contains(env, "REDIS_SENTINEL_PASSWORD=sentinel-auth/pw") {
+		t.Errorf("Secret env %v, want REDIS_SENTINEL_PASSWORD from sentinel-auth/pw", env)
+	}
+	mounts := map[string]string{}
+	for _, m := range ct.VolumeMounts {
+		if m.ReadOnly == nil || !*m.ReadOnly {
+			t.Errorf("volume %s mounted writable", *m.Name)
+		}
+		mounts[*m.Name] = *m.MountPath
+	}
+	vols := map[string]string{}
+	for _, v := range pod.Volumes {
+		if v.Secret != nil {
+			var items []string
+			for _, it := range v.Secret.Items {
+				items = append(items, *it.Key+"->"+*it.Path)
+			}
+			vols[*v.Name] = *v.Secret.SecretName + ":" + strings.Join(items, ",")
+		}
+	}
+	wantVols := map[string]string{"redis-ca": "redis-tls:ca.crt->ca.crt", "redis-client-tls": "proxy-redis-client:tls.crt->tls.crt,tls.key->tls.key"}
+	if !maps.Equal(vols, wantVols) {
+		t.Errorf("Secret volumes %v, want %v", vols, wantVols)
+	}
+	if mounts["redis-ca"] != "/etc/llm-user-proxy/redis-ca" || mounts["redis-client-tls"] != "/etc/llm-user-proxy/redis-client-tls" {
+		t.Errorf("mounts %v", mounts)
 	}
 }
 

@@ -188,9 +188,22 @@ type Redis struct {
 	// holding the password the proxies authenticate to Redis with (AUTH, to
 	// the master or the cluster's nodes; not to the Sentinels). Unset: none.
 	PasswordSecret *corev1.SecretKeySelector `json:"passwordSecret,omitempty"`
+	// SentinelPasswordSecret is the key of a Secret, in the proxy's
+	// namespace, holding the password of the Sentinels themselves (their
+	// requirepass), for mode sentinel. Unset: none.
+	SentinelPasswordSecret *corev1.SecretKeySelector `json:"sentinelPasswordSecret,omitempty"`
 	// TLS connects to Redis over TLS, verifying its certificate against the
-	// system's roots.
+	// system's roots, or against CASecret's.
 	TLS bool `json:"tls,omitempty"`
+	// CASecret is the key of a Secret, in the proxy's namespace, holding
+	// the PEM bundle of the CAs that Redis's certificate is verified
+	// against instead of the system's roots (a private CA; cert-manager
+	// writes it as ca.crt). Needs tls.
+	CASecret *corev1.SecretKeySelector `json:"caSecret,omitempty"`
+	// ClientCertSecret names a kubernetes.io/tls Secret, in the proxy's
+	// namespace, whose tls.crt and tls.key the proxies present to a Redis
+	// that requires client certificates (tls-auth-clients). Needs tls.
+	ClientCertSecret string `json:"clientCertSecret,omitempty"`
 	// FailOpen admits requests when Redis is unreachable; default false
 	// refuses them with 503.
 	FailOpen bool `json:"failOpen,omitempty"`

@@ -277,6 +277,18 @@ func TestValidate(t *testing.T) {
 			c.Proxy.Counter.Redis.Address = "r:6379"
 			c.Proxy.Counter.Redis.PasswordSecret = &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "auth"}}
 		}, []string{"proxy.counter.redis.passwordSecret.key: Required value"}},
+		{"TLS secrets without tls", func(c *OperatorConfig) {
+			c.Proxy.Counter.Store = CounterRedis
+			c.Proxy.Counter.Redis.Address = "r:6379"
+			c.Proxy.Counter.Redis.CASecret = &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "redis-ca"}}
+			c.Proxy.Counter.Redis.ClientCertSecret = "redis-client"
+		}, []string{"proxy.counter.redis.caSecret: Forbidden", "set tls: true", "proxy.counter.redis.clientCertSecret: Forbidden",
+			"proxy.counter.redis.caSecret.key: Required value"}},
+		{"sentinel password outside sentinel mode", func(c *OperatorConfig) {
+			c.Proxy.Counter.Store = CounterRedis
+			c.Proxy.Counter.Redis.Address = "r:6379"
+			c.Proxy.Counter.Redis.SentinelPasswordSecret = &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "s"}, Key: "p"}
+		}, []string{"proxy.counter.redis.sentinelPasswordSecret: Forbidden", "is for mode sentinel"}},
 		{"standalone with addresses", func(c *OperatorConfig) {
 			c.Proxy.Counter.Store = CounterRedis
 			c.Proxy.Counter.Redis = Redis{Mode: RedisStandalone, Address: "r:6379", Addresses: []string{"s:6379"}, MasterName: "m", Lease: c.Proxy.Counter.Redis.Lease}
@@ -336,6 +348,24 @@ func TestParseRedisCluster(t *testing.T) {
 	}
 	if r := c.Proxy.Counter.Redis; !r.TLS || r.PasswordSecret == nil || r.PasswordSecret.Name != "redis-auth" || r.PasswordSecret.Key != "password" {
 		t.Errorf("redis = %+v, want TLS and the password from redis-auth's key password", r)
+	}
+}
+
+func TestParseRedisSentinelTLS(t *testing.T) {
+	c, err := Parse([]byte("audience: a\nproxy: {upstreams: [http://vllm:8000], counter: {store: redis, redis: {mode: sentinel, addresses: [s-0:26379], " +
+		"masterName: counters, tls: true, caSecret: {name: redis-tls, key: ca.crt}, clientCertSecret: proxy-redis-client, " +
+		"sentinelPasswordSecret: {name: sentinel-auth, key: password}}}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Default("ns", "img:1")
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	r := c.Proxy.Counter.Redis
+	if r.CASecret == nil || r.CASecret.Name != "redis-tls" || r.CASecret.Key != "ca.crt" || r.ClientCertSecret != "proxy-redis-client" ||
+		r.SentinelPasswordSecret == nil || r.SentinelPasswordSecret.Name != "sentinel-auth" || r.SentinelPasswordSecret.Key != "password" {
+		t.Errorf("redis = %+v, want the CA from redis-tls's ca.crt, the client certificate proxy-redis-client and the Sentinels' password", r)
 	}
 }
 

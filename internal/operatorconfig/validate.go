@@ -250,13 +250,28 @@ func validateRedis(path *field.Path, r *Redis) field.ErrorList {
 	if r.Mode != RedisSentinel && r.MasterName != "" {
 		errs = append(errs, field.Forbidden(path.Child("masterName"), "masterName is for mode sentinel"))
 	}
-	if s := r.PasswordSecret; s != nil {
+	secretKey := func(name string, s *corev1.SecretKeySelector, what string) {
+		if s == nil {
+			return
+		}
 		if s.Name == "" {
-			errs = append(errs, field.Required(path.Child("passwordSecret", "name"), "the Secret holding the Redis password"))
+			errs = append(errs, field.Required(path.Child(name, "name"), "the Secret holding "+what))
 		}
 		if s.Key == "" {
-			errs = append(errs, field.Required(path.Child("passwordSecret", "key"), "the Secret's key holding the Redis password"))
+			errs = append(errs, field.Required(path.Child(name, "key"), "the Secret's key holding "+what))
 		}
+	}
+	secretKey("passwordSecret", r.PasswordSecret, "the Redis password")
+	secretKey("sentinelPasswordSecret", r.SentinelPasswordSecret, "the Sentinels' password")
+	secretKey("caSecret", r.CASecret, "the CA bundle (PEM) Redis's certificate is verified against")
+	if r.SentinelPasswordSecret != nil && r.Mode != RedisSentinel {
+		errs = append(errs, field.Forbidden(path.Child("sentinelPasswordSecret"), "sentinelPasswordSecret is for mode sentinel"))
+	}
+	if !r.TLS && r.CASecret != nil {
+		errs = append(errs, field.Forbidden(path.Child("caSecret"), "caSecret verifies Redis over TLS: set tls: true"))
+	}
+	if !r.TLS && r.ClientCertSecret != "" {
+		errs = append(errs, field.Forbidden(path.Child("clientCertSecret"), "clientCertSecret is presented over TLS: set tls: true"))
 	}
 	return errs
 }

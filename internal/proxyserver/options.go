@@ -68,10 +68,19 @@ type Options struct {
 	// RedisPassword authenticates to Redis (env REDIS_PASSWORD; no flag, so
 	// that it shows in no process list).
 	RedisPassword string
-	// RedisTLS connects to Redis over TLS, verified by the system's roots.
-	RedisTLS      bool
-	RedisFailOpen bool
-	RedisLease    time.Duration
+	// RedisSentinelPassword authenticates to the Sentinels themselves
+	// (env REDIS_SENTINEL_PASSWORD), for Sentinels run with requirepass.
+	RedisSentinelPassword string
+	// RedisTLS connects to Redis over TLS, verified by the system's roots
+	// or, with RedisTLSCAFile, by the CAs in that PEM file alone.
+	RedisTLS       bool
+	RedisTLSCAFile string
+	// RedisTLSCertFile and RedisTLSKeyFile are the client certificate the
+	// proxy presents, for a Redis that requires one (tls-auth-clients).
+	RedisTLSCertFile string
+	RedisTLSKeyFile  string
+	RedisFailOpen    bool
+	RedisLease       time.Duration
 
 	// MemoryLimit is the container's memory limit in bytes; 0 reads it from
 	// the cgroup. The Go runtime is given a soft limit below it.
@@ -90,6 +99,10 @@ type Options struct {
 // EnvRedisPassword is the environment variable the Redis password is read
 // from.
 const EnvRedisPassword = "REDIS_PASSWORD"
+
+// EnvRedisSentinelPassword is the environment variable the Sentinels'
+// password is read from.
+const EnvRedisSentinelPassword = "REDIS_SENTINEL_PASSWORD"
 
 // Defaults are the values a bare command line gets.
 func Defaults() Options {
@@ -112,6 +125,7 @@ func Defaults() Options {
 		Counter:               "memory",
 		RedisMode:             "standalone",
 		RedisPassword:         os.Getenv(EnvRedisPassword),
+		RedisSentinelPassword: os.Getenv(EnvRedisSentinelPassword),
 		RedisLease:            30 * time.Second,
 		FlushInterval:         10 * time.Second,
 		StatusWriteRate:       200,
@@ -173,7 +187,10 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.StringVar(&o.RedisMasterName, "redis-master-name", o.RedisMasterName, "The master the Sentinels watch, for --redis-mode=sentinel.")
-	fs.BoolVar(&o.RedisTLS, "redis-tls", o.RedisTLS, "Connect to Redis over TLS, verifying its certificate against the system's roots. The password, if any, is read from $"+EnvRedisPassword+".")
+	fs.BoolVar(&o.RedisTLS, "redis-tls", o.RedisTLS, "Connect to Redis over TLS, verifying its certificate against the system's roots (or --redis-tls-ca-file). The password, if any, is read from $"+EnvRedisPassword+", the Sentinels' from $"+EnvRedisSentinelPassword+".")
+	fs.StringVar(&o.RedisTLSCAFile, "redis-tls-ca-file", o.RedisTLSCAFile, "PEM file of the CAs that Redis's certificate is verified against, instead of the system's roots (with --redis-tls). Read at start.")
+	fs.StringVar(&o.RedisTLSCertFile, "redis-tls-cert-file", o.RedisTLSCertFile, "PEM client certificate presented to a Redis that requires one (tls-auth-clients), with --redis-tls-key-file. Read at start.")
+	fs.StringVar(&o.RedisTLSKeyFile, "redis-tls-key-file", o.RedisTLSKeyFile, "PEM private key of --redis-tls-cert-file.")
 	fs.BoolVar(&o.RedisFailOpen, "redis-fail-open", o.RedisFailOpen, "Admit requests when Redis is unreachable (default: refuse with 503).")
 	fs.DurationVar(&o.RedisLease, "redis-lease", o.RedisLease, "A replica that stops renewing its lease (it crashed) loses its reservations in Redis after this long.")
 	fs.Func("memory-limit", "The container's memory limit (a quantity such as 512Mi; default: the cgroup's). The Go runtime keeps 85% of it as a soft limit, unless GOMEMLIMIT is set.", func(s string) error {
@@ -239,6 +256,12 @@ func (o *Options) Validate() error {
 			}
 		default:
 			errs = append(errs, fmt.Errorf("unknown --redis-mode %q: use standalone, sentinel or cluster", o.RedisMode))
+		}
+		if !o.RedisTLS && (o.RedisTLSCAFile != "" || o.RedisTLSCertFile != "") {
+			errs = append(errs, errors.New("--redis-tls-ca-file and --redis-tls-cert-file need --redis-tls"))
+		}
+		if (o.RedisTLSCertFile == "") != (o.RedisTLSKeyFile == "") {
+			errs = append(errs, errors.New("--redis-tls-cert-file and --redis-tls-key-file go together: set both or neither"))
 		}
 		if o.RedisLease < time.Second {
 			errs = append(errs, fmt.Errorf("--redis-lease must be at least 1s, not %s", o.RedisLease))

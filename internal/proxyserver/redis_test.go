@@ -36,7 +36,7 @@ func TestRedisModeFlags(t *testing.T) {
 	if o.RedisMode != "cluster" || !slices.Equal(o.RedisAddrs, []string{"r-0.r:6379", "r-1.r:6379"}) {
 		t.Errorf("mode %q addrs %q", o.RedisMode, o.RedisAddrs)
 	}
-	if _, ok := newRedisClient(o).(*redis.ClusterClient); !ok {
+	if _, ok := mustRedisClient(t, o).(*redis.ClusterClient); !ok {
 		t.Error("--redis-mode=cluster does not build a cluster client")
 	}
 	if o, _ := parseRedisFlags(t, "--redis-addr=r:6379"); o.RedisMode != "standalone" {
@@ -44,11 +44,11 @@ func TestRedisModeFlags(t *testing.T) {
 	}
 	t.Setenv(EnvRedisPassword, "s3cret")
 	o, _ = parseRedisFlags(t, "--redis-addr=r:6379", "--redis-tls")
-	if ro := newRedisClient(o).(*redis.Client).Options(); ro.Password != "s3cret" || ro.TLSConfig == nil {
+	if ro := mustRedisClient(t, o).(*redis.Client).Options(); ro.Password != "s3cret" || ro.TLSConfig == nil {
 		t.Errorf("standalone client: password %q, TLS %v; want the password from $%s and TLS", ro.Password, ro.TLSConfig, EnvRedisPassword)
 	}
 	o, _ = parseRedisFlags(t, "--redis-mode=cluster", "--redis-addrs=a:1")
-	if ro := newRedisClient(o).(*redis.ClusterClient).Options(); ro.Password != "s3cret" || ro.TLSConfig != nil {
+	if ro := mustRedisClient(t, o).(*redis.ClusterClient).Options(); ro.Password != "s3cret" || ro.TLSConfig != nil {
 		t.Errorf("cluster client: password %q, TLS %v; want the password and no TLS", ro.Password, ro.TLSConfig)
 	}
 	for _, tc := range []struct {
@@ -59,6 +59,8 @@ func TestRedisModeFlags(t *testing.T) {
 		{[]string{"--redis-mode=sentinel", "--redis-addrs=s:26379"}, "needs --redis-master-name"},
 		{[]string{"--redis-mode=ring", "--redis-addr=r:6379"}, `unknown --redis-mode "ring"`},
 		{nil, "--counter=redis needs --redis-addr"},
+		{[]string{"--redis-addr=r:6379", "--redis-tls-ca-file=/ca.crt"}, "--redis-tls-ca-file and --redis-tls-cert-file need --redis-tls"},
+		{[]string{"--redis-addr=r:6379", "--redis-tls", "--redis-tls-cert-file=/tls.crt"}, "--redis-tls-cert-file and --redis-tls-key-file go together"},
 	} {
 		if _, err := parseRedisFlags(t, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: %v, want an error saying %q", tc.args, err, tc.want)
@@ -138,4 +140,116 @@ func seededCounter(t *testing.T, args ...string) quota.Counter {
 		t.Fatal(err)
 	}
 	return store
+}
+
+func mustRedisClient(t *testing.T, o Options) redis.UniversalClient {
+	t.Helper()
+	c, err := newRedisClient(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// TestCounterOnRedisTLS: a Redis with a certificate of a private CA, that
+// requires client certificates and a password. The proxy's flags get it
+// through, the CA alone verifies the server, and each missing piece is
+// refused with what is wrong.
+func TestCounterOnRedisTLS(t *testing.T) {
+	pki := redisserver.NewPKI(t)
+	srv := redisserver.New(t, redisserver.TLS(pki, true), redisserver.Password("s3cret"))
+	t.Setenv(EnvRedisPassword, "s3cret")
+	full := []string{"--redis-addr=" + srv.TLSAddr(), "--redis-tls", "--redis-tls-ca-file=" + pki.CA,
+		"--redis-tls-cert-file=" + pki.ClientCert, "--redis-tls-key-file=" + pki.ClientKey}
+	store := seededCounter(t, full...)
+	ctx := context.Background()
+	b := quota.UserBudget("team", "alice", "u1", []quota.Limit{{Window: llmv1alpha1.WindowDay, Tokens: new(int64(100))}}, false)
+	req := quota.Request{Budgets: []quota.Budget{b}, Estimate: quota.Amount{Requests: 1, InputTokens: 40, OutputTokens: 40}}
+	r, d, err := store.Reserve(ctx, req)
+	if err != nil || !d.Allowed {
+		t.Fatalf("Reserve over TLS: %v %+v", err, d)
+	}
+	if err := store.Settle(ctx, r, quota.Amount{Requests: 1, InputTokens: 40, OutputTokens: 30}); err != nil {
+		t.Fatal(err)
+	}
+	if _, d, err := store.Reserve(ctx, req); err != nil || d.Allowed {
+		t.Errorf("80 more tokens after 70 of 100: allowed %v, %v", d.Allowed, err)
+	}
+	if v := hget(t, srv.Addr(), "s3cret", "llmq:user/team/alice/u1:lifetime", "out"); v != "30" {
+		t.Errorf("the lifetime's output tokens in Redis = %q, want 30", v)
+	}
+
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		password string
+		want     string
+	}{
+		{"the system's roots", full[:2:2], "s3cret", "certificate signed by unknown authority"},
+		{"another CA", []string{full[0], "--redis-tls", "--redis-tls-ca-file=" + pki.OtherCA, full[3], full[4]}, "s3cret", "certificate signed by unknown authority"},
+		{"no client certificate", full[:3:3], "s3cret", "certificate required"},
+		{"a wrong password", full, "guess", "WRONGPASS"},
+		{"no password", full, "", "NOAUTH"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(EnvRedisPassword, tc.password)
+			o, err := parseRedisFlags(t, tc.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := mustRedisClient(t, o)
+			err = c.Ping(ctx).Err()
+			t.Logf("PING: %v", err)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("PING: %v, want an error saying %q", err, tc.want)
+			}
+		})
+	}
+	o, _ := parseRedisFlags(t, "--redis-addr=r:6379", "--redis-tls", "--redis-tls-ca-file="+pki.ClientKey)
+	if _, err := newRedisClient(o); err == nil || !strings.Contains(err.Error(), "holds no PEM certificate") {
+		t.Errorf("a CA file of a key: %v, want an error saying it holds no PEM certificate", err)
+	}
+}
+
+// TestCounterOnRedisSentinelAuth: Sentinels that require a password of
+// their own, watching a master that requires another.
+func TestCounterOnRedisSentinelAuth(t *testing.T) {
+	master := redisserver.New(t, redisserver.Password("master-pw"))
+	sentinel := redisserver.NewSentinelAuth(t, "counters", master.Addr(), "master-pw", "sentinel-pw")
+	t.Setenv(EnvRedisPassword, "master-pw")
+	args := []string{"--redis-mode=sentinel", "--redis-addrs=" + sentinel.Addr(), "--redis-master-name=counters"}
+	ctx := context.Background()
+
+	t.Setenv(EnvRedisSentinelPassword, "")
+	o, _ := parseRedisFlags(t, args...)
+	if err := mustRedisClient(t, o).Ping(ctx).Err(); err == nil {
+		t.Error("PING without the Sentinels' password succeeded")
+	}
+
+	t.Setenv(EnvRedisSentinelPassword, "sentinel-pw")
+	store := seededCounter(t, args...)
+	b := quota.UserBudget("team", "bob", "u2", []quota.Limit{{Window: llmv1alpha1.WindowDay, Requests: new(int64(1))}}, false)
+	r, d, err := store.Reserve(ctx, quota.Request{Budgets: []quota.Budget{b}, Estimate: quota.Amount{Requests: 1}})
+	if err != nil || !d.Allowed {
+		t.Fatalf("Reserve through password-protected Sentinels: %v %+v", err, d)
+	}
+	if err := store.Settle(ctx, r, quota.Amount{Requests: 1, InputTokens: 7}); err != nil {
+		t.Fatal(err)
+	}
+	if v := hget(t, master.Addr(), "master-pw", "llmq:user/team/bob/u2:lifetime", "in"); v != "7" {
+		t.Errorf("the lifetime's input tokens on the master = %q, want 7", v)
+	}
+}
+
+// hget reads a hash field from the Redis at addr, without TLS.
+func hget(t *testing.T, addr, password, key, field string) string {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: addr, Password: password})
+	defer func() { _ = c.Close() }()
+	v, err := c.HGet(t.Context(), key, field).Result()
+	if err != nil {
+		t.Errorf("HGET %s %s: %v", key, field, err)
+	}
+	return v
 }

@@ -58,6 +58,7 @@ func testSchema(t *testing.T) {
 		{set: []string{"proxy.replicas=2"}, want: []string{"proxy.replicas > 1 needs a shared counter store: set redis.enabled=true"}},
 		{set: []string{"proxy.counter.store=redis"}, want: []string{"proxy.counter.store=redis needs proxy.counter.redis.address"}},
 		{set: []string{"proxy.counter.redis.passwordSecret.name=auth"}, want: []string{"at '/proxy/counter/redis/passwordSecret': missing property 'key'"}},
+		{set: []string{"proxy.counter.redis.caSecret.key=ca.crt"}, want: []string{"at '/proxy/counter/redis/caSecret': missing property 'name'"}},
 		{set: []string{"proxy.counter.redis.mode=ring"}, want: []string{"at '/proxy/counter/redis/mode': value must be one of 'standalone', 'sentinel', 'cluster'"}},
 		{set: []string{"proxy.counter.store=redis", "proxy.counter.redis.mode=cluster"}, want: []string{"proxy.counter.redis.mode=cluster needs proxy.counter.redis.addresses"}},
 		{set: []string{"redis.enabled=true", "proxy.counter.redis.mode=cluster", "proxy.counter.redis.addresses={r:6379}"}, want: []string{"redis.enabled runs one standalone Redis, but proxy.counter.redis.mode is cluster"}},
@@ -208,7 +209,8 @@ func testDefaults(t *testing.T, env *envtest.Env) {
 func testRedisCluster(t *testing.T) {
 	objs := mustRender(t, "llm-rc", "llm-rc", nil, "proxy.replicas=3", "proxy.counter.store=redis",
 		"proxy.counter.redis.mode=cluster", "proxy.counter.redis.addresses={redis-0.redis:6379,redis-1.redis:6379}",
-		"proxy.counter.redis.tls=true", "proxy.counter.redis.passwordSecret.name=redis-auth", "proxy.counter.redis.passwordSecret.key=password")
+		"proxy.counter.redis.tls=true", "proxy.counter.redis.passwordSecret.name=redis-auth", "proxy.counter.redis.passwordSecret.key=password",
+		"proxy.counter.redis.caSecret.name=redis-tls", "proxy.counter.redis.caSecret.key=ca.crt", "proxy.counter.redis.clientCertSecret=proxy-redis-client")
 	cfg, _, oc := operatorConfig(t, find(t, objs, "ConfigMap", "llm-rc-operator-config"))
 	for path, want := range map[string]any{
 		"proxy.counter.store":           "redis",
@@ -220,7 +222,8 @@ func testRedisCluster(t *testing.T) {
 		}
 	}
 	if r := oc.Proxy.Counter.Redis; r.Mode != operatorconfig.RedisCluster || len(r.Addresses) != 2 || !r.TLS ||
-		r.PasswordSecret == nil || r.PasswordSecret.Name != "redis-auth" || r.PasswordSecret.Key != "password" {
+		r.PasswordSecret == nil || r.PasswordSecret.Name != "redis-auth" || r.PasswordSecret.Key != "password" ||
+		r.CASecret == nil || r.CASecret.Name != "redis-tls" || r.CASecret.Key != "ca.crt" || r.ClientCertSecret != "proxy-redis-client" {
 		t.Errorf("the operator reads redis %+v", r)
 	}
 }

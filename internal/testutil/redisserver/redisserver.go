@@ -52,6 +52,12 @@ type Server struct {
 	// sentinel, when set, makes the server a Sentinel with this
 	// configuration.
 	sentinel string
+	// tls are the TLS settings of a [TLS] server; tlsPort its TLS port
+	// (-1 until one is picked).
+	tls     []string
+	tlsPort int
+	// password is the requirepass of a [Password] server.
+	password string
 
 	mu   sync.Mutex
 	proc *process
@@ -100,6 +106,11 @@ func New(t testing.TB, opts ...Option) *Server {
 		s.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		if s.busPort < 0 {
 			if s.busPort, err = freePort(); err != nil {
+				break
+			}
+		}
+		if s.tlsPort < 0 {
+			if s.tlsPort, err = freePort(); err != nil {
 				break
 			}
 		}
@@ -192,9 +203,19 @@ func (s *Server) start() error {
 			// test's back; the tests promote replicas themselves.
 			"--cluster-replica-no-failover", "yes")
 	}
+	if s.tls != nil {
+		args = append(append(args, "--tls-port", strconv.Itoa(s.tlsPort)), s.tls...)
+	}
+	if s.password != "" {
+		args = append(args, "--requirepass", s.password)
+	}
 	if s.sentinel != "" {
 		conf := filepath.Join(s.dir, "sentinel.conf")
-		if err := os.WriteFile(conf, []byte("port "+port+"\nbind 127.0.0.1\ndir "+s.dir+"\n"+s.sentinel), 0o600); err != nil {
+		sentinel := s.sentinel
+		if s.password != "" {
+			sentinel += "requirepass " + s.password + "\n"
+		}
+		if err := os.WriteFile(conf, []byte("port "+port+"\nbind 127.0.0.1\ndir "+s.dir+"\n"+sentinel), 0o600); err != nil {
 			return err
 		}
 		args = []string{conf, "--sentinel"}
@@ -216,7 +237,7 @@ func (s *Server) start() error {
 	for {
 		// A server that answers may be another one that got the port first;
 		// only ours has our process id.
-		pid, err := serverPID(s.addr)
+		pid, err := serverPID(s.addr, s.password)
 		if err == nil && pid == cmd.Process.Pid {
 			s.mu.Lock()
 			s.proc = p
@@ -246,17 +267,29 @@ func (p *process) kill() {
 // serverPID sends PING and INFO server over plain RESP, keeping this
 // package free of any Redis client library, and returns the process_id the
 // server reports.
-func serverPID(addr string) (int, error) {
+func serverPID(addr, password string) (int, error) {
 	conn, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
 		return 0, err
 	}
 	defer func() { _ = conn.Close() }()
 	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+	r := bufio.NewReader(conn)
+	if password != "" {
+		if _, err := fmt.Fprintf(conn, "*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n", len(password), password); err != nil {
+			return 0, err
+		}
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return 0, err
+		}
+		if line != "+OK\r\n" {
+			return 0, fmt.Errorf("AUTH answered %q", strings.TrimSpace(line))
+		}
+	}
 	if _, err := io.WriteString(conn, "*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n"); err != nil {
 		return 0, err
 	}
-	r := bufio.NewReader(conn)
 	line, err := r.ReadString('\n')
 	if err != nil {
 		return 0, err
@@ -315,4 +348,17 @@ func NewSentinel(t testing.TB, name, addr string) *Server {
 	}
 	conf := fmt.Sprintf("sentinel monitor %[1]s %[2]s %[3]s 1\nsentinel down-after-milliseconds %[1]s 1000\n", name, host, port)
 	return New(t, func(s *Server) { s.sentinel = conf })
+}
+
+// NewSentinelAuth is [NewSentinel] for a master that requires
+// masterPassword, itself requiring sentinelPassword of its clients.
+func NewSentinelAuth(t testing.TB, name, addr, masterPassword, sentinelPassword string) *Server {
+	t.Helper()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := fmt.Sprintf("sentinel monitor %[1]s %[2]s %[3]s 1\nsentinel down-after-milliseconds %[1]s 1000\nsentinel auth-pass %[1]s %[4]s\n",
+		name, host, port, masterPassword)
+	return New(t, func(s *Server) { s.sentinel = conf }, Password(sentinelPassword))
 }

@@ -10,19 +10,19 @@ import (
 
 func TestStartStopRestart(t *testing.T) {
 	s := New(t)
-	pid, err := serverPID(s.Addr())
+	pid, err := serverPID(s.Addr(), "")
 	if err != nil {
 		t.Fatalf("server does not answer after New: %v", err)
 	}
 
 	s.Stop()
-	if _, err := serverPID(s.Addr()); err == nil {
+	if _, err := serverPID(s.Addr(), ""); err == nil {
 		t.Fatal("server still answers after Stop")
 	}
 	s.Stop() // idempotent
 
 	s.Restart()
-	pid2, err := serverPID(s.Addr())
+	pid2, err := serverPID(s.Addr(), "")
 	if err != nil {
 		t.Fatalf("server does not answer after Restart: %v", err)
 	}
@@ -33,11 +33,11 @@ func TestStartStopRestart(t *testing.T) {
 
 func TestStartReturnsStop(t *testing.T) {
 	addr, stop := Start(t)
-	if _, err := serverPID(addr); err != nil {
+	if _, err := serverPID(addr, ""); err != nil {
 		t.Fatalf("server does not answer: %v", err)
 	}
 	stop()
-	if _, err := serverPID(addr); err == nil {
+	if _, err := serverPID(addr, ""); err == nil {
 		t.Fatal("server still answers after stop")
 	}
 }
