@@ -53,6 +53,8 @@ type row struct {
 	target string
 	// floor names the key of the floor the figure is compared with.
 	floor string
+	// also names a second figure shown after the first ("p50 / p99").
+	also string
 }
 
 var rows = []row{
@@ -75,6 +77,11 @@ var rows = []row{
 	{what: "/metrics series", key: "scrape_series"},
 	{what: "series per active user", key: "scrape_series_per_active_user", target: "3"},
 	{what: "proxy peak RSS", key: "proxy_peak_rss_mib", unit: "MiB"},
+	{what: "admission (Reserve) p50 / p99, in-process counter, 64 at a time", key: "admission_reserve_p50_us_memory", unit: "µs", also: "admission_reserve_p99_us_memory"},
+	{what: "… one Redis", key: "admission_reserve_p50_us_redis", unit: "µs", also: "admission_reserve_p99_us_redis"},
+	{what: "… p99 against the in-process counter", key: "admission_reserve_p99_ratio_redis", unit: "×"},
+	{what: "… Redis Cluster, 3 masters", key: "admission_reserve_p50_us_cluster", unit: "µs", also: "admission_reserve_p99_us_cluster"},
+	{what: "… p99 against the in-process counter", key: "admission_reserve_p99_ratio_cluster", unit: "×"},
 }
 
 func render(kv map[string]string) string {
@@ -101,6 +108,9 @@ func render(kv map[string]string) string {
 			target = "≤ " + target + r.unit
 		}
 		value := v + r.unit
+		if a, ok := kv[r.also]; ok {
+			value = v + " / " + a + r.unit
+		}
 		if f, ok := kv[r.floor]; ok {
 			value += " (floor " + f + r.unit + ")"
 		}
