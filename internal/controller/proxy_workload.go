@@ -382,6 +382,9 @@ func proxyArgs(in workloadInput) []string {
 			}
 			args = append(args, "--upstream-max-in-flight="+strings.Join(per, ","))
 		}
+		if fq.ReservedSlots > 0 {
+			args = append(args, "--reserved-slots="+strconv.Itoa(int(fq.ReservedSlots)))
+		}
 		args = append(args, dur("queue-timeout", fq.QueueTimeout.Duration),
 			"--max-queued="+strconv.Itoa(int(fq.MaxQueued)),
 			"--max-queued-per-user="+strconv.Itoa(int(fq.MaxQueuedPerUser)))

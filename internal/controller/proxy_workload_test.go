@@ -65,6 +65,7 @@ func TestProxyArgs(t *testing.T) {
 			p.KVTransferUpstreams = []string{"http://prefill:8000", "http://decode:8000"}
 			p.FairQueue.MaxInFlight = 16
 			p.FairQueue.PerUpstream = map[string]int32{"http://vllm:8000": 64, "http://small:8000": 4}
+			p.FairQueue.ReservedSlots = 2
 			p.InferenceObjectivePrefix = "llm-tier-"
 		}, []string{
 			"--listen-address=:18000",
@@ -94,6 +95,7 @@ func TestProxyArgs(t *testing.T) {
 			"--media-item-tokens=1500",
 			"--max-in-flight-per-upstream=16",
 			"--upstream-max-in-flight=http://small:8000=4,http://vllm:8000=64",
+			"--reserved-slots=2",
 			"--queue-timeout=30s",
 			"--max-queued=1000",
 			"--max-queued-per-user=100",

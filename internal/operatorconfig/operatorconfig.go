@@ -250,6 +250,13 @@ type FairQueue struct {
 	// PerUpstream overrides MaxInFlight for the upstreams it names (by URL,
 	// as in upstreams); 0 leaves one unlimited.
 	PerUpstream map[string]int32 `json:"perUpstream,omitempty"`
+	// ReservedSlots is how many of each gated upstream's slots go only to a
+	// user with nothing running on it: one busy user holds at most
+	// maxInFlight − reservedSlots, and a user who sends one request at a
+	// time starts at once beside it, since vLLM does not preempt a running
+	// request. Default 0. Must be below maxInFlight (and every non-zero
+	// perUpstream limit).
+	ReservedSlots int32 `json:"reservedSlots,omitempty"`
 	// QueueTimeout is the longest a request waits (then 429 queue_timeout).
 	// Default 30s.
 	QueueTimeout metav1.Duration `json:"queueTimeout,omitempty"`

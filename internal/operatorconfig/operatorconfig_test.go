@@ -236,6 +236,14 @@ func TestValidate(t *testing.T) {
 		{"negative in-flight limit", func(c *OperatorConfig) { c.Proxy.FairQueue.MaxInFlight = -1 }, []string{"proxy.fairQueue.maxInFlight", "must not be negative"}},
 		{"in-flight limit of an unknown upstream", func(c *OperatorConfig) { c.Proxy.FairQueue.PerUpstream = map[string]int32{"http://vllm:8000/": 8} },
 			[]string{`proxy.fairQueue.perUpstream[http://vllm:8000/]`, "is not one of upstreams"}},
+		{"negative reserved slots", func(c *OperatorConfig) { c.Proxy.FairQueue.ReservedSlots = -1 }, []string{"proxy.fairQueue.reservedSlots", "must not be negative"}},
+		{"reserved slots as many as the limit", func(c *OperatorConfig) {
+			c.Proxy.FairQueue.MaxInFlight, c.Proxy.FairQueue.ReservedSlots = 8, 8
+		}, []string{"proxy.fairQueue.reservedSlots: Invalid value: 8", "must be below maxInFlight (8)"}},
+		{"reserved slots above an upstream's limit", func(c *OperatorConfig) {
+			c.Proxy.FairQueue.MaxInFlight, c.Proxy.FairQueue.ReservedSlots = 16, 4
+			c.Proxy.FairQueue.PerUpstream = map[string]int32{c.Proxy.Upstreams[0]: 4}
+		}, []string{"proxy.fairQueue.reservedSlots", "must be below perUpstream[http://vllm:8000] (4)"}},
 		{"zero queue timeout", func(c *OperatorConfig) { c.Proxy.FairQueue.QueueTimeout = metav1.Duration{Duration: -1} }, []string{"proxy.fairQueue.queueTimeout", "positive duration"}},
 		{"per-user queue above the queue", func(c *OperatorConfig) { c.Proxy.FairQueue.MaxQueuedPerUser = 2000 },
 			[]string{"proxy.fairQueue.maxQueuedPerUser", "between 1 and maxQueued (1000)"}},

@@ -159,6 +159,19 @@ func (p *Proxy) validate(path *field.Path) field.ErrorList {
 			add(field.Invalid(fq.Child("perUpstream").Key(u), u, "is not one of upstreams: name an upstream by its URL exactly as upstreams lists it"))
 		}
 	}
+	if r := p.FairQueue.ReservedSlots; r < 0 {
+		add(field.Invalid(fq.Child("reservedSlots"), r, "must not be negative; 0 reserves no slot"))
+	} else if r > 0 {
+		limits := map[string]int32{"maxInFlight": p.FairQueue.MaxInFlight}
+		for u, n := range p.FairQueue.PerUpstream {
+			limits["perUpstream["+u+"]"] = n
+		}
+		for _, name := range slices.Sorted(maps.Keys(limits)) {
+			if n := limits[name]; n > 0 && r >= n {
+				add(field.Invalid(fq.Child("reservedSlots"), r, fmt.Sprintf("must be below %s (%d): a user with requests running must be able to hold a slot", name, n)))
+			}
+		}
+	}
 	positive(fq.Child("queueTimeout"), p.FairQueue.QueueTimeout)
 	if p.FairQueue.MaxQueued < 1 {
 		add(field.Invalid(fq.Child("maxQueued"), p.FairQueue.MaxQueued, "must be at least 1"))

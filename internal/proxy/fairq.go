@@ -39,6 +39,15 @@ import (
 // all pass before the counter moves) and is set right by its charge when it
 // ends.
 //
+// Reserved slots: vLLM does not preempt a running request to make room
+// under its running cap, so a flow that arrives while another holds every
+// slot waits for one of that flow's requests to end, however far ahead it is
+// in the queue. With FairQueue.Reserved set, the last Reserved free slots go
+// only to flows with nothing running on the upstream (never to overflow):
+// one busy flow holds at most MaxInFlight − Reserved, and a user who sends
+// one request at a time starts at once beside it. The price is slots left
+// idle while nobody else comes: a lone user gets MaxInFlight − Reserved.
+//
 // A request waits at most QueueTimeout (then 429 queue_timeout); the queue
 // holds at most MaxQueued requests, and MaxQueuedPerFlow of one flow (then
 // 429 queue_full). A waiting request holds its reservation, so the budget
@@ -55,6 +64,9 @@ type FairQueue struct {
 	// replicas.
 	MaxInFlight int
 	PerUpstream map[string]int
+	// Reserved is how many of each upstream's slots are kept for flows with
+	// nothing running on it (0: none). At most the upstream's limit − 1.
+	Reserved int
 	// QueueTimeout is the longest a request waits (default 30s).
 	QueueTimeout time.Duration
 	// MaxQueued bounds the requests waiting for one upstream (default 1000);
@@ -134,7 +146,7 @@ func (q *fairQueues) gate(upstream string) *fairGate {
 		if q.gates == nil {
 			q.gates = make(map[string]*fairGate)
 		}
-		g = &fairGate{limit: limit, timeout: q.cfg.QueueTimeout, maxQueued: q.cfg.MaxQueued, maxPerFlow: q.cfg.MaxQueuedPerFlow,
+		g = &fairGate{limit: limit, reserved: min(max(q.cfg.Reserved, 0), limit-1), timeout: q.cfg.QueueTimeout, maxQueued: q.cfg.MaxQueued, maxPerFlow: q.cfg.MaxQueuedPerFlow,
 			flows: make(map[string]*flow), metrics: q.metrics}
 		if g.timeout <= 0 {
 			g.timeout = 30 * time.Second
@@ -153,8 +165,10 @@ func (q *fairQueues) gate(upstream string) *fairGate {
 // fairGate is the queue of one upstream.
 type fairGate struct {
 	limit, maxQueued, maxPerFlow int
-	timeout                      time.Duration
-	metrics                      *metrics.Metrics
+	// reserved is how many of limit only a flow with nothing running takes.
+	reserved int
+	timeout  time.Duration
+	metrics  *metrics.Metrics
 
 	mu       sync.Mutex
 	inflight int
@@ -225,7 +239,7 @@ func (g *fairGate) acquire(ctx context.Context, key string, tier int32, weight f
 			f.vtc = m
 		}
 	}
-	if g.inflight < g.limit && g.queued == 0 {
+	if g.queued == 0 && g.mayTake(f) {
 		g.inflight++
 		f.inflight++
 		f.vtc += cost
@@ -246,8 +260,11 @@ func (g *fairGate) acquire(ctx context.Context, key string, tier int32, weight f
 	w := &waiter{flow: f, cost: cost, seq: g.seq, since: time.Now(), ready: make(chan struct{})}
 	f.waiting = append(f.waiting, w)
 	g.queued++
+	// A free slot while others wait is a reserved one, which this flow
+	// may take if it has nothing running.
+	sent := g.dispatchLocked()
 	g.mu.Unlock()
-	g.metrics.Queued(1)
+	g.metrics.Queued(1 - sent)
 
 	t := time.NewTimer(g.timeout)
 	defer t.Stop()
@@ -291,7 +308,7 @@ func (s *slot) end(served float64) {
 	s.f.vtc += served/s.weight - s.held
 	s.f.holding -= s.held
 	s.f.unsent += served / s.weight
-	next := g.nextLocked()
+	sent := g.dispatchLocked()
 	g.forgetLocked(s.f)
 	if len(g.flows) > 64+2*(g.inflight+g.queued) {
 		for _, f := range g.flows {
@@ -299,25 +316,48 @@ func (s *slot) end(served float64) {
 		}
 	}
 	g.mu.Unlock()
-	if next != nil {
-		g.metrics.Queued(-1)
+	if sent > 0 {
+		g.metrics.Queued(-sent)
 	}
 }
 
-// nextLocked dispatches the next waiter, if any: the most urgent tier, the
-// lowest counter in it, the longest waiting on a tie.
+// mayTake reports whether a request of f may have a slot now: one is free,
+// and it is not one of the reserved ones, or f has nothing running and is
+// not overflow.
+func (g *fairGate) mayTake(f *flow) bool {
+	if g.inflight >= g.limit {
+		return false
+	}
+	return g.inflight < g.limit-g.reserved || f.inflight == 0 && f.tier != overflowTier
+}
+
+// dispatchLocked dispatches waiters while there are slots they may take,
+// and returns how many.
+func (g *fairGate) dispatchLocked() int {
+	n := 0
+	for g.nextLocked() != nil {
+		n++
+	}
+	return n
+}
+
+// nextLocked dispatches the next waiter that may take a slot, if any: the
+// most urgent tier, the lowest counter in it, the longest waiting on a tie.
 func (g *fairGate) nextLocked() *waiter {
 	if g.queued == 0 || g.inflight >= g.limit {
 		return nil
 	}
 	var best *flow
 	for _, f := range g.flows {
-		if len(f.waiting) == 0 {
+		if len(f.waiting) == 0 || !g.mayTake(f) {
 			continue
 		}
 		if best == nil || before(f, best) {
 			best = f
 		}
+	}
+	if best == nil {
+		return nil
 	}
 	w := best.waiting[0]
 	best.waiting = best.waiting[1:]

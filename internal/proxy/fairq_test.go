@@ -29,7 +29,11 @@ type sched struct {
 }
 
 func newSched(t *testing.T, limit int) *sched {
-	q := &fairQueues{cfg: FairQueue{MaxInFlight: limit, QueueTimeout: time.Minute}}
+	return newSchedReserved(t, limit, 0)
+}
+
+func newSchedReserved(t *testing.T, limit, reserved int) *sched {
+	q := &fairQueues{cfg: FairQueue{MaxInFlight: limit, Reserved: reserved, QueueTimeout: time.Minute}}
 	return &sched{t: t, g: q.gate("http://vllm"), held: map[string]*slot{}, dispatched: make(chan string, 100), errs: make(chan error, 100)}
 }
 
@@ -103,6 +107,21 @@ func (s *sched) finishServed(name string, served float64) string {
 		return ""
 	}
 	return s.next()
+}
+
+// finishIdle ends name and checks that nothing was dispatched in its place,
+// though requests wait: the slot it frees is a reserved one.
+func (s *sched) finishIdle(name string) {
+	s.t.Helper()
+	s.mu.Lock()
+	sl := s.held[name]
+	delete(s.held, name)
+	s.mu.Unlock()
+	q, f := s.g.depth()
+	sl.end(200)
+	if q2, f2 := s.g.depth(); q2 != q || f2 != f-1 {
+		s.t.Fatalf("finishing %s: %d waiting and %d running, want %d and %d (the freed slot kept idle)", name, q2, f2, q, f-1)
+	}
 }
 
 // drain finishes the request in flight, and each dispatched after it, and
@@ -421,5 +440,57 @@ func waitDepth(t *testing.T, g *fairGate, queued, inflight int) {
 			t.Fatalf("%d queued and %d in flight, want %d and %d", q, f, queued, inflight)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestFairGateReservedSlots: with 3 slots and 1 reserved, one busy flow holds
+// at most 2; a flow with nothing running takes the third at once, though the
+// busy flow's requests wait ahead of it; a flow with a request running, and
+// overflow, wait for an ordinary slot; a freed reserved slot stays idle
+// rather than go to them.
+func TestFairGateReservedSlots(t *testing.T) {
+	s := newSchedReserved(t, 3, 1)
+	s.send("n0", "noisy", 0, 1) // straight through
+	s.send("n1", "noisy", 0, 1) // straight through: noisy holds 2
+	s.send("n2", "noisy", 0, 1) // waits: the third slot is reserved
+	s.send("n3", "noisy", 0, 1)
+	if q, f := s.g.depth(); q != 2 || f != 2 {
+		t.Fatalf("noisy alone: %d waiting and %d running, want 2 and 2", q, f)
+	}
+	s.send("v0", "victim", 0, 1)                       // dispatched at once, into the reserved slot
+	s.send("v1", "victim", 0, 1)                       // waits: the victim has a request running
+	s.send("o0", "over"+overflowFlow, overflowTier, 1) // waits: overflow never takes a reserved slot
+	// Two of three still run, so the free slot is the reserved one, and
+	// every flow waiting has a request running or is overflow.
+	s.finishIdle("n0")
+	// Now an ordinary slot is free too: the victim is served least (200
+	// against noisy's 300), so v1; then the reserved slot stays idle again.
+	if got := s.finish("v0"); got != "v1" {
+		t.Fatalf("v0 ended: dispatched %s, want v1", got)
+	}
+	if q, f := s.g.depth(); q != 3 || f != 2 {
+		t.Fatalf("after v1: %d waiting and %d running, want 3 and 2", q, f)
+	}
+	var order []string
+	for _, name := range []string{"n1", "v1", "n2"} {
+		order = append(order, s.finish(name))
+	}
+	checkOrder(t, "ordinary slots", order, []string{"n2", "n3", "o0"})
+}
+
+// TestFairGateReservedSlotsTwoAtOnce: one end can dispatch two: the
+// ordinary slot it frees goes to the flow served least (y), and the ended
+// flow, now with nothing running, takes the reserved slot.
+func TestFairGateReservedSlotsTwoAtOnce(t *testing.T) {
+	s := newSchedReserved(t, 3, 1)
+	s.send("x0", "x", 0, 1) // x's counter 100
+	s.send("y0", "y", 0, 1) // y lifted to 0, then 100
+	s.send("x1", "x", 0, 1) // waits: the free slot is reserved, x runs one
+	s.send("y1", "y", 0, 1)
+	got := []string{s.finish("x0"), s.next()} // both wake at once: their order on the channel is the goroutines'
+	slices.Sort(got)
+	checkOrder(t, "one end", got, []string{"x1", "y1"})
+	if q, f := s.g.depth(); q != 0 || f != 3 {
+		t.Fatalf("%d waiting and %d running, want 0 and 3", q, f)
 	}
 }

@@ -166,6 +166,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 		o.FairQueue.PerUpstream = per
 		return err
 	})
+	fs.IntVar(&o.FairQueue.Reserved, "reserved-slots", 0, "Slots of each gated upstream that only a user with nothing running on it may take (below every limit): one busy user holds at most the limit minus these.")
 	fs.DurationVar(&o.FairQueue.QueueTimeout, "queue-timeout", 30*time.Second, "Longest a request waits in a fair queue (429 queue_timeout after).")
 	fs.IntVar(&o.FairQueue.MaxQueued, "max-queued", 1000, "Requests that may wait for one upstream (429 queue_full above).")
 	fs.IntVar(&o.FairQueue.MaxQueuedPerFlow, "max-queued-per-user", 100, "Requests of one user (or Shared quota) that may wait for one upstream (429 queue_full above).")
@@ -226,6 +227,9 @@ func (o *Options) Validate() error {
 	if fq := o.FairQueue; fq.MaxInFlight < 0 || fq.QueueTimeout <= 0 || fq.MaxQueued < 1 || fq.MaxQueuedPerFlow < 1 {
 		errs = append(errs, fmt.Errorf("--max-in-flight-per-upstream (%d) must not be negative, --queue-timeout (%s) must be positive, --max-queued (%d) and --max-queued-per-user (%d) at least 1",
 			fq.MaxInFlight, fq.QueueTimeout, fq.MaxQueued, fq.MaxQueuedPerFlow))
+	}
+	if o.FairQueue.Reserved < 0 {
+		errs = append(errs, fmt.Errorf("--reserved-slots must not be negative, not %d", o.FairQueue.Reserved))
 	}
 	if o.DefaultMaxTokens <= 0 {
 		errs = append(errs, fmt.Errorf("--default-max-tokens must be positive, not %d", o.DefaultMaxTokens))

@@ -48,7 +48,7 @@ const model = "bench/fair-sim"
 
 type options struct {
 	bin, simulator, out string
-	slots               int
+	slots, reserved     int
 	ttft, itl           time.Duration
 	victimRequests      int
 	window              time.Duration
@@ -60,6 +60,7 @@ func main() {
 	flag.StringVar(&o.simulator, "simulator", os.Getenv("LLM_SIM_BINARY"), "llm-d-inference-sim binary")
 	flag.StringVar(&o.out, "out", "bench/results", "where the report goes")
 	flag.IntVar(&o.slots, "slots", 8, "the simulator's --max-num-seqs, and the fair arm's maxInFlight")
+	flag.IntVar(&o.reserved, "reserved", 1, "the third arm's proxy.fairQueue.reservedSlots (0: no third arm)")
 	flag.DurationVar(&o.ttft, "sim-ttft", 100*time.Millisecond, "simulator time to first token")
 	flag.DurationVar(&o.itl, "sim-itl", 20*time.Millisecond, "simulator inter-token latency")
 	flag.IntVar(&o.victimRequests, "victim-requests", 20, "the victim's requests in each of scenarios 1 and 2")
@@ -114,7 +115,11 @@ func run(o options) error {
 	}
 	defer func() { _ = os.RemoveAll(work) }()
 	out := map[string]*results{}
-	for _, name := range []string{"fcfs", "fair"} {
+	arms := []string{"fcfs", "fair"}
+	if o.reserved > 0 {
+		arms = append(arms, "reserved")
+	}
+	for _, name := range arms {
 		r := &results{}
 		// Each scenario on a fresh simulator and proxy: the simulator goes on
 		// generating for requests whose client left, which would slow the
@@ -173,8 +178,11 @@ func startArm(o options, name, work string) (*arm, error) {
 	tokenFile := filepath.Join(work, name+"-tokens")
 	// The last user is past a soft limit: its every request is overflow.
 	args := []string{"--arm", "full", "--upstream", upstream, "--users", "16", "--soft-users", "1", "--token-file", tokenFile}
-	if name == "fair" {
+	switch name {
+	case "fair":
 		args = append(args, "--max-in-flight", strconv.Itoa(o.slots))
+	case "reserved":
+		args = append(args, "--max-in-flight", strconv.Itoa(o.slots), "--reserved-slots", strconv.Itoa(o.reserved))
 	}
 	px := exec.Command(filepath.Join(o.bin, "bench-proxyarm"), args...)
 	px.Stderr = os.Stderr
@@ -424,40 +432,79 @@ func stream(ctx context.Context, base, tok string, maxTokens int, count *atomic.
 }
 
 func render(o options, out map[string]*results) string {
-	fcfs, fair := out["fcfs"], out["fair"]
+	fcfs, fair, res := out["fcfs"], out["fair"], out["reserved"]
 	var b strings.Builder
 	fmt.Fprintf(&b, "# make bench-fairness, %s\n\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Fprintf(&b, "llm-d-inference-sim --max-num-seqs %d, time to first token %s, inter-token latency %s, --time-factor-under-load 1.5; "+
-		"the proxy's full arm (hack/bench/proxyarm) without a gate (FCFS) and with proxy.fairQueue.maxInFlight %d (fair). "+
+		"the proxy's full arm (hack/bench/proxyarm) without a gate (FCFS), with proxy.fairQueue.maxInFlight %d (fair)", o.slots, o.ttft, o.itl, o.slots)
+	if res != nil {
+		fmt.Fprintf(&b, " and with it and reservedSlots %d (reserved)", o.reserved)
+	}
+	fmt.Fprintf(&b, ". "+
 		"%d victim requests of 20 output tokens in scenarios 1 and 2; the noisy user keeps 50 streams of 20 to 180 tokens in flight; "+
 		"scenario 3 measures %s of eight users keeping 2 to 9 streams of 20 to 100 tokens in flight each; "+
 		"scenario 4 measures %s of a user past a soft limit (every request overflow) keeping %d streams of 100 tokens, alone (night) and beside four users within quota keeping 4 each (day). "+
 		"Each scenario runs on a fresh simulator and proxy.\n\n",
-		o.slots, o.ttft, o.itl, o.slots, o.victimRequests, o.window, o.window/2, o.slots)
-	alone := percentile(fair.alone, 0.99)
-	limit := time.Duration(1.5 * float64(alone))
-	b.WriteString("| figure | FCFS | fair queue | target | result |\n|---|---|---|---|---|\n")
-	fmt.Fprintf(&b, "| victim TTFT p50, alone | %s | %s | | |\n", ms(percentile(fcfs.alone, 0.5)), ms(percentile(fair.alone, 0.5)))
-	fmt.Fprintf(&b, "| victim TTFT p99, alone | %s | %s | | |\n", ms(percentile(fcfs.alone, 0.99)), ms(alone))
-	fmt.Fprintf(&b, "| victim TTFT p50, beside the noisy user | %s | %s | | |\n", ms(percentile(fcfs.noisy, 0.5)), ms(percentile(fair.noisy, 0.5)))
-	got := percentile(fair.noisy, 0.99)
-	fmt.Fprintf(&b, "| victim TTFT p99, beside the noisy user | %s | %s | ≤ 1.5 × alone (%s) | %s |\n", ms(percentile(fcfs.noisy, 0.99)), ms(got), ms(limit), verdict(got <= limit))
-	fmt.Fprintf(&b, "| noisy user's output tokens/s meanwhile | %.0f | %.0f | | |\n", fcfs.noisyTokensPerSecond, fair.noisyTokensPerSecond)
-	jf, jq := jain(fcfs.perUser), jain(fair.perUser)
-	fmt.Fprintf(&b, "| Jain's index, 8 backlogged users of equal weight | %.3f | %.3f | ≥ 0.95 | %s |\n", jf, jq, verdict(jq >= 0.95))
-	ratio := fair.throughput / fcfs.throughput
-	fmt.Fprintf(&b, "| output tokens/s, 8 users | %.0f | %.0f (%.1f %% of FCFS) | ≥ 95 %% of FCFS | %s |\n", fcfs.throughput, fair.throughput, 100*ratio, verdict(ratio >= 0.95))
-	night := fair.soloOverflow / fair.soloInQuota
-	fmt.Fprintf(&b, "| 4. night: output tokens/s past a soft limit, alone (within quota, alone) | %.0f (%.0f) | %.0f (%.0f, %.1f %%) | ≥ 95 %% of within quota | %s |\n",
-		fcfs.soloOverflow, fcfs.soloInQuota, fair.soloOverflow, fair.soloInQuota, 100*night, verdict(night >= 0.95))
+		o.victimRequests, o.window, o.window/2, o.slots)
+
+	// cols formats a figure of each gated arm; judge gives each arm's verdict.
+	gated := []*results{fair}
+	head := "| figure | FCFS | fair queue |"
+	if res != nil {
+		gated = append(gated, res)
+		head += fmt.Sprintf(" fair queue, %d reserved |", o.reserved)
+	}
+	cols := func(f func(*results) string) string {
+		var parts []string
+		for _, r := range gated {
+			parts = append(parts, f(r))
+		}
+		return strings.Join(parts, " | ")
+	}
+	judge := func(ok func(*results) bool) string {
+		var parts []string
+		for _, r := range gated {
+			parts = append(parts, verdict(ok(r)))
+		}
+		return strings.Join(parts, " / ")
+	}
+	b.WriteString(head + " target | result |\n|---|---|---|" + strings.Repeat("---|", len(gated)+1) + "\n")
+	row := func(name, fcfsValue string, f func(*results) string, target string, ok func(*results) bool) {
+		result := ""
+		if ok != nil {
+			result = judge(ok)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", name, fcfsValue, cols(f), target, result)
+	}
+	p99alone := func(r *results) time.Duration { return percentile(r.alone, 0.99) }
+	row("victim TTFT p50, alone", ms(percentile(fcfs.alone, 0.5)), func(r *results) string { return ms(percentile(r.alone, 0.5)) }, "", nil)
+	row("victim TTFT p99, alone", ms(p99alone(fcfs)), func(r *results) string { return ms(p99alone(r)) }, "", nil)
+	row("victim TTFT p50, beside the noisy user", ms(percentile(fcfs.noisy, 0.5)), func(r *results) string { return ms(percentile(r.noisy, 0.5)) }, "", nil)
+	row("victim TTFT p99, beside the noisy user", ms(percentile(fcfs.noisy, 0.99)), func(r *results) string {
+		return fmt.Sprintf("%s (%.2f × alone)", ms(percentile(r.noisy, 0.99)), float64(percentile(r.noisy, 0.99))/float64(p99alone(r)))
+	}, "≤ 1.5 × alone", func(r *results) bool { return float64(percentile(r.noisy, 0.99)) <= 1.5*float64(p99alone(r)) })
+	row("noisy user's output tokens/s meanwhile", fmt.Sprintf("%.0f", fcfs.noisyTokensPerSecond), func(r *results) string { return fmt.Sprintf("%.0f", r.noisyTokensPerSecond) }, "", nil)
+	row("Jain's index, 8 backlogged users of equal weight", fmt.Sprintf("%.3f", jain(fcfs.perUser)), func(r *results) string { return fmt.Sprintf("%.3f", jain(r.perUser)) },
+		"≥ 0.95", func(r *results) bool { return jain(r.perUser) >= 0.95 })
+	row("output tokens/s, 8 users", fmt.Sprintf("%.0f", fcfs.throughput), func(r *results) string {
+		return fmt.Sprintf("%.0f (%.1f %% of FCFS)", r.throughput, 100*r.throughput/fcfs.throughput)
+	}, "≥ 95 % of FCFS", func(r *results) bool { return r.throughput/fcfs.throughput >= 0.95 })
+	row("4. night: output tokens/s past a soft limit, alone (within quota, alone)", fmt.Sprintf("%.0f (%.0f)", fcfs.soloOverflow, fcfs.soloInQuota), func(r *results) string {
+		return fmt.Sprintf("%.0f (%.0f, %.1f %%)", r.soloOverflow, r.soloInQuota, 100*r.soloOverflow/r.soloInQuota)
+	}, "≥ 95 % of within quota", func(r *results) bool { return r.soloOverflow/r.soloInQuota >= 0.95 })
+	row("4. night: within quota alone, against FCFS", "100 %", func(r *results) string {
+		return fmt.Sprintf("%.1f %%", 100*r.soloInQuota/fcfs.soloInQuota)
+	}, "", nil)
 	share := func(r *results) float64 { return r.dayOverflow / (r.dayOverflow + r.dayInQuota) }
-	fmt.Fprintf(&b, "| 4. day: overflow's share of the output beside 4 backlogged users within quota | %.1f %% | %.1f %% | ≤ 5 %% | %s |\n",
-		100*share(fcfs), 100*share(fair), verdict(share(fair) <= 0.05))
-	fmt.Fprintf(&b, "| 4. day: output tokens/s within quota (overflow) | %.0f (%.0f) | %.0f (%.0f) | | |\n",
-		fcfs.dayInQuota, fcfs.dayOverflow, fair.dayInQuota, fair.dayOverflow)
-	b.WriteString("\nOutput tokens/s of each of the eight users (demand 2 to 9 streams):\n\n| user | demand | FCFS | fair |\n|---|---|---|---|\n")
+	row("4. day: overflow's share of the output beside 4 backlogged users within quota", fmt.Sprintf("%.1f %%", 100*share(fcfs)), func(r *results) string {
+		return fmt.Sprintf("%.1f %%", 100*share(r))
+	}, "≤ 5 %", func(r *results) bool { return share(r) <= 0.05 })
+	row("4. day: output tokens/s within quota (overflow)", fmt.Sprintf("%.0f (%.0f)", fcfs.dayInQuota, fcfs.dayOverflow), func(r *results) string {
+		return fmt.Sprintf("%.0f (%.0f)", r.dayInQuota, r.dayOverflow)
+	}, "", nil)
+	b.WriteString("\nOutput tokens/s of each of the eight users (demand 2 to 9 streams):\n\n" + strings.Replace(head, "figure", "user", 1) + "\n|---|---|" + strings.Repeat("---|", len(gated)) + "\n")
 	for u := range fair.perUser {
-		fmt.Fprintf(&b, "| %d | %d | %.1f | %.1f |\n", u, u+2, fcfs.perUser[u], fair.perUser[u])
+		fmt.Fprintf(&b, "| %d (demand %d) | %.1f | %s |\n", u, u+2, fcfs.perUser[u], cols(func(r *results) string { return fmt.Sprintf("%.1f", r.perUser[u]) }))
 	}
 	return b.String()
 }

@@ -72,6 +72,8 @@ type options struct {
 	// maxInFlight, when positive, puts the fair queue in front of the
 	// upstream (the full arm only).
 	maxInFlight int
+	// reserved is the fair queue's slots for users with nothing running.
+	reserved int
 	// softUsers are the last users of the full arm whose daily limit is a
 	// soft limit of zero requests: every request of theirs is overflow.
 	softUsers int
@@ -86,6 +88,7 @@ func main() {
 	flag.IntVar(&o.users, "users", 100, "users (and tokens) of the full arm")
 	flag.StringVar(&o.tokenFile, "token-file", "", "where the full arm writes its tokens, one a line")
 	flag.IntVar(&o.maxInFlight, "max-in-flight", 0, "the full arm's fair queue: requests at once on the upstream (0: no queue)")
+	flag.IntVar(&o.reserved, "reserved-slots", 0, "the full arm's fair queue: slots only a user with nothing running may take")
 	flag.IntVar(&o.softUsers, "soft-users", 0, "the last users of the full arm past a soft limit (overage: Demote): their every request is overflow")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -136,7 +139,7 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 			}
 			opts.Verifier, opts.Directory, opts.Counter = v, dir, quota.NewMemory(time.Now)
 			if o.maxInFlight > 0 {
-				opts.FairQueue = proxy.FairQueue{MaxInFlight: o.maxInFlight, QueueTimeout: 10 * time.Minute, MaxQueued: 100000, MaxQueuedPerFlow: 100000}
+				opts.FairQueue = proxy.FairQueue{MaxInFlight: o.maxInFlight, Reserved: o.reserved, QueueTimeout: 10 * time.Minute, MaxQueued: 100000, MaxQueuedPerFlow: 100000}
 			}
 			if o.tokenFile == "" {
 				return errors.New("--token-file is required for the full arm")
