@@ -3,6 +3,8 @@ package proxyserver
 import (
 	"context"
 	"flag"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -209,6 +211,74 @@ func TestCounterOnRedisTLS(t *testing.T) {
 	o, _ := parseRedisFlags(t, "--redis-addr=r:6379", "--redis-tls", "--redis-tls-ca-file="+pki.ClientKey)
 	if _, err := newRedisClient(o); err == nil || !strings.Contains(err.Error(), "holds no PEM certificate") {
 		t.Errorf("a CA file of a key: %v, want an error saying it holds no PEM certificate", err)
+	}
+}
+
+// TestRedisTLSFilesRenewed: a CA bundle and a client certificate replaced
+// on disk, as a Secret volume replaces its files when cert-manager renews
+// them, are used from the next connection on, by the same client, without
+// a restart; a file that does not parse mid-change keeps the last good one.
+func TestRedisTLSFilesRenewed(t *testing.T) {
+	pki := redisserver.NewPKI(t)
+	srv := redisserver.New(t, redisserver.TLS(pki, true))
+	dir := t.TempDir()
+	ca, crt, key := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	swap := func(dst, src string) { // a new file renamed over the old, as the kubelet swaps a Secret's
+		t.Helper()
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst+".new", b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(dst+".new", dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	swap(ca, pki.OtherCA)
+	swap(crt, pki.OtherClientCert)
+	swap(key, pki.OtherClientKey)
+	o, err := parseRedisFlags(t, "--redis-addr="+srv.TLSAddr(), "--redis-tls", "--redis-tls-ca-file="+ca, "--redis-tls-cert-file="+crt, "--redis-tls-key-file="+key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := mustRedisClient(t, o)
+	ctx := context.Background()
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr()}) // the plain port
+	t.Cleanup(func() { _ = admin.Close() })
+	// reconnect drops the client's connections, so that its next command dials.
+	reconnect := func() {
+		t.Helper()
+		if err := admin.Do(ctx, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	if err := c.Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
+		t.Fatalf("trusting the other CA: PING %v, want the server refused as signed by an unknown authority", err)
+	}
+	swap(ca, pki.CA)
+	err = c.Ping(ctx).Err()
+	t.Logf("the right CA, the other CA's client certificate: PING %v", err)
+	if err == nil {
+		t.Fatal("PING with a client certificate of the other CA succeeded")
+	}
+	swap(crt, pki.ClientCert)
+	swap(key, pki.ClientKey)
+	if err := c.Ping(ctx).Err(); err != nil {
+		t.Fatalf("after both renewals: PING %v", err)
+	}
+
+	swap(ca, pki.ClientKey) // not a certificate: a file caught mid-change
+	reconnect()
+	if err := c.Ping(ctx).Err(); err != nil {
+		t.Errorf("a CA file that does not parse: PING %v, want the last good CA kept", err)
+	}
+	swap(ca, pki.OtherCA)
+	reconnect()
+	if err := c.Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
+		t.Errorf("the CA replaced by one that did not sign the server: PING %v, want it refused", err)
 	}
 }
 

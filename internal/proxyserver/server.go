@@ -8,8 +8,6 @@ package proxyserver
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -387,48 +385,18 @@ func newCounter(o Options) (quota.Counter, func(), error) {
 
 // newRedisClient is the client of o's Redis, in its mode.
 func newRedisClient(o Options) (redis.UniversalClient, error) {
-	tc, err := redisTLS(o)
+	tc, dial, err := redisTLS(o)
 	if err != nil {
 		return nil, err
 	}
 	switch o.RedisMode {
 	case "cluster":
-		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: o.RedisAddrs, Password: o.RedisPassword, TLSConfig: tc}), nil
+		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: o.RedisAddrs, Password: o.RedisPassword, TLSConfig: tc, Dialer: dial}), nil
 	case "sentinel":
 		return redis.NewFailoverClient(&redis.FailoverOptions{MasterName: o.RedisMasterName, SentinelAddrs: o.RedisAddrs,
-			SentinelPassword: o.RedisSentinelPassword, Password: o.RedisPassword, TLSConfig: tc}), nil
+			SentinelPassword: o.RedisSentinelPassword, Password: o.RedisPassword, TLSConfig: tc, Dialer: dial}), nil
 	}
-	return redis.NewClient(&redis.Options{Addr: o.RedisAddr, Password: o.RedisPassword, TLSConfig: tc}), nil
-}
-
-// redisTLS is the TLS configuration of o's Redis connections, nil without
-// --redis-tls: the CAs of --redis-tls-ca-file (else the system's roots) and
-// the client certificate, if any. go-redis sets each connection's server
-// name from the address it dials, so the certificates must name the
-// addresses the proxy is given and, on a cluster, those the nodes announce.
-func redisTLS(o Options) (*tls.Config, error) {
-	if !o.RedisTLS {
-		return nil, nil
-	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if o.RedisTLSCAFile != "" {
-		pem, err := os.ReadFile(o.RedisTLSCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("--redis-tls-ca-file: %w", err)
-		}
-		tc.RootCAs = x509.NewCertPool()
-		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--redis-tls-ca-file %s holds no PEM certificate", o.RedisTLSCAFile)
-		}
-	}
-	if o.RedisTLSCertFile != "" {
-		cert, err := tls.LoadX509KeyPair(o.RedisTLSCertFile, o.RedisTLSKeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("--redis-tls-cert-file and --redis-tls-key-file: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return tc, nil
+	return redis.NewClient(&redis.Options{Addr: o.RedisAddr, Password: o.RedisPassword, TLSConfig: tc, Dialer: dial}), nil
 }
 
 // watchJWKS keeps the verifier's keys equal to the published JWKS.

@@ -22,9 +22,10 @@ import (
 // certificate.
 type PKI struct {
 	CA, ServerCert, ServerKey, ClientCert, ClientKey string
-	// OtherCA is a second authority that signed nothing here: a client
-	// that trusts it alone must refuse the server.
-	OtherCA string
+	// OtherCA is a second authority: a client that trusts it alone must
+	// refuse the server, and a server must refuse the client certificate
+	// it signed (OtherClientCert, OtherClientKey).
+	OtherCA, OtherClientCert, OtherClientKey string
 }
 
 // NewPKI writes a fresh [PKI] into a directory of t's.
@@ -32,13 +33,18 @@ func NewPKI(t testing.TB) PKI {
 	t.Helper()
 	dir := t.TempDir()
 	caKey, caCert := newCA(t, "redisserver test CA")
-	_, otherCert := newCA(t, "redisserver other CA")
+	otherKey, otherCert := newCA(t, "redisserver other CA")
 	p := PKI{
 		CA:         writePEM(t, dir, "ca.crt", "CERTIFICATE", caCert.Raw),
 		OtherCA:    writePEM(t, dir, "other-ca.crt", "CERTIFICATE", otherCert.Raw),
 		ServerCert: filepath.Join(dir, "server.crt"), ServerKey: filepath.Join(dir, "server.key"),
 		ClientCert: filepath.Join(dir, "client.crt"), ClientKey: filepath.Join(dir, "client.key"),
+		OtherClientCert: filepath.Join(dir, "other-client.crt"), OtherClientKey: filepath.Join(dir, "other-client.key"),
 	}
+	signLeaf(t, otherKey, otherCert, p.OtherClientCert, p.OtherClientKey, &x509.Certificate{
+		Subject:     pkix.Name{CommonName: "llm-proxy"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
 	signLeaf(t, caKey, caCert, p.ServerCert, p.ServerKey, &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "redis"},
 		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},
