@@ -1,6 +1,7 @@
 package e2e_test
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,7 +25,7 @@ import (
 // The test asserts the order of completion, not times.
 func TestFairShare(t *testing.T) {
 	const slots, noisy = 2, 10
-	env, proxy := startFairQueue(t, "fair", slots)
+	env, proxy := startFairQueue(t, "fair", slots, 0)
 	noisyUser := env.NewAccount(t, harness.DayTokens(10_000_000))
 	victim := env.NewAccount(t, harness.DayTokens(10_000_000))
 	prompt := strings.TrimSpace(strings.Repeat("the quick brown fox jumps over the lazy dog again ", 4))
@@ -83,11 +84,58 @@ func TestFairShare(t *testing.T) {
 	}
 }
 
+// TestFairShareReservedSlot: the same noisy user in front of a simulator
+// that runs three at a time, with proxy.fairQueue.reservedSlots 1: the
+// noisy user holds two slots and the other eight wait (proof that the
+// setting reached the reconciled proxy), and the victim's request takes the
+// third at once: only the two running when it came finish before it.
+// Without the reserved slot it would wait for one of three to end, and all
+// three would finish first.
+func TestFairShareReservedSlot(t *testing.T) {
+	const slots, noisy = 3, 10
+	env, proxy := startFairQueue(t, "reserved", slots, 1)
+	noisyUser := env.NewAccount(t, harness.DayTokens(10_000_000))
+	victim := env.NewAccount(t, harness.DayTokens(10_000_000))
+	prompt := strings.TrimSpace(strings.Repeat("the quick brown fox jumps over the lazy dog again ", 4))
+
+	var mu sync.Mutex
+	var order []string
+	done := func(who string) {
+		mu.Lock()
+		defer mu.Unlock()
+		order = append(order, who)
+	}
+	var wg sync.WaitGroup
+	nc := harness.NewClient(proxy.BaseURL, noisyUser.APIKey())
+	for i := range noisy {
+		wg.Go(func() {
+			if _, err := nc.Chat.Completions.New(t.Context(), harness.ChatParams(modelID, prompt, 64)); err != nil {
+				t.Errorf("noisy request %d: %v", i, err)
+			}
+			done("noisy")
+		})
+	}
+	waitQueued(t, proxy.MetricsURL, 8)
+	vc := harness.NewClient(proxy.BaseURL, victim.APIKey())
+	res, err := vc.Chat.Completions.New(t.Context(), harness.ChatParams(modelID, prompt, 64))
+	if err != nil {
+		t.Fatalf("the victim's request: %v", err)
+	}
+	done("victim")
+	wg.Wait()
+	checkCompletionUsage(t, res)
+	t.Logf("completion order: %v", order)
+	if i := slices.Index(order, "victim"); i != 2 {
+		t.Errorf("the victim's request finished after %d of the noisy user's (order %v), want after exactly the 2 running when it came", i, order)
+	}
+}
+
 // startFairQueue starts an operator whose reconciled proxy gates the
-// simulator with a fair queue of slots, in front of a simulator that runs
-// as many: in echo mode a 40-word prompt streams back a token every 20ms,
-// so a request lasts about a second.
-func startFairQueue(t *testing.T, name string, slots int) (*harness.Env, harness.Proxy) {
+// simulator with a fair queue of slots (reserved of them for users with
+// nothing running), in front of a simulator that runs as many: in echo
+// mode a 40-word prompt streams back a token every 20ms, so a request
+// lasts about a second.
+func startFairQueue(t *testing.T, name string, slots, reserved int) (*harness.Env, harness.Proxy) {
 	t.Helper()
 	env := harness.Start(t, harness.Options{Issuer: "https://e2e-" + name, Model: modelID, NamespacePrefix: name, FlushWait: flushWait})
 	sim := env.StartSimulator(t, "llm-d-inference-sim", "--mode", "echo", "--max-num-seqs", strconv.Itoa(slots),
@@ -95,6 +143,7 @@ func startFairQueue(t *testing.T, name string, slots int) (*harness.Env, harness
 	mgr := env.StartManager(t, harness.ManagerConfig{Proxy: func(p *operatorconfig.Proxy) {
 		proxySettings(sim.URL, proxyFlushInterval)(p)
 		p.FairQueue.MaxInFlight = int32(slots)
+		p.FairQueue.ReservedSlots = int32(reserved)
 	}})
 	return env, env.StartReconciledProxy(t, "proxy", mgr)
 }

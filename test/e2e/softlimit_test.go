@@ -24,7 +24,7 @@ import (
 // were sent while the owl's waited. Status counts the overflow apart, and
 // the ceiling refuses as a hard limit does.
 func TestSoftLimit(t *testing.T) {
-	env, proxy := startFairQueue(t, "soft", 2)
+	env, proxy := startFairQueue(t, "soft", 2, 0)
 	owl := env.NewAccount(t, llmv1alpha1.LLMQuotaSpec{Limits: []llmv1alpha1.QuotaLimit{{
 		Window: llmv1alpha1.WindowDay, Requests: ptr.To[int64](1),
 		Overage: llmv1alpha1.OverageDemote, HardLimit: &llmv1alpha1.LimitCaps{Requests: ptr.To[int64](12)},
