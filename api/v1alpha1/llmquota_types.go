@@ -92,6 +92,7 @@ type LimitCaps struct {
 // +kubebuilder:validation:XValidation:rule="!has(self.hardLimit) || !has(self.inputTokens) || !has(self.hardLimit.inputTokens) || self.hardLimit.inputTokens >= self.inputTokens",message="hardLimit.inputTokens must be at least inputTokens: the hard ceiling sits above the soft limit"
 // +kubebuilder:validation:XValidation:rule="!has(self.hardLimit) || !has(self.outputTokens) || !has(self.hardLimit.outputTokens) || self.hardLimit.outputTokens >= self.outputTokens",message="hardLimit.outputTokens must be at least outputTokens: the hard ceiling sits above the soft limit"
 // +kubebuilder:validation:XValidation:rule="!has(self.hardLimit) || !has(self.requests) || !has(self.hardLimit.requests) || self.hardLimit.requests >= self.requests",message="hardLimit.requests must be at least requests: the hard ceiling sits above the soft limit"
+// +kubebuilder:validation:XValidation:rule="!has(self.hardLimit) || !has(self.cost) || !has(self.hardLimit.cost) || quantity(self.hardLimit.cost).compareTo(quantity(self.cost)) >= 0",message="hardLimit.cost must be at least cost: the hard ceiling sits above the soft limit"
 type QuotaLimit struct {
 	// window is the calendar period (UTC) the limit applies to: Minute, Hour,
 	// Day, Week (Monday 00:00 UTC) or Month (first day, 00:00 UTC).

@@ -41,6 +41,7 @@ func TestCRDs(t *testing.T) {
 
 	t.Run("Samples", func(t *testing.T) { testSamples(t, env) })
 	t.Run("Invalid", func(t *testing.T) { testInvalid(t, env) })
+	t.Run("HardLimitCostAsNumbers", func(t *testing.T) { testHardLimitCost(t, env) })
 	t.Run("Defaults", func(t *testing.T) { testDefaults(t, env) })
 	t.Run("StatusSubresource", func(t *testing.T) { testStatusSubresource(t, env) })
 	t.Run("Names", func(t *testing.T) { testNames(t, env) })
@@ -209,6 +210,34 @@ func testInvalid(t *testing.T, env *envtest.Env) {
 				t.Errorf("message does not contain the expected fragment\n got: %s\nwant: %s", err, want)
 			}
 		})
+	}
+}
+
+// testHardLimitCost: a hard cost ceiling is compared with the soft one as a
+// number: "10" is above "9" (as strings it would sort below), and an equal
+// ceiling written differently is accepted. Refusals are in testdata/invalid.
+func testHardLimitCost(t *testing.T, env *envtest.Env) {
+	ns := envtest.NewNamespace(t, env.Client, "hardcost")
+	for i, tc := range [][2]string{{"9", "10"}, {"7.5", "7.50"}, {"0.000001", "0.000002"}} {
+		manifest := fmt.Sprintf(`apiVersion: llm.userops.dev/v1alpha1
+kind: LLMQuota
+metadata:
+  name: hard-cost-%d
+spec:
+  pricing:
+    currency: USD
+    models:
+    - {model: "*", input: "1", output: "2"}
+  limits:
+  - window: Month
+    cost: %q
+    overage: Demote
+    hardLimit:
+      cost: %q
+`, i, tc[0], tc[1])
+		if err := create(t.Context(), env, decode(t, []byte(manifest)), ns); err != nil {
+			t.Errorf("soft cost %s, hard %s: %v", tc[0], tc[1], err)
+		}
 	}
 }
 
