@@ -88,9 +88,10 @@ func TestFairShare(t *testing.T) {
 // that runs three at a time, with proxy.fairQueue.reservedSlots 1: the
 // noisy user holds two slots and the other eight wait (proof that the
 // setting reached the reconciled proxy), and the victim's request takes the
-// third at once: only the two running when it came finish before it.
-// Without the reserved slot it would wait for one of three to end, and all
-// three would finish first.
+// third at once: at most the two running when it came finish before it
+// (it may pass one of them: they started only milliseconds earlier and run
+// as long). Without the reserved slot it would wait for one of three to
+// end, and all three would finish first.
 func TestFairShareReservedSlot(t *testing.T) {
 	const slots, noisy = 3, 10
 	env, proxy := startFairQueue(t, "reserved", slots, 1)
@@ -125,8 +126,8 @@ func TestFairShareReservedSlot(t *testing.T) {
 	wg.Wait()
 	checkCompletionUsage(t, res)
 	t.Logf("completion order: %v", order)
-	if i := slices.Index(order, "victim"); i != 2 {
-		t.Errorf("the victim's request finished after %d of the noisy user's (order %v), want after exactly the 2 running when it came", i, order)
+	if i := slices.Index(order, "victim"); i > 2 {
+		t.Errorf("the victim's request finished after %d of the noisy user's (order %v), want after at most the 2 running when it came", i, order)
 	}
 }
 
