@@ -461,6 +461,9 @@ func (ex *exchange) record(code int, charge quota.Amount, _ basis, errType strin
 			Pool: u.pool(), Model: ex.modelID(), Amount: charge, At: at, Alert: ex.alert}
 	}
 	if ex.res != nil {
+		// Recorded with the charge (by a shared counter), so that the
+		// objects' writer hears of it even if this replica dies first.
+		ex.res.Marks = c.Objects()
 		p.settle(context.WithoutCancel(ex.r.Context()), settlement{res: ex.res, actual: charge, charge: c})
 	} else {
 		p.charged(c)

@@ -128,6 +128,9 @@ func Run(ctx context.Context, o Options) error {
 		// One writer per object: the replicas share the counters, so any
 		// of them can write a user's status, and its owner alone does.
 		owners = usage.NewRedisOwners(rs.Client(), "llmq:", replicaID(), o.RedisLease, time.Now)
+		// A replica killed before it sent its last marks: they are found
+		// in the counter, recorded with the charges.
+		owners.RecoverWith(rs.Recent)
 	}
 	rec := usage.New(writer, usage.Options{
 		Counter: counter, Replica: replica, Reader: c, APIReader: writer, Owners: ownersOption(owners),

@@ -117,9 +117,12 @@ func measureAdmission(b *testing.B, c Counter, workers int) latencies {
 	big := ptr(1 << 50)
 	limits := []Limit{{Window: minute, Requests: big}, {Window: day, Tokens: big}}
 	budgets := make([][]Budget, latencyUsers)
+	marks := make([][]string, latencyUsers)
 	for i := range budgets {
 		n := fmt.Sprint("user", i)
 		budgets[i] = []Budget{UserBudget("team", n, "uid-"+n, limits, false)}
+		// As the proxy settles: the charge's objects go with it.
+		marks[i] = Charge{Namespace: "team", User: n, UserUID: "uid-" + n}.Objects()
 	}
 	var (
 		next atomic.Int64
@@ -144,6 +147,7 @@ func measureAdmission(b *testing.B, c Counter, workers int) latencies {
 					b.Errorf("Reserve: %v, %+v", err, d.Exceeded)
 					return
 				}
+				r.Marks = marks[i%latencyUsers]
 				if err := c.Settle(ctx, r, amt(1, 500, 200)); err != nil {
 					b.Errorf("Settle: %v", err)
 					return

@@ -351,6 +351,11 @@ type Reservation struct {
 	// Overflow are the overflow tallies ([OverflowBudget]) the charge also
 	// goes to, when the request was admitted past a soft limit.
 	Overflow []Budget
+	// Marks name the objects whose status a charge of it changes
+	// ([Charge.Objects]). The [Redis] counter records them with the charge,
+	// in one script, so that when the replica dies before it tells their
+	// writers, a survivor finds them ([Redis.Recent]).
+	Marks []string
 	// concurrency is the in-flight counter held, "" if none.
 	concurrency string
 	// settled is set by the Memory counter once it settled r.
@@ -465,6 +470,21 @@ type Charge struct {
 	// threshold or to its limit (see [Crossed]), so its status is worth
 	// writing before others'.
 	Alert bool
+}
+
+// Objects names the objects whose status c changes: its LLMUser, and its
+// LLMQuota when it went to the quota's Shared pool, as
+// "<kind>/<namespace>/<name>/<uid>" with kind 0 for an LLMUser and 1 for an
+// LLMQuota. None when c has no user.
+func (c Charge) Objects() []string {
+	if c.User == "" {
+		return nil
+	}
+	out := []string{"0/" + c.Namespace + "/" + c.User + "/" + c.UserUID}
+	if c.Pool && c.Quota != "" {
+		out = append(out, "1/"+c.Namespace+"/"+c.Quota+"/"+c.QuotaUID)
+	}
+	return out
 }
 
 // Cap is l's cap of resource r, nil when uncapped.

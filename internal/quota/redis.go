@@ -187,6 +187,66 @@ func (r *Redis) leases(tag string) string {
 
 func (r *Redis) leasesOf(slot uint16) string { return r.prefix + "leases:{" + slotTag(slot) + "}" }
 
+// recent is the set of the marks settled lately in the keys tagged tag's
+// slot (see [Redis.Recent]).
+func (r *Redis) recent(tag string) string {
+	if !r.cluster {
+		return r.prefix + "recent"
+	}
+	return r.recentOf(hashSlot(tag))
+}
+
+func (r *Redis) recentOf(slot uint16) string { return r.prefix + "recent:{" + slotTag(slot) + "}" }
+
+// recentKeep is how long the recent sets keep a mark: three leases and ten
+// seconds, so that a replica that died is found (its lease expired, then the
+// survivors' next sync) while the marks of its last charges are still there.
+func (r *Redis) recentKeep() time.Duration { return 3*r.lease + 10*time.Second }
+
+// Recent returns the marks ([Reservation.Marks]) of the charges settled at
+// or after since, each with when it was last settled: what a replica that
+// died may have charged without telling the objects' writers. The marks are
+// kept for three leases and ten seconds. On a cluster it reads the recent set of every
+// hash slot, 16,384 reads in pipelines of 1,024.
+func (r *Redis) Recent(ctx context.Context, since time.Time) (map[string]time.Time, error) {
+	out := map[string]time.Time{}
+	by := &redis.ZRangeBy{Min: strconv.FormatInt(since.UnixMilli(), 10), Max: "+inf"}
+	add := func(zs []redis.Z) {
+		for _, z := range zs {
+			m, ok := z.Member.(string)
+			if !ok {
+				continue
+			}
+			if at := time.UnixMilli(int64(z.Score)); at.After(out[m]) {
+				out[m] = at
+			}
+		}
+	}
+	if !r.cluster {
+		zs, err := r.client.ZRangeByScoreWithScores(ctx, r.prefix+"recent", by).Result()
+		if err != nil {
+			return nil, fmt.Errorf("quota: reading the recent charges: %w", err)
+		}
+		add(zs)
+		return out, nil
+	}
+	const batch = 1024
+	for from := 0; from < hashSlots; from += batch {
+		p := r.client.Pipeline()
+		cmds := make([]*redis.ZSliceCmd, 0, batch)
+		for s := from; s < from+batch; s++ {
+			cmds = append(cmds, p.ZRangeByScoreWithScores(ctx, r.recentOf(uint16(s)), by))
+		}
+		if _, err := p.Exec(ctx); err != nil {
+			return nil, fmt.Errorf("quota: reading the recent charges: %w", err)
+		}
+		for _, c := range cmds {
+			add(c.Val())
+		}
+	}
+	return out, nil
+}
+
 // settledKey marks a reservation settled; the replica id makes the
 // process-wide reservation id unique across replicas.
 func (r *Redis) settledKey(tag string, res *Reservation) string {
@@ -487,7 +547,11 @@ func (r *Redis) Settle(ctx context.Context, res *Reservation, actual Amount) err
 	for _, b := range budgets {
 		ks = append(ks, r.lifetimeKey(tag, b))
 	}
-	ks = append(ks, r.marker(tag), r.settledKey(tag, res))
+	ks = append(ks, r.recent(tag), r.marker(tag), r.settledKey(tag, res))
+	args = append(args, now.UnixMilli(), r.recentKeep().Milliseconds())
+	for _, m := range res.Marks {
+		args = append(args, m)
+	}
 	n, err := settleScript.Run(ctx, r.client, ks, args...).Int64()
 	if err != nil {
 		return fmt.Errorf("quota: settle in redis: %w", err)

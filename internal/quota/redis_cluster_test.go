@@ -75,6 +75,7 @@ func TestRedisCluster(t *testing.T) {
 	t.Run("a shared quota's request is one slot", func(t *testing.T) { testClusterKeys(t, client) })
 	t.Run("overflow past a pool's soft limit, under the pool's tag", func(t *testing.T) { testClusterOverflow(t, client) })
 	t.Run("leases", func(t *testing.T) { testLeases(t, client, true) })
+	t.Run("the marks of recent charges, per slot", func(t *testing.T) { testRecent(t, client, true) })
 	t.Run("admission exact across three replicas", func(t *testing.T) { testClusterExact(t, cl) })
 	t.Run("a slot migrated during traffic loses nothing", func(t *testing.T) { testClusterMigration(t, cl) })
 	t.Run("a master back empty unseeds its slots only", func(t *testing.T) { testClusterEmptyMaster(t, cl) })

@@ -303,16 +303,19 @@ return reply
 //
 //	KEYS:  one per distinct budget window of the reservation, then each
 //	       window's models hash, then the in-flight hash if ARGV[12] is 1,
-//	       then one lifetime hash per budget, then the seeded marker and the
-//	       reservation's settled key
+//	       then one lifetime hash per budget, then the recent set of the
+//	       slot, the seeded marker and the reservation's settled key
 //	ARGV:  replica id, held req, in, out, cost (decimal), actual req, in,
 //	       cached in, out, cost (decimal), number of windows, 1 if an
 //	       in-flight slot is held, the settled key's ttl (ms), the model,
-//	       then per window: ttl (ms)
+//	       then per window: ttl (ms), then now (ms), how long the recent
+//	       set keeps a mark (ms), and the reservation's marks
 //	reply: 1 settled, 0 already settled, -1 not seeded
 //
 // A window key that no longer exists (expired) has nothing to release; an
-// actual charge recreates it with its expiry.
+// actual charge recreates it with its expiry, and records the reservation's
+// marks in the recent set (scored by now), from which it drops the marks
+// older than it keeps.
 var settleScript = redis.NewScript(moneyLua + modelsLua + `
 if redis.call('EXISTS', KEYS[#KEYS - 1]) == 0 then return -1 end
 if not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'PX', ARGV[13]) then return 0 end
@@ -366,7 +369,13 @@ if hasConc then
   life = life + 1
 end
 if charge then
-  for i = life, #KEYS - 2 do add(KEYS[i]) end
+  for i = life, #KEYS - 3 do add(KEYS[i]) end
+  local a = 14 + nwin
+  local now, keep, recent = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), KEYS[#KEYS - 2]
+  if #ARGV > a + 2 then
+    for i = a + 3, #ARGV do redis.call('ZADD', recent, now, ARGV[i]) end
+    redis.call('ZREMRANGEBYSCORE', recent, '-inf', '(' .. (now - keep))
+  end
 end
 return 1
 `)

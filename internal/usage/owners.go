@@ -30,6 +30,15 @@ import (
 // the next charge on; marks already made stay with the old owner, which
 // writes them. Every key sits under one hash tag, so a Redis Cluster serves
 // the scripts from one slot.
+//
+// A replica sends its marks every tick (100 ms), so one that is killed
+// (SIGKILL, a node lost) has not sent those of its last charges. They are
+// not lost: the counter records each charge's marks with the charge, in the
+// same script ([quota.Redis.Recent]). The replica that finds a lease
+// expired without a clean [Owners.Leave] reads the marks of the charges
+// settled since a little before that lease was last renewed and sends them
+// to their owners, who write those objects whose status is behind (the
+// others' writes find nothing to change).
 
 // Owners decides which replica writes each object's status, and carries the
 // marks of changed objects to their owners.
@@ -52,6 +61,15 @@ type Owners interface {
 	// its lease: a clean stop.
 	Leave(ctx context.Context) error
 }
+
+// RecentMarks returns the marks of the charges settled at or after since,
+// each with when it was last settled ([quota.Redis.Recent]).
+type RecentMarks func(ctx context.Context, since time.Time) (map[string]time.Time, error)
+
+// recoverSlack is how long before a killed replica's last renewal its
+// charges are taken as possibly unsent: it sends them every tick, and a
+// stalled send is retried with the next.
+const recoverSlack = 5 * time.Second
 
 // OwnedMark is a changed object this replica is to write.
 type OwnedMark struct {
@@ -79,7 +97,18 @@ type RedisOwners struct {
 	live []string
 	// marks buffered for their owners: object → mark.
 	marks map[string]mark
+	// recent reads the charges' marks from the counter (nil: never).
+	recent RecentMarks
+	// lostSince, when not zero, is from when the marks of a killed
+	// replica's charges are still to be recovered (a read that failed is
+	// retried at the next Sync).
+	lostSince time.Time
 }
+
+// RecoverWith makes o recover the unsent marks of killed replicas from
+// recent, the counter's record of the charges settled lately. Call it
+// before the first Sync.
+func (o *RedisOwners) RecoverWith(recent RecentMarks) { o.recent = recent }
 
 // mark is a changed object: its latest charge, whether one alerted, and
 // how many charges marked it, so that every new mark changes the value
@@ -168,19 +197,31 @@ return 1
 
 // syncScript renews a lease, hands the marks of replicas whose lease
 // expired to their rendezvous owners among the live ones, and returns the
-// live replicas.
+// live replicas and when the leases of those that were killed (not left)
+// were last renewed. A lease of 0 is a clean leave: the lease is stored
+// as minus now, expired and told apart from a killed replica's, and only
+// the leaving replica's own marks are handed on.
 //
-//	KEYS: the leases hash
-//	ARGV: prefix of the changed hashes, replica id, now (ms), lease (ms)
+//	KEYS:  the leases hash
+//	ARGV:  prefix of the changed hashes, replica id, now (ms), lease (ms)
+//	reply: the live replicas, and the last renewals (ms) of the killed ones
 var syncScript = redis.NewScript(mergeMarksLua + `
 local prefix, id, now, lease = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], id, now + lease)
+if lease > 0 then redis.call('HSET', KEYS[1], id, now + lease) else redis.call('HSET', KEYS[1], id, -now) end
 local lv = redis.call('HGETALL', KEYS[1])
-local live, dead = {}, {}
+local live, dead, killed = {}, {}, {}
 for i = 1, #lv, 2 do
-  if tonumber(lv[i + 1]) > now then live[#live + 1] = lv[i] else dead[#dead + 1] = lv[i] end
+  local exp = tonumber(lv[i + 1])
+  if exp > now then
+    live[#live + 1] = lv[i]
+  elseif lease > 0 or lv[i] == id then
+    -- A replica leaving hands on its own marks only: the others' are for
+    -- a replica that stays, to recover what a killed one did not send.
+    dead[#dead + 1] = lv[i]
+    if exp > 0 then killed[#killed + 1] = exp - lease end
+  end
 end
-if #live == 0 then return live end
+if #live == 0 then return {live, {}} end
 local function owner(key)
   local best, bestH = nil, nil
   for _, r in ipairs(live) do
@@ -199,7 +240,7 @@ for _, d in ipairs(dead) do
   redis.call('DEL', src)
   redis.call('HDEL', KEYS[1], d)
 end
-return live
+return {live, killed}
 `)
 
 // writtenScript removes a mark that is still the one written.
@@ -214,14 +255,26 @@ return 1
 // Sync implements [Owners].
 func (o *RedisOwners) Sync(ctx context.Context) ([]OwnedMark, error) {
 	now := o.now()
-	res, err := syncScript.Run(ctx, o.client, []string{o.leasesKey()},
-		o.prefix+":changed:", o.id, now.UnixMilli(), o.lease.Milliseconds()).StringSlice()
+	reply, err := syncScript.Run(ctx, o.client, []string{o.leasesKey()},
+		o.prefix+":changed:", o.id, now.UnixMilli(), o.lease.Milliseconds()).Slice()
 	if err != nil {
 		return nil, fmt.Errorf("usage: renewing the writer lease: %w", err)
 	}
+	live, killed, err := parseSyncReply(reply)
+	if err != nil {
+		return nil, err
+	}
 	o.mu.Lock()
-	o.live = res
+	o.live = live
+	for _, at := range killed {
+		if since := at.Add(-recoverSlack); o.lostSince.IsZero() || since.Before(o.lostSince) {
+			o.lostSince = since
+		}
+	}
 	o.mu.Unlock()
+	if err := o.recoverLost(ctx); err != nil {
+		return nil, err
+	}
 	if err := o.Send(ctx); err != nil {
 		return nil, err
 	}
@@ -239,6 +292,54 @@ func (o *RedisOwners) Sync(ctx context.Context) ([]OwnedMark, error) {
 		out = append(out, OwnedMark{Key: k, At: time.UnixMilli(ms), Alert: strings.HasPrefix(rest, "1|"), value: v})
 	}
 	return out, nil
+}
+
+// parseSyncReply reads syncScript's reply: the live replicas, and the last
+// renewals of the killed ones.
+func parseSyncReply(reply []any) (live []string, killed []time.Time, err error) {
+	if len(reply) != 2 {
+		return nil, nil, fmt.Errorf("usage: renewing the writer lease: unexpected reply %v", reply)
+	}
+	ls, _ := reply[0].([]any)
+	for _, v := range ls {
+		if s, ok := v.(string); ok {
+			live = append(live, s)
+		}
+	}
+	ks, _ := reply[1].([]any)
+	for _, v := range ks {
+		if ms, ok := v.(int64); ok {
+			killed = append(killed, time.UnixMilli(ms))
+		}
+	}
+	return live, killed, nil
+}
+
+// recoverLost marks again, for their owners, the objects charged since
+// lostSince: a killed replica may not have sent their marks.
+func (o *RedisOwners) recoverLost(ctx context.Context) error {
+	o.mu.Lock()
+	since := o.lostSince
+	o.mu.Unlock()
+	if since.IsZero() || o.recent == nil {
+		return nil
+	}
+	marks, err := o.recent(ctx, since)
+	if err != nil {
+		return fmt.Errorf("usage: reading the charges of a replica that was killed: %w", err)
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for k, at := range marks {
+		m := o.marks[k]
+		m.at = max(m.at, at.UnixMilli())
+		m.n++
+		o.marks[k] = m
+	}
+	if o.lostSince.Equal(since) {
+		o.lostSince = time.Time{}
+	}
+	return nil
 }
 
 // Send implements [Owners], routing each mark by the live replicas as last
@@ -286,8 +387,9 @@ func (o *RedisOwners) Written(ctx context.Context, m OwnedMark) error {
 }
 
 // Leave implements [Owners]: a sync with a lease of zero expires this
-// replica's lease at once, so the same script hands its marks on to the
-// live replicas (or leaves them for the next one, when none is live).
+// replica's lease at once, as a clean leave, so the same script hands its
+// marks on to the live replicas (or leaves them for the next one, when none
+// is live), and nobody looks for marks it did not send.
 func (o *RedisOwners) Leave(ctx context.Context) error {
 	return syncScript.Run(ctx, o.client, []string{o.leasesKey()},
 		o.prefix+":changed:", o.id, o.now().UnixMilli(), 0).Err()

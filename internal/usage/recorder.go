@@ -246,7 +246,7 @@ type objState struct {
 // their owners.
 const ownersSync = time.Second
 
-// String names k in the owners' marks.
+// String names k in the owners' marks, as [quota.Charge.Objects] does.
 func (k objKey) String() string {
 	return strconv.Itoa(int(k.kind)) + "/" + k.namespace + "/" + k.name + "/" + k.uid
 }
@@ -274,9 +274,8 @@ func (r *Recorder) Charge(c quota.Charge) {
 	pool := objKey{kindQuota, c.Namespace, c.Quota, c.QuotaUID}
 	if r.owners != nil {
 		// The owner writes it, this replica included when it is the owner.
-		r.owners.Mark(user.String(), at, c.Alert)
-		if c.Pool && c.Quota != "" {
-			r.owners.Mark(pool.String(), at, c.Alert)
+		for _, k := range c.Objects() {
+			r.owners.Mark(k, at, c.Alert)
 		}
 		return
 	}

@@ -207,11 +207,13 @@ func (s *spender) spendOn(ns, name, model string, a quota.Amount) quota.Charge {
 	if err != nil || !d.Allowed {
 		s.t.Fatalf("reserving %+v for %s: %v %+v", a, name, err, d.Exceeded)
 	}
+	ch := quota.Charge{Namespace: ns, User: name, UserUID: string(u.UID), Quota: q.Name, QuotaUID: string(q.UID),
+		Pool: q.Spec.Scope == llmv1alpha1.ScopeShared, Model: model, Amount: a, At: s.now()}
+	// As the proxy settles: the marks go with the charge.
+	res.Marks = ch.Objects()
 	if err := s.counter.Settle(s.t.Context(), res, a); err != nil {
 		s.t.Fatal(err)
 	}
-	ch := quota.Charge{Namespace: ns, User: name, UserUID: string(u.UID), Quota: q.Name, QuotaUID: string(q.UID),
-		Pool: q.Spec.Scope == llmv1alpha1.ScopeShared, Model: model, Amount: a, At: s.now()}
 	s.r.Charge(ch)
 	return ch
 }
