@@ -51,12 +51,20 @@ type Options struct {
 	UserBudgets BudgetMode
 	// Now is the clock that ends budget windows (default time.Now).
 	Now func() time.Time
+	// DirectUsers leaves the per-user counters (llm_proxy_requests_total,
+	// llm_proxy_tokens_total, llm_user_cost_total) out of the registry:
+	// [Metrics.Handler] writes them straight into each scrape, which at tens
+	// of thousands of users costs a tenth of the registry's way.
+	DirectUsers bool
 }
 
 // Metrics are the proxy's metrics. A nil *Metrics records nothing, so callers
 // need no checks.
 type Metrics struct {
 	userLabel bool
+	// direct: the per-user counters are not in the registry; Handler
+	// writes them.
+	direct bool
 
 	tokenUsage *prometheus.HistogramVec
 	duration   *prometheus.HistogramVec
@@ -142,6 +150,7 @@ func New(reg prometheus.Registerer, opts Options) *Metrics {
 	}
 	m := &Metrics{
 		userLabel: opts.UserLabel,
+		direct:    opts.DirectUsers,
 		budgets:   newBudgetBoard(mode, now),
 		tokenUsage: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "gen_ai_client_token_usage",
@@ -202,8 +211,11 @@ func New(reg prometheus.Registerer, opts Options) *Metrics {
 		Help: "Tokens charged to overflow requests (admitted past a soft limit), by namespace, quota and type (input or output).",
 	}, []string{"namespace", "quota", "type"})
 	if reg != nil {
-		reg.MustRegister(m.tokenUsage, m.duration, m.ttft, m.users, m.responses, m.rejections, m.unsettled, m.budgets, m.charges,
+		reg.MustRegister(m.tokenUsage, m.duration, m.ttft, m.responses, m.rejections, m.unsettled, m.budgets, m.charges,
 			m.queueWait, m.queued, m.queueRefus, m.overflowReqs, m.overflowTokens)
+		if !m.direct {
+			reg.MustRegister(m.users)
+		}
 	}
 	return m
 }

@@ -10,16 +10,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+const (
+	helpRequests = "Requests answered by the proxy, by user and model (\"\" when unknown); llm_proxy_responses_total has their status codes."
+	helpTokens   = "Tokens charged, by user, model and type (input or output)."
+	helpCost     = "What the requests of a user of a priced LLMQuota cost, by model, in units of the quota's currency (exact values are in status)."
+)
+
 var (
-	descRequests = prometheus.NewDesc("llm_proxy_requests_total",
-		"Requests answered by the proxy, by user and model (\"\" when unknown); llm_proxy_responses_total has their status codes.",
-		[]string{"namespace", "user", "model"}, nil)
-	descTokens = prometheus.NewDesc("llm_proxy_tokens_total",
-		"Tokens charged, by user, model and type (input or output).",
-		[]string{"namespace", "user", "model", "type"}, nil)
-	descCost = prometheus.NewDesc("llm_user_cost_total",
-		"What the requests of a user of a priced LLMQuota cost, by model, in units of the quota's currency (exact values are in status).",
-		[]string{"namespace", "user", "model", "currency"}, nil)
+	descRequests = prometheus.NewDesc("llm_proxy_requests_total", helpRequests, []string{"namespace", "user", "model"}, nil)
+	descTokens   = prometheus.NewDesc("llm_proxy_tokens_total", helpTokens, []string{"namespace", "user", "model", "type"}, nil)
+	descCost     = prometheus.NewDesc("llm_user_cost_total", helpCost, []string{"namespace", "user", "model", "currency"}, nil)
 )
 
 // userKey is one user's use of one model.
@@ -129,7 +129,10 @@ type userEntry struct {
 	c *userCounts
 }
 
-func (u *userCounters) Collect(ch chan<- prometheus.Metric) {
+// snapshot returns the counters, each list sorted as the registry orders
+// its family's metrics (by label values in label-name order): costs by
+// currency, model, namespace, user; entries by model, namespace, user.
+func (u *userCounters) snapshot() ([]userEntry, []costEntry) {
 	u.mu.RLock()
 	entries := make([]userEntry, 0, len(u.m))
 	for k, c := range u.m {
@@ -143,19 +146,16 @@ func (u *userCounters) Collect(ch chan<- prometheus.Metric) {
 	slices.SortFunc(costs, func(a, b costEntry) int {
 		return cmp.Or(cmp.Compare(a.currency, b.currency), cmp.Compare(a.model, b.model), cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.user, b.user))
 	})
-	for _, e := range costs {
-		ch <- prometheus.MustNewConstMetric(descCost, prometheus.CounterValue, float64(e.c.Load())/picoPerUnit, e.namespace, e.user, e.model, e.currency)
-	}
-	// The registry orders a family's metrics by their label values taken in
-	// label-name order: model, namespace, (type,) user.
 	slices.SortFunc(entries, func(a, b userEntry) int {
 		return cmp.Or(cmp.Compare(a.model, b.model), cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.user, b.user))
 	})
-	for _, e := range entries {
-		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(e.c.requests.Load()), e.namespace, e.user, e.model)
-	}
-	// Within a model and namespace, every input series sorts before every
-	// output one.
+	return entries, costs
+}
+
+// tokenSeries calls f for each llm_proxy_tokens_total series of entries,
+// in the registry's order: within a model and namespace, every input
+// series sorts before every output one.
+func tokenSeries(entries []userEntry, f func(e userEntry, typ string, v uint64)) {
 	for start := 0; start < len(entries); {
 		end := start + 1
 		for end < len(entries) && entries[end].model == entries[start].model && entries[end].namespace == entries[start].namespace {
@@ -164,14 +164,27 @@ func (u *userCounters) Collect(ch chan<- prometheus.Metric) {
 		group := entries[start:end]
 		for _, e := range group {
 			if e.c.tokens.Load() {
-				ch <- prometheus.MustNewConstMetric(descTokens, prometheus.CounterValue, float64(e.c.input.Load()), e.namespace, e.user, e.model, TokenTypeInput)
+				f(e, TokenTypeInput, e.c.input.Load())
 			}
 		}
 		for _, e := range group {
 			if e.c.tokens.Load() && e.c.generates.Load() {
-				ch <- prometheus.MustNewConstMetric(descTokens, prometheus.CounterValue, float64(e.c.output.Load()), e.namespace, e.user, e.model, TokenTypeOutput)
+				f(e, TokenTypeOutput, e.c.output.Load())
 			}
 		}
 		start = end
 	}
+}
+
+func (u *userCounters) Collect(ch chan<- prometheus.Metric) {
+	entries, costs := u.snapshot()
+	for _, e := range costs {
+		ch <- prometheus.MustNewConstMetric(descCost, prometheus.CounterValue, float64(e.c.Load())/picoPerUnit, e.namespace, e.user, e.model, e.currency)
+	}
+	for _, e := range entries {
+		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(e.c.requests.Load()), e.namespace, e.user, e.model)
+	}
+	tokenSeries(entries, func(e userEntry, typ string, v uint64) {
+		ch <- prometheus.MustNewConstMetric(descTokens, prometheus.CounterValue, float64(v), e.namespace, e.user, e.model, typ)
+	})
 }

@@ -22,7 +22,6 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
@@ -88,7 +87,9 @@ func Run(ctx context.Context, o Options) error {
 		r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		reg = r
 	}
-	m := metrics.New(reg, metrics.Options{UserLabel: o.UserLabel, UserBudgets: metrics.BudgetMode(o.UserBudgets)})
+	// The per-user counters are written straight into each scrape, not
+	// through the registry: at 50,000 users that is most of a scrape.
+	m := metrics.New(reg, metrics.Options{UserLabel: o.UserLabel, UserBudgets: metrics.BudgetMode(o.UserBudgets), DirectUsers: true})
 
 	store, closeCounter, err := newCounter(o)
 	if err != nil {
@@ -181,7 +182,7 @@ func Run(ctx context.Context, o Options) error {
 		return errors.Join(err, bg.Wait())
 	}
 
-	srv, err := newServers(o, p, dir, keysLoaded, reg, log)
+	srv, err := newServers(o, p, dir, keysLoaded, m.Handler(reg.(prometheus.Gatherer)), log)
 	if err != nil {
 		stopBackground()
 		return errors.Join(err, bg.Wait())
@@ -249,7 +250,7 @@ type servers struct {
 	cut func()
 }
 
-func newServers(o Options, p *proxy.Proxy, dir *Directory, keysLoaded chan struct{}, reg prometheus.Registerer, log logr.Logger) (*servers, error) {
+func newServers(o Options, p *proxy.Proxy, dir *Directory, keysLoaded chan struct{}, metricsHandler http.Handler, log logr.Logger) (*servers, error) {
 	s := &servers{grace: o.ShutdownGrace, log: log, errc: make(chan error, 2), upstreamsLogged: o.Upstreams, cut: p.CutRequests}
 	api := http.NewServeMux()
 	if o.RefreshURL != "" {
@@ -269,7 +270,7 @@ func newServers(o Options, p *proxy.Proxy, dir *Directory, keysLoaded chan struc
 		}
 	}
 	ops := http.NewServeMux()
-	ops.Handle("/metrics", promhttp.HandlerFor(reg.(prometheus.Gatherer), promhttp.HandlerOpts{}))
+	ops.Handle("/metrics", metricsHandler)
 	ops.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
 	ops.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !dir.Ready() || !keysReady() || !p.Ready() {
