@@ -133,3 +133,49 @@ func firstDiff(a, b string) string {
 	from := max(0, i-200)
 	return fmt.Sprintf("got  …%q\nwant …%q", a[from:min(len(a), i+200)], b[from:min(len(b), i+200)])
 }
+
+// TestHandlerSeesNewAndForgottenUsers: the order kept between scrapes is
+// built again when a user makes a first request, is priced, or is
+// forgotten.
+func TestHandlerSeesNewAndForgottenUsers(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := New(reg, Options{UserLabel: true, DirectUsers: true})
+	h := m.Handler(reg)
+	chat := func(user string, cost int64) {
+		r := Request{Namespace: "ns", User: user, Model: "m", Operation: OperationChat, Code: 200, InputTokens: 1, OutputTokens: 1}
+		if cost > 0 {
+			r.Currency, r.Cost = "EUR", cost
+		}
+		m.ObserveRequest(r)
+	}
+	requestsOf := func() string {
+		_, page := scrape(t, h, "")
+		var users []string
+		for line := range strings.Lines(page) {
+			if rest, ok := strings.CutPrefix(line, `llm_proxy_requests_total{model="m",namespace="ns",user="`); ok {
+				users = append(users, strings.TrimSuffix(rest, "\n"))
+			}
+			if rest, ok := strings.CutPrefix(line, `llm_user_cost_total{currency="EUR",model="m",namespace="ns",user="`); ok {
+				users = append(users, "cost:"+strings.TrimSuffix(rest, "\n"))
+			}
+		}
+		return strings.Join(users, " ")
+	}
+	chat("bob", 0)
+	if got, want := requestsOf(), `bob"} 1`; got != want {
+		t.Errorf("first scrape: %s, want %s", got, want)
+	}
+	chat("alice", 0)
+	chat("bob", 0)
+	if got, want := requestsOf(), `alice"} 1 bob"} 2`; got != want {
+		t.Errorf("after alice's first request: %s, want %s", got, want)
+	}
+	chat("carol", 2_000_000_000_000)
+	if got, want := requestsOf(), `alice"} 1 bob"} 2 carol"} 1 cost:carol"} 2`; got != want {
+		t.Errorf("after carol's priced request: %s, want %s", got, want)
+	}
+	m.ForgetUser("ns", "alice")
+	if got, want := requestsOf(), `bob"} 2 carol"} 1 cost:carol"} 2`; got != want {
+		t.Errorf("after alice was forgotten: %s, want %s", got, want)
+	}
+}

@@ -51,6 +51,18 @@ type userCounters struct {
 	// cost is llm_user_cost_total, in pico-units: only users of priced
 	// quotas have a series.
 	cost map[costKey]*atomic.Int64
+	// gen counts the changes to the keys of m and cost; sorted holds them
+	// sorted as of sortedGen, so that a scrape sorts only after users came
+	// or went, not every time.
+	gen, sortedGen uint64
+	sorted         *sortedCounters
+}
+
+// sortedCounters are the counters' entries in the registry's order. They
+// are never changed once built: a snapshot shares them.
+type sortedCounters struct {
+	entries []userEntry
+	costs   []costEntry
 }
 
 func newUserCounters() *userCounters {
@@ -67,6 +79,7 @@ func (u *userCounters) addCost(k costKey, pico int64) {
 		if c = u.cost[k]; c == nil {
 			c = &atomic.Int64{}
 			u.cost[k] = c
+			u.gen++
 		}
 		u.mu.Unlock()
 	}
@@ -94,6 +107,7 @@ func (u *userCounters) get(k userKey) *userCounts {
 	if c = u.m[k]; c == nil {
 		c = &userCounts{}
 		u.m[k] = c
+		u.gen++
 	}
 	return c
 }
@@ -104,11 +118,13 @@ func (u *userCounters) forget(namespace, user string) {
 	for k := range u.m {
 		if k.namespace == namespace && k.user == user {
 			delete(u.m, k)
+			u.gen++
 		}
 	}
 	for k := range u.cost {
 		if k.namespace == namespace && k.user == user {
 			delete(u.cost, k)
+			u.gen++
 		}
 	}
 }
@@ -131,25 +147,38 @@ type userEntry struct {
 
 // snapshot returns the counters, each list sorted as the registry orders
 // its family's metrics (by label values in label-name order): costs by
-// currency, model, namespace, user; entries by model, namespace, user.
+// currency, model, namespace, user; entries by model, namespace, user. The
+// lists are shared: callers must not change them. They are sorted again
+// only when users came or went since the last snapshot, outside the lock,
+// so that requests of new users do not wait for the sort.
 func (u *userCounters) snapshot() ([]userEntry, []costEntry) {
 	u.mu.RLock()
-	entries := make([]userEntry, 0, len(u.m))
-	for k, c := range u.m {
-		entries = append(entries, userEntry{k, c})
+	if u.sorted != nil && u.sortedGen == u.gen {
+		s := u.sorted
+		u.mu.RUnlock()
+		return s.entries, s.costs
 	}
-	costs := make([]costEntry, 0, len(u.cost))
+	gen := u.gen
+	s := &sortedCounters{entries: make([]userEntry, 0, len(u.m)), costs: make([]costEntry, 0, len(u.cost))}
+	for k, c := range u.m {
+		s.entries = append(s.entries, userEntry{k, c})
+	}
 	for k, c := range u.cost {
-		costs = append(costs, costEntry{k, c})
+		s.costs = append(s.costs, costEntry{k, c})
 	}
 	u.mu.RUnlock()
-	slices.SortFunc(costs, func(a, b costEntry) int {
+	slices.SortFunc(s.costs, func(a, b costEntry) int {
 		return cmp.Or(cmp.Compare(a.currency, b.currency), cmp.Compare(a.model, b.model), cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.user, b.user))
 	})
-	slices.SortFunc(entries, func(a, b userEntry) int {
+	slices.SortFunc(s.entries, func(a, b userEntry) int {
 		return cmp.Or(cmp.Compare(a.model, b.model), cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.user, b.user))
 	})
-	return entries, costs
+	u.mu.Lock()
+	if u.sorted == nil || gen > u.sortedGen {
+		u.sorted, u.sortedGen = s, gen
+	}
+	u.mu.Unlock()
+	return s.entries, s.costs
 }
 
 // tokenSeries calls f for each llm_proxy_tokens_total series of entries,
