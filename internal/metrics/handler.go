@@ -97,15 +97,9 @@ func (u *userCounters) families() []textFamily {
 			var b []byte
 			writeHeader(w, "llm_proxy_requests_total", helpRequests)
 			for _, e := range entries {
-				b = append(b[:0], "llm_proxy_requests_total{model=\""...)
-				b = appendLabelValue(b, e.model)
-				b = append(b, "\",namespace=\""...)
-				b = appendLabelValue(b, e.namespace)
-				b = append(b, "\",user=\""...)
-				b = appendLabelValue(b, e.user)
-				b = append(b, "\"} "...)
-				b = appendValue(b, float64(e.c.requests.Load()))
-				_, _ = w.Write(append(b, '\n'))
+				b = appendSample(b[:0], "llm_proxy_requests_total", float64(e.c.requests.Load()),
+					"model", e.model, "namespace", e.namespace, "user", e.user)
+				_, _ = w.Write(b)
 			}
 		}})
 		tokens := false
@@ -117,17 +111,9 @@ func (u *userCounters) families() []textFamily {
 				var b []byte
 				writeHeader(w, "llm_proxy_tokens_total", helpTokens)
 				tokenSeries(entries, func(e userEntry, typ string, v uint64) {
-					b = append(b[:0], "llm_proxy_tokens_total{model=\""...)
-					b = appendLabelValue(b, e.model)
-					b = append(b, "\",namespace=\""...)
-					b = appendLabelValue(b, e.namespace)
-					b = append(b, "\",type=\""...)
-					b = append(b, typ...)
-					b = append(b, "\",user=\""...)
-					b = appendLabelValue(b, e.user)
-					b = append(b, "\"} "...)
-					b = appendValue(b, float64(v))
-					_, _ = w.Write(append(b, '\n'))
+					b = appendSample(b[:0], "llm_proxy_tokens_total", float64(v),
+						"model", e.model, "namespace", e.namespace, "type", typ, "user", e.user)
+					_, _ = w.Write(b)
 				})
 			}})
 		}
@@ -137,17 +123,9 @@ func (u *userCounters) families() []textFamily {
 			var b []byte
 			writeHeader(w, "llm_user_cost_total", helpCost)
 			for _, e := range costs {
-				b = append(b[:0], "llm_user_cost_total{currency=\""...)
-				b = appendLabelValue(b, e.currency)
-				b = append(b, "\",model=\""...)
-				b = appendLabelValue(b, e.model)
-				b = append(b, "\",namespace=\""...)
-				b = appendLabelValue(b, e.namespace)
-				b = append(b, "\",user=\""...)
-				b = appendLabelValue(b, e.user)
-				b = append(b, "\"} "...)
-				b = appendValue(b, float64(e.c.Load())/picoPerUnit)
-				_, _ = w.Write(append(b, '\n'))
+				b = appendSample(b[:0], "llm_user_cost_total", float64(e.c.Load())/picoPerUnit,
+					"currency", e.currency, "model", e.model, "namespace", e.namespace, "user", e.user)
+				_, _ = w.Write(b)
 			}
 		}})
 	}
@@ -163,6 +141,28 @@ var (
 	helpEscaper  = strings.NewReplacer(`\`, `\\`, "\n", `\n`)
 	labelEscaper = strings.NewReplacer(`\`, `\\`, "\n", `\n`, `"`, `\"`)
 )
+
+// appendSample appends one sample line: name, the labels (name, value
+// pairs, in label-name order as the registry writes them) and v.
+func appendSample(b []byte, name string, v float64, labels ...string) []byte {
+	b = append(b, name...)
+	for i := 0; i+1 < len(labels); i += 2 {
+		if i == 0 {
+			b = append(b, '{')
+		} else {
+			b = append(b, ',')
+		}
+		b = append(b, labels[i]...)
+		b = append(b, '=', '"')
+		b = appendLabelValue(b, labels[i+1])
+		b = append(b, '"')
+	}
+	if len(labels) > 0 {
+		b = append(b, '}')
+	}
+	b = append(b, ' ')
+	return append(appendValue(b, v), '\n')
+}
 
 // appendLabelValue appends v escaped as a label value.
 func appendLabelValue(b []byte, v string) []byte {
